@@ -1,0 +1,75 @@
+//! Idempotency keys for mutating RPCs: the first request with a key does the work and
+//! stores its response in the same transaction; a retry with the same key and the same
+//! request gets the stored response back, and a reuse of the key for a different request
+//! is refused.
+//!
+//! The key row is inserted first with `ON CONFLICT DO NOTHING`: a concurrent duplicate
+//! blocks on that insert until the first transaction ends, so exactly one of them does the
+//! work, without retry loops.
+
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+/// What a claim on an idempotency key found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is new: do the work, then [`complete`] in the same transaction.
+    Claimed,
+    /// The key was used for the same request before: here is its stored response.
+    Replay(Vec<u8>),
+    /// The key was used for a different request.
+    Mismatch,
+}
+
+/// SHA-256 of the request as it should be compared between retries (without the key).
+pub fn fingerprint(request: &[u8]) -> Vec<u8> {
+    Sha256::digest(request).to_vec()
+}
+
+pub async fn claim(
+    conn: &mut PgConnection,
+    operation: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Claim, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (operation, key, request_sha256) VALUES ($1, $2, $3) \
+         ON CONFLICT (operation, key) DO NOTHING",
+    )
+    .bind(operation)
+    .bind(key)
+    .bind(fingerprint)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Claim::Claimed);
+    }
+    let (stored, response): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
+        "SELECT request_sha256, response FROM idempotency_keys WHERE operation = $1 AND key = $2",
+    )
+    .bind(operation)
+    .bind(key)
+    .fetch_one(&mut *conn)
+    .await?;
+    match response {
+        Some(response) if stored == fingerprint => Ok(Claim::Replay(response)),
+        _ => Ok(Claim::Mismatch),
+    }
+}
+
+/// Stores the response for a claimed key; call it in the transaction that claimed it.
+pub async fn complete(
+    conn: &mut PgConnection,
+    operation: &str,
+    key: &str,
+    response: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE operation = $1 AND key = $2")
+        .bind(operation)
+        .bind(key)
+        .bind(response)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

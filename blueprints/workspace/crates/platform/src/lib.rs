@@ -1,0 +1,13 @@
+//! What every service of the workspace shares. Services depend on this crate; it depends on
+//! no service, so a change here is the only change that touches them all.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod idempotency;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+
+#[cfg(feature = "test-support")]
+pub mod test_support;

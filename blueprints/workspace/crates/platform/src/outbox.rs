@@ -1,0 +1,43 @@
+//! The transactional outbox: an event is written to the `outbox` table in the same
+//! transaction as the state change that caused it, so the two commit or fail together.
+//! A relay publishes unsent rows to the bus afterwards (at least once).
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    /// Also the message id consumers deduplicate on.
+    pub event_id: Uuid,
+    /// Fully qualified protobuf name, e.g. `shop.orders.v1.OrderCreated`.
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: Uuid,
+    /// The event, protobuf-encoded.
+    pub payload: Vec<u8>,
+    /// Message headers: correlation id, trace context.
+    pub headers: serde_json::Value,
+}
+
+pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, aggregate_type, aggregate_id, payload, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(message.event_id)
+    .bind(&message.event_type)
+    .bind(&message.aggregate_type)
+    .bind(message.aggregate_id)
+    .bind(&message.payload)
+    .bind(&message.headers)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Rows not yet published: the outbox backlog.
+pub async fn backlog(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(conn)
+        .await
+}

@@ -1,0 +1,82 @@
+//! A fresh PostgreSQL database per test, created on the server that `DATABASE_URL` points
+//! at (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`) and dropped by
+//! [`TestDatabase::drop_database`].
+
+use sqlx::{Connection, Executor, PgConnection};
+
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+pub struct TestDatabase {
+    /// URL of the new database.
+    pub url: String,
+    pub name: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create(prefix: &str) -> TestDatabase {
+        let admin_url =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_string());
+        let name = format!("{prefix}_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to PostgreSQL at DATABASE_URL ({e}); start a server and set \
+                 DATABASE_URL to a user that may CREATE DATABASE, e.g. {DEFAULT_ADMIN_URL}"
+            )
+        });
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+            .await
+            .expect("CREATE DATABASE");
+        TestDatabase {
+            url: with_database(&admin_url, &name),
+            name,
+            admin_url,
+        }
+    }
+
+    /// Drops the database, closing whatever connections are still open to it.
+    pub async fn drop_database(self) {
+        let mut admin = PgConnection::connect(&self.admin_url)
+            .await
+            .expect("connect to drop the test database");
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            )))
+            .await
+            .expect("DROP DATABASE");
+    }
+}
+
+/// The same URL with its database path replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{database}?{q}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_only_the_database() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t1"),
+            "postgres://u:p@h:5432/t1?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
+    }
+}

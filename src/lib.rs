@@ -1,0 +1,20 @@
+//! archscaffold: turns a bounded-context spec into a multi-service Rust workspace.
+//!
+//! The pipeline is `cli` → `spec` → `blueprint` → `render` → `plan` (with
+//! `format`, rustfmt over the Rust files) → `write`; every step but the last is free of
+//! side effects on the target, so the whole output can be inspected in memory (see `--dry-run`).
+
+pub mod blueprint;
+pub mod cli;
+pub mod error;
+pub mod format;
+pub mod inflect;
+pub mod lock;
+pub mod ownership;
+pub mod plan;
+pub mod render;
+pub mod spec;
+pub mod write;
+
+/// The generator's version, recorded in every generated header and in `archscaffold.lock`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,111 @@
+//! Liquid rendering: one parser with the case filters registered in one place, and the
+//! globals every template sees (`system`, `bus`, `contexts`, `version`, and `context` in a
+//! per-context set).
+
+use heck::{ToKebabCase, ToPascalCase, ToShoutySnakeCase, ToSnakeCase};
+use liquid_core::{
+    Display_filter, Filter, FilterReflection, ParseFilter, Runtime, Value, ValueView,
+};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::spec::Spec;
+use crate::spec::model::Context;
+
+/// Defines a Liquid filter that applies one heck conversion to its input.
+macro_rules! case_filter {
+    ($parse:ident, $filter:ident, $name:literal, $convert:path) => {
+        #[derive(Clone, ParseFilter, FilterReflection)]
+        #[filter(name = $name, description = "Converts a name's case.", parsed($filter))]
+        struct $parse;
+
+        #[derive(Debug, Default, Display_filter)]
+        #[name = $name]
+        struct $filter;
+
+        impl Filter for $filter {
+            fn evaluate(
+                &self,
+                input: &dyn ValueView,
+                _runtime: &dyn Runtime,
+            ) -> liquid_core::Result<Value> {
+                Ok(Value::scalar($convert(input.to_kstr().as_str())))
+            }
+        }
+    };
+}
+
+case_filter!(SnakeCase, SnakeCaseFilter, "snake_case", ToSnakeCase::to_snake_case);
+case_filter!(KebabCase, KebabCaseFilter, "kebab_case", ToKebabCase::to_kebab_case);
+case_filter!(PascalCase, PascalCaseFilter, "pascal_case", ToPascalCase::to_pascal_case);
+case_filter!(
+    ShoutySnakeCase,
+    ShoutySnakeCaseFilter,
+    "shouty_snake_case",
+    ToShoutySnakeCase::to_shouty_snake_case
+);
+
+pub struct Renderer {
+    parser: liquid::Parser,
+}
+
+#[derive(Serialize)]
+struct Globals<'a> {
+    version: &'static str,
+    system: &'a crate::inflect::Names,
+    bus: &'static str,
+    contexts: &'a [Context],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<&'a Context>,
+}
+
+impl Renderer {
+    pub fn new() -> Result<Renderer> {
+        let parser = liquid::ParserBuilder::with_stdlib()
+            .filter(SnakeCase)
+            .filter(KebabCase)
+            .filter(PascalCase)
+            .filter(ShoutySnakeCase)
+            .build()
+            .map_err(|e| Error::Blueprint(e.to_string()))?;
+        Ok(Renderer { parser })
+    }
+
+    /// The variables a template sees; `context` is set inside a per-context set.
+    pub fn globals(spec: &Spec, context: Option<&Context>) -> Result<liquid::Object> {
+        liquid::to_object(&Globals {
+            version: crate::VERSION,
+            system: &spec.system,
+            bus: spec.bus.as_str(),
+            contexts: &spec.contexts,
+            context,
+        })
+        .map_err(|e| Error::Blueprint(e.to_string()))
+    }
+
+    /// Renders one template; `name` only appears in error messages.
+    pub fn render(&self, name: &str, text: &str, globals: &liquid::Object) -> Result<String> {
+        self.parser
+            .parse(text)
+            .and_then(|t| t.render(globals))
+            .map_err(|e| Error::Blueprint(format!("{name}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_filters_are_registered() {
+        let r = Renderer::new().unwrap();
+        let out = r
+            .render(
+                "t",
+                "{{ n | snake_case }} {{ n | kebab_case }} {{ n | pascal_case }} {{ n | shouty_snake_case }}",
+                &liquid::object!({ "n": "order-items" }),
+            )
+            .unwrap();
+        assert_eq!(out, "order_items order-items OrderItems ORDER_ITEMS");
+    }
+}

@@ -1,0 +1,59 @@
+//! Writes a validated spec back as TOML: every default made explicit, in a stable order,
+//! so the generated workspace's `archscaffold.toml` says exactly what was generated.
+
+use super::model::Spec;
+
+pub fn to_toml(spec: &Spec) -> String {
+    let mut out = String::new();
+    out.push_str("# The spec this workspace was generated from, with every default written out.\n");
+    out.push_str("# Edit it and regenerate; `archscaffold validate --spec archscaffold.toml` checks it.\n");
+    out.push_str(&format!("name = {}\n", quote(&spec.system.raw)));
+    out.push_str(&format!("bus = {}\n", quote(spec.bus.as_str())));
+    for ctx in &spec.contexts {
+        out.push_str(&format!("\n[contexts.{}]\n", ctx.name.raw));
+        out.push_str(&format!("aggregate = {}\n", quote(&ctx.aggregate.name.pascal)));
+        if !ctx.fields.is_empty() {
+            let fields: Vec<String> = ctx
+                .fields
+                .iter()
+                .map(|f| format!("{} = {}", f.name, quote(f.kind.as_str())))
+                .collect();
+            out.push_str(&format!("fields = {{ {} }}\n", fields.join(", ")));
+        }
+        let events: Vec<String> = ctx.events.iter().map(|e| quote(&e.name.raw)).collect();
+        out.push_str(&format!("publishes = [{}]\n", events.join(", ")));
+        if !ctx.subscribes.is_empty() {
+            let subs: Vec<String> = ctx
+                .subscribes
+                .iter()
+                .map(|s| quote(&format!("{}.{}", s.context.raw, s.event.raw)))
+                .collect();
+            out.push_str(&format!("subscribes = [{}]\n", subs.join(", ")));
+        }
+        if !ctx.calls.is_empty() {
+            let calls: Vec<String> = ctx.calls.iter().map(|c| quote(&c.raw)).collect();
+            out.push_str(&format!("calls = [{}]\n", calls.join(", ")));
+        }
+    }
+    out
+}
+
+/// Names are validated to plain ASCII, so a basic string needs no escaping.
+fn quote(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Overrides, from_contexts, model::Bus, parse};
+    use super::to_toml;
+
+    #[test]
+    fn canonical_spec_reparses_to_the_same_canonical_text() {
+        let spec = from_contexts("shop", &["orders".into(), "billing".into()], Bus::Kafka).unwrap();
+        let text = to_toml(&spec);
+        let again = parse(&text, "archscaffold.toml", &Overrides::default()).unwrap();
+        assert_eq!(to_toml(&again), text);
+        assert!(text.contains("subscribes = [\"orders.OrderCreated\"]"), "{text}");
+    }
+}

@@ -1,0 +1,170 @@
+//! The validated spec: every name resolved into all its case forms, every reference
+//! checked, defaults filled in. Serialized as-is into the blueprints' Liquid context.
+
+use serde::Serialize;
+
+use crate::inflect::Names;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Bus {
+    Kafka,
+    Sqs,
+}
+
+impl Bus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bus::Kafka => "kafka",
+            Bus::Sqs => "sqs",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Bus> {
+        match s {
+            "kafka" => Some(Bus::Kafka),
+            "sqs" => Some(Bus::Sqs),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Spec {
+    pub system: Names,
+    pub bus: Bus,
+    pub contexts: Vec<Context>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Context {
+    pub name: Names,
+    /// Position in the spec; fixes default ports so they are stable across runs.
+    pub index: usize,
+    pub grpc_port: u16,
+    pub aggregate: Aggregate,
+    /// Fields declared in the spec, in spec order.
+    pub fields: Vec<Field>,
+    /// Declared fields followed by one `<upstream>_id` link per subscribed context.
+    pub all_fields: Vec<Field>,
+    /// Events this context publishes; the first is emitted when an aggregate is created.
+    pub events: Vec<Event>,
+    pub subscribes: Vec<Subscription>,
+    pub calls: Vec<Names>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Aggregate {
+    pub name: Names,
+    /// Plural forms, for tables and list RPCs (`orders`, `ListOrders`).
+    pub plural: Names,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Field {
+    pub name: String,
+    pub pascal: String,
+    pub kind: FieldType,
+    pub proto_type: &'static str,
+    pub rust_type: &'static str,
+    pub sql_type: &'static str,
+    /// A literal of this type, used by generated tests.
+    pub sample: String,
+    /// The protobuf field number in the aggregate message (the id is 1).
+    pub tag: usize,
+    /// True for `<upstream>_id` fields that carry a subscribed context's aggregate id.
+    pub link: bool,
+    /// True for fields written in the spec (a link may be declared too, to fix its place).
+    pub declared: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    I64,
+    I32,
+    Bool,
+    F64,
+}
+
+impl FieldType {
+    pub const ALL: &'static str = "string, i64, i32, bool, f64";
+
+    pub fn parse(s: &str) -> Option<FieldType> {
+        Some(match s {
+            "string" => FieldType::String,
+            "i64" => FieldType::I64,
+            "i32" => FieldType::I32,
+            "bool" => FieldType::Bool,
+            "f64" => FieldType::F64,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::I64 => "i64",
+            FieldType::I32 => "i32",
+            FieldType::Bool => "bool",
+            FieldType::F64 => "f64",
+        }
+    }
+
+    pub fn proto(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::I64 => "int64",
+            FieldType::I32 => "int32",
+            FieldType::Bool => "bool",
+            FieldType::F64 => "double",
+        }
+    }
+
+    pub fn rust(self) -> &'static str {
+        match self {
+            FieldType::String => "String",
+            FieldType::I64 => "i64",
+            FieldType::I32 => "i32",
+            FieldType::Bool => "bool",
+            FieldType::F64 => "f64",
+        }
+    }
+
+    pub fn sql(self) -> &'static str {
+        match self {
+            FieldType::String => "TEXT",
+            FieldType::I64 => "BIGINT",
+            FieldType::I32 => "INTEGER",
+            FieldType::Bool => "BOOLEAN",
+            FieldType::F64 => "DOUBLE PRECISION",
+        }
+    }
+
+    pub fn sample(self, field: &str) -> String {
+        match self {
+            FieldType::String => format!("\"sample-{}\".to_string()", field.replace('_', "-")),
+            FieldType::I64 => "4200".to_string(),
+            FieldType::I32 => "42".to_string(),
+            FieldType::Bool => "true".to_string(),
+            FieldType::F64 => "1.5".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub name: Names,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Subscription {
+    /// The publishing context.
+    pub context: Names,
+    pub event: Names,
+    /// The publishing context's aggregate, whose id the local aggregate carries.
+    pub upstream_aggregate: Names,
+    /// Name of the local field that carries the upstream aggregate's id.
+    pub link_field: String,
+}

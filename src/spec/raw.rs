@@ -1,0 +1,31 @@
+//! The spec as written: a serde model of `archscaffold.toml` that keeps source spans, so
+//! every later error can point at a line and column. Unknown keys are rejected here.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSpec {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub bus: Option<Spanned<String>>,
+    #[serde(default)]
+    pub contexts: Option<Spanned<IndexMap<Spanned<String>, Spanned<RawContext>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContext {
+    #[serde(default)]
+    pub aggregate: Option<Spanned<String>>,
+    #[serde(default)]
+    pub fields: IndexMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub publishes: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub subscribes: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub calls: Vec<Spanned<String>>,
+}

@@ -1,0 +1,551 @@
+//! Turns a [`RawSpec`] into a validated [`Spec`], collecting every problem at once so a
+//! user fixes their spec in one pass rather than one error per run.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+
+use toml::Spanned;
+
+use super::model::{Aggregate, Bus, Context, Event, Field, FieldType, Spec, Subscription};
+use super::names::{NameProblem, check_crate_name, check_field_name, check_type_name};
+use super::raw::{RawContext, RawSpec};
+use crate::error::{Diagnostic, Origin};
+use crate::inflect::{self, Names};
+
+/// The first gRPC port; context N listens on `BASE_GRPC_PORT + N` by default.
+pub const BASE_GRPC_PORT: u16 = 50051;
+
+/// Tables every service database already has; an aggregate's table must differ.
+const RESERVED_TABLES: &[&str] = &["outbox", "inbox", "idempotency_keys", "_sqlx_migrations"];
+
+/// Field names every aggregate already has.
+const RESERVED_FIELDS: &[&str] = &["id", "created_at", "idempotency_key"];
+
+/// Where the raw spec came from, to turn spans into locations.
+pub struct Source<'a> {
+    /// The file name as the user gave it.
+    pub path: String,
+    pub text: &'a str,
+    /// Set when the spec was built from a flag: every location is then that flag.
+    pub flag: Option<&'static str>,
+}
+
+impl Source<'_> {
+    pub fn origin(&self, span: Range<usize>) -> Origin {
+        if let Some(flag) = self.flag {
+            return Origin::Flag(flag);
+        }
+        let before = &self.text[..span.start.min(self.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Origin::File {
+            path: self.path.clone(),
+            line,
+            col,
+        }
+    }
+}
+
+struct Collector<'s, 'a> {
+    source: &'s Source<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Collector<'_, '_> {
+    fn push(&mut self, field: impl Into<String>, span: Range<usize>, p: NameProblem) {
+        self.diagnostics.push(Diagnostic {
+            field: field.into(),
+            origin: self.source.origin(span),
+            message: p.message,
+            help: p.help,
+        });
+    }
+
+    fn error(
+        &mut self,
+        field: impl Into<String>,
+        span: Range<usize>,
+        message: impl Into<String>,
+        help: impl Into<String>,
+    ) {
+        self.push(
+            field,
+            span,
+            NameProblem {
+                message: message.into(),
+                help: help.into(),
+            },
+        );
+    }
+}
+
+/// A context whose own names are valid; references are resolved in a second pass.
+struct Partial<'r> {
+    key: &'r Spanned<String>,
+    raw: &'r RawContext,
+    name: Names,
+    aggregate: Names,
+    fields: Vec<(String, FieldType)>,
+    events: Vec<Names>,
+}
+
+pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>> {
+    let mut c = Collector {
+        source,
+        diagnostics: Vec::new(),
+    };
+
+    let system = match check_crate_name(raw.name.get_ref(), "system", false) {
+        Ok(n) => Some(n),
+        Err(p) => {
+            c.push("name", raw.name.span(), p);
+            None
+        }
+    };
+
+    let bus = match &raw.bus {
+        None => Some(Bus::Kafka),
+        Some(b) => Bus::parse(b.get_ref()).or_else(|| {
+            c.error(
+                "bus",
+                b.span(),
+                format!("`{}` is not a supported bus", b.get_ref()),
+                "use `kafka` or `sqs`",
+            );
+            None
+        }),
+    };
+
+    let empty = IndexMapRef::default();
+    let (contexts, contexts_span) = match &raw.contexts {
+        Some(t) => (t.get_ref(), t.span()),
+        None => (&empty.0, 0..0),
+    };
+    if contexts.is_empty() {
+        c.error(
+            "contexts",
+            contexts_span,
+            "no bounded contexts are defined",
+            "add at least one `[contexts.<name>]` table, e.g. `[contexts.orders]`",
+        );
+    }
+
+    let partials = first_pass(&mut c, contexts);
+    let built = second_pass(&mut c, &partials);
+
+    if !c.diagnostics.is_empty() {
+        return Err(c.diagnostics);
+    }
+    Ok(Spec {
+        system: system.expect("checked above"),
+        bus: bus.expect("checked above"),
+        contexts: built,
+    })
+}
+
+#[derive(Default)]
+struct IndexMapRef(indexmap::IndexMap<Spanned<String>, Spanned<RawContext>>);
+
+/// Checks each context on its own: its name, aggregate, fields and events.
+fn first_pass<'r>(
+    c: &mut Collector,
+    contexts: &'r indexmap::IndexMap<Spanned<String>, Spanned<RawContext>>,
+) -> Vec<Partial<'r>> {
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut partials = Vec::new();
+    for (key, ctx) in contexts {
+        let field = format!("contexts.{}", key.get_ref());
+        let name = match check_crate_name(key.get_ref(), "context", true) {
+            Ok(n) => n,
+            Err(p) => {
+                c.push(&field, key.span(), p);
+                continue;
+            }
+        };
+        if let Some(first) = seen.get(&name.snake) {
+            let message = if first == key.get_ref() {
+                format!("`{first}` is listed twice")
+            } else {
+                format!(
+                    "`{}` collides with `{first}`: both become `{}`",
+                    key.get_ref(),
+                    name.snake
+                )
+            };
+            c.error(&field, key.span(), message, "give every context a distinct name");
+            continue;
+        }
+        seen.insert(name.snake.clone(), key.get_ref().clone());
+
+        let ctx = ctx.get_ref();
+        let aggregate = match &ctx.aggregate {
+            Some(a) => check_type_name(a.get_ref(), "Order")
+                .map_err(|p| c.push(format!("{field}.aggregate"), a.span(), p))
+                .ok(),
+            None => Some(Names::new(&inflect::singular(&name.snake))),
+        };
+        let Some(aggregate) = aggregate else { continue };
+        let table = inflect::plural(&aggregate.snake);
+        if RESERVED_TABLES.contains(&table.as_str()) {
+            let span = ctx.aggregate.as_ref().map_or(key.span(), |a| a.span());
+            c.error(
+                format!("{field}.aggregate"),
+                span,
+                format!("`{}` would be stored in table `{table}`, which every service already has", aggregate.pascal),
+                "choose another aggregate name",
+            );
+            continue;
+        }
+
+        let mut fields = Vec::new();
+        for (fname, ftype) in &ctx.fields {
+            let at = format!("{field}.fields.{}", fname.get_ref());
+            if let Err(p) = check_field_name(fname.get_ref()) {
+                c.push(&at, fname.span(), p);
+                continue;
+            }
+            if RESERVED_FIELDS.contains(&fname.get_ref().as_str()) {
+                c.error(
+                    &at,
+                    fname.span(),
+                    format!("`{}` is generated for every aggregate", fname.get_ref()),
+                    "remove it, or rename it, e.g. `external_id`",
+                );
+                continue;
+            }
+            match FieldType::parse(ftype.get_ref()) {
+                Some(t) => fields.push((fname.get_ref().clone(), t)),
+                None => c.error(
+                    &at,
+                    ftype.span(),
+                    format!("`{}` is not a field type", ftype.get_ref()),
+                    format!("use one of: {}", FieldType::ALL),
+                ),
+            }
+        }
+
+        let events = match &ctx.publishes {
+            None => vec![Names::new(&format!("{}Created", aggregate.pascal))],
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    c.error(
+                        format!("{field}.publishes"),
+                        list.span(),
+                        "the list is empty",
+                        format!(
+                            "name at least one event (the first is emitted on create), e.g. `[\"{}Created\"]`, or remove the key for that default",
+                            aggregate.pascal
+                        ),
+                    );
+                }
+                let mut events: Vec<Names> = Vec::new();
+                for e in list.get_ref() {
+                    let at = format!("{field}.publishes");
+                    match check_type_name(e.get_ref(), &format!("{}Created", aggregate.pascal)) {
+                        Err(p) => c.push(&at, e.span(), p),
+                        Ok(_) if events.iter().any(|x| &x.raw == e.get_ref()) => c.error(
+                            &at,
+                            e.span(),
+                            format!("`{}` is listed twice", e.get_ref()),
+                            "list each event once",
+                        ),
+                        Ok(_) if e.get_ref() == &aggregate.pascal => c.error(
+                            &at,
+                            e.span(),
+                            format!("event `{}` has the aggregate's own name", e.get_ref()),
+                            format!("name what happened, e.g. `{}Created`", aggregate.pascal),
+                        ),
+                        Ok(n) => events.push(n),
+                    }
+                }
+                events
+            }
+        };
+
+        partials.push(Partial {
+            key,
+            raw: ctx,
+            name,
+            aggregate,
+            fields,
+            events,
+        });
+    }
+    partials
+}
+
+/// Resolves references between contexts: subscriptions, calls, and their cycles.
+fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
+    let find = |name: &str| {
+        partials
+            .iter()
+            .position(|p| p.key.get_ref() == name || p.name.snake == Names::new(name).snake)
+    };
+    let mut contexts = Vec::new();
+    let mut call_edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); partials.len()];
+
+    for (index, p) in partials.iter().enumerate() {
+        let field = format!("contexts.{}", p.key.get_ref());
+        let mut subscribes: Vec<Subscription> = Vec::new();
+        for s in &p.raw.subscribes {
+            let at = format!("{field}.subscribes");
+            let Some((ctx_name, event_name)) = s.get_ref().split_once('.') else {
+                c.error(
+                    &at,
+                    s.span(),
+                    format!("`{}` is not of the form `<context>.<Event>`", s.get_ref()),
+                    "write the publishing context and the event, e.g. `orders.OrderCreated`",
+                );
+                continue;
+            };
+            let Some(up) = find(ctx_name) else {
+                c.error(
+                    &at,
+                    s.span(),
+                    format!("`{}` refers to an unknown context `{ctx_name}`", s.get_ref()),
+                    format!("subscribe to one of: {}", known(partials)),
+                );
+                continue;
+            };
+            let upstream = &partials[up];
+            if up == index {
+                c.error(
+                    &at,
+                    s.span(),
+                    format!("`{}` subscribes a context to its own event", s.get_ref()),
+                    "handle the change inside the context instead of through the bus",
+                );
+                continue;
+            }
+            let Some(event) = upstream.events.iter().find(|e| e.raw == event_name) else {
+                let published: Vec<_> = upstream.events.iter().map(|e| e.raw.as_str()).collect();
+                c.error(
+                    &at,
+                    s.span(),
+                    format!(
+                        "`{}`: context `{ctx_name}` does not publish `{event_name}`",
+                        s.get_ref()
+                    ),
+                    format!(
+                        "use one of its events ({}) or add `{event_name}` to its `publishes`",
+                        published.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if subscribes
+                .iter()
+                .any(|x| x.context.snake == upstream.name.snake && x.event.raw == event.raw)
+            {
+                c.error(
+                    &at,
+                    s.span(),
+                    format!("`{}` is listed twice", s.get_ref()),
+                    "list each subscription once",
+                );
+                continue;
+            }
+            subscribes.push(Subscription {
+                context: upstream.name.clone(),
+                event: event.clone(),
+                upstream_aggregate: upstream.aggregate.clone(),
+                link_field: format!("{}_id", upstream.aggregate.snake),
+            });
+        }
+
+        let mut calls: Vec<Names> = Vec::new();
+        for call in &p.raw.calls {
+            let at = format!("{field}.calls");
+            match find(call.get_ref()) {
+                None => c.error(
+                    &at,
+                    call.span(),
+                    format!("`{}` is not a context of this system", call.get_ref()),
+                    format!("call one of: {}", known(partials)),
+                ),
+                Some(dep) if dep == index => c.error(
+                    &at,
+                    call.span(),
+                    format!("`{}` calls itself", call.get_ref()),
+                    "remove it: a context calls its own code directly",
+                ),
+                Some(dep) if call_edges[index].iter().any(|(d, _)| *d == dep) => c.error(
+                    &at,
+                    call.span(),
+                    format!("`{}` is listed twice", call.get_ref()),
+                    "list each dependency once",
+                ),
+                Some(dep) => {
+                    call_edges[index].push((dep, call.span()));
+                    calls.push(partials[dep].name.clone());
+                }
+            }
+        }
+
+        let all_fields = build_fields(c, &field, p, &subscribes);
+        contexts.push(Context {
+            name: p.name.clone(),
+            index,
+            grpc_port: BASE_GRPC_PORT + index as u16,
+            aggregate: Aggregate {
+                plural: Names::new(&inflect::plural(&p.aggregate.snake)),
+                name: p.aggregate.clone(),
+            },
+            fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
+            all_fields,
+            events: p
+                .events
+                .iter()
+                .map(|n| Event { name: n.clone() })
+                .collect(),
+            subscribes,
+            calls,
+        });
+    }
+
+    if let Some((path, span)) = find_cycle(&call_edges) {
+        let names: Vec<&str> = path.iter().map(|&i| partials[i].key.get_ref().as_str()).collect();
+        let sum: Vec<String> = path[1..].iter().map(|&i| format!("p99({})", partials[i].key.get_ref())).collect();
+        c.error(
+            format!("contexts.{}.calls", names[names.len() - 2]),
+            span,
+            format!(
+                "synchronous calls form a cycle {}; a call chain adds up its p99s (p99({}) includes {}), so a cycle has no latency bound",
+                names.join(" -> "),
+                names[0],
+                sum.join(" + ")
+            ),
+            "break the cycle: let one side publish an event and the other `subscribes` to it",
+        );
+    }
+    contexts
+}
+
+/// Declared fields then one link field per subscribed upstream context, with proto tags.
+fn build_fields(
+    c: &mut Collector,
+    field: &str,
+    p: &Partial,
+    subscribes: &[Subscription],
+) -> Vec<Field> {
+    let mut out: Vec<Field> = p
+        .fields
+        .iter()
+        .map(|(name, kind)| make_field(name, *kind, false, true))
+        .collect();
+    let mut links: BTreeMap<&str, &Subscription> = BTreeMap::new();
+    for s in subscribes {
+        links.entry(s.link_field.as_str()).or_insert(s);
+    }
+    for s in subscribes {
+        if let Some(other) = links.get(s.link_field.as_str())
+            && other.context.snake != s.context.snake
+        {
+            c.error(
+                format!("{field}.subscribes"),
+                p.key.span(),
+                format!(
+                    "contexts `{}` and `{}` both have aggregate `{}`, so both links would be `{}`",
+                    other.context.raw, s.context.raw, s.upstream_aggregate.pascal, s.link_field
+                ),
+                "give the upstream contexts distinct `aggregate` names",
+            );
+        }
+    }
+    let mut seen_links = Vec::new();
+    for s in subscribes {
+        if seen_links.contains(&s.link_field) {
+            continue;
+        }
+        seen_links.push(s.link_field.clone());
+        match out.iter_mut().find(|f| f.name == s.link_field) {
+            Some(f) if f.kind == FieldType::String => f.link = true,
+            Some(f) => c.error(
+                format!("{field}.fields.{}", f.name),
+                p.key.span(),
+                format!(
+                    "`{}` must be a string: it carries the id of `{}`'s {}",
+                    f.name, s.context.raw, s.upstream_aggregate.pascal
+                ),
+                format!("declare `{} = \"string\"` or remove it", f.name),
+            ),
+            None => out.push(make_field(&s.link_field, FieldType::String, true, false)),
+        }
+    }
+    for (i, f) in out.iter_mut().enumerate() {
+        f.tag = i + 2;
+    }
+    out
+}
+
+fn make_field(name: &str, kind: FieldType, link: bool, declared: bool) -> Field {
+    Field {
+        name: name.to_string(),
+        pascal: Names::new(name).pascal,
+        kind,
+        proto_type: kind.proto(),
+        rust_type: kind.rust(),
+        sql_type: kind.sql(),
+        sample: kind.sample(name),
+        tag: 0,
+        link,
+        declared,
+    }
+}
+
+fn known(partials: &[Partial]) -> String {
+    partials
+        .iter()
+        .map(|p| format!("`{}`", p.key.get_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Depth-first search for a cycle; returns its path (first node repeated at the end) and
+/// the span of the call that closes it.
+fn find_cycle(edges: &[Vec<(usize, Range<usize>)>]) -> Option<(Vec<usize>, Range<usize>)> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        Active,
+        Done,
+    }
+    fn visit(
+        node: usize,
+        edges: &[Vec<(usize, Range<usize>)>],
+        marks: &mut [Mark],
+        stack: &mut Vec<usize>,
+    ) -> Option<(Vec<usize>, Range<usize>)> {
+        marks[node] = Mark::Active;
+        stack.push(node);
+        for (next, span) in &edges[node] {
+            match marks[*next] {
+                Mark::Active => {
+                    let start = stack.iter().position(|n| n == next).expect("on stack");
+                    let mut path = stack[start..].to_vec();
+                    path.push(*next);
+                    return Some((path, span.clone()));
+                }
+                Mark::New => {
+                    if let Some(found) = visit(*next, edges, marks, stack) {
+                        return Some(found);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        stack.pop();
+        marks[node] = Mark::Done;
+        None
+    }
+    let mut marks = vec![Mark::New; edges.len()];
+    for start in 0..edges.len() {
+        if marks[start] == Mark::New {
+            let mut stack = Vec::new();
+            if let Some(found) = visit(start, edges, &mut marks, &mut stack) {
+                return Some(found);
+            }
+        }
+    }
+    None
+}
