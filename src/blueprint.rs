@@ -162,9 +162,18 @@ mod tests {
     #[test]
     fn embedded_blueprint_has_a_manifest_and_templates_for_every_set() {
         let bp = Blueprint::embedded().unwrap();
-        assert!(bp.manifest.sets.iter().any(|s| s.each == Some(Each::Context)));
+        assert!(
+            bp.manifest
+                .sets
+                .iter()
+                .any(|s| s.each == Some(Each::Context))
+        );
         for set in &bp.manifest.sets {
-            assert!(bp.templates.iter().any(|t| t.set == set.folder), "{}", set.folder);
+            assert!(
+                bp.templates.iter().any(|t| t.set == set.folder),
+                "{}",
+                set.folder
+            );
         }
     }
 }

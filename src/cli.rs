@@ -58,7 +58,12 @@ pub struct NewArgs {
     /// Name of the system; also the default output directory
     pub name: String,
     /// Bounded contexts for the default spec, in call-chain order, e.g. orders,billing
-    #[arg(long, value_delimiter = ',', value_name = "A,B,...", conflicts_with = "spec")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "A,B,...",
+        conflicts_with = "spec"
+    )]
     pub contexts: Option<Vec<String>>,
     /// A spec file (TOML); see "The spec" in the README
     #[arg(long, value_name = "FILE")]
@@ -141,7 +146,10 @@ fn new(args: NewArgs) -> Result<()> {
             "warning: rustfmt not found (install it with `rustup component add rustfmt`); the Rust files are unformatted"
         );
     }
-    let target = args.out.clone().unwrap_or_else(|| PathBuf::from(&spec.system.raw));
+    let target = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&spec.system.raw));
     write::check_target(&target, args.force)?;
 
     if args.dry_run {
@@ -220,5 +228,7 @@ fn print_summary(spec: &Spec, plan: &Plan, target: &Path, git: GitOutcome) {
     println!(
         "  cd {dir} && DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres cargo test --workspace"
     );
-    println!("\n(the tests need a PostgreSQL server that lets that user create databases; see {dir}/README.md)");
+    println!(
+        "\n(the tests need a PostgreSQL server that lets that user create databases; see {dir}/README.md)"
+    );
 }

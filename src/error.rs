@@ -10,7 +10,11 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// A position in a spec file, 1-based.
-    File { path: String, line: usize, col: usize },
+    File {
+        path: String,
+        line: usize,
+        col: usize,
+    },
     /// A command-line flag such as `--contexts`.
     Flag(&'static str),
 }
@@ -93,7 +97,10 @@ fn render_diagnostics(diagnostics: &[Diagnostic]) -> String {
         .collect::<Vec<_>>()
         .join("\n");
     if diagnostics.len() > 1 {
-        out.push_str(&format!("\n{} problems found; nothing was written", diagnostics.len()));
+        out.push_str(&format!(
+            "\n{} problems found; nothing was written",
+            diagnostics.len()
+        ));
     }
     out
 }

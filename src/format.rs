@@ -36,7 +36,11 @@ impl Drop for TempTree {
 }
 
 pub fn rust_files(files: &mut BTreeMap<String, PlannedFile>) -> Result<Formatted> {
-    let paths: Vec<String> = files.keys().filter(|p| p.ends_with(".rs")).cloned().collect();
+    let paths: Vec<String> = files
+        .keys()
+        .filter(|p| p.ends_with(".rs"))
+        .cloned()
+        .collect();
     if paths.is_empty() {
         return Ok(Formatted::Yes);
     }
@@ -49,7 +53,8 @@ pub fn rust_files(files: &mut BTreeMap<String, PlannedFile>) -> Result<Formatted
     let tree = TempTree(root.clone());
     for path in &paths {
         let dest = root.join(path);
-        fs::create_dir_all(dest.parent().expect("a file has a parent")).map_err(Error::io(&dest))?;
+        fs::create_dir_all(dest.parent().expect("a file has a parent"))
+            .map_err(Error::io(&dest))?;
         fs::write(&dest, &files[path].contents).map_err(Error::io(&dest))?;
     }
     let rustfmt = std::env::var_os("RUSTFMT").unwrap_or_else(|| "rustfmt".into());

@@ -33,8 +33,22 @@ impl Names {
 }
 
 const UNCOUNTABLE: &[&str] = &[
-    "billing", "shipping", "inventory", "news", "series", "species", "equipment", "information",
-    "feedback", "data", "metadata", "media", "staff", "analytics", "payroll", "settings",
+    "billing",
+    "shipping",
+    "inventory",
+    "news",
+    "series",
+    "species",
+    "equipment",
+    "information",
+    "feedback",
+    "data",
+    "metadata",
+    "media",
+    "staff",
+    "analytics",
+    "payroll",
+    "settings",
 ];
 
 fn split_last_word(word: &str) -> (&str, &str) {
@@ -54,7 +68,10 @@ pub fn singular(snake: &str) -> String {
         format!("{stem}y")
     } else if let Some(stem) = ["sses", "shes", "ches", "xes", "zes"]
         .iter()
-        .find_map(|suffix| last.strip_suffix(suffix).map(|s| (s, &suffix[..suffix.len() - 2])))
+        .find_map(|suffix| {
+            last.strip_suffix(suffix)
+                .map(|s| (s, &suffix[..suffix.len() - 2]))
+        })
         .map(|(s, keep)| format!("{s}{keep}"))
     {
         stem
@@ -79,7 +96,10 @@ pub fn plural(snake: &str) -> String {
             .is_some_and(|c| !matches!(c, 'a' | 'e' | 'i' | 'o' | 'u'))
     }) {
         format!("{stem}ies")
-    } else if ["s", "x", "z", "ch", "sh"].iter().any(|e| last.ends_with(e)) {
+    } else if ["s", "x", "z", "ch", "sh"]
+        .iter()
+        .any(|e| last.ends_with(e))
+    {
         format!("{last}es")
     } else {
         format!("{last}s")
@@ -130,7 +150,12 @@ mod tests {
     fn names_cover_every_case() {
         let n = Names::new("order-items");
         assert_eq!(
-            (n.snake.as_str(), n.kebab.as_str(), n.pascal.as_str(), n.shouty.as_str()),
+            (
+                n.snake.as_str(),
+                n.kebab.as_str(),
+                n.pascal.as_str(),
+                n.shouty.as_str()
+            ),
             ("order_items", "order-items", "OrderItems", "ORDER_ITEMS")
         );
     }

@@ -72,7 +72,10 @@ pub fn with_header(path: &str, contents: &[u8], owner: Owner) -> Vec<u8> {
     };
     let line = format!("{open}{}{close}\n", header(owner));
     let (shebang, rest) = if contents.starts_with(b"#!") {
-        let end = contents.iter().position(|b| *b == b'\n').map_or(contents.len(), |i| i + 1);
+        let end = contents
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(contents.len(), |i| i + 1);
         contents.split_at(end)
     } else {
         (&[][..], contents)
@@ -87,9 +90,18 @@ mod tests {
     #[test]
     fn star_matches_one_segment() {
         let user = vec!["services/*/src/domain/rules.rs".to_string()];
-        assert_eq!(owner_of("services/orders/src/domain/rules.rs", &user), Owner::User);
-        assert_eq!(owner_of("services/orders/src/domain/mod.rs", &user), Owner::Generator);
-        assert_eq!(owner_of("services/a/b/src/domain/rules.rs", &user), Owner::Generator);
+        assert_eq!(
+            owner_of("services/orders/src/domain/rules.rs", &user),
+            Owner::User
+        );
+        assert_eq!(
+            owner_of("services/orders/src/domain/mod.rs", &user),
+            Owner::Generator
+        );
+        assert_eq!(
+            owner_of("services/a/b/src/domain/rules.rs", &user),
+            Owner::Generator
+        );
     }
 
     #[test]

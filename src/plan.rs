@@ -121,7 +121,9 @@ fn check_output_path(name: &str, path: &str) -> Result<()> {
     let bad = path.is_empty()
         || path.starts_with('/')
         || path.contains('\\')
-        || path.split('/').any(|s| s.is_empty() || s == "." || s == "..");
+        || path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..");
     if bad {
         return Err(Error::Blueprint(format!(
             "{name}: renders to `{path}`, which is not a relative path inside the workspace"

@@ -35,9 +35,24 @@ macro_rules! case_filter {
     };
 }
 
-case_filter!(SnakeCase, SnakeCaseFilter, "snake_case", ToSnakeCase::to_snake_case);
-case_filter!(KebabCase, KebabCaseFilter, "kebab_case", ToKebabCase::to_kebab_case);
-case_filter!(PascalCase, PascalCaseFilter, "pascal_case", ToPascalCase::to_pascal_case);
+case_filter!(
+    SnakeCase,
+    SnakeCaseFilter,
+    "snake_case",
+    ToSnakeCase::to_snake_case
+);
+case_filter!(
+    KebabCase,
+    KebabCaseFilter,
+    "kebab_case",
+    ToKebabCase::to_kebab_case
+);
+case_filter!(
+    PascalCase,
+    PascalCaseFilter,
+    "pascal_case",
+    ToPascalCase::to_pascal_case
+);
 case_filter!(
     ShoutySnakeCase,
     ShoutySnakeCaseFilter,

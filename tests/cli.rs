@@ -114,7 +114,7 @@ const CASES: &[Case] = &[
         name: "toml syntax error",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders\n"),
-        stderr: "error: spec: invalid table header\nexpected `.`, `]`\n  --> spec.toml:2:17\n  = help: see the spec reference in the README (section `The spec`)",
+        stderr: "error: spec: unclosed table, expected `]`\n  --> spec.toml:2:17\n  = help: see the spec reference in the README (section `The spec`)",
     },
     Case {
         name: "unknown key",
@@ -137,7 +137,9 @@ const CASES: &[Case] = &[
     Case {
         name: "unknown event",
         args: &["new", "shop", "--spec", "spec.toml"],
-        spec: Some("name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders.OrderPlaced\"]\n"),
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders.OrderPlaced\"]\n",
+        ),
         stderr: "error: contexts.billing.subscribes: `orders.OrderPlaced`: context `orders` does not publish `OrderPlaced`\n  --> spec.toml:4:15\n  = help: use one of its events (OrderCreated) or add `OrderPlaced` to its `publishes`",
     },
     Case {
@@ -149,7 +151,9 @@ const CASES: &[Case] = &[
     Case {
         name: "malformed subscription",
         args: &["new", "shop", "--spec", "spec.toml"],
-        spec: Some("name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders\"]\n"),
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders\"]\n",
+        ),
         stderr: "error: contexts.billing.subscribes: `orders` is not of the form `<context>.<Event>`\n  --> spec.toml:4:15\n  = help: write the publishing context and the event, e.g. `orders.OrderCreated`",
     },
     Case {
@@ -161,7 +165,9 @@ const CASES: &[Case] = &[
     Case {
         name: "cycle of synchronous calls",
         args: &["new", "shop", "--spec", "spec.toml"],
-        spec: Some("name = \"shop\"\n[contexts.orders]\ncalls = [\"billing\"]\n[contexts.billing]\ncalls = [\"stock\"]\n[contexts.stock]\ncalls = [\"orders\"]\n"),
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\ncalls = [\"billing\"]\n[contexts.billing]\ncalls = [\"stock\"]\n[contexts.stock]\ncalls = [\"orders\"]\n",
+        ),
         stderr: "error: contexts.stock.calls: synchronous calls form a cycle orders -> billing -> stock -> orders; a call chain adds up its p99s (p99(orders) includes p99(billing) + p99(stock) + p99(orders)), so a cycle has no latency bound\n  --> spec.toml:7:10\n  = help: break the cycle: let one side publish an event and the other `subscribes` to it",
     },
     Case {
@@ -209,7 +215,9 @@ const CASES: &[Case] = &[
     Case {
         name: "validate reports several problems at once",
         args: &["validate", "--spec", "spec.toml"],
-        spec: Some("name = \"shop\"\nbus = \"nats\"\n[contexts.self]\n[contexts.orders]\ncalls = [\"orders\"]\n"),
+        spec: Some(
+            "name = \"shop\"\nbus = \"nats\"\n[contexts.self]\n[contexts.orders]\ncalls = [\"orders\"]\n",
+        ),
         stderr: "error: bus: `nats` is not a supported bus\n  --> spec.toml:2:7\n  = help: use `kafka` or `sqs`\nerror: contexts.self: `self` becomes `self`, a Rust keyword\n  --> spec.toml:3:11\n  = help: rename it, e.g. `selfs` or `self_context`\nerror: contexts.orders.calls: `orders` calls itself\n  --> spec.toml:5:10\n  = help: remove it: a context calls its own code directly\n3 problems found; nothing was written",
     },
 ];
@@ -258,11 +266,25 @@ fn a_non_empty_target_is_refused_without_force_and_left_untouched() {
         "target `shop` exists and is not empty\n  = help: choose another directory with --out, or pass --force to write the generated files over it"
     );
     assert_eq!(listing(&target), ["notes.txt"]);
-    assert_eq!(listing(dir.path()), ["shop"], "no staging directory left behind");
+    assert_eq!(
+        listing(dir.path()),
+        ["shop"],
+        "no staging directory left behind"
+    );
 
-    let forced = run_in(dir.path(), &["new", "shop", "--contexts", "orders", "--force", "--no-git"]);
-    assert!(forced.status.success(), "{}", String::from_utf8_lossy(&forced.stderr));
-    assert_eq!(fs::read_to_string(target.join("notes.txt")).unwrap(), "mine");
+    let forced = run_in(
+        dir.path(),
+        &["new", "shop", "--contexts", "orders", "--force", "--no-git"],
+    );
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(target.join("notes.txt")).unwrap(),
+        "mine"
+    );
     assert!(target.join("services/orders/src/main.rs").is_file());
 }
 
@@ -272,20 +294,32 @@ fn a_file_in_the_way_is_refused() {
     fs::write(dir.path().join("shop"), "a file").unwrap();
     let out = run_in(dir.path(), &["new", "shop", "--contexts", "orders"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("target `shop` exists and is not a directory"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with("target `shop` exists and is not a directory")
+    );
 }
 
 #[test]
 fn dry_run_lists_the_tree_with_owners_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let out = run_in(dir.path(), &["new", "shop", "--contexts", "orders,billing", "--dry-run"]);
+    let out = run_in(
+        dir.path(),
+        &["new", "shop", "--contexts", "orders,billing", "--dry-run"],
+    );
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("shop/  (dry run: "), "{stdout}");
     assert!(stdout.contains("services/billing/src/domain/rules.rs"));
-    let rules = stdout.lines().find(|l| l.contains("orders/src/domain/rules.rs")).unwrap();
+    let rules = stdout
+        .lines()
+        .find(|l| l.contains("orders/src/domain/rules.rs"))
+        .unwrap();
     assert!(rules.trim_end().ends_with("user"), "{rules}");
-    let grpc = stdout.lines().find(|l| l.contains("orders/src/grpc.rs")).unwrap();
+    let grpc = stdout
+        .lines()
+        .find(|l| l.contains("orders/src/grpc.rs"))
+        .unwrap();
     assert!(grpc.trim_end().ends_with("generator"), "{grpc}");
     assert!(listing(dir.path()).is_empty());
 }
@@ -298,10 +332,16 @@ fn validate_accepts_a_good_spec_and_summarises_it() {
         .arg(&spec)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("valid; system `market`, bus sqs, 3 contexts: catalog, order-items, shipping"),
+        stdout.contains(
+            "valid; system `market`, bus sqs, 3 contexts: catalog, order-items, shipping"
+        ),
         "{stdout}"
     );
 }
@@ -311,7 +351,10 @@ fn help_shows_examples_and_completions_are_printed() {
     let dir = tempfile::tempdir().unwrap();
     let help = run_in(dir.path(), &["new", "--help"]);
     let text = String::from_utf8_lossy(&help.stdout);
-    assert!(text.contains("archscaffold new shop --contexts orders,billing"), "{text}");
+    assert!(
+        text.contains("archscaffold new shop --contexts orders,billing"),
+        "{text}"
+    );
     let completions = run_in(dir.path(), &["completions", "bash"]);
     assert!(completions.status.success());
     assert!(String::from_utf8_lossy(&completions.stdout).contains("archscaffold"));

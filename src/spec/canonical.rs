@@ -6,12 +6,17 @@ use super::model::Spec;
 pub fn to_toml(spec: &Spec) -> String {
     let mut out = String::new();
     out.push_str("# The spec this workspace was generated from, with every default written out.\n");
-    out.push_str("# Edit it and regenerate; `archscaffold validate --spec archscaffold.toml` checks it.\n");
+    out.push_str(
+        "# Edit it and regenerate; `archscaffold validate --spec archscaffold.toml` checks it.\n",
+    );
     out.push_str(&format!("name = {}\n", quote(&spec.system.raw)));
     out.push_str(&format!("bus = {}\n", quote(spec.bus.as_str())));
     for ctx in &spec.contexts {
         out.push_str(&format!("\n[contexts.{}]\n", ctx.name.raw));
-        out.push_str(&format!("aggregate = {}\n", quote(&ctx.aggregate.name.pascal)));
+        out.push_str(&format!(
+            "aggregate = {}\n",
+            quote(&ctx.aggregate.name.pascal)
+        ));
         if !ctx.fields.is_empty() {
             let fields: Vec<String> = ctx
                 .fields
@@ -54,6 +59,9 @@ mod tests {
         let text = to_toml(&spec);
         let again = parse(&text, "archscaffold.toml", &Overrides::default()).unwrap();
         assert_eq!(to_toml(&again), text);
-        assert!(text.contains("subscribes = [\"orders.OrderCreated\"]"), "{text}");
+        assert!(
+            text.contains("subscribes = [\"orders.OrderCreated\"]"),
+            "{text}"
+        );
     }
 }

@@ -49,7 +49,10 @@ pub fn from_contexts(system: &str, contexts: &[String], bus: Bus) -> Result<Spec
                 ),
                 Some(v) => push(
                     field,
-                    format!("`{raw}` collides with `{}`: both become `{}`", v.raw, n.snake),
+                    format!(
+                        "`{raw}` collides with `{}`: both become `{}`",
+                        v.raw, n.snake
+                    ),
                     "give every context a distinct name".into(),
                 ),
                 None => valid.push(n),

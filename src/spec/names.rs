@@ -22,20 +22,41 @@ fn problem(message: impl Into<String>, help: impl Into<String>) -> NameProblem {
 
 /// Strict and reserved keywords of Rust 2024, plus `Self`.
 const RUST_KEYWORDS: &[&str] = &[
-    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum",
-    "extern", "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod",
-    "move", "mut", "pub", "ref", "return", "self", "Self", "static", "struct", "super", "trait",
-    "true", "type", "unsafe", "use", "where", "while", "abstract", "become", "box", "do",
-    "final", "macro", "override", "priv", "typeof", "unsized", "virtual", "yield", "try",
+    "as", "async", "await", "break", "const", "continue", "crate", "dyn", "else", "enum", "extern",
+    "false", "fn", "for", "gen", "if", "impl", "in", "let", "loop", "match", "mod", "move", "mut",
+    "pub", "ref", "return", "self", "Self", "static", "struct", "super", "trait", "true", "type",
+    "unsafe", "use", "where", "while", "abstract", "become", "box", "do", "final", "macro",
+    "override", "priv", "typeof", "unsized", "virtual", "yield", "try",
 ];
 
 /// Crate names a context may not take: the generated crates, and the crates every service
 /// depends on (a package named `tokio` could not depend on tokio).
 const RESERVED_CRATES: &[&str] = &[
-    "gateway", "platform", "contracts", "std", "core", "alloc", "test", "proc_macro", "tokio",
-    "tokio_stream", "tonic", "tonic_health", "tonic_prost", "tonic_prost_build", "prost",
-    "prost_types", "protox", "sqlx", "uuid", "serde", "serde_json", "sha2", "thiserror",
-    "tracing", "tracing_subscriber",
+    "gateway",
+    "platform",
+    "contracts",
+    "std",
+    "core",
+    "alloc",
+    "test",
+    "proc_macro",
+    "tokio",
+    "tokio_stream",
+    "tonic",
+    "tonic_health",
+    "tonic_prost",
+    "tonic_prost_build",
+    "prost",
+    "prost_types",
+    "protox",
+    "sqlx",
+    "uuid",
+    "serde",
+    "serde_json",
+    "sha2",
+    "thiserror",
+    "tracing",
+    "tracing_subscriber",
 ];
 
 /// The longest context or system name: it ends up in Postgres database names (63 bytes).
@@ -91,7 +112,10 @@ pub fn check_crate_name(raw: &str, what: &str, reserved: bool) -> Result<Names, 
     if is_rust_keyword(&names.snake) {
         return Err(problem(
             format!("`{raw}` becomes `{}`, a Rust keyword", names.snake),
-            format!("rename it, e.g. `{}s` or `{}_{what}`", names.snake, names.snake),
+            format!(
+                "rename it, e.g. `{}s` or `{}_{what}`",
+                names.snake, names.snake
+            ),
         ));
     }
     if reserved && RESERVED_CRATES.contains(&names.snake.as_str()) {
@@ -118,7 +142,10 @@ pub fn check_type_name(raw: &str, example: &str) -> Result<Names, NameProblem> {
         } else {
             format!("write it in PascalCase, e.g. `{example}`")
         };
-        return Err(problem(format!("`{raw}` is not a PascalCase type name"), fix));
+        return Err(problem(
+            format!("`{raw}` is not a PascalCase type name"),
+            fix,
+        ));
     }
     if is_rust_keyword(raw) || is_rust_keyword(&names.snake) {
         return Err(problem(
@@ -143,7 +170,10 @@ pub fn check_field_name(raw: &str) -> Result<(), NameProblem> {
         } else {
             "write it in snake_case starting with a letter, e.g. `total_cents`".to_string()
         };
-        return Err(problem(format!("`{raw}` is not a snake_case field name"), fix));
+        return Err(problem(
+            format!("`{raw}` is not a snake_case field name"),
+            fix,
+        ));
     }
     if is_rust_keyword(raw) {
         return Err(problem(
@@ -160,14 +190,22 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names_in_any_case() {
-        for ok in ["orders", "order-items", "order_items", "OrderItems", "v2_orders"] {
+        for ok in [
+            "orders",
+            "order-items",
+            "order_items",
+            "OrderItems",
+            "v2_orders",
+        ] {
             assert!(check_crate_name(ok, "context", true).is_ok(), "{ok}");
         }
     }
 
     #[test]
     fn rejects_names_that_break_after_conversion() {
-        for bad in ["", "a/b", "..", "or$ders", "2fa", "type", "self", "gateway", "tokio", "_x"] {
+        for bad in [
+            "", "a/b", "..", "or$ders", "2fa", "type", "self", "gateway", "tokio", "_x",
+        ] {
             assert!(check_crate_name(bad, "context", true).is_err(), "{bad}");
         }
     }

@@ -172,7 +172,12 @@ fn first_pass<'r>(
                     name.snake
                 )
             };
-            c.error(&field, key.span(), message, "give every context a distinct name");
+            c.error(
+                &field,
+                key.span(),
+                message,
+                "give every context a distinct name",
+            );
             continue;
         }
         seen.insert(name.snake.clone(), key.get_ref().clone());
@@ -191,7 +196,10 @@ fn first_pass<'r>(
             c.error(
                 format!("{field}.aggregate"),
                 span,
-                format!("`{}` would be stored in table `{table}`, which every service already has", aggregate.pascal),
+                format!(
+                    "`{}` would be stored in table `{table}`, which every service already has",
+                    aggregate.pascal
+                ),
                 "choose another aggregate name",
             );
             continue;
@@ -302,7 +310,10 @@ fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
                 c.error(
                     &at,
                     s.span(),
-                    format!("`{}` refers to an unknown context `{ctx_name}`", s.get_ref()),
+                    format!(
+                        "`{}` refers to an unknown context `{ctx_name}`",
+                        s.get_ref()
+                    ),
                     format!("subscribe to one of: {}", known(partials)),
                 );
                 continue;
@@ -393,19 +404,21 @@ fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
             },
             fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
             all_fields,
-            events: p
-                .events
-                .iter()
-                .map(|n| Event { name: n.clone() })
-                .collect(),
+            events: p.events.iter().map(|n| Event { name: n.clone() }).collect(),
             subscribes,
             calls,
         });
     }
 
     if let Some((path, span)) = find_cycle(&call_edges) {
-        let names: Vec<&str> = path.iter().map(|&i| partials[i].key.get_ref().as_str()).collect();
-        let sum: Vec<String> = path[1..].iter().map(|&i| format!("p99({})", partials[i].key.get_ref())).collect();
+        let names: Vec<&str> = path
+            .iter()
+            .map(|&i| partials[i].key.get_ref().as_str())
+            .collect();
+        let sum: Vec<String> = path[1..]
+            .iter()
+            .map(|&i| format!("p99({})", partials[i].key.get_ref()))
+            .collect();
         c.error(
             format!("contexts.{}.calls", names[names.len() - 2]),
             span,
