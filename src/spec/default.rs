@@ -10,6 +10,7 @@ use crate::inflect::{self, Names};
 const FLAG: &str = "--contexts";
 
 pub fn from_contexts(system: &str, contexts: &[String], bus: Bus) -> Result<Spec> {
+    super::check_name_argument(system)?;
     let mut diagnostics = Vec::new();
     let mut push = |field: String, message: String, help: String| {
         diagnostics.push(Diagnostic {
@@ -19,15 +20,6 @@ pub fn from_contexts(system: &str, contexts: &[String], bus: Bus) -> Result<Spec
             help,
         })
     };
-    if let Err(p) = check_crate_name(system, "system", false) {
-        diagnostics.push(Diagnostic {
-            field: "name".into(),
-            origin: Origin::Flag("<NAME>"),
-            message: p.message,
-            help: p.help,
-        });
-        return Err(Error::Invalid(diagnostics));
-    }
     let contexts: Vec<&str> = contexts.iter().map(|c| c.trim()).collect();
     if contexts.iter().all(|c| c.is_empty()) {
         push(

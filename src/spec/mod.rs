@@ -53,24 +53,28 @@ pub fn parse(text: &str, path: &str, overrides: &Overrides) -> Result<Spec> {
             help: "see the spec reference in the README (section `The spec`)".to_string(),
         }])
     })?;
-    let mut diagnostics = Vec::new();
     if let Some(name) = overrides.name {
+        check_name_argument(name)?;
         let span = raw.name.span();
         raw.name = toml::Spanned::new(span, name.to_string());
-        if let Err(p) = names::check_crate_name(name, "system", false) {
-            diagnostics.push(Diagnostic {
-                field: "name".into(),
-                origin: Origin::Flag("<NAME>"),
-                message: p.message,
-                help: p.help,
-            });
-            return Err(Error::Invalid(diagnostics));
-        }
     }
     if let Some(bus) = overrides.bus {
         raw.bus = Some(toml::Spanned::new(0..0, bus.as_str().to_string()));
     }
     validate::validate(&raw, &source).map_err(Error::Invalid)
+}
+
+/// Checks the `<NAME>` argument of `new`, which names the system whatever the spec says.
+fn check_name_argument(name: &str) -> Result<()> {
+    names::check_crate_name(name, "system", false).map_err(|p| {
+        Error::Invalid(vec![Diagnostic {
+            field: "name".into(),
+            origin: Origin::Flag("<NAME>"),
+            message: p.message,
+            help: p.help,
+        }])
+    })?;
+    Ok(())
 }
 
 /// Validates spec text built by the generator itself (the default spec), reporting every
