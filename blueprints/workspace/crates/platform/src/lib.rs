@@ -1,11 +1,17 @@
 //! What every service of the workspace shares. Services depend on this crate; it depends on
 //! no service, so a change here is the only change that touches them all.
 
+pub mod adapter;
+pub mod backoff;
+pub mod bus;
 pub mod config;
+pub mod consumer;
+pub mod context;
 pub mod db;
 pub mod error;
 pub mod idempotency;
 pub mod outbox;
+pub mod relay;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -9,6 +9,8 @@ use uuid::Uuid;
 pub struct OutboxMessage {
     /// Also the message id consumers deduplicate on.
     pub event_id: Uuid,
+    /// The topic the relay publishes it to.
+    pub topic: String,
     /// Fully qualified protobuf name, e.g. `shop.orders.v1.OrderCreated`.
     pub event_type: String,
     pub aggregate_type: String,
@@ -21,10 +23,11 @@ pub struct OutboxMessage {
 
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO outbox (id, event_type, aggregate_type, aggregate_id, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, payload, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(message.event_id)
+    .bind(&message.topic)
     .bind(&message.event_type)
     .bind(&message.aggregate_type)
     .bind(message.aggregate_id)

@@ -80,3 +80,36 @@ mod tests {
         assert_eq!(with_database("postgres://u@h", "t1"), "postgres://u@h/t1");
     }
 }
+
+/// An in-memory bus for tests of the relay and the consumers: it records what was
+/// published and can be told to fail, like a broker that is down. The real brokers are
+/// exercised end to end by the generator's harness.
+#[derive(Default)]
+pub struct MemoryBus {
+    pub published: std::sync::Mutex<Vec<crate::bus::OutgoingMessage>>,
+    pub down: std::sync::atomic::AtomicBool,
+}
+
+impl MemoryBus {
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn published(&self) -> Vec<crate::bus::OutgoingMessage> {
+        self.published.lock().unwrap().clone()
+    }
+}
+
+impl crate::bus::Publisher for MemoryBus {
+    async fn publish(&self, message: &crate::bus::OutgoingMessage) -> Result<(), crate::bus::BusError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crate::bus::BusError("broker down (test)".into()));
+        }
+        self.published.lock().unwrap().push(message.clone());
+        Ok(())
+    }
+
+    async fn ensure_topics(&self, _topics: &[String]) -> Result<(), crate::bus::BusError> {
+        Ok(())
+    }
+}

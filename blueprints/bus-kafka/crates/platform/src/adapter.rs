@@ -1,0 +1,180 @@
+//! Kafka adapter on rdkafka, with librdkafka built from source (`cmake-build`): Debian's
+//! librdkafka 2.0 fails the ApiVersion handshake with some brokers, the bundled 2.x does
+//! not (ADR 0001 in docs/adr). Topics are created on demand and again after a broker comes
+//! back empty; each consuming service is one consumer group and commits offsets only after
+//! a message was applied or dead-lettered.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::bus::{BusError, Delivery, OutgoingMessage, Publisher, Receipt, Subscriber};
+use crate::config::{ConfigError, Env};
+
+#[derive(Debug, Clone)]
+pub struct BusConfig {
+    /// `host:port,...` of the Kafka bootstrap brokers.
+    pub brokers: String,
+    /// How long a publish may wait for the broker before it counts as failed.
+    pub publish_timeout: Duration,
+}
+
+impl BusConfig {
+    /// `<SERVICE>__KAFKA__BROKERS` (default `127.0.0.1:9092`) and
+    /// `<SERVICE>__KAFKA__PUBLISH_TIMEOUT_MS` (default 5000).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(BusConfig {
+            brokers: env.parse_or("KAFKA__BROKERS", "127.0.0.1:9092".to_string())?,
+            publish_timeout: Duration::from_millis(env.parse_or("KAFKA__PUBLISH_TIMEOUT_MS", 5000)?),
+        })
+    }
+}
+
+fn error(e: impl std::fmt::Display) -> BusError {
+    BusError(e.to_string())
+}
+
+/// The producer side, cheap to clone; also creates topics and subscribers.
+#[derive(Clone)]
+pub struct Bus {
+    config: BusConfig,
+    producer: FutureProducer,
+}
+
+impl Bus {
+    /// Creates the clients; nothing connects until the first message, so a service starts
+    /// (and accepts writes) while the broker is down.
+    pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
+        let timeout_ms = config.publish_timeout.as_millis().to_string();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            .set("message.timeout.ms", &timeout_ms)
+            .set("acks", "all")
+            .create()
+            .map_err(error)?;
+        Ok(Bus {
+            config: config.clone(),
+            producer,
+        })
+    }
+
+    /// A consumer in `group` subscribed to `topics`, starting from the earliest offset the
+    /// group has not committed.
+    pub fn subscriber(&self, group: &str, topics: &[String]) -> Result<KafkaSubscriber, BusError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            // Notice re-created topics quickly after a broker restart.
+            .set("topic.metadata.refresh.interval.ms", "2000")
+            .create()
+            .map_err(error)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(error)?;
+        Ok(KafkaSubscriber { consumer })
+    }
+}
+
+impl Publisher for Bus {
+    async fn publish(&self, message: &OutgoingMessage) -> Result<(), BusError> {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            });
+        }
+        let record = FutureRecord::to(&message.topic)
+            .key(&message.key)
+            .payload(&message.payload)
+            .headers(headers);
+        self.producer
+            .send(record, self.config.publish_timeout)
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| error(e))
+    }
+
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .create()
+            .map_err(error)?;
+        let wanted: Vec<NewTopic> = topics
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(self.config.publish_timeout));
+        for result in admin.create_topics(&wanted, &options).await.map_err(error)? {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(BusError(format!("cannot create topic {topic}: {code}")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The subscriber type of this bus, named the same for every adapter.
+pub type BusSubscriber = KafkaSubscriber;
+
+pub struct KafkaSubscriber {
+    consumer: StreamConsumer,
+}
+
+impl Subscriber for KafkaSubscriber {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        let message = self.consumer.recv().await.map_err(error)?;
+        let mut headers = BTreeMap::new();
+        if let Some(received) = message.headers() {
+            for header in received.iter() {
+                if let Some(value) = header.value {
+                    headers.insert(
+                        header.key.to_string(),
+                        String::from_utf8_lossy(value).into_owned(),
+                    );
+                }
+            }
+        }
+        Ok(Delivery {
+            topic: message.topic().to_string(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            headers,
+            receipt: Receipt {
+                partition: message.partition(),
+                offset: message.offset(),
+                handle: String::new(),
+            },
+        })
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        let mut offsets = TopicPartitionList::new();
+        offsets
+            .add_partition_offset(
+                &delivery.topic,
+                delivery.receipt.partition,
+                Offset::Offset(delivery.receipt.offset + 1),
+            )
+            .map_err(error)?;
+        self.consumer
+            .commit(&offsets, CommitMode::Async)
+            .map_err(error)
+    }
+}

@@ -1,0 +1,295 @@
+//! SQS adapter on aws-sdk-sqs, with a configurable endpoint (an emulator such as moto
+//! locally, AWS in production). SQS has no fan-out, so each consuming service owns one
+//! queue (`<system>-<consumer>`) and a dead-letter queue (`<system>-<consumer>-dead-letter`),
+//! and the publisher sends a topic's message to the queue of every service that subscribes
+//! to it: the routes are generated from the spec (`topics::ROUTES`). The payload travels
+//! base64-encoded in the body, the headers as message attributes. Queues are created on
+//! demand, and again after the endpoint came back empty.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region, timeout::TimeoutConfig};
+use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName};
+use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use crate::bus::{BusError, Delivery, OutgoingMessage, Publisher, Receipt, Subscriber};
+use crate::config::{ConfigError, Env};
+
+/// Header that carries the logical topic, since a queue receives several.
+const TOPIC_ATTRIBUTE: &str = "topic";
+
+#[derive(Clone)]
+pub struct BusConfig {
+    /// e.g. `http://127.0.0.1:5000` for moto; `None` uses the region's AWS endpoint.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub publish_timeout: Duration,
+    /// Logical topic → the queues its messages go to.
+    pub routes: Vec<(String, Vec<String>)>,
+}
+
+impl std::fmt::Debug for BusConfig {
+    // The secret key must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusConfig")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusConfig {
+    /// `<SERVICE>__SQS__ENDPOINT`, `<SERVICE>__SQS__REGION` (default `us-east-1`) and the
+    /// standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, which may be omitted only
+    /// with an endpoint override (emulators accept any key).
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let endpoint = env.parse_or("SQS__ENDPOINT", String::new())?;
+        let endpoint = (!endpoint.is_empty()).then_some(endpoint);
+        let aws = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let (access_key_id, secret_access_key) =
+            match (aws("AWS_ACCESS_KEY_ID"), aws("AWS_SECRET_ACCESS_KEY"), &endpoint) {
+                (Some(id), Some(secret), _) => (id, secret),
+                (_, _, Some(_)) => ("local".to_string(), "local".to_string()),
+                _ => {
+                    return Err(ConfigError::Missing {
+                        key: "AWS_ACCESS_KEY_ID".into(),
+                        hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an SQS endpoint override for an emulator",
+                    });
+                }
+            };
+        Ok(BusConfig {
+            endpoint,
+            region: env.parse_or("SQS__REGION", "us-east-1".to_string())?,
+            access_key_id,
+            secret_access_key,
+            publish_timeout: Duration::from_millis(env.parse_or("SQS__PUBLISH_TIMEOUT_MS", 5000)?),
+            routes: Vec::new(),
+        })
+    }
+
+    pub fn with_routes(mut self, routes: &[(&str, &[&str])]) -> Self {
+        self.routes = routes
+            .iter()
+            .map(|(topic, queues)| (topic.to_string(), queues.iter().map(|q| q.to_string()).collect()))
+            .collect();
+        self
+    }
+
+    fn queues(&self, topic: &str) -> &[String] {
+        self.routes
+            .iter()
+            .find(|(t, _)| t == topic)
+            .map_or(&[], |(_, queues)| queues.as_slice())
+    }
+}
+
+fn error(e: impl std::fmt::Display) -> BusError {
+    BusError(e.to_string())
+}
+
+#[derive(Clone)]
+pub struct Bus {
+    config: BusConfig,
+    client: aws_sdk_sqs::Client,
+    /// Queue name → URL, filled as queues are created.
+    urls: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Bus {
+    /// Creates the client; nothing connects until the first call, so a service starts (and
+    /// accepts writes) while the endpoint is down.
+    pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut builder = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()))
+            .credentials_provider(Credentials::new(
+                config.access_key_id.clone(),
+                config.secret_access_key.clone(),
+                None,
+                None,
+                "archscaffold-config",
+            ))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_timeout(config.publish_timeout)
+                    .build(),
+            )
+            .http_client(http);
+        if let Some(endpoint) = &config.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(Bus {
+            config: config.clone(),
+            client: aws_sdk_sqs::Client::from_conf(builder.build()),
+            urls: Arc::default(),
+        })
+    }
+
+    async fn queue_url(&self, queue: &str) -> Result<String, BusError> {
+        if let Some(url) = self.urls.lock().expect("not poisoned").get(queue) {
+            return Ok(url.clone());
+        }
+        let created = self
+            .client
+            .create_queue()
+            .queue_name(queue)
+            // Longer than a message's retries with backoff take, so it is not redelivered
+            // to this consumer while still being worked on.
+            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .send()
+            .await
+            .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        let url = created
+            .queue_url()
+            .ok_or_else(|| BusError(format!("no URL for queue {queue}")))?
+            .to_string();
+        self.urls
+            .lock()
+            .expect("not poisoned")
+            .insert(queue.to_string(), url.clone());
+        Ok(url)
+    }
+
+    /// A subscriber on the queue that `topics` route to (one queue per consuming service).
+    pub fn subscriber(&self, _group: &str, topics: &[String]) -> Result<SqsSubscriber, BusError> {
+        let queue = topics
+            .iter()
+            .flat_map(|t| self.config.queues(t))
+            .next()
+            .ok_or_else(|| BusError(format!("no queue is routed from {topics:?}")))?
+            .clone();
+        Ok(SqsSubscriber {
+            bus: self.clone(),
+            queue,
+            buffered: VecDeque::new(),
+        })
+    }
+}
+
+impl Publisher for Bus {
+    async fn publish(&self, message: &OutgoingMessage) -> Result<(), BusError> {
+        let mut attributes = HashMap::new();
+        for (key, value) in message
+            .headers
+            .iter()
+            .chain(std::iter::once((&TOPIC_ATTRIBUTE.to_string(), &message.topic)))
+        {
+            let value = MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(error)?;
+            attributes.insert(key.clone(), value);
+        }
+        // A topic nobody subscribes to routes nowhere: SQS has no topic to keep it in.
+        for queue in self.config.queues(&message.topic) {
+            let url = self.queue_url(queue).await?;
+            let sent = self
+                .client
+                .send_message()
+                .queue_url(&url)
+                .message_body(BASE64.encode(&message.payload))
+                .set_message_attributes(Some(attributes.clone()))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                // The queue may have gone with the endpoint: look it up again next time.
+                self.urls.lock().expect("not poisoned").remove(queue);
+                return Err(error(aws_sdk_sqs::error::DisplayErrorContext(e)));
+            }
+        }
+        Ok(())
+    }
+
+    async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError> {
+        self.urls.lock().expect("not poisoned").clear();
+        for topic in topics {
+            for queue in self.config.queues(topic) {
+                self.queue_url(queue).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The subscriber type of this bus, named the same for every adapter.
+pub type BusSubscriber = SqsSubscriber;
+
+pub struct SqsSubscriber {
+    bus: Bus,
+    queue: String,
+    buffered: VecDeque<Delivery>,
+}
+
+impl Subscriber for SqsSubscriber {
+    async fn next(&mut self) -> Result<Delivery, BusError> {
+        loop {
+            if let Some(delivery) = self.buffered.pop_front() {
+                return Ok(delivery);
+            }
+            let url = self.bus.queue_url(&self.queue).await?;
+            let received = self
+                .bus
+                .client
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(|e| {
+                    self.bus.urls.lock().expect("not poisoned").remove(&self.queue);
+                    error(aws_sdk_sqs::error::DisplayErrorContext(e))
+                })?;
+            for message in received.messages() {
+                let mut headers: BTreeMap<String, String> = message
+                    .message_attributes()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| v.string_value().map(|s| (k.clone(), s.to_string())))
+                    .collect();
+                let topic = headers.remove(TOPIC_ATTRIBUTE).unwrap_or_default();
+                // A body that is not base64 is passed on as raw bytes: the handler then
+                // fails to decode it and the message is dead-lettered.
+                let body = message.body().unwrap_or_default();
+                let payload = BASE64
+                    .decode(body)
+                    .unwrap_or_else(|_| body.as_bytes().to_vec());
+                self.buffered.push_back(Delivery {
+                    topic,
+                    key: String::new(),
+                    payload,
+                    headers,
+                    receipt: Receipt {
+                        handle: message.receipt_handle().unwrap_or_default().to_string(),
+                        ..Receipt::default()
+                    },
+                });
+            }
+        }
+    }
+
+    async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {
+        let url = self.bus.queue_url(&self.queue).await?;
+        self.bus
+            .client
+            .delete_message()
+            .queue_url(url)
+            .receipt_handle(&delivery.receipt.handle)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))
+    }
+}

@@ -1,0 +1,104 @@
+//! What travels with a request and the messages it causes: a correlation id and the W3C
+//! trace context, read from gRPC metadata or message headers, or started here.
+
+use std::collections::BTreeMap;
+
+use crate::bus::{CORRELATION_ID, TRACEPARENT};
+
+/// gRPC metadata key for the correlation id.
+pub const CORRELATION_METADATA: &str = "x-correlation-id";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageContext {
+    pub correlation_id: String,
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    pub traceparent: String,
+}
+
+impl MessageContext {
+    /// A new correlation id and a new trace.
+    pub fn new_root() -> Self {
+        MessageContext {
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+            traceparent: format!("00-{}-{}-01", uuid::Uuid::new_v4().simple(), span_id()),
+        }
+    }
+
+    /// Continues what the caller sent, or starts anew where it sent nothing valid.
+    pub fn from_parts(correlation_id: Option<&str>, traceparent: Option<&str>) -> Self {
+        let root = Self::new_root();
+        let correlation_id = correlation_id
+            .filter(|c| !c.is_empty() && c.len() <= 128)
+            .map_or(root.correlation_id, str::to_string);
+        let traceparent = traceparent
+            .and_then(trace_id)
+            .map_or(root.traceparent, |trace| format!("00-{trace}-{}-01", span_id()));
+        MessageContext {
+            correlation_id,
+            traceparent,
+        }
+    }
+
+    pub fn from_grpc(metadata: &tonic::metadata::MetadataMap) -> Self {
+        let get = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok());
+        Self::from_parts(get(CORRELATION_METADATA), get(TRACEPARENT))
+    }
+
+    pub fn from_headers(headers: &BTreeMap<String, String>) -> Self {
+        Self::from_parts(
+            headers.get(CORRELATION_ID).map(String::as_str),
+            headers.get(TRACEPARENT).map(String::as_str),
+        )
+    }
+
+    /// The trace id shared by everything this context caused.
+    pub fn trace_id(&self) -> &str {
+        trace_id(&self.traceparent).unwrap_or_default()
+    }
+
+    /// Headers stored with an outbox row and sent with its message.
+    pub fn headers(&self) -> serde_json::Value {
+        serde_json::json!({
+            CORRELATION_ID: self.correlation_id,
+            TRACEPARENT: self.traceparent,
+        })
+    }
+}
+
+fn span_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
+}
+
+/// The trace id of a valid version-00 traceparent.
+fn trace_id(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.len() == 4
+        && parts[0] == "00"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1] != "0".repeat(32))
+    .then_some(parts[1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn continues_a_valid_trace_with_a_new_span() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ctx = MessageContext::from_parts(Some("corr-1"), Some(parent));
+        assert_eq!(ctx.correlation_id, "corr-1");
+        assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(ctx.traceparent, parent);
+    }
+
+    #[test]
+    fn starts_a_new_trace_for_garbage() {
+        let ctx = MessageContext::from_parts(None, Some("not-a-traceparent"));
+        assert_eq!(ctx.trace_id().len(), 32);
+        assert!(!ctx.correlation_id.is_empty());
+    }
+}

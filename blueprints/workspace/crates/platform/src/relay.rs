@@ -1,0 +1,186 @@
+//! The outbox relay: publishes unsent outbox rows and marks them sent. At least once: a
+//! row is marked only after the broker accepted it, so a crash in between republishes it
+//! (consumers deduplicate on the event id).
+//!
+//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several instances of a service share
+//! the work without sending a row twice at the same time. When the broker is down, rows
+//! wait and the relay retries with exponential backoff and jitter; writes go on meanwhile.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::{Notify, watch};
+
+use crate::backoff;
+use crate::bus::{AGGREGATE_ID, BusError, EVENT_ID, EVENT_TYPE, OutgoingMessage, Publisher};
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Topics this service publishes to; created if missing.
+    pub topics: Vec<String>,
+    pub batch_size: i64,
+    /// How long to sleep when the outbox is empty and nobody signals a new row.
+    pub idle_poll: Duration,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(topics: Vec<String>) -> Self {
+        RelayConfig {
+            topics,
+            batch_size: 100,
+            idle_poll: Duration::from_millis(500),
+            base_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("publish: {0}")]
+    Publish(#[from] BusError),
+}
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: uuid::Uuid,
+    topic: String,
+    event_type: String,
+    aggregate_id: uuid::Uuid,
+    payload: Vec<u8>,
+    headers: serde_json::Value,
+}
+
+impl Row {
+    fn message(&self) -> OutgoingMessage {
+        let mut headers: BTreeMap<String, String> = self
+            .headers
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect();
+        headers.insert(EVENT_ID.into(), self.id.to_string());
+        headers.insert(EVENT_TYPE.into(), self.event_type.clone());
+        headers.insert(AGGREGATE_ID.into(), self.aggregate_id.to_string());
+        OutgoingMessage {
+            topic: self.topic.clone(),
+            key: self.aggregate_id.to_string(),
+            payload: self.payload.clone(),
+            headers,
+        }
+    }
+}
+
+/// Publishes one batch; returns how many rows were published.
+pub async fn relay_batch<P: Publisher>(
+    pool: &PgPool,
+    publisher: &P,
+    limit: i64,
+) -> Result<usize, RelayError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT id, topic, event_type, aggregate_id, payload, headers FROM outbox \
+         WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    // Sent together, awaited together: the producer keeps their order per partition.
+    let messages: Vec<OutgoingMessage> = rows.iter().map(Row::message).collect();
+    let results =
+        futures_util::future::join_all(messages.iter().map(|m| publisher.publish(m))).await;
+    let mut sent = Vec::new();
+    let mut failed = Vec::new();
+    let mut first_error = None;
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(()) => sent.push(row.id),
+            Err(e) => {
+                failed.push(row.id);
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(&sent)
+        .execute(&mut *tx)
+        .await?;
+    if let Some(e) = &first_error {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
+            .bind(&failed)
+            .bind(e.to_string())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(sent.len()),
+    }
+}
+
+/// Runs until `stop` turns true. `wake` is notified after a commit that wrote an outbox
+/// row, so events leave without waiting for the next poll.
+pub async fn run<P: Publisher>(
+    pool: PgPool,
+    publisher: Arc<P>,
+    wake: Arc<Notify>,
+    config: RelayConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures: u32 = 0;
+    let mut topics_ready = false;
+    while !*stop.borrow() {
+        // Shutdown interrupts a call to a slow or unreachable broker: a batch cut short
+        // rolls back and is sent again later, which at-least-once delivery allows.
+        let work = async {
+            if !topics_ready {
+                match publisher.ensure_topics(&config.topics).await {
+                    Ok(()) => topics_ready = true,
+                    Err(e) => tracing::warn!(error = %e, "relay cannot create its topics yet"),
+                }
+            }
+            relay_batch(&pool, &*publisher, config.batch_size).await
+        };
+        let result = tokio::select! {
+            _ = stop.changed() => break,
+            result = work => result,
+        };
+        let pause = match result {
+            Ok(0) => {
+                failures = 0;
+                Some(config.idle_poll)
+            }
+            Ok(n) => {
+                failures = 0;
+                tracing::debug!(published = n, "outbox relayed");
+                None
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                topics_ready = false;
+                let delay = backoff::delay(config.base_backoff, config.max_backoff, failures);
+                tracing::warn!(error = %e, attempt = failures, retry_in_ms = delay.as_millis() as u64, "outbox relay failed");
+                Some(delay)
+            }
+        };
+        if let Some(pause) = pause {
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = wake.notified(), if failures == 0 => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+    tracing::info!("outbox relay stopped");
+}
