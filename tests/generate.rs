@@ -156,6 +156,15 @@ fn the_first_commit_holds_exactly_the_generated_files() {
         })
         .unwrap();
     committed.sort();
+    let head_tree = commit.tree().unwrap();
+    for script in ["deploy/local/up.sh", "deploy/local/down.sh"] {
+        let entry = head_tree.get_path(Path::new(script)).unwrap();
+        assert_eq!(
+            entry.filemode(),
+            0o100755,
+            "{script} is committed executable"
+        );
+    }
     let on_disk: Vec<String> = tree(&root).into_keys().collect();
     assert_eq!(committed, on_disk);
     assert!(

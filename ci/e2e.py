@@ -1,0 +1,221 @@
+#!/usr/bin/env python3
+"""End-to-end assertions against a generated `shop` (orders -> billing) running as local
+processes on real PostgreSQL and a real broker. It talks to the services over gRPC from
+this separate process, reads the orders outbox with psql, and injects duplicate and poison
+messages straight into the broker. Every wait is bounded; only loopback is contacted.
+
+Checks, in order:
+  1. an order created over gRPC yields a billing aggregate carrying its id within 10 s
+  3. the same event delivered twice yields one billing aggregate
+  4. a poison message lands in the dead-letter destination and later messages still flow
+  2. with the broker stopped for 20 s while 100 orders are created, all 100 billing
+     aggregates exist afterwards: none lost, none duplicated
+"""
+
+import argparse
+import base64
+import collections
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import grpc
+from grpc_tools import protoc
+
+KAFKA = "127.0.0.1:9092"
+SQS = "http://127.0.0.1:5000"
+ORDER_TOPIC = "shop.orders.order-created.v1"
+EVENT_TYPE = "shop.orders.v1.OrderCreated"
+
+
+def compile_protos(workspace):
+    out = tempfile.mkdtemp(prefix="e2e-proto-")
+    proto_root = os.path.join(workspace, "proto")
+    well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
+    files = []
+    for base, _, names in os.walk(proto_root):
+        files += [os.path.join(base, n) for n in names if n.endswith(".proto")]
+    code = protoc.main(["protoc", f"-I{proto_root}", f"-I{well_known}",
+                        f"--python_out={out}", f"--grpc_python_out={out}", *files])
+    if code != 0:
+        sys.exit(f"protoc failed on {files}")
+    sys.path.insert(0, out)
+    mod = lambda name: importlib.import_module(name)
+    return (mod("shop.orders.v1.orders_pb2"), mod("shop.orders.v1.orders_pb2_grpc"),
+            mod("shop.billing.v1.billing_pb2"), mod("shop.billing.v1.billing_pb2_grpc"))
+
+
+def wait_until(predicate, seconds, what):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+class System:
+    def __init__(self, args):
+        self.args = args
+        self.orders_pb, orders_grpc, self.billing_pb, billing_grpc = compile_protos(args.workspace)
+        self.orders = orders_grpc.OrdersServiceStub(grpc.insecure_channel("127.0.0.1:50051"))
+        self.billing = billing_grpc.BillingServiceStub(grpc.insecure_channel("127.0.0.1:50052"))
+
+    def create_order(self, key):
+        request = self.orders_pb.CreateOrderRequest(idempotency_key=key)
+        return self.orders.CreateOrder(request, timeout=10, metadata=[("x-correlation-id", key)]).order
+
+    def billing_by_order(self):
+        counts, token = collections.Counter(), ""
+        for _ in range(1000):
+            page = self.billing.ListBilling(
+                self.billing_pb.ListBillingRequest(page_size=500, page_token=token), timeout=10)
+            counts.update(b.order_id for b in page.billing)
+            token = page.next_page_token
+            if not token:
+                return counts
+        raise AssertionError("billing listing does not end")
+
+    def outbox_row(self, order_id):
+        out = subprocess.run(
+            ["psql", self.args.orders_db, "-At", "-F", "|", "-c",
+             "SELECT id, encode(payload, 'base64'), headers::text FROM outbox "
+             f"WHERE aggregate_id = '{order_id}'"],
+            check=True, capture_output=True, text=True).stdout
+        event_id, payload, headers = out.strip().split("|", 2)
+        return event_id, base64.b64decode(payload.replace("\n", "")), json.loads(headers)
+
+    def inject(self, payload, headers, key):
+        """Publishes straight to the broker, as a misbehaving or retrying producer would."""
+        headers = {**headers, "event_type": EVENT_TYPE}
+        if self.args.bus == "kafka":
+            from confluent_kafka import Producer
+            producer = Producer({"bootstrap.servers": KAFKA})
+            producer.produce(ORDER_TOPIC, value=payload, key=key,
+                             headers=[(k, v.encode()) for k, v in headers.items()])
+            assert producer.flush(10) == 0, "injected message not delivered"
+        else:
+            attributes = {k: {"DataType": "String", "StringValue": v}
+                          for k, v in {**headers, "topic": ORDER_TOPIC}.items()}
+            sqs = self.sqs()
+            url = sqs.get_queue_url(QueueName="shop-billing")["QueueUrl"]
+            sqs.send_message(QueueUrl=url, MessageBody=base64.b64encode(payload).decode(),
+                             MessageAttributes=attributes)
+
+    def sqs(self):
+        import boto3
+        return boto3.client("sqs", endpoint_url=SQS, region_name="us-east-1",
+                            aws_access_key_id="local", aws_secret_access_key="local")
+
+    def billing_queue_drained(self):
+        if self.args.bus == "kafka":
+            return True  # one partition: what was produced before a later message is consumed first
+        sqs = self.sqs()
+        url = sqs.get_queue_url(QueueName="shop-billing")["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return all(v == "0" for v in attrs.values())
+
+    def dead_letters(self, seconds):
+        """Event ids in the billing dead-letter destination, read within `seconds`."""
+        found = set()
+        deadline = time.monotonic() + seconds
+        if self.args.bus == "kafka":
+            from confluent_kafka import Consumer
+            consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"e2e-{uuid.uuid4()}",
+                                 "auto.offset.reset": "earliest"})
+            consumer.subscribe(["shop.billing.dead-letter.v1"])
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    headers = {k: v.decode() for k, v in (message.headers() or [])}
+                    if "dead_letter_reason" in headers:
+                        found.add(headers.get("event_id"))
+                        break
+            consumer.close()
+        else:
+            sqs = self.sqs()
+            url = sqs.get_queue_url(QueueName="shop-billing-dead-letter")["QueueUrl"]
+            while time.monotonic() < deadline and not found:
+                for m in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1,
+                                             MessageAttributeNames=["All"]).get("Messages", []):
+                    attrs = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
+                    if "dead_letter_reason" in attrs:
+                        found.add(attrs.get("event_id"))
+        return found
+
+
+def broker(action, bus):
+    subprocess.run(["bash", os.path.join(os.path.dirname(__file__), "brokers.sh"), action, bus], check=True)
+
+
+def check_flow(s):
+    order = s.create_order(f"e2e-{uuid.uuid4()}")
+    wait_until(lambda: s.billing_by_order()[order.id] == 1, 10, "billing for a new order")
+    return order
+
+
+def check_duplicate_and_poison(s, order):
+    event_id, payload, headers = s.outbox_row(order.id)
+    s.inject(payload, {**headers, "event_id": event_id, "aggregate_id": order.id}, order.id)
+    poison_id = str(uuid.uuid4())
+    s.inject(b"\xff\xfe not protobuf", {"event_id": poison_id, "aggregate_id": order.id}, order.id)
+    later = s.create_order(f"e2e-{uuid.uuid4()}")
+    wait_until(lambda: s.billing_by_order()[later.id] == 1, 15, "billing for an order after the poison")
+    wait_until(s.billing_queue_drained, 30, "billing queue drained")
+    assert s.billing_by_order()[order.id] == 1, "a duplicate event created a second billing"
+    assert poison_id in s.dead_letters(20), "the poison message is not in the dead-letter destination"
+
+
+def check_outage(s, bus):
+    broker("stop", bus)
+    stopped = time.monotonic()
+    ids = [s.create_order(f"outage-{uuid.uuid4()}").id for _ in range(100)]
+    time.sleep(max(0.0, 20 - (time.monotonic() - stopped)))
+    broker("start", bus)
+    wait_until(lambda: all(s.billing_by_order()[i] >= 1 for i in ids), 120,
+               "billing for all 100 orders created while the broker was down")
+    counts = s.billing_by_order()
+    duplicated = {i: n for i, n in counts.items() if n > 1}
+    assert not duplicated, f"duplicated billing: {duplicated}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workspace", required=True)
+    parser.add_argument("--bus", choices=["kafka", "sqs"], required=True)
+    parser.add_argument("--orders-db", required=True, help="URL of the orders service database")
+    args = parser.parse_args()
+    s = System(args)
+    passed = failed = 0
+    order = None
+    for name, check in [
+        ("order flows to billing within 10 s", lambda: check_flow(s)),
+        ("duplicate has no second effect; poison is dead-lettered and later messages flow",
+         lambda: check_duplicate_and_poison(s, order)),
+        ("broker down 20 s during 100 creates: none lost, none duplicated",
+         lambda: check_outage(s, args.bus)),
+    ]:
+        started = time.monotonic()
+        try:
+            result = check()
+            if order is None:
+                order = result
+            passed += 1
+            print(f"ok   [{args.bus}] {name} ({time.monotonic() - started:.1f} s)", flush=True)
+        except Exception as e:  # report every check, then fail the run
+            failed += 1
+            print(f"FAIL [{args.bus}] {name}: {e!r}", flush=True)
+            if order is None:
+                break
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

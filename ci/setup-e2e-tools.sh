@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the end-to-end harness needs, idempotently, under one cache directory
+# (default ~/.cache/archscaffold; override with ARCHSCAFFOLD_CACHE):
+#   tools/bin/tansu   the Kafka-protocol broker, from crates.io (15-20 min to compile once)
+#   venv/             moto[server] (SQS endpoint), grpcio + grpcio-tools (a gRPC client in
+#                     another process), confluent-kafka (librdkafka 2.x) and boto3, to
+#                     inject duplicate and poison messages
+# Prints the cache directory on stdout.
+set -euo pipefail
+
+cache="${ARCHSCAFFOLD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold}"
+log() { echo "setup-e2e-tools: $*" >&2; }
+mkdir -p "$cache/tools"
+
+if [ ! -x "$cache/tools/bin/tansu" ]; then
+    log "installing tansu from crates.io (slow the first time)"
+    cargo install tansu --locked --features dynostore,postgres --root "$cache/tools" >&2
+fi
+
+if [ ! -x "$cache/venv/bin/moto_server" ] || ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3" 2>/dev/null; then
+    log "installing the Python tools into $cache/venv"
+    python3 -m venv "$cache/venv" >&2
+    "$cache/venv/bin/pip" install --quiet --disable-pip-version-check \
+        "moto[server]" grpcio grpcio-tools confluent-kafka boto3 >&2
+fi
+
+command -v psql >/dev/null || {
+    log "installing the PostgreSQL client"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >&2
+}
+echo "$cache"
