@@ -29,16 +29,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Every process the harness started must be gone (check 5).
+# Every process the harness started must be gone at the end (check 5). The pids are
+# recorded as they start, since the stop scripts remove their pid files.
+started="$E2E_STATE/started.pids"
+record_started() {
+    cat "$@" >>"$started"
+}
 assert_all_stopped() {
-    local left=0
-    for pid_file in "$E2E_STATE"/*.pid "$E2E_STATE"/*/.run/*.pid; do
-        [ -f "$pid_file" ] || continue
-        if kill -0 "$(cat "$pid_file")" 2>/dev/null; then
-            echo "still running: $pid_file" >&2
+    local left=0 pid
+    while read -r pid; do
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "still running: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))" >&2
             left=1
         fi
-    done
+    done <"$started"
+    [ -s "$started" ] || { echo "no started process was recorded" >&2; left=1; }
     return $left
 }
 
@@ -58,8 +63,10 @@ for bus in "${buses[@]}"; do
 
     echo "== e2e [$bus]: start broker and system =="
     bash ci/brokers.sh start "$bus"
+    record_started "$E2E_STATE"/*.pid
     DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
         RUST_LOG=info bash "$ws/deploy/local/up.sh"
+    record_started "$ws"/.run/*.pid
 
     echo "== e2e [$bus]: assertions =="
     status=0
