@@ -5,7 +5,8 @@ this separate process, reads the orders outbox with psql, and injects duplicate 
 messages straight into the broker. Every wait is bounded; only loopback is contacted.
 
 Checks, in order:
-  1. an order created over gRPC yields a billing aggregate carrying its id within 10 s
+  1. after the system sat idle for 12 s, an order created over gRPC yields a billing
+     aggregate carrying its id within 10 s
   3. the same event delivered twice yields one billing aggregate
   4. a poison message lands in the dead-letter destination and later messages still flow
   2. with the broker stopped for 20 s while 100 orders are created, all 100 billing
@@ -155,6 +156,9 @@ def broker(action, bus):
 
 
 def check_flow(s):
+    # Idle first, past one SQS long poll (10 s): a consumer must not lose or delay a message
+    # that arrives while it is waiting on an empty queue.
+    time.sleep(12)
     order = s.create_order(f"e2e-{uuid.uuid4()}")
     wait_until(lambda: s.billing_by_order()[order.id] == 1, 10, "billing for a new order")
     return order
@@ -195,7 +199,7 @@ def main():
     passed = failed = 0
     order = None
     for name, check in [
-        ("order flows to billing within 10 s", lambda: check_flow(s)),
+        ("after 12 s idle, an order flows to billing within 10 s", lambda: check_flow(s)),
         ("duplicate has no second effect; poison is dead-lettered and later messages flow",
          lambda: check_duplicate_and_poison(s, order)),
         ("broker down 20 s during 100 creates: none lost, none duplicated",

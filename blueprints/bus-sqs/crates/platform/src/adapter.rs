@@ -21,6 +21,11 @@ use crate::config::{ConfigError, Env};
 
 /// Header that carries the logical topic, since a queue receives several.
 const TOPIC_ATTRIBUTE: &str = "topic";
+/// Long-poll duration of a receive: up to this long an empty queue costs one request.
+const RECEIVE_WAIT_SECS: i32 = 10;
+/// A receive must be allowed to outlive its long poll: a request abandoned by the client
+/// while the endpoint hands it messages would hide them for the visibility timeout.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(RECEIVE_WAIT_SECS as u64 + 10);
 
 #[derive(Clone)]
 pub struct BusConfig {
@@ -244,8 +249,16 @@ impl Subscriber for SqsSubscriber {
                 .receive_message()
                 .queue_url(&url)
                 .max_number_of_messages(10)
-                .wait_time_seconds(10)
+                .wait_time_seconds(RECEIVE_WAIT_SECS)
                 .message_attribute_names("All")
+                .customize()
+                .config_override(
+                    aws_sdk_sqs::config::Config::builder().timeout_config(
+                        TimeoutConfig::builder()
+                            .operation_timeout(RECEIVE_TIMEOUT)
+                            .build(),
+                    ),
+                )
                 .send()
                 .await
                 .map_err(|e| {
