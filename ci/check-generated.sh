@@ -13,6 +13,7 @@ gen="$work/generated"
 
 step() { printf '\n== %s ==\n' "$*"; }
 
+bash "$root/ci/setup-build-deps.sh"
 step "build the generator"
 (cd "$root" && env -u CARGO_TARGET_DIR cargo build --quiet)
 bin="$root/target/debug/archscaffold"

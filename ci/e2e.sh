@@ -11,6 +11,7 @@ cd "$root"
 buses=("${@:-kafka}")
 [ $# -eq 0 ] && buses=(kafka sqs)
 
+bash "$root/ci/setup-build-deps.sh"
 cache=$(bash ci/setup-e2e-tools.sh)
 export E2E_STATE="$root/.work/e2e"
 rm -rf "$E2E_STATE"

@@ -21,14 +21,26 @@ pub enum HandlerError {
     /// Retrying cannot help (e.g. the payload does not decode): dead-letter at once.
     #[error("{0}")]
     Permanent(String),
-    /// May succeed later (e.g. the database is briefly unavailable).
+    /// May succeed on a later attempt; counts toward `max_attempts`.
     #[error("{0}")]
     Transient(String),
+    /// Our own infrastructure is down (the database is unreachable): nothing is wrong with
+    /// the message, so it is retried until that clears, without counting attempts. A
+    /// database outage must not fill the dead-letter topic with good messages.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<sqlx::Error> for HandlerError {
     fn from(e: sqlx::Error) -> Self {
-        HandlerError::Transient(e.to_string())
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => HandlerError::Unavailable(e.to_string()),
+            other => HandlerError::Transient(other.to_string()),
+        }
     }
 }
 
@@ -136,25 +148,34 @@ async fn apply_with_retries<H: Handler>(
         return Err(("missing or malformed event_id header".into(), 1));
     };
     let max = config.max_attempts.max(1);
-    for attempt in 1..=max {
-        match apply_once(pool, handler, delivery, event_id).await {
+    let mut attempt = 1;
+    let mut outage: u32 = 0;
+    loop {
+        let delay = match apply_once(pool, handler, delivery, event_id).await {
             Ok(true) => {
                 handler.committed();
                 return Ok(Outcome::Applied);
             }
             Ok(false) => return Ok(Outcome::Duplicate),
             Err(HandlerError::Permanent(reason)) => return Err((reason, attempt)),
-            Err(HandlerError::Transient(reason)) if attempt == max => return Err((reason, attempt)),
+            Err(HandlerError::Transient(reason)) if attempt >= max => {
+                return Err((reason, attempt));
+            }
             Err(HandlerError::Transient(reason)) => {
                 tracing::warn!(%reason, attempt, "handler failed, retrying");
-                let delay = backoff::delay(config.base_backoff, config.max_backoff, attempt);
-                if wait_or_stop(delay, stop).await {
-                    return Ok(Outcome::Interrupted);
-                }
+                attempt += 1;
+                backoff::delay(config.base_backoff, config.max_backoff, attempt - 1)
             }
+            Err(HandlerError::Unavailable(reason)) => {
+                outage = outage.saturating_add(1);
+                tracing::warn!(%reason, retries = outage, "database unavailable, waiting");
+                backoff::delay(config.base_backoff, config.max_backoff, outage)
+            }
+        };
+        if wait_or_stop(delay, stop).await {
+            return Ok(Outcome::Interrupted);
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Ok(false) when the event was applied before.
