@@ -25,6 +25,10 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
+    /// Published outbox rows and inbox rows older than this are deleted. The inbox must
+    /// remember an event id longer than any redelivery can take.
+    pub retention: Duration,
+    pub purge_every: Duration,
 }
 
 impl RelayConfig {
@@ -35,8 +39,28 @@ impl RelayConfig {
             idle_poll: Duration::from_millis(500),
             base_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
+            retention: Duration::from_secs(7 * 24 * 3600),
+            purge_every: Duration::from_secs(3600),
         }
     }
+}
+
+/// Deletes published outbox rows and inbox rows older than `retention`; returns how many.
+pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    let seconds = retention.as_secs_f64();
+    let outbox = sqlx::query(
+        "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+    )
+    .bind(seconds)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let inbox = sqlx::query("DELETE FROM inbox WHERE received_at < now() - make_interval(secs => $1)")
+        .bind(seconds)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(outbox + inbox)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +164,16 @@ pub async fn run<P: Publisher>(
 ) {
     let mut failures: u32 = 0;
     let mut topics_ready = false;
+    let mut next_purge = tokio::time::Instant::now();
     while !*stop.borrow() {
+        if tokio::time::Instant::now() >= next_purge {
+            match purge(&pool, config.retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "purged old outbox and inbox rows"),
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+            next_purge = tokio::time::Instant::now() + config.purge_every;
+        }
         // Shutdown interrupts a call to a slow or unreachable broker: a batch cut short
         // rolls back and is sent again later, which at-least-once delivery allows.
         let work = async {
