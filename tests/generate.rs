@@ -227,7 +227,11 @@ fn the_default_chain_subscribes_each_context_to_the_previous_one() {
             ("shipping".to_string(), "billing.BillingCreated".to_string())
         ]
     );
-    let billing = &spec.contexts[1];
+    let (orders, billing) = (&spec.contexts[0], &spec.contexts[1]);
+    // Publisher and subscriber agree on the wire names.
+    assert_eq!(billing.subscribes[0].topic, orders.events[0].topic);
+    assert_eq!(billing.subscribes[0].topic, "shop.orders.order-created.v1");
+    assert_eq!(billing.subscribes[0].event_type, orders.events[0].type_name);
     assert_eq!(
         billing
             .all_fields

@@ -8,6 +8,7 @@ mod canonical;
 mod default;
 pub mod model;
 pub mod names;
+mod naming;
 mod raw;
 mod validate;
 

@@ -51,6 +51,18 @@ pub struct Context {
     pub events: Vec<Event>,
     pub subscribes: Vec<Subscription>,
     pub calls: Vec<Names>,
+    /// This service's names on the bus when it consumes events.
+    pub wire: Wire,
+}
+
+/// A consuming service's names on the bus (see `naming`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Wire {
+    pub group: String,
+    pub dead_letter_topic: String,
+    /// SQS only: the queue its subscriptions are delivered to, and its dead-letter queue.
+    pub queue: String,
+    pub dead_letter_queue: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -156,6 +168,9 @@ impl FieldType {
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub name: Names,
+    pub topic: String,
+    /// Fully qualified protobuf name, e.g. `shop.orders.v1.OrderCreated`.
+    pub type_name: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -167,4 +182,9 @@ pub struct Subscription {
     pub upstream_aggregate: Names,
     /// Name of the local field that carries the upstream aggregate's id.
     pub link_field: String,
+    /// The upstream event's topic and fully qualified type.
+    pub topic: String,
+    pub event_type: String,
+    /// SQS only: the queue of the subscribing service, which the publisher sends to.
+    pub queue: String,
 }

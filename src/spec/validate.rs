@@ -6,8 +6,9 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::model::{Aggregate, Bus, Context, Event, Field, FieldType, Spec, Subscription};
+use super::model::{Aggregate, Bus, Context, Event, Field, FieldType, Spec, Subscription, Wire};
 use super::names::{NameProblem, check_crate_name, check_field_name, check_type_name};
+use super::naming;
 use super::raw::{RawContext, RawSpec};
 use crate::error::{Diagnostic, Origin};
 use crate::inflect::{self, Names};
@@ -131,7 +132,12 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     }
 
     let partials = first_pass(&mut c, contexts);
-    let built = second_pass(&mut c, &partials);
+    // With an invalid system name the spec is rejected anyway; the raw name keeps the
+    // second pass reporting its own problems.
+    let system_names = system
+        .clone()
+        .unwrap_or_else(|| Names::new(raw.name.get_ref()));
+    let built = second_pass(&mut c, &system_names, &partials);
 
     if !c.diagnostics.is_empty() {
         return Err(c.diagnostics);
@@ -283,7 +289,7 @@ fn first_pass<'r>(
 }
 
 /// Resolves references between contexts: subscriptions, calls, and their cycles.
-fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
+fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<Context> {
     let find = |name: &str| {
         partials
             .iter()
@@ -361,6 +367,9 @@ fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
                 event: event.clone(),
                 upstream_aggregate: upstream.aggregate.clone(),
                 link_field: format!("{}_id", upstream.aggregate.snake),
+                topic: naming::event_topic(system, &upstream.name, event),
+                event_type: naming::event_type(system, &upstream.name, event),
+                queue: naming::queue(system, &p.name),
             });
         }
 
@@ -404,9 +413,23 @@ fn second_pass(c: &mut Collector, partials: &[Partial]) -> Vec<Context> {
             },
             fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
             all_fields,
-            events: p.events.iter().map(|n| Event { name: n.clone() }).collect(),
+            events: p
+                .events
+                .iter()
+                .map(|n| Event {
+                    name: n.clone(),
+                    topic: naming::event_topic(system, &p.name, n),
+                    type_name: naming::event_type(system, &p.name, n),
+                })
+                .collect(),
             subscribes,
             calls,
+            wire: Wire {
+                group: naming::consumer_group(system, &p.name),
+                dead_letter_topic: naming::dead_letter_topic(system, &p.name),
+                queue: naming::queue(system, &p.name),
+                dead_letter_queue: naming::dead_letter_queue(system, &p.name),
+            },
         });
     }
 
