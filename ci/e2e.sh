@@ -8,8 +8,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL admin URL (ci/setup-postgres.sh prints one)}"
-buses=("${@:-kafka}")
-[ $# -eq 0 ] && buses=(kafka sqs)
+buses=("$@")
+[ ${#buses[@]} -gt 0 ] || buses=(kafka sqs)
 
 bash "$root/ci/setup-build-deps.sh"
 cache=$(bash ci/setup-e2e-tools.sh)
