@@ -12,6 +12,7 @@ pub mod error;
 pub mod idempotency;
 pub mod outbox;
 pub mod relay;
+pub mod service_auth;
 pub mod shutdown;
 pub mod telemetry;
 
