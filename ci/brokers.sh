@@ -2,6 +2,9 @@
 # Starts or stops a broker for the end-to-end harness, on loopback only:
 #   brokers.sh start|stop kafka   the tansu broker on 127.0.0.1:9092 (memory storage)
 #   brokers.sh start|stop sqs     moto's SQS endpoint on 127.0.0.1:5000
+#   brokers.sh start|stop redis   redis-server on 127.0.0.1:6390, in memory only (the
+#                                 gateway's cache; its own port, so a Redis the machine
+#                                 already runs is left alone)
 # Pid files and logs go to $E2E_STATE (default .work/e2e). Starting a running broker and
 # stopping a stopped one are no-ops.
 set -euo pipefail
@@ -19,7 +22,9 @@ kafka) name=tansu port=9092
         --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/) ;;
 sqs) name=moto port=5000
     cmd=("$cache/venv/bin/moto_server" -H 127.0.0.1 -p 5000) ;;
-*) echo "brokers.sh: unknown bus '$bus' (kafka or sqs)" >&2; exit 2 ;;
+redis) name=redis port=6390
+    cmd=(redis-server --bind 127.0.0.1 --port 6390 --save "" --appendonly no) ;;
+*) echo "brokers.sh: unknown server '$bus' (kafka, sqs or redis)" >&2; exit 2 ;;
 esac
 pid_file="$state/$name.pid"
 

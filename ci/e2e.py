@@ -26,6 +26,7 @@ import time
 import uuid
 
 import grpc
+import jwt
 from grpc_tools import protoc
 
 KAFKA = "127.0.0.1:9092"
@@ -60,22 +61,36 @@ def wait_until(predicate, seconds, what):
     raise AssertionError(f"{what}: not within {seconds} s")
 
 
+def service_credential(workspace, service):
+    """The metadata the gateway sends: services refuse calls without it."""
+    with open(os.path.join(workspace, ".run", "service-auth.secret")) as f:
+        secret = f.read().strip()
+    now = int(time.time())
+    token = jwt.encode({"iss": "shop.gateway", "aud": f"shop.{service}", "sub": "e2e",
+                        "iat": now, "exp": now + 3600}, secret, algorithm="HS256")
+    return ("authorization", f"Bearer {token}")
+
+
 class System:
     def __init__(self, args):
         self.args = args
         self.orders_pb, orders_grpc, self.billing_pb, billing_grpc = compile_protos(args.workspace)
         self.orders = orders_grpc.OrdersServiceStub(grpc.insecure_channel("127.0.0.1:50051"))
         self.billing = billing_grpc.BillingServiceStub(grpc.insecure_channel("127.0.0.1:50052"))
+        self.orders_auth = service_credential(args.workspace, "orders")
+        self.billing_auth = service_credential(args.workspace, "billing")
 
     def create_order(self, key):
         request = self.orders_pb.CreateOrderRequest(idempotency_key=key)
-        return self.orders.CreateOrder(request, timeout=10, metadata=[("x-correlation-id", key)]).order
+        metadata = [("x-correlation-id", key), self.orders_auth]
+        return self.orders.CreateOrder(request, timeout=10, metadata=metadata).order
 
     def billing_by_order(self):
         counts, token = collections.Counter(), ""
         for _ in range(1000):
             page = self.billing.ListBilling(
-                self.billing_pb.ListBillingRequest(page_size=500, page_token=token), timeout=10)
+                self.billing_pb.ListBillingRequest(page_size=500, page_token=token), timeout=10,
+                metadata=[self.billing_auth])
             counts.update(b.order_id for b in page.billing)
             token = page.next_page_token
             if not token:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The end-to-end harness: for each bus (default: kafka sqs; pass names to choose), it
-# generates `shop` (orders -> billing), builds it, starts a real broker on loopback and the
-# system with its own deploy/local/up.sh, runs ci/e2e.py against it, and stops everything
-# it started, pass or fail. Needs DATABASE_URL (ci/test sets it).
+# generates `shop` (orders -> billing), builds it, starts a real broker and Redis on
+# loopback and the system (services and gateway) with its own deploy/local/up.sh, runs
+# ci/e2e.py (services and bus) and ci/e2e_gateway.py (the REST gateway; schemathesis on the
+# first bus only) against it, and stops everything it started, pass or fail. Needs
+# DATABASE_URL (ci/test sets it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,7 @@ cleanup() {
     done
     bash ci/brokers.sh stop kafka || true
     bash ci/brokers.sh stop sqs || true
+    bash ci/brokers.sh stop redis || true
 }
 trap cleanup EXIT
 
@@ -39,7 +42,8 @@ record_started() {
 assert_all_stopped() {
     local left=0 pid
     while read -r pid; do
-        if kill -0 "$pid" 2>/dev/null; then
+        # A zombie (killed, not yet reaped by its parent) is not running.
+        if kill -0 "$pid" 2>/dev/null && [ "$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]; then
             echo "still running: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))" >&2
             left=1
         fi
@@ -59,26 +63,50 @@ for bus in "${buses[@]}"; do
     for db in shop_orders shop_billing; do
         psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
     done
-    "$bin" new shop --contexts orders,billing --bus "$bus" --out "$ws" --no-git >/dev/null
+    # The default chain, plus an event that changes an order (the cache check needs one).
+    printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.orders]' 'aggregate = "Order"' \
+        'publishes = ["OrderCreated", "OrderUpdated"]' '' '[contexts.billing]' \
+        'subscribes = ["orders.OrderCreated"]' >"$E2E_STATE/shop.toml"
+    "$bin" new shop --spec "$E2E_STATE/shop.toml" --out "$ws" --no-git >/dev/null
     (cd "$ws" && cargo build --workspace --quiet)
+    # An API key, made the way a user would; the harness keeps the clear key to present it.
+    "$CARGO_TARGET_DIR/debug/gateway" api-key --name e2e-robot --scope orders:read >"$E2E_STATE/api-key.json"
+    api_key_record=$("$cache/venv/bin/python" -c 'import json,sys; print(json.dumps([json.load(sys.stdin)["record"]]))' <"$E2E_STATE/api-key.json")
 
     echo "== e2e [$bus]: start broker and system =="
     bash ci/brokers.sh start "$bus"
+    bash ci/brokers.sh start redis
     record_started "$E2E_STATE"/*.pid
-    DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
-        RUST_LOG=info bash "$ws/deploy/local/up.sh"
+    # What up.sh reads; exported, so e2e_gateway.py can run it again to restart billing.
+    export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
+        REDIS_URL=redis://127.0.0.1:6390 RUST_LOG=info \
+        GATEWAY__AUTH__API_KEYS="$api_key_record" \
+        GATEWAY__RATE_LIMIT__PER_SECOND=100 GATEWAY__RATE_LIMIT__BURST=50 \
+        GATEWAY__BILLING__TIMEOUT_MS=1000 GATEWAY__BILLING__BREAKER__OPEN_MS=2000
+    bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
     echo "== e2e [$bus]: assertions =="
     status=0
     "$cache/venv/bin/python" ci/e2e.py --workspace "$ws" --bus "$bus" \
         --orders-db "$(database_url shop_orders)" || status=$?
+    if [ $status -eq 0 ]; then
+        schemathesis=""
+        [ "$bus" = "${buses[0]}" ] && schemathesis="$cache/venv/bin/schemathesis"
+        "$cache/venv/bin/python" ci/e2e_gateway.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --api-key-file "$E2E_STATE/api-key.json" \
+            --orders-db "$(database_url shop_orders)" --billing-db "$(database_url shop_billing)" \
+            --billing-timeout-ms 1000 --schemathesis "$schemathesis" || status=$?
+        # The breaker check restarted billing: its new pid must be stopped too.
+        record_started "$ws"/.run/*.pid
+    fi
 
     bash "$ws/deploy/local/down.sh"
     bash ci/brokers.sh stop "$bus"
+    bash ci/brokers.sh stop redis
     if [ $status -ne 0 ]; then
         echo "== e2e [$bus] failed; last log lines ==" >&2
-        tail -n 30 "$ws/.run/orders.log" "$ws/.run/billing.log" >&2 || true
+        tail -n 30 "$ws/.run/orders.log" "$ws/.run/billing.log" "$ws/.run/gateway.log" >&2 || true
         exit $status
     fi
 done

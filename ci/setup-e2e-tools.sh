@@ -4,7 +4,8 @@
 #   tools/bin/tansu   the Kafka-protocol broker, from crates.io (15-20 min to compile once)
 #   venv/             moto[server] (SQS endpoint), grpcio + grpcio-tools (a gRPC client in
 #                     another process), confluent-kafka (librdkafka 2.x) and boto3, to
-#                     inject duplicate and poison messages
+#                     inject duplicate and poison messages; pyjwt (tokens for the auth
+#                     checks) and schemathesis (fuzzes the gateway against its OpenAPI)
 # Prints the cache directory on stdout.
 set -euo pipefail
 
@@ -17,12 +18,18 @@ if [ ! -x "$cache/tools/bin/tansu" ]; then
     cargo install tansu --locked --features dynostore,postgres --root "$cache/tools" >&2
 fi
 
-if [ ! -x "$cache/venv/bin/moto_server" ] || ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3" 2>/dev/null; then
+if [ ! -x "$cache/venv/bin/moto_server" ] || [ ! -x "$cache/venv/bin/schemathesis" ] ||
+    ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3, jwt" 2>/dev/null; then
     log "installing the Python tools into $cache/venv"
     python3 -m venv "$cache/venv" >&2
     "$cache/venv/bin/pip" install --quiet --disable-pip-version-check \
-        "moto[server]" grpcio grpcio-tools confluent-kafka boto3 >&2
+        "moto[server]" grpcio grpcio-tools confluent-kafka boto3 pyjwt schemathesis >&2
 fi
+
+command -v redis-server >/dev/null || {
+    log "installing redis-server (the gateway's cache)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >&2
+}
 
 command -v psql >/dev/null || {
     log "installing the PostgreSQL client"

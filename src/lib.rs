@@ -10,6 +10,7 @@ pub mod error;
 pub mod format;
 pub mod inflect;
 pub mod lock;
+pub mod openapi;
 pub mod ownership;
 pub mod plan;
 pub mod render;

@@ -7,6 +7,7 @@ use crate::blueprint::{Blueprint, Each, TEMPLATE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::{self, Formatted};
 use crate::lock;
+use crate::openapi;
 use crate::ownership::{self, Owner};
 use crate::render::Renderer;
 use crate::spec::{self, Spec};
@@ -59,6 +60,7 @@ impl Plan {
                 }
             }
         }
+        plan.insert_openapi(spec)?;
         plan.formatted = format::rust_files(&mut plan.files)?;
         let spec_text = spec::to_toml(spec);
         plan.insert(
@@ -79,6 +81,30 @@ impl Plan {
             },
         )?;
         Ok(plan)
+    }
+
+    /// The gateway's OpenAPI document: JSON for the gateway to serve, YAML for the docs.
+    /// A blueprint without a gateway gets none.
+    fn insert_openapi(&mut self, spec: &Spec) -> Result<()> {
+        if !self.files.contains_key("gateway/Cargo.toml") {
+            return Ok(());
+        }
+        let document = openapi::document(spec);
+        for (path, text) in [
+            (openapi::JSON_PATH, openapi::to_json(&document)),
+            (openapi::YAML_PATH, openapi::to_yaml(&document)),
+        ] {
+            let contents = ownership::with_header(path, text.as_bytes(), Owner::Generator);
+            self.insert(
+                "openapi",
+                path.to_string(),
+                PlannedFile {
+                    contents,
+                    owner: Owner::Generator,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn insert(&mut self, from: &str, path: String, file: PlannedFile) -> Result<()> {

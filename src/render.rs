@@ -9,8 +9,8 @@ use liquid_core::{
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::spec::Spec;
 use crate::spec::model::Context;
+use crate::spec::{Spec, naming};
 
 /// Defines a Liquid filter that applies one heck conversion to its input.
 macro_rules! case_filter {
@@ -65,11 +65,20 @@ pub struct Renderer {
 }
 
 #[derive(Serialize)]
+struct GatewayWire {
+    group: String,
+    /// SQS only: the gateway's queue, which every publisher also sends to.
+    queue: String,
+}
+
+#[derive(Serialize)]
 struct Globals<'a> {
     version: &'static str,
     system: &'a crate::inflect::Names,
     bus: &'static str,
     contexts: &'a [Context],
+    /// The gateway's names on the bus: it consumes every event to invalidate its cache.
+    gateway: GatewayWire,
     #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<&'a Context>,
 }
@@ -88,11 +97,16 @@ impl Renderer {
 
     /// The variables a template sees; `context` is set inside a per-context set.
     pub fn globals(spec: &Spec, context: Option<&Context>) -> Result<liquid::Object> {
+        let gateway = crate::inflect::Names::new("gateway");
         liquid::to_object(&Globals {
             version: crate::VERSION,
             system: &spec.system,
             bus: spec.bus.as_str(),
             contexts: &spec.contexts,
+            gateway: GatewayWire {
+                group: naming::consumer_group(&spec.system, &gateway),
+                queue: naming::queue(&spec.system, &gateway),
+            },
             context,
         })
         .map_err(|e| Error::Blueprint(e.to_string()))

@@ -321,3 +321,56 @@ fn snapshot_of_a_spec_with_every_field_type() {
         insta::assert_snapshot!(name, String::from_utf8_lossy(&plan.files[path].contents));
     }
 }
+
+#[test]
+fn the_openapi_document_describes_every_context_route_and_field() {
+    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap()).unwrap();
+    let json = &plan.files["gateway/openapi.json"].contents;
+    let doc: serde_json::Value = serde_json::from_slice(json).unwrap();
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/v1/catalog",
+            "/v1/catalog/{id}",
+            "/v1/order-items",
+            "/v1/order-items/{id}",
+            "/v1/shipping",
+            "/v1/shipping/{id}",
+            "/livez",
+            "/readyz"
+        ]
+    );
+    let new_product = &doc["components"]["schemas"]["NewProduct"];
+    assert_eq!(new_product["additionalProperties"], false);
+    assert_eq!(new_product["properties"]["price_cents"]["format"], "int64");
+    assert_eq!(new_product["properties"]["active"]["type"], "boolean");
+    assert_eq!(new_product["properties"]["weight_kg"]["type"], "number");
+    // The route module of each context exists and names the same paths.
+    let routes = String::from_utf8_lossy(&plan.files["gateway/src/api/order_items.rs"].contents);
+    assert!(routes.contains("pub const PATH: &str = \"/v1/order-items\";"));
+    assert!(routes.contains("pub const ITEM_PATH: &str = \"/v1/order-items/{id}\";"));
+    // The YAML copy carries the same paths and a generated-file header.
+    let yaml = String::from_utf8_lossy(&plan.files["docs/openapi.yaml"].contents);
+    assert!(yaml.starts_with("# @generated"));
+    for path in paths {
+        assert!(yaml.contains(&format!("  \"{path}\":\n")), "{path} in YAML");
+    }
+}
+
+#[test]
+fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
+    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap()).unwrap();
+    let topics = String::from_utf8_lossy(&plan.files["services/catalog/src/topics.rs"].contents);
+    assert!(
+        topics.contains("(PRODUCT_LISTED, &[\"market-order-items\", \"market-gateway\"])"),
+        "{topics}"
+    );
+    let gateway = String::from_utf8_lossy(&plan.files["gateway/src/api/mod.rs"].contents);
+    assert!(gateway.contains("(\"market.catalog.product-retired.v1\", &[\"market-gateway\"])"));
+}

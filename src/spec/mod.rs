@@ -8,7 +8,7 @@ mod canonical;
 mod default;
 pub mod model;
 pub mod names;
-mod naming;
+pub mod naming;
 mod raw;
 mod validate;
 

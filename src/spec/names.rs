@@ -57,6 +57,18 @@ const RESERVED_CRATES: &[&str] = &[
     "thiserror",
     "tracing",
     "tracing_subscriber",
+    "axum",
+    "clap",
+    "futures_util",
+    "governor",
+    "http",
+    "jsonwebtoken",
+    "redis",
+    "reqwest",
+    "tower",
+    "rdkafka",
+    "aws_sdk_sqs",
+    "base64",
 ];
 
 /// The longest context or system name: it ends up in Postgres database names (63 bytes).

@@ -1,0 +1,404 @@
+//! Who is calling: a JWT access token (`Authorization: Bearer`) validated against the OIDC
+//! issuer's JWKS, or an API key (`X-Api-Key`). Tokens must carry a valid signature, `exp`,
+//! the configured `iss` and `aud`; scopes come from `scope` (space-separated) or `scp`.
+//!
+//! The JWKS is fetched at start, cached, and fetched again when a token names a key id the
+//! cache does not know (the issuer rotated its keys), at most once per
+//! [`JWKS_MIN_REFRESH`]. Only asymmetric algorithms are accepted from a JWKS.
+//!
+//! Dev mode adds a local issuer: tokens signed with HS256 under `GATEWAY__AUTH__DEV_SECRET`,
+//! key id `dev`, which `gateway dev-token` prints. It is off unless configured.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::HeaderMap;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, RwLock};
+
+use crate::api_keys::ApiKeys;
+use crate::problem::Problem;
+
+pub const API_KEY_HEADER: &str = "x-api-key";
+pub const DEV_KEY_ID: &str = "dev";
+const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const LEEWAY_SECS: u64 = 30;
+const ASYMMETRIC: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// The authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: BTreeSet<String>,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Token,
+    ApiKey,
+}
+
+impl Principal {
+    /// The key rate limits are counted under.
+    pub fn identity(&self) -> String {
+        match self.via {
+            Via::Token => format!("token:{}", self.subject),
+            Via::ApiKey => format!("api-key:{}", self.subject),
+        }
+    }
+
+    /// 403 unless the caller holds `scope`.
+    pub fn require(&self, scope: &str) -> Result<(), Problem> {
+        if self.scopes.contains(scope) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "this route needs the `{scope}` scope, which the credential does not grant"
+            )))
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scp: Option<Vec<String>>,
+}
+
+impl Claims {
+    fn scopes(&self) -> BTreeSet<String> {
+        let spaced = self.scope.iter().flat_map(|s| s.split_whitespace());
+        let listed = self.scp.iter().flatten().map(String::as_str);
+        spaced.chain(listed).map(str::to_string).collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct DevIssuer {
+    pub issuer: String,
+    pub secret: Arc<[u8]>,
+}
+
+#[derive(Clone)]
+pub struct OidcIssuer {
+    pub issuer: String,
+    pub jwks_url: String,
+}
+
+#[derive(Clone)]
+pub struct AuthConfig {
+    pub audience: String,
+    pub oidc: Option<OidcIssuer>,
+    pub dev: Option<DevIssuer>,
+}
+
+struct Jwks {
+    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    last_fetch: Mutex<Option<Instant>>,
+    http: reqwest::Client,
+    issuer: OidcIssuer,
+}
+
+pub struct Authenticator {
+    audience: String,
+    dev: Option<(DevIssuer, DecodingKey)>,
+    jwks: Option<Jwks>,
+    api_keys: ApiKeys,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Authenticator {
+    pub fn new(config: AuthConfig, api_keys: ApiKeys) -> Authenticator {
+        let jwks = config.oidc.map(|issuer| Jwks {
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            http: reqwest::Client::builder()
+                .timeout(JWKS_FETCH_TIMEOUT)
+                .build()
+                .expect("an HTTP client with default TLS roots"),
+            issuer,
+        });
+        Authenticator {
+            audience: config.audience,
+            dev: config.dev.map(|dev| {
+                let key = DecodingKey::from_secret(&dev.secret);
+                (dev, key)
+            }),
+            jwks,
+            api_keys,
+        }
+    }
+
+    /// Fetches the JWKS once at start; a failure is logged, not fatal, since the next token
+    /// with an unknown key id fetches again.
+    pub async fn warm_up(&self) {
+        if let Some(jwks) = &self.jwks
+            && let Err(e) = jwks.refresh(true).await
+        {
+            tracing::warn!(error = %e, url = %jwks.issuer.jwks_url, "cannot fetch the issuer's JWKS yet");
+        }
+    }
+
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Problem> {
+        if let Some(value) = headers.get(axum::http::header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+            return self.verify_token(token).await;
+        }
+        if let Some(value) = headers.get(API_KEY_HEADER) {
+            let presented = value.to_str().unwrap_or_default();
+            let record = self
+                .api_keys
+                .verify(presented)
+                .ok_or_else(|| Problem::unauthorized("the API key is not valid"))?;
+            return Ok(Principal {
+                subject: record.name.clone(),
+                scopes: record.scopes(),
+                via: Via::ApiKey,
+            });
+        }
+        Err(Problem::unauthorized(
+            "send an access token (Authorization: Bearer <token>) or an API key (X-Api-Key)",
+        ))
+    }
+
+    pub async fn verify_token(&self, token: &str) -> Result<Principal, Problem> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Problem::unauthorized("the access token is not a well-formed JWT"))?;
+        let kid = header.kid.clone().unwrap_or_default();
+        let (key, algorithm, issuer) = match (&self.dev, &self.jwks) {
+            (Some((dev, key)), _) if kid == DEV_KEY_ID => {
+                (key.clone(), Algorithm::HS256, dev.issuer.clone())
+            }
+            (_, Some(jwks)) => {
+                let (key, algorithm) = jwks.key(&kid, header.alg).await?;
+                (key, algorithm, jwks.issuer.issuer.clone())
+            }
+            _ => return Err(Problem::unauthorized("the access token's signing key is not trusted here")),
+        };
+        let mut validation = Validation::new(algorithm);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[&self.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = LEEWAY_SECS;
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the access token has expired",
+                    ErrorKind::InvalidAudience => "the access token is not meant for this API (audience)",
+                    ErrorKind::InvalidIssuer => "the access token comes from an issuer this API does not trust",
+                    ErrorKind::InvalidSignature => "the access token's signature is not valid",
+                    _ => "the access token is not valid",
+                };
+                Problem::unauthorized(why)
+            })?
+            .claims;
+        Ok(Principal {
+            scopes: claims.scopes(),
+            subject: claims.sub,
+            via: Via::Token,
+        })
+    }
+}
+
+impl Jwks {
+    async fn key(&self, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), Problem> {
+        if !ASYMMETRIC.contains(&alg) {
+            return Err(Problem::unauthorized(
+                "the access token must be signed with an asymmetric algorithm",
+            ));
+        }
+        if let Some(found) = self.keys.read().await.get(kid) {
+            return Ok(found.clone());
+        }
+        // An unknown key id: the issuer may have rotated its keys.
+        if let Err(e) = self.refresh(false).await {
+            tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
+        }
+        self.keys
+            .read()
+            .await
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| Problem::unauthorized("the access token's signing key is not in the issuer's JWKS"))
+    }
+
+    async fn refresh(&self, force: bool) -> Result<(), String> {
+        let mut last = self.last_fetch.lock().await;
+        if !force && last.is_some_and(|at| at.elapsed() < JWKS_MIN_REFRESH) {
+            return Ok(());
+        }
+        *last = Some(Instant::now());
+        let set: JwkSet = self
+            .http
+            .get(&self.issuer.jwks_url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| format!("the JWKS does not parse: {e}"))?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let (Some(kid), Some(alg)) = (&jwk.common.key_id, jwk.common.key_algorithm) else {
+                continue;
+            };
+            let Ok(algorithm) = alg.to_string().parse::<Algorithm>() else {
+                continue;
+            };
+            if !ASYMMETRIC.contains(&algorithm) {
+                continue;
+            }
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid.clone(), (key, algorithm));
+            }
+        }
+        tracing::info!(keys = keys.len(), url = %self.issuer.jwks_url, "fetched the issuer's JWKS");
+        *self.keys.write().await = keys;
+        Ok(())
+    }
+}
+
+/// A token from the dev issuer, as `gateway dev-token` prints it.
+pub fn dev_token(
+    dev: &DevIssuer,
+    audience: &str,
+    subject: &str,
+    scopes: &[String],
+    ttl: Duration,
+) -> String {
+    let now = now_secs();
+    let claims = Claims {
+        sub: subject.to_string(),
+        iss: dev.issuer.clone(),
+        aud: audience.to_string(),
+        exp: now + ttl.as_secs(),
+        iat: now,
+        scope: Some(scopes.join(" ")),
+        scp: None,
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(DEV_KEY_ID.to_string());
+    jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&dev.secret))
+        .expect("HS256 signing with a byte key cannot fail")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(secret: &str) -> DevIssuer {
+        DevIssuer {
+            issuer: "shop-dev".into(),
+            secret: Arc::from(secret.repeat(32).as_bytes()),
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(
+            AuthConfig {
+                audience: "shop-api".into(),
+                oidc: None,
+                dev: Some(dev("a")),
+            },
+            ApiKeys::default(),
+        )
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        headers
+    }
+
+    #[tokio::test]
+    async fn a_dev_token_carries_subject_and_scopes() {
+        let token = dev_token(&dev("a"), "shop-api", "alice", &["orders:read".into()], Duration::from_secs(60));
+        let principal = authenticator().authenticate(&bearer(&token)).await.unwrap();
+        assert_eq!(principal.subject, "alice");
+        assert!(principal.require("orders:read").is_ok());
+        assert_eq!(principal.require("orders:write").unwrap_err().status, 403);
+    }
+
+    #[tokio::test]
+    async fn expired_foreign_or_forged_tokens_are_refused() {
+        let auth = authenticator();
+        let scopes = ["orders:read".to_string()];
+        // Expired an hour ago: well past the leeway.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(DEV_KEY_ID.into());
+        let stale = Claims {
+            sub: "alice".into(),
+            iss: "shop-dev".into(),
+            aud: "shop-api".into(),
+            exp: now_secs() - 3600,
+            iat: now_secs() - 7200,
+            scope: Some("orders:read".into()),
+            scp: None,
+        };
+        let expired =
+            jsonwebtoken::encode(&header, &stale, &EncodingKey::from_secret(&dev("a").secret)).unwrap();
+        let cases = [
+            (expired, "expired"),
+            (dev_token(&dev("a"), "other-api", "alice", &scopes, Duration::from_secs(60)), "audience"),
+            (dev_token(&dev("b"), "shop-api", "alice", &scopes, Duration::from_secs(60)), "signature"),
+            ("not.a.jwt".to_string(), "well-formed"),
+        ];
+        for (token, why) in cases {
+            let refused = auth.authenticate(&bearer(&token)).await.unwrap_err();
+            assert_eq!(refused.status, 401, "{why}");
+            assert!(refused.detail.contains(why), "{why}: {}", refused.detail);
+        }
+        let none = auth.authenticate(&HeaderMap::new()).await.unwrap_err();
+        assert_eq!(none.status, 401);
+    }
+
+    #[tokio::test]
+    async fn dev_tokens_are_refused_when_dev_mode_is_off() {
+        let auth = Authenticator::new(
+            AuthConfig {
+                audience: "shop-api".into(),
+                oidc: None,
+                dev: None,
+            },
+            ApiKeys::default(),
+        );
+        let token = dev_token(&dev("a"), "shop-api", "alice", &[], Duration::from_secs(60));
+        assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap_err().status, 401);
+    }
+}

@@ -1,0 +1,284 @@
+//! One downstream gRPC service and the resilience around every call to it.
+//!
+//! The tower stack on the channel, outermost first:
+//!   error mapping → bulkhead (concurrency limit, shed when full) → circuit breaker →
+//!   timeout → channel (connects lazily, reconnects by itself).
+//! The bulkhead sits outside the breaker so that load shedding never counts as the
+//! dependency failing.
+//!
+//! Retries live one level up, in [`Dependency::call`], where the typed request can be
+//! cloned (an HTTP body cannot): only for calls the route marks idempotent, with exponential
+//! backoff and jitter, never while the breaker is open, and never past the request's
+//! deadline. Each attempt carries the remaining deadline as `grpc-timeout`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use platform::service_auth::Minter;
+use tonic::Status;
+use tonic::transport::{Channel, Endpoint};
+use tower::load_shed::error::Overloaded;
+use tower::timeout::error::Elapsed;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceBuilder};
+
+use crate::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, State};
+use crate::context::RequestContext;
+
+/// The channel with its resilience layers, type-erased so every client uses one type. Its
+/// error is a concrete `Status` (not a boxed error): tonic's client bounds on a boxed
+/// trait object cannot be proven `Send` inside axum handlers.
+pub type Stack =
+    BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, Status>;
+
+#[derive(Debug, Clone)]
+pub struct DependencyConfig {
+    /// e.g. `http://127.0.0.1:50051`.
+    pub addr: String,
+    /// Longest time one attempt may take.
+    pub timeout: Duration,
+    /// Extra attempts for idempotent calls.
+    pub retries: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub breaker: BreakerConfig,
+    /// Calls in flight at most; more are refused at once with 503.
+    pub max_concurrent: usize,
+}
+
+/// One attempt's call, boxed (see [`Dependency::call`]).
+pub type AttemptFuture<R> = Pin<Box<dyn Future<Output = Result<tonic::Response<R>, Status>> + Send>>;
+
+/// May a failed call be sent again?
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Reads, and creates that carry a client's `Idempotency-Key`.
+    Idempotent,
+    Never,
+}
+
+pub struct Dependency {
+    name: &'static str,
+    config: DependencyConfig,
+    stack: Stack,
+    breaker: Breaker,
+    credential: Minter,
+}
+
+/// What one attempt needs: the channel stack and a way to build its request.
+pub struct Attempt {
+    pub channel: Stack,
+    timeout: Duration,
+    credential: Minter,
+    user: Option<String>,
+    correlation_id: String,
+}
+
+impl Attempt {
+    /// Wraps a message with the attempt's deadline (`grpc-timeout`), the service credential,
+    /// the end user and the correlation id.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.timeout);
+        self.credential.authorize(&mut request, self.user.as_deref());
+        if let Ok(value) = self.correlation_id.parse() {
+            request.metadata_mut().insert("x-correlation-id", value);
+        }
+        request
+    }
+}
+
+impl Dependency {
+    pub fn new(
+        name: &'static str,
+        config: DependencyConfig,
+        credential: Minter,
+    ) -> Result<Dependency, String> {
+        let endpoint = Endpoint::from_shared(config.addr.clone())
+            .map_err(|e| format!("`{}` is not a valid URI: {e}", config.addr))?
+            .connect_timeout(config.timeout)
+            .tcp_nodelay(true);
+        let channel: Channel = endpoint.connect_lazy();
+        let breaker = Breaker::new(name, config.breaker);
+        let stack = ServiceBuilder::new()
+            .map_err(into_status)
+            .load_shed()
+            .concurrency_limit(config.max_concurrent)
+            .layer(BreakerLayer::new(breaker.clone()))
+            .timeout(config.timeout)
+            .service(channel);
+        Ok(Dependency {
+            name,
+            config,
+            stack: BoxCloneSyncService::new(stack),
+            breaker,
+            credential,
+        })
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub fn breaker_state(&self) -> State {
+        self.breaker.state()
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the request's deadline is near.
+    /// The attempt's future is boxed: naming one concrete `Send` type keeps the compiler
+    /// from having to prove tonic's client bounds for every lifetime inside axum handlers.
+    pub async fn call<R, F>(&self, cx: &RequestContext, retry: Retry, mut attempt: F) -> Result<R, Status>
+    where
+        F: FnMut(Attempt) -> AttemptFuture<R>,
+    {
+        let mut retries = 0;
+        loop {
+            let remaining = cx.deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Status::deadline_exceeded(format!(
+                    "the request's deadline passed before {} answered",
+                    self.name
+                )));
+            }
+            let timeout = remaining.min(self.config.timeout);
+            let outcome = attempt(Attempt {
+                channel: self.stack.clone(),
+                timeout,
+                credential: self.credential.clone(),
+                user: cx.user.clone(),
+                correlation_id: cx.correlation_id.clone(),
+            });
+            let result = match tokio::time::timeout(timeout, outcome).await {
+                Ok(result) => result.map(tonic::Response::into_inner),
+                Err(_) => Err(Status::deadline_exceeded(format!(
+                    "{} did not answer within {timeout:?}",
+                    self.name
+                ))),
+            };
+            let status = match result {
+                Ok(value) => return Ok(value),
+                Err(status) => status,
+            };
+            let delay = platform::backoff::delay(self.config.backoff_base, self.config.backoff_max, retries);
+            let may_retry = retry == Retry::Idempotent
+                && retries < self.config.retries
+                && is_transient(&status)
+                && self.breaker.state() == State::Closed
+                && Instant::now() + delay < cx.deadline;
+            if !may_retry {
+                return Err(status);
+            }
+            retries += 1;
+            tracing::info!(
+                dependency = self.name,
+                attempt = retries + 1,
+                code = ?status.code(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// Failures worth another attempt: the service did not get or did not finish the call.
+fn is_transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+    ) && !status.message().contains("circuit breaker")
+}
+
+/// Turns the stack's errors into gRPC statuses, which tonic passes through unchanged;
+/// transport errors become UNAVAILABLE the way tonic itself maps them.
+fn into_status(error: BoxError) -> Status {
+    if let Some(open) = error.downcast_ref::<BreakerOpen>() {
+        return Status::unavailable(open.to_string());
+    }
+    if error.is::<Overloaded>() {
+        return Status::resource_exhausted("too many calls in flight to this service (bulkhead full)");
+    }
+    if error.is::<Elapsed>() {
+        return Status::deadline_exceeded("the call timed out");
+    }
+    // A refused connection, or one reset under the call (the service was killed): the
+    // service is unavailable, which callers may retry, not an unknown failure.
+    if error.is::<tonic::transport::Error>() {
+        let mut reason = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason = format!("{reason}: {cause}");
+            source = cause.source();
+        }
+        return Status::unavailable(reason);
+    }
+    Status::from_error(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn dependency(retries: u32) -> Dependency {
+        let secret = platform::service_auth::ServiceSecret::new(&"s".repeat(32)).unwrap();
+        let config = DependencyConfig {
+            // Nothing listens on port 1; the attempts below never use the channel anyway.
+            addr: "http://127.0.0.1:1".into(),
+            timeout: Duration::from_millis(200),
+            retries,
+            backoff_base: Duration::from_millis(1),
+            backoff_max: Duration::from_millis(5),
+            breaker: BreakerConfig {
+                failure_threshold: 100,
+                open_for: Duration::from_secs(1),
+            },
+            max_concurrent: 4,
+        };
+        Dependency::new("orders", config, Minter::new(&secret, "i".into(), "a".into())).unwrap()
+    }
+
+    async fn attempts(dependency: &Dependency, retry: Retry, status: Status) -> (u32, Status) {
+        let count = Arc::new(AtomicU32::new(0));
+        let counter = count.clone();
+        let cx = RequestContext::new("test".into(), Duration::from_secs(5));
+        let result = dependency
+            .call(&cx, retry, move |_attempt| -> AttemptFuture<()> {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let status = status.clone();
+                Box::pin(async move { Err(status) })
+            })
+            .await;
+        (count.load(Ordering::SeqCst), result.unwrap_err())
+    }
+
+    #[tokio::test]
+    async fn only_idempotent_calls_are_retried_and_only_on_transient_failures() {
+        let d = dependency(2);
+        let (n, _) = attempts(&d, Retry::Idempotent, Status::unavailable("down")).await;
+        assert_eq!(n, 3, "one attempt and two retries");
+        let (n, _) = attempts(&d, Retry::Never, Status::unavailable("down")).await;
+        assert_eq!(n, 1, "a create without an idempotency key is never retried");
+        let (n, status) = attempts(&d, Retry::Idempotent, Status::not_found("gone")).await;
+        assert_eq!((n, status.code()), (1, tonic::Code::NotFound));
+    }
+
+    #[test]
+    fn stack_errors_become_statuses_callers_understand() {
+        let open = BreakerOpen {
+            dependency: Arc::from("billing"),
+        };
+        assert_eq!(into_status(Box::new(open)).code(), tonic::Code::Unavailable);
+        assert_eq!(
+            into_status(Box::new(Overloaded::new())).code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(
+            into_status(Box::new(Elapsed::new())).code(),
+            tonic::Code::DeadlineExceeded
+        );
+    }
+}

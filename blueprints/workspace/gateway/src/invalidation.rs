@@ -1,0 +1,95 @@
+//! Keeps the read cache honest: the gateway consumes every domain event (its own consumer
+//! group, or its own queue on SQS) and invalidates the cached resource the event is about,
+//! named by the `aggregate_id` header. A creation event cannot make an entry stale (nothing
+//! was cached before the resource existed), so it only deletes; any other event also
+//! blocks re-caching for a moment (see `cache.rs`). Invalidating is idempotent, so no inbox is needed;
+//! a message is acknowledged once its entry is invalidated, or after the retries are spent
+//! (the TTL then bounds how stale the entry can be).
+
+use std::time::Duration;
+
+use platform::bus::{AGGREGATE_ID, Delivery, Subscriber};
+use tokio::sync::watch;
+
+use crate::cache::Cache;
+
+const ATTEMPTS: u32 = 5;
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// A topic the gateway consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Topic {
+    pub topic: &'static str,
+    /// The context whose resources its events are about.
+    pub context: &'static str,
+    /// Whether its events announce a new resource (the first event of a context).
+    pub creates: bool,
+}
+
+pub type Routes = &'static [Topic];
+
+async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
+    let Some(route) = routes.iter().find(|r| r.topic == delivery.topic) else {
+        tracing::warn!(topic = %delivery.topic, "event from a topic the gateway does not cache");
+        return;
+    };
+    let Some(id) = delivery.headers.get(AGGREGATE_ID) else {
+        tracing::warn!(topic = %delivery.topic, "event without an aggregate_id header");
+        return;
+    };
+    let context = route.context;
+    for attempt in 0..ATTEMPTS {
+        let done = if route.creates {
+            cache.remove(context, id).await
+        } else {
+            cache.invalidate(context, id).await
+        };
+        match done {
+            Ok(()) => {
+                tracing::info!(context, id = %id, cache = "invalidated", "cache entry invalidated");
+                return;
+            }
+            Err(e) if attempt + 1 == ATTEMPTS => {
+                tracing::error!(error = %e, context, id = %id, "giving up on an invalidation; the TTL bounds staleness");
+            }
+            Err(_) => {
+                tokio::time::sleep(platform::backoff::delay(BACKOFF_BASE, BACKOFF_MAX, attempt)).await
+            }
+        }
+    }
+}
+
+/// Runs until `stop` turns true.
+pub async fn run<S: Subscriber>(
+    mut subscriber: S,
+    cache: Cache,
+    routes: Routes,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let next = tokio::select! {
+            _ = stop.wait_for(|stopped| *stopped) => return,
+            next = subscriber.next() => next,
+        };
+        match next {
+            Ok(delivery) => {
+                failures = 0;
+                apply(&cache, routes, &delivery).await;
+                if let Err(e) = subscriber.ack(&delivery).await {
+                    tracing::warn!(error = %e, "cannot acknowledge an invalidation event");
+                }
+            }
+            Err(e) => {
+                let delay = platform::backoff::delay(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, ?delay, "cannot receive events for cache invalidation");
+                tokio::select! {
+                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The gateway: REST over the gRPC services. Per request, outermost first: body limit →
+//! request context (correlation id, deadline) → access log → authentication → rate limit →
+//! the route, which checks its scope and calls its service through that service's
+//! resilience stack (see `downstream.rs`). Reads of one resource go through the Redis cache,
+//! which a consumer of the domain events keeps honest.
+
+pub mod api;
+pub mod api_keys;
+pub mod auth;
+pub mod breaker;
+pub mod cache;
+pub mod config;
+pub mod context;
+pub mod downstream;
+pub mod health;
+pub mod invalidation;
+pub mod openapi;
+pub mod problem;
+pub mod rate_limit;
+pub mod rest;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State as AxumState};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use platform::adapter::Bus;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::auth::{Authenticator, Principal};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::context::RequestContext;
+use crate::problem::Problem;
+use crate::rate_limit::RateLimiter;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// How long in-flight requests and background tasks get after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+pub struct State {
+    pub auth: Authenticator,
+    pub limiter: RateLimiter,
+    pub cache: Cache,
+    pub downstreams: api::Downstreams,
+    /// False once shutdown began: `/readyz` answers 503.
+    pub ready: AtomicBool,
+}
+
+pub type AppState = Arc<State>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot set up the event bus: {0}")]
+    Bus(#[from] platform::bus::BusError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Gateway {
+    listener: TcpListener,
+    state: AppState,
+    request_timeout: Duration,
+    bus: Option<Bus>,
+}
+
+impl Gateway {
+    /// Builds everything and binds the port. Nothing downstream is contacted yet: the
+    /// services, Redis and the broker are connected to lazily, so the gateway starts (and
+    /// reports ready) while any of them is down.
+    pub async fn build(config: Config) -> Result<Gateway, StartupError> {
+        let downstreams = api::Downstreams::new(&config).map_err(StartupError::Config)?;
+        let cache = match config.cache.clone() {
+            Some(cache) => Cache::connect(cache).map_err(StartupError::Config)?,
+            None => {
+                tracing::warn!("GATEWAY__REDIS__URL is not set: reads are not cached");
+                Cache::disabled()
+            }
+        };
+        let auth = Authenticator::new(config.auth.clone(), config.api_keys);
+        auth.warm_up().await;
+        let bus = config.bus.as_ref().map(Bus::connect).transpose()?;
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.http_addr,
+                source,
+            })?;
+        Ok(Gateway {
+            listener,
+            state: Arc::new(State {
+                auth,
+                limiter: RateLimiter::new(config.rate_limit),
+                cache,
+                downstreams,
+                ready: AtomicBool::new(true),
+            }),
+            request_timeout: config.request_timeout,
+            bus,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> AppState {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then reports not ready, finishes in-flight
+    /// requests and stops the cache invalidation consumer.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        if let Some(bus) = &self.bus {
+            let topics: Vec<String> = api::TOPICS.iter().map(|t| t.topic.to_string()).collect();
+            match bus.subscriber(api::GROUP, &topics) {
+                Ok(subscriber) => {
+                    tasks.spawn(invalidation::run(
+                        subscriber,
+                        self.state.cache.clone(),
+                        api::TOPICS,
+                        stopped.clone(),
+                    ));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot consume events; cached reads will only expire by TTL"),
+            }
+        }
+        let limiter = self.state.limiter.clone();
+        let mut forget_stop = stopped.clone();
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = forget_stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(FORGET_IDLE_EVERY) => limiter.forget_idle(),
+                }
+            }
+        });
+
+        let state = self.state.clone();
+        let draining = async move {
+            shutdown.await;
+            state.ready.store(false, Ordering::Release);
+            tracing::info!("shutting down: draining in-flight requests");
+        };
+        let app = router(self.state.clone(), self.request_timeout);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(draining)
+            .await;
+        let _ = stop.send(true);
+        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.join_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop within {DRAIN_TIMEOUT:?}");
+        }
+        served
+    }
+}
+
+/// The whole HTTP surface. Public so tests can drive it without a socket.
+pub fn router(state: AppState, request_timeout: Duration) -> Router {
+    let protected = api::routes().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        authorize,
+    ));
+    Router::new()
+        .merge(protected)
+        .route("/livez", get(health::live))
+        .route("/readyz", get(health::ready))
+        .route("/openapi.json", get(openapi::serve))
+        .fallback(not_found)
+        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn(move |request, next| {
+            context::attach(request_timeout, request, next)
+        }))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "no such route; see /openapi.json")
+}
+
+/// Authenticates, then rate-limits per identity; the route checks the scope it needs.
+async fn authorize(
+    AxumState(state): AxumState<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let principal = match state.auth.authenticate(request.headers()).await {
+        Ok(principal) => principal,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(wait) = state.limiter.check(&principal.identity()) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("rate limit exceeded for {}; retry after {secs} s", principal.subject),
+        )
+        .with_retry_after(secs)
+        .into_response();
+    }
+    if let Some(cx) = request.extensions_mut().get_mut::<RequestContext>() {
+        cx.user = Some(principal.subject.clone());
+    }
+    request.extensions_mut().insert(principal.clone());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(principal);
+    response
+}
+
+/// One JSON log line per request: route, status, duration, user, cache outcome.
+async fn access_log(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let correlation_id = request
+        .extensions()
+        .get::<RequestContext>()
+        .map(|cx| cx.correlation_id.clone())
+        .unwrap_or_default();
+    let response = next.run(request).await;
+    let user = response
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.subject.clone());
+    let cache = response
+        .headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    tracing::info!(
+        http.method = %method,
+        http.route = %route,
+        http.status = response.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        correlation_id = %correlation_id,
+        user = user.as_deref(),
+        cache = cache.as_deref(),
+        "request"
+    );
+    response
+}

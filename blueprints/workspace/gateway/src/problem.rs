@@ -1,0 +1,161 @@
+//! Errors as RFC 9457 problem documents (`application/problem+json`), and the mapping from
+//! gRPC status codes to HTTP statuses. Every error the gateway answers goes through here,
+//! so clients see one shape whatever failed.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use tonic::Code;
+
+pub const CONTENT_TYPE: &str = "application/problem+json";
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip)]
+    pub retry_after_secs: Option<u64>,
+    #[serde(skip)]
+    pub challenge: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error").to_string(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            retry_after_secs: None,
+            challenge: false,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// 401, with a `WWW-Authenticate` challenge.
+    pub fn unauthorized(detail: impl Into<String>) -> Problem {
+        Problem {
+            challenge: true,
+            ..Problem::new(StatusCode::UNAUTHORIZED, detail)
+        }
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::FORBIDDEN, detail)
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Problem {
+        self.retry_after_secs = Some(secs.max(1));
+        self
+    }
+
+    /// The HTTP face of a failed call to `dependency`. Client mistakes keep their meaning;
+    /// failures of the dependency become 502/503/504 so clients know whether to retry.
+    pub fn from_grpc(status: &tonic::Status, dependency: &str) -> Problem {
+        let http = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::ResourceExhausted | Code::Unavailable | Code::Cancelled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            // The service refused our own credential, or failed inside: not the client's
+            // doing, and not something it can fix by changing the request.
+            Code::Unauthenticated | Code::Internal | Code::Unknown | Code::DataLoss | Code::Ok => {
+                StatusCode::BAD_GATEWAY
+            }
+        };
+        let detail = if http.is_server_error() {
+            tracing::warn!(dependency, code = ?status.code(), message = status.message(), "dependency call failed");
+            format!("{dependency} is not available: {}", status.message())
+        } else {
+            status.message().to_string()
+        };
+        let problem = Problem::new(http, detail);
+        if http == StatusCode::SERVICE_UNAVAILABLE {
+            problem.with_retry_after(1)
+        } else {
+            problem
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(&self)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.challenge {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(rejection: JsonRejection) -> Problem {
+        let status = match &rejection {
+            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Problem::new(status, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for Problem {
+    fn from(rejection: QueryRejection) -> Problem {
+        Problem::bad_request(rejection.body_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_codes_map_to_statuses_clients_can_act_on() {
+        let cases = [
+            (Code::InvalidArgument, 400),
+            (Code::NotFound, 404),
+            (Code::FailedPrecondition, 409),
+            (Code::Unavailable, 503),
+            (Code::ResourceExhausted, 503),
+            (Code::DeadlineExceeded, 504),
+            (Code::Internal, 502),
+            (Code::Unauthenticated, 502),
+        ];
+        for (code, http) in cases {
+            let problem = Problem::from_grpc(&tonic::Status::new(code, "x"), "orders");
+            assert_eq!(problem.status, http, "{code:?}");
+        }
+        let unavailable = Problem::from_grpc(&tonic::Status::unavailable("down"), "orders");
+        assert_eq!(unavailable.retry_after_secs, Some(1));
+    }
+
+    #[test]
+    fn a_problem_is_served_as_problem_json() {
+        let response = Problem::unauthorized("no token").into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
+        assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+}

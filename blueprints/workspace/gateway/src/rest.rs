@@ -1,0 +1,122 @@
+//! What every context's routes share: request checks that turn bad input into 400s with a
+//! reason, and JSON responses that say whether they came from the cache.
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::cache::Lookup;
+use crate::problem::Problem;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest idempotency key or cursor accepted (the services' own limit).
+pub const MAX_TOKEN_LEN: usize = 200;
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 500;
+
+/// `?limit=&cursor=` of a listing.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+impl ListQuery {
+    /// The page size and token to ask the service for.
+    pub fn checked(self) -> Result<(i32, String), Problem> {
+        let limit = self.limit.unwrap_or(DEFAULT_LIMIT);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(Problem::bad_request(format!(
+                "limit must be between 1 and {MAX_LIMIT}"
+            )));
+        }
+        let cursor = self.cursor.unwrap_or_default();
+        if cursor.len() > MAX_TOKEN_LEN {
+            return Err(Problem::bad_request("cursor is not one this API issued"));
+        }
+        Ok((limit as i32, cursor))
+    }
+}
+
+/// The optional `Idempotency-Key` header: 1 to 200 visible ASCII characters.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default().trim();
+    if key.is_empty() || key.len() > MAX_TOKEN_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_TOKEN_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(Some(key.to_string()))
+}
+
+/// A resource id: a UUID in its hyphenated form, returned lower-case (the cache key).
+pub fn resource_id(id: &str) -> Result<String, Problem> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(parsed) if id.len() == 36 => Ok(parsed.hyphenated().to_string()),
+        _ => Err(Problem::bad_request(format!("`{id}` is not a resource id (a UUID)"))),
+    }
+}
+
+/// Text fields are stored in Postgres, which cannot hold NUL characters.
+pub fn text(field: &str, value: &str) -> Result<(), Problem> {
+    if value.contains('\0') {
+        return Err(Problem::bad_request(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Serialises a response body; a failure here is a bug, answered as a problem.
+pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Problem> {
+    serde_json::to_vec(value).map_err(|e| {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}"))
+    })
+}
+
+/// A JSON body, with `X-Cache` telling where it came from.
+pub fn json(status: StatusCode, body: Vec<u8>, cache: Option<Lookup>) -> Response {
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(lookup) = cache {
+        headers.insert("x-cache", HeaderValue::from_static(lookup.as_str()));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_outside_the_range_are_refused() {
+        let query = |limit| ListQuery { limit: Some(limit), cursor: None };
+        assert_eq!(query(1).checked().unwrap().0, 1);
+        assert_eq!(query(MAX_LIMIT).checked().unwrap().0, MAX_LIMIT as i32);
+        assert_eq!(query(0).checked().unwrap_err().status, 400);
+        assert_eq!(query(MAX_LIMIT + 1).checked().unwrap_err().status, 400);
+        assert_eq!(ListQuery::default().checked().unwrap().0, DEFAULT_LIMIT as i32);
+    }
+
+    #[test]
+    fn ids_must_be_hyphenated_uuids() {
+        let id = uuid::Uuid::now_v7();
+        assert_eq!(resource_id(&id.to_string().to_uppercase()).unwrap(), id.to_string());
+        assert!(resource_id(&id.simple().to_string()).is_err());
+        assert!(resource_id("42").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_are_checked() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(idempotency_key(&headers).unwrap(), None);
+        headers.insert(IDEMPOTENCY_KEY, "order-1".parse().unwrap());
+        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("order-1"));
+        headers.insert(IDEMPOTENCY_KEY, "x".repeat(201).parse().unwrap());
+        assert!(idempotency_key(&headers).is_err());
+    }
+}

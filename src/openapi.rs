@@ -1,0 +1,426 @@
+//! The OpenAPI 3 document of the generated gateway, built from the same model as its routes
+//! (`blueprints/gateway-context`). The gateway serves the JSON (`gateway/openapi.json`);
+//! `docs/openapi.yaml` is the same document as YAML. Both are generated, never edited.
+
+use serde_json::{Map, Value, json};
+
+use crate::spec::Spec;
+use crate::spec::model::{Context, Field, FieldType};
+
+pub const JSON_PATH: &str = "gateway/openapi.json";
+pub const YAML_PATH: &str = "docs/openapi.yaml";
+
+/// Errors every protected operation can answer, by status.
+const COMMON_ERRORS: &[&str] = &["401", "403", "429", "502", "503", "504"];
+
+pub fn document(spec: &Spec) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    schemas.insert("Problem".into(), problem_schema());
+    let mut tags = Vec::new();
+    for context in &spec.contexts {
+        let names = SchemaNames::new(spec, context);
+        schemas.insert(names.resource.clone(), resource_schema(context));
+        schemas.insert(names.new.clone(), new_schema(context));
+        schemas.insert(names.page.clone(), page_schema(&names));
+        let base = format!("/v1/{}", context.name.kebab);
+        paths.insert(
+            base.clone(),
+            json!({
+                "post": create_operation(context, &names),
+                "get": list_operation(context, &names),
+            }),
+        );
+        paths.insert(
+            format!("{base}/{{id}}"),
+            json!({ "get": get_operation(context, &names) }),
+        );
+        tags.push(json!({
+            "name": context.name.kebab,
+            "description": format!("{} resources of the {} service", context.aggregate.name.pascal, context.name.raw),
+        }));
+    }
+    paths.insert(
+        "/livez".into(),
+        json!({ "get": health_operation("live", false) }),
+    );
+    paths.insert(
+        "/readyz".into(),
+        json!({ "get": health_operation("ready", true) }),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": format!("{} API", spec.system.raw),
+            "version": "1",
+            "description": "REST over the gRPC services. Authenticate with a JWT access token (Bearer) or an API key (X-Api-Key); each route needs the scope named in its description. Errors are RFC 9457 problem documents.",
+        },
+        "servers": [{ "url": "http://127.0.0.1:8080" }],
+        "security": [{ "bearerAuth": [] }, { "apiKey": [] }],
+        "tags": tags,
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" },
+                "apiKey": { "type": "apiKey", "in": "header", "name": "X-Api-Key" },
+            },
+            "schemas": schemas,
+            "responses": error_responses(),
+        },
+    })
+}
+
+struct SchemaNames {
+    resource: String,
+    new: String,
+    page: String,
+}
+
+impl SchemaNames {
+    /// The aggregate's name, qualified by its context when two contexts share it.
+    fn new(spec: &Spec, context: &Context) -> SchemaNames {
+        let aggregate = &context.aggregate.name.pascal;
+        let shared = spec
+            .contexts
+            .iter()
+            .filter(|c| &c.aggregate.name.pascal == aggregate)
+            .count()
+            > 1;
+        let resource = if shared {
+            format!("{}{aggregate}", context.name.pascal)
+        } else {
+            aggregate.clone()
+        };
+        SchemaNames {
+            new: format!("New{resource}"),
+            page: format!("{resource}Page"),
+            resource,
+        }
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn field_schema(field: &Field) -> Value {
+    match field.kind {
+        FieldType::String => json!({ "type": "string", "pattern": "^[^\\u0000]*$" }),
+        FieldType::I64 => json!({
+            "type": "integer", "format": "int64",
+            "minimum": i64::MIN, "maximum": i64::MAX,
+        }),
+        FieldType::I32 => json!({
+            "type": "integer", "format": "int32",
+            "minimum": i32::MIN, "maximum": i32::MAX,
+        }),
+        FieldType::Bool => json!({ "type": "boolean" }),
+        FieldType::F64 => json!({ "type": "number", "format": "double" }),
+    }
+}
+
+fn fields_object(context: &Context, base: Vec<(&str, Value)>, closed: bool) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for (name, schema) in base {
+        properties.insert(name.to_string(), schema);
+        required.push(Value::from(name));
+    }
+    for field in &context.all_fields {
+        properties.insert(field.name.clone(), field_schema(field));
+        required.push(Value::from(field.name.as_str()));
+    }
+    let mut object = json!({ "type": "object", "properties": properties });
+    if !required.is_empty() {
+        object["required"] = Value::Array(required);
+    }
+    if closed {
+        object["additionalProperties"] = Value::Bool(false);
+    }
+    object
+}
+
+fn resource_schema(context: &Context) -> Value {
+    fields_object(
+        context,
+        vec![
+            ("id", json!({ "type": "string", "format": "uuid" })),
+            (
+                "created_at",
+                json!({ "type": "string", "format": "date-time" }),
+            ),
+        ],
+        false,
+    )
+}
+
+fn new_schema(context: &Context) -> Value {
+    fields_object(context, Vec::new(), true)
+}
+
+fn page_schema(names: &SchemaNames) -> Value {
+    json!({
+        "type": "object",
+        "required": ["items", "next_cursor"],
+        "properties": {
+            "items": { "type": "array", "items": schema_ref(&names.resource) },
+            "next_cursor": {
+                "type": "string", "nullable": true,
+                "description": "Pass as `cursor` for the next page; null on the last page.",
+            },
+        },
+    })
+}
+
+fn problem_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "An RFC 9457 problem document.",
+        "required": ["type", "title", "status", "detail"],
+        "properties": {
+            "type": { "type": "string" },
+            "title": { "type": "string" },
+            "status": { "type": "integer" },
+            "detail": { "type": "string" },
+        },
+    })
+}
+
+fn error_responses() -> Value {
+    let problem = |description: &str, headers: Value| {
+        let mut response = json!({
+            "description": description,
+            "content": { "application/problem+json": { "schema": schema_ref("Problem") } },
+        });
+        if headers.as_object().is_some_and(|h| !h.is_empty()) {
+            response["headers"] = headers;
+        }
+        response
+    };
+    let retry_after = json!({
+        "Retry-After": { "description": "Seconds to wait before retrying.", "schema": { "type": "integer" } },
+    });
+    json!({
+        "400": problem("The request is malformed; `detail` says how.", json!({})),
+        "401": problem("No valid access token or API key.", json!({
+            "WWW-Authenticate": { "schema": { "type": "string" } },
+        })),
+        "403": problem("The credential lacks the route's scope.", json!({})),
+        "404": problem("No such resource.", json!({})),
+        "409": problem("The Idempotency-Key was used for a different request.", json!({})),
+        "413": problem("The body is larger than 64 KiB.", json!({})),
+        "415": problem("The body must be application/json.", json!({})),
+        "429": problem("Rate limit exceeded.", retry_after.clone()),
+        "502": problem("The service failed or refused the gateway.", json!({})),
+        "503": problem("The service is unavailable or its circuit breaker is open.", retry_after),
+        "504": problem("The service did not answer within the request's deadline.", json!({})),
+    })
+}
+
+fn responses(success: (&str, Value), errors: &[&str]) -> Value {
+    let mut map = Map::new();
+    map.insert(success.0.to_string(), success.1);
+    for status in errors.iter().chain(COMMON_ERRORS) {
+        map.insert(
+            status.to_string(),
+            json!({ "$ref": format!("#/components/responses/{status}") }),
+        );
+    }
+    Value::Object(map)
+}
+
+fn json_content(schema: Value) -> Value {
+    json!({ "application/json": { "schema": schema } })
+}
+
+fn create_operation(context: &Context, names: &SchemaNames) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    json!({
+        "operationId": format!("create{aggregate}"),
+        "tags": [context.name.kebab],
+        "summary": format!("Create a {aggregate}"),
+        "description": format!(
+            "Needs scope `{}:write`. With an Idempotency-Key, a retry returns the first response and creates nothing more.",
+            context.name.kebab
+        ),
+        "parameters": [{
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": false,
+            "description": "Unique per logical create; reuse it only to retry that create.",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$" },
+        }],
+        "requestBody": { "required": true, "content": json_content(schema_ref(&names.new)) },
+        "responses": responses(
+            ("201", json!({
+                "description": format!("The {aggregate} was created."),
+                "headers": { "Location": { "schema": { "type": "string" } } },
+                "content": json_content(schema_ref(&names.resource)),
+            })),
+            &["400", "409", "413", "415"],
+        ),
+    })
+}
+
+fn list_operation(context: &Context, names: &SchemaNames) -> Value {
+    let plural = &context.aggregate.plural.pascal;
+    json!({
+        "operationId": format!("list{plural}"),
+        "tags": [context.name.kebab],
+        "summary": format!("List {plural} in creation order"),
+        "description": format!("Needs scope `{}:read`.", context.name.kebab),
+        "parameters": [
+            {
+                "name": "limit", "in": "query", "required": false,
+                "schema": { "type": "integer", "minimum": 1, "maximum": 500, "default": 50 },
+            },
+            {
+                "name": "cursor", "in": "query", "required": false,
+                "description": "next_cursor of the previous page.",
+                "schema": { "type": "string", "maxLength": 200 },
+            },
+        ],
+        "responses": responses(
+            ("200", json!({ "description": "One page.", "content": json_content(schema_ref(&names.page)) })),
+            &["400"],
+        ),
+    })
+}
+
+fn get_operation(context: &Context, names: &SchemaNames) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    json!({
+        "operationId": format!("get{aggregate}"),
+        "tags": [context.name.kebab],
+        "summary": format!("Get one {aggregate}"),
+        "description": format!(
+            "Needs scope `{}:read`. Served from the cache when it can be; X-Cache says whether it was.",
+            context.name.kebab
+        ),
+        "parameters": [{
+            "name": "id", "in": "path", "required": true,
+            "schema": { "type": "string", "format": "uuid" },
+        }],
+        "responses": responses(
+            ("200", json!({
+                "description": format!("The {aggregate}."),
+                "headers": { "X-Cache": { "schema": { "type": "string", "enum": ["hit", "miss", "bypass"] } } },
+                "content": json_content(schema_ref(&names.resource)),
+            })),
+            &["400", "404"],
+        ),
+    })
+}
+
+fn health_operation(what: &str, can_fail: bool) -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": format!("The gateway is {what}."),
+            "content": json_content(json!({
+                "type": "object", "required": ["status"],
+                "properties": { "status": { "type": "string" } },
+            })),
+        }),
+    );
+    if can_fail {
+        responses.insert(
+            "503".into(),
+            json!({ "$ref": "#/components/responses/503" }),
+        );
+    }
+    json!({
+        "operationId": what,
+        "tags": ["health"],
+        "summary": format!("Is the gateway {what}?"),
+        "security": [],
+        "responses": responses,
+    })
+}
+
+/// Pretty JSON with a trailing newline.
+pub fn to_json(document: &Value) -> String {
+    let mut text = serde_json::to_string_pretty(document).expect("a JSON value serialises");
+    text.push('\n');
+    text
+}
+
+/// YAML for a JSON value. Strings are always double-quoted with JSON escapes, which YAML
+/// reads the same way, so no value can be misread as a number, boolean or null.
+pub fn to_yaml(document: &Value) -> String {
+    let mut out = String::new();
+    yaml_value(document, 0, &mut out);
+    out
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(s) => Value::String(s.clone()).to_string(),
+        other => other.to_string(),
+    }
+}
+
+fn is_empty_collection(value: &Value) -> Option<&'static str> {
+    match value {
+        Value::Object(m) if m.is_empty() => Some("{}"),
+        Value::Array(a) if a.is_empty() => Some("[]"),
+        _ => None,
+    }
+}
+
+fn yaml_value(value: &Value, indent: usize, out: &mut String) {
+    let pad = "  ".repeat(indent);
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map {
+                let key = scalar(&Value::String(key.clone()));
+                match (item, is_empty_collection(item)) {
+                    (_, Some(empty)) => out.push_str(&format!("{pad}{key}: {empty}\n")),
+                    (Value::Object(_) | Value::Array(_), None) => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        yaml_value(item, indent + 1, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", scalar(item))),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                match (item, is_empty_collection(item)) {
+                    (_, Some(empty)) => out.push_str(&format!("{pad}- {empty}\n")),
+                    (Value::Object(_) | Value::Array(_), None) => {
+                        // The first line of the nested block goes after the dash.
+                        let mut nested = String::new();
+                        yaml_value(item, indent + 1, &mut nested);
+                        let inner_pad = "  ".repeat(indent + 1);
+                        let nested = nested.strip_prefix(&inner_pad).unwrap_or(&nested);
+                        out.push_str(&format!("{pad}- {nested}"));
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", scalar(item))),
+                }
+            }
+        }
+        scalar_value => out.push_str(&format!("{pad}{}\n", scalar(scalar_value))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_quotes_every_string_and_nests_blocks() {
+        let value = json!({
+            "a": "yes",
+            "b": [1, {"c": "x: y", "d": []}, "no"],
+            "e": {},
+            "f": null,
+        });
+        let yaml = to_yaml(&value);
+        assert_eq!(
+            yaml,
+            "\"a\": \"yes\"\n\"b\":\n  - 1\n  - \"c\": \"x: y\"\n    \"d\": []\n  - \"no\"\n\"e\": {}\n\"f\": null\n"
+        );
+    }
+}
