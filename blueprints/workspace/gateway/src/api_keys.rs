@@ -30,14 +30,10 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
-/// Makes a new key: 8 hex characters of prefix and 64 of secret (256 random bits).
+/// Makes a new key: 8 hex characters of prefix and 64 of secret (244 random bits).
 pub fn generate(system: &str, name: &str, scopes: Vec<String>) -> (String, ApiKeyRecord) {
     let prefix: String = uuid::Uuid::new_v4().simple().to_string()[..PREFIX_LEN].to_string();
-    let secret = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let secret = platform::service_auth::random_secret();
     let key = format!("{system}_{prefix}_{secret}");
     let record = ApiKeyRecord {
         name: name.to_string(),

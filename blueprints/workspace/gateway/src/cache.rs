@@ -94,16 +94,17 @@ impl Cache {
         self.inner.is_some()
     }
 
-    fn key(config: &CacheConfig, context: &str, id: &str) -> String {
-        format!("{}:{context}:{id}", config.namespace)
+    /// A connection handle, the config and the entry's key; `None` without a cache.
+    fn entry(&self, context: &str, id: &str) -> Option<(ConnectionManager, &CacheConfig, String)> {
+        let (manager, config) = self.inner.as_ref()?;
+        let key = format!("{}:{context}:{id}", config.namespace);
+        Some((manager.clone(), config, key))
     }
 
     pub async fn get(&self, context: &str, id: &str) -> (Lookup, Option<Vec<u8>>) {
-        let Some((manager, config)) = &self.inner else {
+        let Some((mut conn, _, key)) = self.entry(context, id) else {
             return (Lookup::Bypass, None);
         };
-        let mut conn = manager.clone();
-        let key = Cache::key(config, context, id);
         match bounded("GET", conn.get::<_, Option<Vec<u8>>>(&key)).await {
             Some(Some(value)) if value != INVALIDATED.as_bytes() => (Lookup::Hit, Some(value)),
             Some(_) => (Lookup::Miss, None),
@@ -113,11 +114,9 @@ impl Cache {
 
     /// Stores a read's result unless an invalidation marker (or a fresher entry) is there.
     pub async fn put(&self, context: &str, id: &str, body: &[u8]) {
-        let Some((manager, config)) = &self.inner else {
+        let Some((mut conn, config, key)) = self.entry(context, id) else {
             return;
         };
-        let mut conn = manager.clone();
-        let key = Cache::key(config, context, id);
         let mut set = redis::cmd("SET");
         set.arg(&key)
             .arg(body)
@@ -129,11 +128,9 @@ impl Cache {
 
     /// Replaces the entry with a marker; `Err` when Redis could not be reached.
     pub async fn invalidate(&self, context: &str, id: &str) -> Result<(), String> {
-        let Some((manager, config)) = &self.inner else {
+        let Some((mut conn, config, key)) = self.entry(context, id) else {
             return Ok(());
         };
-        let mut conn = manager.clone();
-        let key = Cache::key(config, context, id);
         let mut set = redis::cmd("SET");
         set.arg(&key)
             .arg(INVALIDATED)
@@ -146,11 +143,9 @@ impl Cache {
 
     /// Deletes the entry, without blocking re-caching.
     pub async fn remove(&self, context: &str, id: &str) -> Result<(), String> {
-        let Some((manager, config)) = &self.inner else {
+        let Some((mut conn, _, key)) = self.entry(context, id) else {
             return Ok(());
         };
-        let mut conn = manager.clone();
-        let key = Cache::key(config, context, id);
         bounded("DEL", conn.del::<_, ()>(&key))
             .await
             .ok_or_else(|| format!("cannot delete {key}"))

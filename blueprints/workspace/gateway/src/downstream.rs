@@ -238,7 +238,7 @@ mod tests {
             },
             max_concurrent: 4,
         };
-        Dependency::new("orders", config, Minter::new(&secret, "i".into(), "a".into())).unwrap()
+        Dependency::new("orders", config, Minter::new(&secret, "shop", "orders")).unwrap()
     }
 
     async fn attempts(dependency: &Dependency, retry: Retry, status: Status) -> (u32, Status) {

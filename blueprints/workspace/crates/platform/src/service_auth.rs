@@ -59,13 +59,23 @@ impl ServiceSecret {
 }
 
 /// `iss` of every service token.
-pub fn issuer(system: &str) -> String {
+fn issuer(system: &str) -> String {
     format!("{system}.gateway")
 }
 
-/// `aud` of the tokens a service accepts: `<system>.<context>`.
-pub fn audience(system: &str, context: &str) -> String {
-    format!("{system}.{context}")
+/// `aud` of the tokens a service accepts: `<system>.<service>`.
+fn audience(system: &str, service: &str) -> String {
+    format!("{system}.{service}")
+}
+
+/// A random secret of 64 hex characters (244 random bits, from two v4 UUIDs: no extra
+/// dependency): for tests, and for API keys.
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -80,13 +90,14 @@ struct Claims {
     act: Option<String>,
 }
 
-fn now_secs() -> u64 {
+/// Seconds since the Unix epoch, as JWT claims count time.
+pub fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints tokens for one audience, caching the current one.
+/// Mints the gateway's tokens for one service, caching the current one.
 #[derive(Clone)]
 pub struct Minter {
     key: EncodingKey,
@@ -96,11 +107,11 @@ pub struct Minter {
 }
 
 impl Minter {
-    pub fn new(secret: &ServiceSecret, issuer: String, audience: String) -> Self {
+    pub fn new(secret: &ServiceSecret, system: &str, service: &str) -> Self {
         Minter {
             key: EncodingKey::from_secret(&secret.0),
-            issuer,
-            audience,
+            issuer: issuer(system),
+            audience: audience(system, service),
             current: Arc::new(Mutex::new(None)),
         }
     }
@@ -148,7 +159,8 @@ impl tonic::service::Interceptor for Minter {
     }
 }
 
-/// The server side: a tonic interceptor that refuses calls without a valid credential.
+/// The server side: a tonic interceptor that refuses calls without a valid credential
+/// for `service`.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
@@ -156,10 +168,10 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(secret: &ServiceSecret, issuer: &str, audience: &str) -> Self {
+    pub fn new(secret: &ServiceSecret, system: &str, service: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer]);
-        validation.set_audience(&[audience]);
+        validation.set_issuer(&[issuer(system)]);
+        validation.set_audience(&[audience(system, service)]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         validation.leeway = LEEWAY_SECS;
         Verifier {
@@ -211,8 +223,8 @@ mod tests {
     #[test]
     fn a_token_for_the_right_audience_passes() {
         let s = secret("a");
-        let minter = Minter::new(&s, issuer("shop"), audience("shop", "orders"));
-        let verifier = Verifier::new(&s, &issuer("shop"), &audience("shop", "orders"));
+        let minter = Minter::new(&s, "shop", "orders");
+        let verifier = Verifier::new(&s, "shop", "orders");
         check(&minter, &verifier).unwrap();
         // Cached: the same token until it nears expiry.
         assert_eq!(minter.token(), minter.token());
@@ -221,9 +233,9 @@ mod tests {
     #[test]
     fn wrong_audience_secret_or_no_token_is_refused() {
         let s = secret("a");
-        let verifier = Verifier::new(&s, &issuer("shop"), &audience("shop", "orders"));
-        let other_audience = Minter::new(&s, issuer("shop"), audience("shop", "billing"));
-        let other_secret = Minter::new(&secret("b"), issuer("shop"), audience("shop", "orders"));
+        let verifier = Verifier::new(&s, "shop", "orders");
+        let other_audience = Minter::new(&s, "shop", "billing");
+        let other_secret = Minter::new(&secret("b"), "shop", "orders");
         for minter in [other_audience, other_secret] {
             let refused = check(&minter, &verifier).unwrap_err();
             assert_eq!(refused.code(), tonic::Code::Unauthenticated);

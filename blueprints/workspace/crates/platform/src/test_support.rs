@@ -6,12 +6,8 @@ use sqlx::{Connection, Executor, PgConnection};
 
 /// A random service secret for one test, so no secret value is written down anywhere.
 pub fn service_secret() -> crate::service_auth::ServiceSecret {
-    let random = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
-    crate::service_auth::ServiceSecret::new(&random).expect("64 characters is long enough")
+    crate::service_auth::ServiceSecret::new(&crate::service_auth::random_secret())
+        .expect("64 characters is long enough")
 }
 
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
