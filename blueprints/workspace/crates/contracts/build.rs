@@ -3,10 +3,18 @@
 
 use std::path::{Path, PathBuf};
 
+/// Relative to this crate: Cargo runs build scripts from the package root. The paths
+/// printed for `rerun-if-changed` must stay relative too. Cargo gives a workspace member
+/// the same build hash whichever directory the workspace lives in, so two generated
+/// workspaces sharing one CARGO_TARGET_DIR share this script's output; with absolute
+/// paths the second workspace would see the first one's unchanged protos and reuse its
+/// generated code. Relative paths point into the workspace being built.
+const PROTO_DIR: &str = "../../proto";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let root = Path::new(PROTO_DIR);
     let mut files = Vec::new();
-    collect_protos(&root, &mut files)?;
+    collect_protos(root, &mut files)?;
     files.sort();
     // tonic-prost-build does not print these itself; without them edits to a proto
     // would not trigger a rebuild.
@@ -14,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    let descriptors = protox::compile(&files, [&root])?;
+    let descriptors = protox::compile(&files, [root])?;
     tonic_prost_build::configure().compile_fds(descriptors)?;
     Ok(())
 }
