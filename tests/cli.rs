@@ -120,7 +120,25 @@ const CASES: &[Case] = &[
         name: "unknown key",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n\n[contexts.orders]\ncolour = \"red\"\n"),
-        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
+        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
+    },
+    Case {
+        name: "slo latency out of range",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\nslo = { p99_ms = 0 }\n"),
+        stderr: "error: contexts.orders.slo.p99_ms: `0` is out of range for p99_ms\n  --> spec.toml:3:18\n  = help: use a whole number of milliseconds from 1 to 60000",
+    },
+    Case {
+        name: "slo error rate not a percentage",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders.slo]\nerror_rate_percent = 150\n"),
+        stderr: "error: contexts.orders.slo.error_rate_percent: `150` is not a share of requests in percent\n  --> spec.toml:3:22\n  = help: use a number above 0 and below 100, e.g. `1.0` for 1 % of requests",
+    },
+    Case {
+        name: "unknown slo key",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders.slo]\np95_ms = 100\n"),
+        stderr: "error: spec: unknown field `p95_ms`, expected one of `p99_ms`, `error_rate_percent`, `max_outbox_backlog`, `max_consumer_lag`\n  --> spec.toml:3:1\n  = help: see the spec reference in the README (section `The spec`)",
     },
     Case {
         name: "bus in spec",

@@ -39,6 +39,11 @@ pub fn to_toml(spec: &Spec) -> String {
             let calls: Vec<String> = ctx.calls.iter().map(|c| quote(&c.raw)).collect();
             out.push_str(&format!("calls = [{}]\n", calls.join(", ")));
         }
+        let slo = &ctx.slo;
+        out.push_str(&format!(
+            "slo = {{ p99_ms = {}, error_rate_percent = {:?}, max_outbox_backlog = {}, max_consumer_lag = {} }}\n",
+            slo.p99_ms, slo.error_rate_percent, slo.max_outbox_backlog, slo.max_consumer_lag
+        ));
     }
     out
 }

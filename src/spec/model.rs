@@ -53,6 +53,57 @@ pub struct Context {
     pub calls: Vec<Names>,
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
+    pub slo: Slo,
+}
+
+/// What the context promises; the generated alerting rules fire when it is broken.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Slo {
+    /// 99th percentile duration of its RPCs.
+    pub p99_ms: u32,
+    /// Share of RPCs that may fail (server-side errors), in percent.
+    pub error_rate_percent: f64,
+    /// Unpublished outbox rows that mean the relay is falling behind.
+    pub max_outbox_backlog: u32,
+    /// Messages waiting for this context's consumers.
+    pub max_consumer_lag: u32,
+    /// The same thresholds as PromQL literals, so templates never format floats.
+    pub p99_seconds: String,
+    pub error_ratio: String,
+}
+
+impl Slo {
+    pub const DEFAULT_P99_MS: u32 = 300;
+    pub const DEFAULT_ERROR_RATE_PERCENT: f64 = 1.0;
+    pub const DEFAULT_MAX_OUTBOX_BACKLOG: u32 = 1000;
+    pub const DEFAULT_MAX_CONSUMER_LAG: u32 = 1000;
+
+    pub fn new(
+        p99_ms: u32,
+        error_rate_percent: f64,
+        max_outbox_backlog: u32,
+        max_consumer_lag: u32,
+    ) -> Slo {
+        Slo {
+            p99_ms,
+            error_rate_percent,
+            max_outbox_backlog,
+            max_consumer_lag,
+            p99_seconds: format!("{:?}", f64::from(p99_ms) / 1000.0),
+            error_ratio: format!("{:?}", error_rate_percent / 100.0),
+        }
+    }
+}
+
+impl Default for Slo {
+    fn default() -> Slo {
+        Slo::new(
+            Slo::DEFAULT_P99_MS,
+            Slo::DEFAULT_ERROR_RATE_PERCENT,
+            Slo::DEFAULT_MAX_OUTBOX_BACKLOG,
+            Slo::DEFAULT_MAX_CONSUMER_LAG,
+        )
+    }
 }
 
 /// A consuming service's names on the bus (see `naming`).

@@ -28,4 +28,20 @@ pub struct RawContext {
     pub subscribes: Vec<Spanned<String>>,
     #[serde(default)]
     pub calls: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub slo: Option<Spanned<RawSlo>>,
+}
+
+/// A context's service-level objectives; every key is optional.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSlo {
+    #[serde(default)]
+    pub p99_ms: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub error_rate_percent: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub max_outbox_backlog: Option<Spanned<i64>>,
+    #[serde(default)]
+    pub max_consumer_lag: Option<Spanned<i64>>,
 }

@@ -6,10 +6,12 @@ use std::ops::Range;
 
 use toml::Spanned;
 
-use super::model::{Aggregate, Bus, Context, Event, Field, FieldType, Spec, Subscription, Wire};
+use super::model::{
+    Aggregate, Bus, Context, Event, Field, FieldType, Slo, Spec, Subscription, Wire,
+};
 use super::names::{NameProblem, check_crate_name, check_field_name, check_type_name};
 use super::naming;
-use super::raw::{RawContext, RawSpec};
+use super::raw::{RawContext, RawSlo, RawSpec};
 use crate::error::{Diagnostic, Origin};
 use crate::inflect::{self, Names};
 
@@ -403,6 +405,11 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
         }
 
         let all_fields = build_fields(c, &field, p, &subscribes);
+        let slo = p
+            .raw
+            .slo
+            .as_ref()
+            .map_or_else(Slo::default, |raw| build_slo(c, &field, raw.get_ref()));
         contexts.push(Context {
             name: p.name.clone(),
             index,
@@ -430,6 +437,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 queue: naming::queue(system, &p.name),
                 dead_letter_queue: naming::dead_letter_queue(system, &p.name),
             },
+            slo,
         });
     }
 
@@ -455,6 +463,67 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
         );
     }
     contexts
+}
+
+/// The context's objectives, each within a range that makes a meaningful alert; what the
+/// spec leaves out takes the default.
+fn build_slo(c: &mut Collector, field: &str, raw: &RawSlo) -> Slo {
+    let mut count =
+        |key: &str, value: &Option<Spanned<i64>>, default: u32, max: u32, unit: &str| {
+            let Some(v) = value else { return default };
+            match u32::try_from(*v.get_ref()) {
+                Ok(n) if (1..=max).contains(&n) => n,
+                _ => {
+                    c.error(
+                        format!("{field}.slo.{key}"),
+                        v.span(),
+                        format!("`{}` is out of range for {key}", v.get_ref()),
+                        format!("use a whole number of {unit} from 1 to {max}"),
+                    );
+                    default
+                }
+            }
+        };
+    let p99_ms = count(
+        "p99_ms",
+        &raw.p99_ms,
+        Slo::DEFAULT_P99_MS,
+        60_000,
+        "milliseconds",
+    );
+    let max_outbox_backlog = count(
+        "max_outbox_backlog",
+        &raw.max_outbox_backlog,
+        Slo::DEFAULT_MAX_OUTBOX_BACKLOG,
+        10_000_000,
+        "rows",
+    );
+    let max_consumer_lag = count(
+        "max_consumer_lag",
+        &raw.max_consumer_lag,
+        Slo::DEFAULT_MAX_CONSUMER_LAG,
+        10_000_000,
+        "messages",
+    );
+    let error_rate_percent = match &raw.error_rate_percent {
+        None => Slo::DEFAULT_ERROR_RATE_PERCENT,
+        Some(v) if *v.get_ref() > 0.0 && *v.get_ref() < 100.0 => *v.get_ref(),
+        Some(v) => {
+            c.error(
+                format!("{field}.slo.error_rate_percent"),
+                v.span(),
+                format!("`{}` is not a share of requests in percent", v.get_ref()),
+                "use a number above 0 and below 100, e.g. `1.0` for 1 % of requests",
+            );
+            Slo::DEFAULT_ERROR_RATE_PERCENT
+        }
+    };
+    Slo::new(
+        p99_ms,
+        error_rate_percent,
+        max_outbox_backlog,
+        max_consumer_lag,
+    )
 }
 
 /// Declared fields then one link field per subscribed upstream context, with proto tags.
