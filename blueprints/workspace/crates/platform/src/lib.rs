@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod health;
 pub mod idempotency;
 pub mod outbox;
 pub mod relay;

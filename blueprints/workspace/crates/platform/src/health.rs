@@ -1,0 +1,84 @@
+//! `<binary> healthcheck`: asks the process running on this host whether it is ready, for
+//! container health checks. The images carry one binary and no curl or grpc_health_probe,
+//! so the binary probes itself.
+
+use std::error::Error;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How long a probe may take before it counts as a failure.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The address to probe for a listen address: a wildcard (`0.0.0.0`) becomes loopback.
+pub fn local(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()))
+    } else {
+        addr
+    }
+}
+
+/// Success when the gRPC health service at `addr` reports `service` as SERVING (it
+/// reports NOT_SERVING while the process drains before it stops).
+pub async fn grpc(addr: SocketAddr, service: &str) -> ExitCode {
+    let probe = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", local(addr)))?
+            .connect()
+            .await?;
+        let request = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let status = HealthClient::new(channel).check(request).await?.into_inner().status;
+        Ok::<_, Box<dyn Error + Send + Sync>>(status)
+    };
+    report(tokio::time::timeout(PROBE_TIMEOUT, probe).await.map(|answer| {
+        answer.and_then(|status| {
+            if status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                Err(format!("{service} is not serving (status {status})").into())
+            }
+        })
+    }))
+}
+
+/// Turns a probe's outcome into the exit code a container runtime reads.
+pub fn report(outcome: Result<Result<(), Box<dyn Error + Send + Sync>>, tokio::time::error::Elapsed>) -> ExitCode {
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer within {} s", PROBE_TIMEOUT.as_secs());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wildcard_listen_address_is_probed_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        assert_eq!(local(any), "127.0.0.1:50051".parse().unwrap());
+        let own: SocketAddr = "10.0.0.7:50051".parse().unwrap();
+        assert_eq!(local(own), own);
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unhealthy() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        assert_eq!(grpc(addr, "any").await, ExitCode::FAILURE);
+    }
+}
