@@ -88,10 +88,10 @@ mod tests {
 
     #[test]
     fn continues_a_valid_trace_with_a_new_span() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parent = "00-aaaaaaaabbbbbbbbccccccccdddddddd-00f067aa0ba902b7-01";
         let ctx = MessageContext::from_parts(Some("corr-1"), Some(parent));
         assert_eq!(ctx.correlation_id, "corr-1");
-        assert_eq!(ctx.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(ctx.trace_id(), "aaaaaaaabbbbbbbbccccccccdddddddd");
         assert_ne!(ctx.traceparent, parent);
     }
 

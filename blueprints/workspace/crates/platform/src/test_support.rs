@@ -1,5 +1,6 @@
 //! A fresh PostgreSQL database per test, created on the server that `DATABASE_URL` points
-//! at (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`) and dropped by
+//! at (default `postgres://postgres@127.0.0.1:5432/postgres`; as with psql, a password the
+//! URL leaves out comes from `PGPASSWORD` or `~/.pgpass`) and dropped by
 //! [`TestDatabase::drop_database`].
 
 use sqlx::{Connection, Executor, PgConnection};
@@ -10,7 +11,7 @@ pub fn service_secret() -> crate::service_auth::ServiceSecret {
         .expect("64 characters is long enough")
 }
 
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub struct TestDatabase {
     /// URL of the new database.
