@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Holds what the generator writes besides Rust to real validators, installed from
+# registries by ci/setup-validators.sh: docker-compose.yml against the Compose
+# specification's schema, the Kubernetes manifests against the Kubernetes 1.37 schemas
+# (strict), the GitHub workflow with actionlint and its schema, the alerting rules and
+# the Prometheus config with promtool, every Mermaid diagram with Mermaid's parser, and
+# the whole tree with a secret scanner, which must find nothing. Each validator is first
+# shown a copy with one planted defect and must reject it, so a validator that passes
+# everything cannot pass here.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+cache=$(bash ci/setup-validators.sh)
+bin="$cache/validators/bin"
+cp ci/mermaid-parse.mjs "$cache/node/mermaid-parse.mjs"
+work="$root/.work/validated"
+rm -rf "$work"
+mkdir -p "$work"
+
+step() { printf '\n== %s ==\n' "$*"; }
+
+(env -u CARGO_TARGET_DIR cargo build --quiet)
+gen="$root/target/debug/archscaffold"
+"$gen" new shop --contexts orders,billing --out "$work/shop" --no-git >/dev/null
+"$gen" new market --spec tests/specs/rich.toml --out "$work/market" --no-git >/dev/null
+
+compose() { "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$1/deploy/docker-compose.yml"; }
+k8s() { "$bin/kubernetes-validate" --strict --kubernetes-version 1.37.0 "$1"/deploy/k8s/*.yaml; }
+workflow() {
+    "$bin/actionlint" -no-color "$1/.github/workflows/ci.yml" &&
+        "$bin/check-jsonschema" --builtin-schema vendor.github-workflows "$1/.github/workflows/ci.yml"
+}
+rules() { promtool check rules "$1/deploy/alerts.yml" && promtool check config "$1/deploy/prometheus.yml"; }
+mermaid() { node "$cache/node/mermaid-parse.mjs" "$1"/docs/*.md; }
+secrets() {
+    (cd "$1" && "$bin/detect-secrets" scan --all-files .) >"$1.secrets.json" || return 1
+    python3 - "$1.secrets.json" <<'PY'
+import json, sys
+
+results = json.load(open(sys.argv[1]))["results"]
+for path, found in results.items():
+    for secret in found:
+        print(f"{path}:{secret['line_number']}: {secret['type']}")
+if results:
+    sys.exit(1)
+print("detect-secrets: nothing found")
+PY
+}
+
+# Plants one defect per validator into a copy of a workspace; the validator must fail.
+must_reject() {
+    local name=$1 check=$2 plant=$3
+    local copy="$work/defect-$name"
+    rm -rf "$copy"
+    cp -r "$work/shop" "$copy"
+    (cd "$copy" && eval "$plant")
+    if "$check" "$copy" >"$copy.log" 2>&1; then
+        echo "FAIL $name: accepted a planted defect ($plant)"
+        return 1
+    fi
+    echo "ok   $name rejects a planted defect"
+}
+
+step "each validator rejects a planted defect"
+must_reject compose compose "sed -i '0,/condition: service_healthy/s//condition: service_happy/' deploy/docker-compose.yml"
+must_reject k8s k8s "sed -i '0,/replicas: 2/s//replicas: two/' deploy/k8s/orders.yaml"
+must_reject workflow workflow "sed -i 's/github.ref }}/github.reff }}/' .github/workflows/ci.yml"
+must_reject rules rules "sed -i '0,/> 0.01/s//> sum(rate(/' deploy/alerts.yml"
+must_reject mermaid mermaid "sed -i 's/    clients -->|/    clients -->|| -->/' docs/architecture.md"
+# A made-up AWS access key id (AKIA and 16 characters), assembled here so this script
+# itself holds none.
+must_reject secrets secrets "echo 'aws_access_key_id = AKIA''Q3ZP7WJ2M5XK8RNV' >>deploy/compose-env.sh"
+
+for ws in shop market; do
+    dir="$work/$ws"
+    step "$ws: docker-compose.yml against the Compose specification schema"
+    compose "$dir"
+    step "$ws: Kubernetes manifests (1.37, strict)"
+    k8s "$dir"
+    step "$ws: GitHub workflow (actionlint, schema)"
+    workflow "$dir"
+    step "$ws: alerting rules and Prometheus config (promtool)"
+    rules "$dir"
+    step "$ws: Mermaid diagrams"
+    mermaid "$dir"
+    step "$ws: no secret values (detect-secrets)"
+    secrets "$dir"
+done
+
+step "generated deployment files and docs: every validator passed"
