@@ -91,6 +91,10 @@ for bus in "${buses[@]}"; do
     "$cache/venv/bin/python" ci/e2e.py --workspace "$ws" --bus "$bus" \
         --orders-db "$(database_url shop_orders)" || status=$?
     if [ $status -eq 0 ]; then
+        "$cache/venv/bin/python" ci/e2e_metrics.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
+    fi
+    if [ $status -eq 0 ]; then
         schemathesis=""
         [ "$bus" = "${buses[0]}" ] && schemathesis="$cache/venv/bin/schemathesis"
         "$cache/venv/bin/python" ci/e2e_gateway.py --workspace "$ws" \

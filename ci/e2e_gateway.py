@@ -27,6 +27,7 @@ import urllib.request
 import uuid
 
 import jwt
+from prometheus_client.parser import text_string_to_metric_families
 
 BASE = "http://127.0.0.1:8080"
 
@@ -201,6 +202,17 @@ def check_idempotency(token, orders_db):
     print("check 4 passed: one Idempotency-Key, one order, the same response")
 
 
+def breaker_gauge(dependency):
+    """gateway_breaker_open{dependency=...} from the gateway's /metrics."""
+    with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5) as response:
+        text = response.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "gateway_breaker_open" and s.labels.get("dependency") == dependency:
+                return s.value
+    return None
+
+
 def check_breaker(gw, token, args):
     pid = open(os.path.join(gw.run, "billing.pid")).read().strip()
     subprocess.run(["kill", "-9", pid], check=True)
@@ -219,6 +231,7 @@ def check_breaker(gw, token, args):
     expect(opened_after, "the breaker did not open within 20 calls")
     fast = [call("GET", "/v1/billing", token)[3] for _ in range(10)]
     expect(max(fast) < 0.05, f"open breaker must fail in < 50 ms: {fast}")
+    expect(breaker_gauge("billing") == 1, f"gateway_breaker_open for billing: {breaker_gauge('billing')}")
     env = dict(os.environ, **args.up_env)
     restarted = subprocess.run(["bash", os.path.join(args.workspace, "deploy/local/up.sh")],
                                env=env, capture_output=True, text=True)
@@ -228,8 +241,9 @@ def check_breaker(gw, token, args):
                "billing reachable again through the gateway")
     expect(open(os.path.join(gw.run, "gateway.pid")).read().strip() == gateway_pid,
            "the gateway was not restarted")
-    print(f"check 5 passed: 503s, breaker open after {opened_after} calls, then "
-          f"{max(fast) * 1000:.1f} ms at most; recovered without a gateway restart")
+    expect(breaker_gauge("billing") == 0, "gateway_breaker_open for billing is back to 0")
+    print(f"check 5 passed: 503s, breaker open after {opened_after} calls (its gauge 1), then "
+          f"{max(fast) * 1000:.1f} ms at most; recovered without a gateway restart (gauge 0)")
 
 
 def check_cache(gw, token, order, orders_db):

@@ -42,6 +42,8 @@ pub struct Context {
     /// Position in the spec; fixes default ports so they are stable across runs.
     pub index: usize,
     pub grpc_port: u16,
+    /// Where `/metrics` listens by default (the gateway's is 9464).
+    pub metrics_port: u16,
     pub aggregate: Aggregate,
     /// Fields declared in the spec, in spec order.
     pub fields: Vec<Field>,

@@ -58,6 +58,8 @@ const RESERVED_CRATES: &[&str] = &[
     "tracing",
     "tracing_subscriber",
     "axum",
+    "metrics",
+    "metrics_exporter_prometheus",
     "clap",
     "futures_util",
     "governor",

@@ -17,6 +17,8 @@ use crate::inflect::{self, Names};
 
 /// The first gRPC port; context N listens on `BASE_GRPC_PORT + N` by default.
 pub const BASE_GRPC_PORT: u16 = 50051;
+/// The gateway's `/metrics` is on 9464 (the OpenTelemetry Prometheus default); services follow.
+pub const BASE_METRICS_PORT: u16 = 9465;
 
 /// Tables every service database already has; an aggregate's table must differ.
 const RESERVED_TABLES: &[&str] = &["outbox", "inbox", "idempotency_keys", "_sqlx_migrations"];
@@ -414,6 +416,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             name: p.name.clone(),
             index,
             grpc_port: BASE_GRPC_PORT + index as u16,
+            metrics_port: BASE_METRICS_PORT + index as u16,
             aggregate: Aggregate {
                 plural: Names::new(&inflect::plural(&p.aggregate.snake)),
                 name: p.aggregate.clone(),

@@ -61,6 +61,9 @@ struct Inner {
     probe_in_flight: bool,
 }
 
+/// The gauge `deploy/alerts.yml` watches: 1 while the breaker is open or probing.
+pub const OPEN_GAUGE: &str = "gateway_breaker_open";
+
 /// Shared state of one dependency's breaker; clones see the same state.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -71,6 +74,7 @@ pub struct Breaker {
 
 impl Breaker {
     pub fn new(name: &str, config: BreakerConfig) -> Breaker {
+        metrics::gauge!(OPEN_GAUGE, "dependency" => name.to_string()).set(0.0);
         Breaker {
             name: Arc::from(name),
             config,
@@ -110,6 +114,7 @@ impl Breaker {
                     tracing::info!(dependency = %self.name, "circuit breaker half-open: probing");
                 }
                 inner.state = State::HalfOpen;
+                self.report(1.0);
                 inner.probe_in_flight = true;
                 true
             }
@@ -119,6 +124,10 @@ impl Breaker {
             probe,
             settled: false,
         })
+    }
+
+    fn report(&self, open: f64) {
+        metrics::gauge!(OPEN_GAUGE, "dependency" => self.name.to_string()).set(open);
     }
 
     fn refused(&self) -> BreakerOpen {
@@ -138,6 +147,7 @@ impl Breaker {
             }
             inner.state = State::Closed;
             inner.consecutive_failures = 0;
+            self.report(0.0);
             return;
         }
         inner.consecutive_failures = inner.consecutive_failures.saturating_add(1);
@@ -153,6 +163,7 @@ impl Breaker {
             );
             inner.state = State::Open;
             inner.opened_at = Instant::now();
+            self.report(1.0);
         }
     }
 }

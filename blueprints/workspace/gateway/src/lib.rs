@@ -32,6 +32,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use platform::adapter::Bus;
+use platform::metrics::MetricsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -75,6 +76,7 @@ pub enum StartupError {
 
 pub struct Gateway {
     listener: TcpListener,
+    metrics: MetricsServer,
     state: AppState,
     request_timeout: Duration,
     bus: Option<Bus>,
@@ -102,8 +104,15 @@ impl Gateway {
                 addr: config.http_addr,
                 source,
             })?;
+        let metrics = MetricsServer::bind(config.metrics_addr, None)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.metrics_addr,
+                source,
+            })?;
         Ok(Gateway {
             listener,
+            metrics,
             state: Arc::new(State {
                 auth,
                 limiter: RateLimiter::new(config.rate_limit),
@@ -122,6 +131,11 @@ impl Gateway {
             .expect("a bound listener has an address")
     }
 
+    /// Where `/metrics` is served (a port of its own, not the public API's).
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics.local_addr()
+    }
+
     pub fn state(&self) -> AppState {
         self.state.clone()
     }
@@ -134,6 +148,12 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let (metrics, metrics_stop) = (self.metrics, stopped.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics.serve(metrics_stop).await {
+                tracing::error!(error = %e, "/metrics stopped serving");
+            }
+        });
         if let Some(bus) = &self.bus {
             let topics: Vec<String> = api::TOPICS.iter().map(|t| t.topic.to_string()).collect();
             match bus.subscriber(api::GROUP, &topics) {
@@ -255,11 +275,13 @@ async fn access_log(request: Request, next: Next) -> Response {
         .get("x-cache")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let elapsed = started.elapsed();
+    platform::metrics::record_http(method.as_str(), &route, response.status().as_u16(), elapsed);
     tracing::info!(
         http.method = %method,
         http.route = %route,
         http.status = response.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
         correlation_id = %correlation_id,
         user = user.as_deref(),
         cache = cache.as_deref(),

@@ -256,6 +256,18 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
         if outcome == Outcome::Interrupted {
             break;
         }
+        let counted = match &outcome {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Interrupted => "interrupted",
+        };
+        metrics::counter!(
+            crate::metrics::MESSAGES_CONSUMED,
+            "topic" => delivery.topic.clone(),
+            "outcome" => counted
+        )
+        .increment(1);
         if let Err(e) = subscriber.ack(&delivery).await {
             tracing::warn!(error = %e, "ack failed; the message may be redelivered");
         }

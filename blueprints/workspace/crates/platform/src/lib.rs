@@ -11,6 +11,7 @@ pub mod db;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod metrics;
 pub mod outbox;
 pub mod relay;
 pub mod service_auth;

@@ -147,6 +147,7 @@ pub async fn relay_batch<P: Publisher>(
             .await?;
     }
     tx.commit().await?;
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
     match first_error {
         Some(e) => Err(e.into()),
         None => Ok(sent.len()),

@@ -1,0 +1,294 @@
+//! RED metrics in Prometheus text format. One recorder per process (the `metrics` facade
+//! with the Prometheus exporter); `/metrics` is served on a listener of its own
+//! (`<PREFIX>__METRICS__ADDR`), never on the public API port.
+//!
+//! Names follow the conventions dashboards already know: go-grpc-prometheus for gRPC
+//! servers (`grpc_server_handled_total`, `grpc_server_handling_seconds`), and
+//! `http_requests_total` / `http_request_duration_seconds` for HTTP. `deploy/alerts.yml`
+//! is written against these names.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::{Layer, Service};
+
+pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
+pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+pub const HTTP_REQUESTS: &str = "http_requests_total";
+pub const HTTP_DURATION_SECONDS: &str = "http_request_duration_seconds";
+pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
+pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
+pub const MESSAGES_CONSUMED: &str = "bus_messages_consumed_total";
+
+/// Upper bounds of the duration histograms, in seconds: fine below the default 300 ms SLO.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process-wide recorder, installed on first use (tests build many apps in one process).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_string()), DURATION_BUCKETS)
+            .expect("the buckets are not empty");
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (a test harness, say): then this one
+        // still renders what is recorded through it, which is nothing; say so.
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was installed already; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// Refreshes gauges that are read at scrape time (e.g. the outbox backlog).
+pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The `/metrics` listener, bound before the process reports itself ready.
+pub struct MetricsServer {
+    listener: TcpListener,
+    refresh: Option<Refresh>,
+}
+
+impl MetricsServer {
+    pub async fn bind(addr: SocketAddr, refresh: Option<Refresh>) -> std::io::Result<Self> {
+        handle();
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {addr} for /metrics: {e}"))
+        })?;
+        Ok(MetricsServer { listener, refresh })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// Serves `/metrics` until `stop` turns true.
+    pub async fn serve(self, mut stop: watch::Receiver<bool>) -> std::io::Result<()> {
+        let refresh = self.refresh.clone();
+        let app = Router::new().route(
+            "/metrics",
+            get(move || {
+                let refresh = refresh.clone();
+                async move {
+                    if let Some(refresh) = refresh {
+                        refresh().await;
+                    }
+                    let handle = handle();
+                    handle.run_upkeep();
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        handle.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        );
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+    }
+}
+
+/// Refreshes the outbox backlog gauge from the database at each scrape.
+pub fn outbox_backlog(pool: sqlx::PgPool) -> Refresh {
+    Arc::new(move || {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let backlog = match pool.acquire().await {
+                Ok(mut conn) => crate::outbox::backlog(&mut conn).await,
+                Err(e) => Err(e),
+            };
+            match backlog {
+                Ok(n) => metrics::gauge!(OUTBOX_BACKLOG).set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot read the outbox backlog"),
+            }
+        })
+    })
+}
+
+/// The name of a gRPC status code as go-grpc-prometheus writes it (`grpc_code`).
+pub fn grpc_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// Tower layer for a tonic server: counts every call by service, method and status code
+/// and observes its duration. A unary error is a trailers-only response, so its
+/// `grpc-status` is in the headers; a response without one is a success whose status
+/// follows in the trailers.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .map_or("OK", grpc_code_name),
+                Err(_) => "Unknown",
+            };
+            record_grpc(&service, &method, code, started.elapsed());
+            result
+        })
+    }
+}
+
+fn record_grpc(service: &str, method: &str, code: &'static str, elapsed: Duration) {
+    metrics::counter!(
+        GRPC_HANDLED,
+        "grpc_service" => service.to_string(),
+        "grpc_method" => method.to_string(),
+        "grpc_code" => code
+    )
+    .increment(1);
+    metrics::histogram!(
+        GRPC_HANDLING_SECONDS,
+        "grpc_service" => service.to_string(),
+        "grpc_method" => method.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> (String, String) {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((service, method)) => (service.to_string(), method.to_string()),
+        None => ("unknown".to_string(), trimmed.to_string()),
+    }
+}
+
+/// Counts one HTTP request and observes its duration (the gateway's access log calls it).
+pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
+    metrics::counter!(
+        HTTP_REQUESTS,
+        "method" => method.to_string(),
+        "route" => route.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!(
+        HTTP_DURATION_SECONDS,
+        "method" => method.to_string(),
+        "route" => route.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/shop.orders.v1.OrdersService/CreateOrder"),
+            ("shop.orders.v1.OrdersService".to_string(), "CreateOrder".to_string())
+        );
+        assert_eq!(grpc_code_name(14), "Unavailable");
+        assert_eq!(grpc_code_name(99), "Unknown");
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_as_prometheus_text_and_move() {
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), None)
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(server.serve(stopped));
+        let scrape = || async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await
+                .unwrap();
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await.unwrap();
+            body
+        };
+        record_grpc("t.v1.Svc", "MetricsTest", "OK", Duration::from_millis(3));
+        let first = scrape().await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        let line = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with(GRPC_HANDLED) && l.contains("MetricsTest"))
+                .map(str::to_string)
+        };
+        assert!(line(&first).unwrap().ends_with(" 1"), "{first}");
+        assert!(first.contains("grpc_server_handling_seconds_bucket{"), "{first}");
+        record_grpc("t.v1.Svc", "MetricsTest", "OK", Duration::from_millis(3));
+        assert!(line(&scrape().await).unwrap().ends_with(" 2"));
+        stop.send(true).unwrap();
+        task.await.unwrap().unwrap();
+    }
+}
