@@ -85,6 +85,10 @@ impl Attempt {
         if let Ok(value) = self.correlation_id.parse() {
             request.metadata_mut().insert("x-correlation-id", value);
         }
+        // The service's span becomes a child of this request's span.
+        if let Some(value) = platform::telemetry::current_traceparent().and_then(|t| t.parse().ok()) {
+            request.metadata_mut().insert("traceparent", value);
+        }
         request
     }
 }

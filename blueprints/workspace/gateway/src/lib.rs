@@ -36,6 +36,7 @@ use platform::metrics::MetricsServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::auth::{Authenticator, Principal};
 use crate::cache::Cache;
@@ -265,7 +266,22 @@ async fn access_log(request: Request, next: Next) -> Response {
         .get::<RequestContext>()
         .map(|cx| cx.correlation_id.clone())
         .unwrap_or_default();
-    let response = next.run(request).await;
+    // The request's server span, child of the client's span if it sent a `traceparent`;
+    // downstream calls carry it on (see `downstream::Attempt::request`).
+    let span = tracing::info_span!(
+        "http",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = %route,
+    );
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    platform::telemetry::continue_trace(&span, traceparent.as_deref());
+    let response = next.run(request).instrument(span.clone()).await;
     let user = response
         .extensions()
         .get::<Principal>()
@@ -277,15 +293,17 @@ async fn access_log(request: Request, next: Next) -> Response {
         .map(str::to_string);
     let elapsed = started.elapsed();
     platform::metrics::record_http(method.as_str(), &route, response.status().as_u16(), elapsed);
-    tracing::info!(
-        http.method = %method,
-        http.route = %route,
-        http.status = response.status().as_u16(),
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        correlation_id = %correlation_id,
-        user = user.as_deref(),
-        cache = cache.as_deref(),
-        "request"
-    );
+    span.in_scope(|| {
+        tracing::info!(
+            http.method = %method,
+            http.route = %route,
+            status = response.status().as_u16(),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            correlation_id = %correlation_id,
+            userId = user.as_deref(),
+            cache = cache.as_deref(),
+            "request"
+        )
+    });
     response
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::backoff;
 use crate::bus::{
@@ -252,7 +253,21 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
                 continue;
             }
         };
-        let outcome = process(&pool, &*handler, &*dead_letters, &config, &delivery, &mut stop).await;
+        // One consumer span per message, child of the span that wrote the event.
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format!("{} process", delivery.topic),
+            otel.kind = "consumer",
+            messaging.destination.name = %delivery.topic,
+        );
+        crate::telemetry::continue_trace(
+            &span,
+            delivery.headers.get(crate::bus::TRACEPARENT).map(String::as_str),
+        );
+        let started = std::time::Instant::now();
+        let outcome = process(&pool, &*handler, &*dead_letters, &config, &delivery, &mut stop)
+            .instrument(span.clone())
+            .await;
         if outcome == Outcome::Interrupted {
             break;
         }
@@ -262,6 +277,14 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Interrupted => "interrupted",
         };
+        span.in_scope(|| {
+            tracing::info!(
+                topic = %delivery.topic,
+                status = counted,
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "message consumed"
+            )
+        });
         metrics::counter!(
             crate::metrics::MESSAGES_CONSUMED,
             "topic" => delivery.topic.clone(),

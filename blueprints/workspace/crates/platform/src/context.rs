@@ -24,15 +24,19 @@ impl MessageContext {
         }
     }
 
-    /// Continues what the caller sent, or starts anew where it sent nothing valid.
+    /// Continues what the caller sent, or starts anew where it sent nothing valid. The
+    /// trace context is the current span's when there is one (so events name the span
+    /// that caused them as their parent), else the caller's trace with a new span id.
     pub fn from_parts(correlation_id: Option<&str>, traceparent: Option<&str>) -> Self {
         let root = Self::new_root();
         let correlation_id = correlation_id
             .filter(|c| !c.is_empty() && c.len() <= 128)
             .map_or(root.correlation_id, str::to_string);
-        let traceparent = traceparent
-            .and_then(trace_id)
-            .map_or(root.traceparent, |trace| format!("00-{trace}-{}-01", span_id()));
+        let traceparent = crate::telemetry::current_traceparent().unwrap_or_else(|| {
+            traceparent
+                .and_then(trace_id)
+                .map_or(root.traceparent, |trace| format!("00-{trace}-{}-01", span_id()))
+        });
         MessageContext {
             correlation_id,
             traceparent,

@@ -12,6 +12,7 @@ pub mod error;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;
+pub mod observe;
 pub mod outbox;
 pub mod relay;
 pub mod service_auth;

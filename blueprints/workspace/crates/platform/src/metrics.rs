@@ -11,8 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::http::header;
@@ -21,7 +20,6 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::{Layer, Service};
 
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
@@ -146,62 +144,8 @@ pub fn grpc_code_name(code: i32) -> &'static str {
     }
 }
 
-/// Tower layer for a tonic server: counts every call by service, method and status code
-/// and observes its duration. A unary error is a trailers-only response, so its
-/// `grpc-status` is in the headers; a response without one is a success whose status
-/// follows in the trailers.
-#[derive(Debug, Clone, Default)]
-pub struct GrpcMetricsLayer;
-
-impl<S> Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-}
-
-impl<S, B, R> Service<http::Request<B>> for GrpcMetrics<S>
-where
-    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = split_path(request.uri().path());
-        let started = Instant::now();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let result = future.await;
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse().ok())
-                    .map_or("OK", grpc_code_name),
-                Err(_) => "Unknown",
-            };
-            record_grpc(&service, &method, code, started.elapsed());
-            result
-        })
-    }
-}
-
-fn record_grpc(service: &str, method: &str, code: &'static str, elapsed: Duration) {
+/// Counts one gRPC call and observes its duration.
+pub fn record_grpc(service: &str, method: &str, code: &'static str, elapsed: Duration) {
     metrics::counter!(
         GRPC_HANDLED,
         "grpc_service" => service.to_string(),
@@ -215,15 +159,6 @@ fn record_grpc(service: &str, method: &str, code: &'static str, elapsed: Duratio
         "grpc_method" => method.to_string()
     )
     .record(elapsed.as_secs_f64());
-}
-
-/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
-fn split_path(path: &str) -> (String, String) {
-    let trimmed = path.trim_start_matches('/');
-    match trimmed.split_once('/') {
-        Some((service, method)) => (service.to_string(), method.to_string()),
-        None => ("unknown".to_string(), trimmed.to_string()),
-    }
 }
 
 /// Counts one HTTP request and observes its duration (the gateway's access log calls it).
@@ -248,11 +183,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/shop.orders.v1.OrdersService/CreateOrder"),
-            ("shop.orders.v1.OrdersService".to_string(), "CreateOrder".to_string())
-        );
+    fn grpc_codes_have_their_go_grpc_prometheus_names() {
+        assert_eq!(grpc_code_name(0), "OK");
         assert_eq!(grpc_code_name(14), "Unavailable");
         assert_eq!(grpc_code_name(99), "Unknown");
     }

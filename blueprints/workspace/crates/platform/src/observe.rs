@@ -1,0 +1,125 @@
+//! What every gRPC call to a service leaves behind, from one tower layer on its server: a
+//! server span that continues the caller's trace (`traceparent` metadata), the RED metrics
+//! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), and one log line with the
+//! method, status code, duration and calling user.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::metrics::{grpc_code_name, record_grpc};
+use crate::service_auth::USER_ID;
+use crate::telemetry;
+
+/// The layer: `tonic::transport::Server::builder().layer(GrpcObserveLayer)`.
+#[derive(Debug, Clone, Default)]
+pub struct GrpcObserveLayer;
+
+impl<S> Layer<S> for GrpcObserveLayer {
+    type Service = GrpcObserve<S>;
+
+    fn layer(&self, inner: S) -> GrpcObserve<S> {
+        GrpcObserve { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcObserve<S> {
+    inner: S,
+}
+
+impl<S, B, R> Service<http::Request<B>> for GrpcObserve<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = split_path(request.uri().path());
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let user = header(USER_ID);
+        let span = tracing::info_span!(
+            "grpc",
+            otel.name = %format!("{service}/{method}"),
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+        );
+        telemetry::continue_trace(&span, header("traceparent").as_deref());
+        let started = Instant::now();
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let result = future.await;
+                // A unary error is a trailers-only response, so its `grpc-status` is in
+                // the headers; a response without one is a success whose status follows
+                // in the trailers.
+                let code = match &result {
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .map_or("OK", grpc_code_name),
+                    Err(_) => "Unknown",
+                };
+                let elapsed = started.elapsed();
+                record_grpc(&service, &method, code, elapsed);
+                tracing::info!(
+                    rpc.method = %method,
+                    status = code,
+                    duration_ms = elapsed.as_secs_f64() * 1000.0,
+                    userId = user.as_deref(),
+                    "rpc"
+                );
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
+fn split_path(path: &str) -> (String, String) {
+    let trimmed = path.trim_start_matches('/');
+    match trimmed.split_once('/') {
+        Some((service, method)) => (service.to_string(), method.to_string()),
+        None => ("unknown".to_string(), trimmed.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_paths_split_into_service_and_method() {
+        assert_eq!(
+            split_path("/shop.orders.v1.OrdersService/CreateOrder"),
+            (
+                "shop.orders.v1.OrdersService".to_string(),
+                "CreateOrder".to_string()
+            )
+        );
+        assert_eq!(split_path("/odd"), ("unknown".to_string(), "odd".to_string()));
+    }
+}
