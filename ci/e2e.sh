@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The end-to-end harness: for each bus (default: kafka sqs; pass names to choose), it
 # generates `shop` (orders -> billing), builds it, starts a real broker and Redis on
-# loopback and the system (services and gateway) with its own deploy/local/up.sh, runs
-# ci/e2e.py (services and bus) and ci/e2e_gateway.py (the REST gateway; schemathesis on the
-# first bus only) against it, and stops everything it started, pass or fail. Needs
-# DATABASE_URL (ci/test sets it).
+# loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
+# with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
+# (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus) and
+# ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
+# stops everything it started, pass or fail. Needs DATABASE_URL (ci/test sets it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,8 +31,33 @@ cleanup() {
     bash ci/brokers.sh stop kafka || true
     bash ci/brokers.sh stop sqs || true
     bash ci/brokers.sh stop redis || true
+    stop_otlp_receiver
 }
 trap cleanup EXIT
+
+# The OTLP receiver the system exports its spans to (ci/otlp_receiver.py), one per bus run.
+otlp_pid="$E2E_STATE/otlp-receiver.pid"
+start_otlp_receiver() {
+    local out=$1
+    rm -f "$out"
+    "$cache/venv/bin/python" ci/otlp_receiver.py --port 4318 --out "$out" \
+        >"$E2E_STATE/otlp-receiver.log" 2>&1 &
+    echo $! >"$otlp_pid"
+    local i
+    for i in $(seq 1 50); do
+        grep -q listening "$E2E_STATE/otlp-receiver.log" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "the OTLP receiver did not start" >&2
+    cat "$E2E_STATE/otlp-receiver.log" >&2
+    return 1
+}
+stop_otlp_receiver() {
+    [ -s "$otlp_pid" ] || return 0
+    kill "$(cat "$otlp_pid")" 2>/dev/null || true
+    wait "$(cat "$otlp_pid")" 2>/dev/null || true
+    rm -f "$otlp_pid"
+}
 
 # Every process the harness started must be gone at the end (check 5). The pids are
 # recorded as they start, since the stop scripts remove their pid files.
@@ -76,13 +102,15 @@ for bus in "${buses[@]}"; do
     echo "== e2e [$bus]: start broker and system =="
     bash ci/brokers.sh start "$bus"
     bash ci/brokers.sh start redis
+    start_otlp_receiver "$E2E_STATE/spans-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # What up.sh reads; exported, so e2e_gateway.py can run it again to restart billing.
     export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
         REDIS_URL=redis://127.0.0.1:6390 RUST_LOG=info \
         GATEWAY__AUTH__API_KEYS="$api_key_record" \
         GATEWAY__RATE_LIMIT__PER_SECOND=100 GATEWAY__RATE_LIMIT__BURST=50 \
-        GATEWAY__BILLING__TIMEOUT_MS=1000 GATEWAY__BILLING__BREAKER__OPEN_MS=2000
+        GATEWAY__BILLING__TIMEOUT_MS=1000 GATEWAY__BILLING__BREAKER__OPEN_MS=2000 \
+        OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
     bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
@@ -93,6 +121,10 @@ for bus in "${buses[@]}"; do
     if [ $status -eq 0 ]; then
         "$cache/venv/bin/python" ci/e2e_metrics.py --workspace "$ws" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
+    fi
+    if [ $status -eq 0 ]; then
+        "$cache/venv/bin/python" ci/e2e_traces.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-$bus.jsonl" || status=$?
     fi
     if [ $status -eq 0 ]; then
         schemathesis=""
@@ -108,6 +140,7 @@ for bus in "${buses[@]}"; do
     bash "$ws/deploy/local/down.sh"
     bash ci/brokers.sh stop "$bus"
     bash ci/brokers.sh stop redis
+    stop_otlp_receiver
     if [ $status -ne 0 ]; then
         echo "== e2e [$bus] failed; last log lines ==" >&2
         tail -n 30 "$ws/.run/orders.log" "$ws/.run/billing.log" "$ws/.run/gateway.log" >&2 || true

@@ -6,7 +6,8 @@
 #                     another process), confluent-kafka (librdkafka 2.x) and boto3, to
 #                     inject duplicate and poison messages; pyjwt (tokens for the auth
 #                     checks), schemathesis (fuzzes the gateway against its OpenAPI) and
-#                     prometheus-client (its parser reads every /metrics)
+#                     prometheus-client (its parser reads every /metrics) and
+#                     opentelemetry-proto (the OTLP definitions ci/otlp_receiver.py decodes)
 # Prints the cache directory on stdout.
 set -euo pipefail
 
@@ -20,12 +21,12 @@ if [ ! -x "$cache/tools/bin/tansu" ]; then
 fi
 
 if [ ! -x "$cache/venv/bin/moto_server" ] || [ ! -x "$cache/venv/bin/schemathesis" ] ||
-    ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3, jwt, prometheus_client" 2>/dev/null; then
+    ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3, jwt, prometheus_client, opentelemetry.proto" 2>/dev/null; then
     log "installing the Python tools into $cache/venv"
     python3 -m venv "$cache/venv" >&2
     "$cache/venv/bin/pip" install --quiet --disable-pip-version-check \
         "moto[server]" grpcio grpcio-tools confluent-kafka boto3 pyjwt schemathesis \
-        prometheus-client >&2
+        prometheus-client opentelemetry-proto >&2
 fi
 
 command -v redis-server >/dev/null || {
