@@ -4,7 +4,8 @@ official client's parser), and its counters move when traffic is sent.
 Traffic: creates and reads through the gateway with a dev token. Expected movement:
 gateway http_requests_total per route and status; orders grpc_server_handled_total per
 method (code OK) and outbox_published_total; billing bus_messages_consumed_total
-(applied), since every order created reaches billing over the bus.
+(applied), since every order created reaches billing over the bus. Gauges: orders'
+outbox_backlog exists, billing's consumer_lag_messages (read from the broker) comes to 0.
 """
 
 import argparse
@@ -110,13 +111,25 @@ def main():
     if ("outbox_backlog", frozenset()) not in gauges:
         print("FAIL orders has no outbox_backlog gauge")
         return 1
+    # Billing has consumed everything (checked above), so its lag, measured against the
+    # broker at scrape time, must come down to 0.
+    lag = None
+    while time.monotonic() < deadline + 15:
+        lag = scrape(ports["billing"]).get(("consumer_lag_messages", frozenset()))
+        if lag == 0:
+            break
+        time.sleep(0.5)
+    if lag != 0:
+        print(f"FAIL billing consumer_lag_messages is {lag}, expected 0 once caught up")
+        return 1
     breaker = scrape(ports["gateway"])
     if total(breaker, "gateway_breaker_open", dependency="billing") != 0:
         print("FAIL the billing breaker reads open on a healthy system")
         return 1
     print(f"check metrics passed: /metrics of gateway, orders and billing parse; "
           f"{len(checks)} counters moved with {CREATES} creates and reads; "
-          f"outbox backlog {gauges[('outbox_backlog', frozenset())]:.0f}, breakers closed")
+          f"outbox backlog {gauges[('outbox_backlog', frozenset())]:.0f}, billing consumer lag 0, "
+          f"breakers closed")
     return 0
 
 

@@ -105,7 +105,7 @@ impl Gateway {
                 addr: config.http_addr,
                 source,
             })?;
-        let metrics = MetricsServer::bind(config.metrics_addr, None)
+        let metrics = MetricsServer::bind(config.metrics_addr, Vec::new())
             .await
             .map_err(|source| StartupError::Bind {
                 addr: config.metrics_addr,

@@ -5,12 +5,13 @@
 //! a message was applied or dead-lettered.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
@@ -82,6 +83,75 @@ impl Bus {
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(error)?;
         Ok(KafkaSubscriber { consumer })
+    }
+}
+
+impl Bus {
+    /// Measures how far `group` is behind on `topics`: messages on the broker that the
+    /// group has not committed. Uses a client of its own that never joins the group.
+    pub fn lag_probe(&self, group: &str, topics: &[String]) -> Result<LagProbe, BusError> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.config.brokers)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .map_err(error)?;
+        Ok(LagProbe {
+            consumer: Arc::new(consumer),
+            topics: topics.to_vec(),
+            timeout: self.config.publish_timeout,
+        })
+    }
+}
+
+/// See [`Bus::lag_probe`].
+#[derive(Clone)]
+pub struct LagProbe {
+    consumer: Arc<BaseConsumer>,
+    topics: Vec<String>,
+    timeout: Duration,
+}
+
+impl LagProbe {
+    /// Sum over every partition of the high watermark minus the group's committed offset
+    /// (the low watermark where it committed nothing: it starts from the earliest).
+    pub async fn lag(&self) -> Result<u64, BusError> {
+        let probe = self.clone();
+        // librdkafka's metadata and offset queries block: keep them off the runtime.
+        tokio::task::spawn_blocking(move || probe.lag_blocking())
+            .await
+            .map_err(error)?
+    }
+
+    fn lag_blocking(&self) -> Result<u64, BusError> {
+        let mut partitions = TopicPartitionList::new();
+        let mut watermarks = Vec::new();
+        for topic in &self.topics {
+            let metadata = self
+                .consumer
+                .fetch_metadata(Some(topic), self.timeout)
+                .map_err(error)?;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (low, high) = self
+                    .consumer
+                    .fetch_watermarks(topic, partition.id(), self.timeout)
+                    .map_err(error)?;
+                partitions.add_partition(topic, partition.id());
+                watermarks.push((topic.clone(), partition.id(), low, high));
+            }
+        }
+        let committed = self
+            .consumer
+            .committed_offsets(partitions, self.timeout)
+            .map_err(error)?;
+        let lag = watermarks.into_iter().map(|(topic, partition, low, high)| {
+            let position = match committed.find_partition(&topic, partition).map(|p| p.offset()) {
+                Some(Offset::Offset(offset)) => offset,
+                _ => low,
+            };
+            (high - position).max(0)
+        });
+        Ok(lag.sum::<i64>().try_into().unwrap_or(0))
     }
 }
 

@@ -166,13 +166,27 @@ impl Bus {
     }
 
     /// A subscriber on the queue that `topics` route to (one queue per consuming service).
-    pub fn subscriber(&self, _group: &str, topics: &[String]) -> Result<SqsSubscriber, BusError> {
-        let queue = topics
+    /// The queue a consumer of `topics` receives from.
+    fn consumer_queue(&self, topics: &[String]) -> Result<String, BusError> {
+        topics
             .iter()
             .flat_map(|t| self.config.queues(t))
             .next()
-            .ok_or_else(|| BusError(format!("no queue is routed from {topics:?}")))?
-            .clone();
+            .cloned()
+            .ok_or_else(|| BusError(format!("no queue is routed from {topics:?}")))
+    }
+
+    /// Measures how far the consumer of `topics` is behind: the messages waiting in its
+    /// queue (SQS's approximate count of visible messages).
+    pub fn lag_probe(&self, _group: &str, topics: &[String]) -> Result<LagProbe, BusError> {
+        Ok(LagProbe {
+            bus: self.clone(),
+            queue: self.consumer_queue(topics)?,
+        })
+    }
+
+    pub fn subscriber(&self, _group: &str, topics: &[String]) -> Result<SqsSubscriber, BusError> {
+        let queue = self.consumer_queue(topics)?;
         Ok(SqsSubscriber {
             bus: self.clone(),
             queue,
@@ -224,6 +238,33 @@ impl Publisher for Bus {
             }
         }
         Ok(())
+    }
+}
+
+/// See [`Bus::lag_probe`].
+#[derive(Clone)]
+pub struct LagProbe {
+    bus: Bus,
+    queue: String,
+}
+
+impl LagProbe {
+    pub async fn lag(&self) -> Result<u64, BusError> {
+        let url = self.bus.queue_url(&self.queue).await?;
+        let attributes = self
+            .bus
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .send()
+            .await
+            .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        attributes
+            .attributes()
+            .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| BusError(format!("{} reported no message count", self.queue)))
     }
 }
 

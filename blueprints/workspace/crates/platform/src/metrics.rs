@@ -28,6 +28,7 @@ pub const HTTP_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
 pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
 pub const MESSAGES_CONSUMED: &str = "bus_messages_consumed_total";
+pub const CONSUMER_LAG: &str = "consumer_lag_messages";
 
 /// Upper bounds of the duration histograms, in seconds: fine below the default 300 ms SLO.
 const DURATION_BUCKETS: &[f64] = &[
@@ -58,11 +59,11 @@ pub type Refresh = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Se
 /// The `/metrics` listener, bound before the process reports itself ready.
 pub struct MetricsServer {
     listener: TcpListener,
-    refresh: Option<Refresh>,
+    refresh: Vec<Refresh>,
 }
 
 impl MetricsServer {
-    pub async fn bind(addr: SocketAddr, refresh: Option<Refresh>) -> std::io::Result<Self> {
+    pub async fn bind(addr: SocketAddr, refresh: Vec<Refresh>) -> std::io::Result<Self> {
         handle();
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {addr} for /metrics: {e}"))
@@ -82,9 +83,7 @@ impl MetricsServer {
             get(move || {
                 let refresh = refresh.clone();
                 async move {
-                    if let Some(refresh) = refresh {
-                        refresh().await;
-                    }
+                    futures_util::future::join_all(refresh.iter().map(|r| r())).await;
                     let handle = handle();
                     handle.run_upkeep();
                     (
@@ -115,6 +114,19 @@ pub fn outbox_backlog(pool: sqlx::PgPool) -> Refresh {
             match backlog {
                 Ok(n) => metrics::gauge!(OUTBOX_BACKLOG).set(n as f64),
                 Err(e) => tracing::warn!(error = %e, "cannot read the outbox backlog"),
+            }
+        })
+    })
+}
+
+/// Refreshes the consumer lag gauge from the broker at each scrape.
+pub fn consumer_lag(probe: crate::adapter::LagProbe) -> Refresh {
+    Arc::new(move || {
+        let probe = probe.clone();
+        Box::pin(async move {
+            match probe.lag().await {
+                Ok(n) => metrics::gauge!(CONSUMER_LAG).set(n as f64),
+                Err(e) => tracing::warn!(error = %e, "cannot read the consumer lag"),
             }
         })
     })
@@ -191,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_as_prometheus_text_and_move() {
-        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), None)
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Vec::new())
             .await
             .unwrap();
         let addr = server.local_addr();
