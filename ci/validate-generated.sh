@@ -32,6 +32,15 @@ workflow() {
         "$bin/check-jsonschema" --builtin-schema vendor.github-workflows "$1/.github/workflows/ci.yml"
 }
 rules() { promtool check rules "$1/deploy/alerts.yml" && promtool check config "$1/deploy/prometheus.yml"; }
+# The rules do what they say: promtool unit tests (ci/alerts-shop.test.yml) feed synthetic
+# series to shop's rules; SLO breaches must fire, the rest must not.
+rules_fire() {
+    local dir="$work/alerts-test-$(basename "$1")"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$1/deploy/alerts.yml" ci/alerts-shop.test.yml "$dir/"
+    promtool test rules "$dir/alerts-shop.test.yml"
+}
 mermaid() { node "$cache/node/mermaid-parse.mjs" "$1"/docs/*.md; }
 secrets() {
     (cd "$1" && "$bin/detect-secrets" scan --all-files .) >"$1.secrets.json" || return 1
@@ -67,6 +76,7 @@ must_reject compose compose "sed -i '0,/condition: service_healthy/s//condition:
 must_reject k8s k8s "sed -i '0,/replicas: 2/s//replicas: two/' deploy/k8s/orders.yaml"
 must_reject workflow workflow "sed -i 's/github.ref }}/github.reff }}/' .github/workflows/ci.yml"
 must_reject rules rules "sed -i '0,/> 0.01/s//> sum(rate(/' deploy/alerts.yml"
+must_reject rules-fire rules_fire "sed -i '0,/> 0.01/s//> 0.2/' deploy/alerts.yml"
 must_reject mermaid mermaid "sed -i 's/    clients -->|/    clients -->|| -->/' docs/architecture.md"
 # A made-up AWS access key id (AKIA and 16 characters), assembled here so this script
 # itself holds none.
@@ -82,6 +92,10 @@ for ws in shop market; do
     workflow "$dir"
     step "$ws: alerting rules and Prometheus config (promtool)"
     rules "$dir"
+    if [ "$ws" = shop ]; then
+        step "shop: the alerting rules fire on SLO breaches and only then (promtool test rules)"
+        rules_fire "$dir"
+    fi
     step "$ws: Mermaid diagrams"
     mermaid "$dir"
     step "$ws: no secret values (detect-secrets)"
