@@ -99,7 +99,9 @@ impl Bus {
         Ok(LagProbe {
             consumer: Arc::new(consumer),
             topics: topics.to_vec(),
-            timeout: self.config.publish_timeout,
+            // Each broker query; a scrape waits for the whole probe at most
+            // `metrics::REFRESH_BUDGET`.
+            timeout: crate::metrics::REFRESH_BUDGET,
         })
     }
 }

@@ -30,6 +30,10 @@ pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
 pub const MESSAGES_CONSUMED: &str = "bus_messages_consumed_total";
 pub const CONSUMER_LAG: &str = "consumer_lag_messages";
 
+/// How long a scrape waits for gauges read from elsewhere (the database, the broker);
+/// past it, the last values are served, so an unreachable broker never stalls /metrics.
+pub const REFRESH_BUDGET: Duration = Duration::from_secs(2);
+
 /// Upper bounds of the duration histograms, in seconds: fine below the default 300 ms SLO.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -83,7 +87,13 @@ impl MetricsServer {
             get(move || {
                 let refresh = refresh.clone();
                 async move {
-                    futures_util::future::join_all(refresh.iter().map(|r| r())).await;
+                    let gauges = futures_util::future::join_all(refresh.iter().map(|r| r()));
+                    if tokio::time::timeout(REFRESH_BUDGET, gauges).await.is_err() {
+                        tracing::warn!(
+                            budget = ?REFRESH_BUDGET,
+                            "gauges not refreshed in time; serving their last values"
+                        );
+                    }
                     let handle = handle();
                     handle.run_upkeep();
                     (
