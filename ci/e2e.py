@@ -29,6 +29,8 @@ import grpc
 import jwt
 from grpc_tools import protoc
 
+from e2e_common import wait_until
+
 KAFKA = "127.0.0.1:9092"
 SQS = "http://127.0.0.1:5000"
 ORDER_TOPIC = "shop.orders.order-created.v1"
@@ -50,15 +52,6 @@ def compile_protos(workspace):
     mod = lambda name: importlib.import_module(name)
     return (mod("shop.orders.v1.orders_pb2"), mod("shop.orders.v1.orders_pb2_grpc"),
             mod("shop.billing.v1.billing_pb2"), mod("shop.billing.v1.billing_pb2_grpc"))
-
-
-def wait_until(predicate, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {seconds} s")
 
 
 def service_credential(workspace, service):

@@ -27,7 +27,8 @@ import urllib.request
 import uuid
 
 import jwt
-from prometheus_client.parser import text_string_to_metric_families
+
+from e2e_common import scrape, wait_until
 
 BASE = "http://127.0.0.1:8080"
 
@@ -62,15 +63,6 @@ def call(method, path, token=None, body=None, headers=None, api_key=None):
 def expect(condition, message):
     if not condition:
         raise AssertionError(message)
-
-
-def wait_until(predicate, seconds, what):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {seconds} s")
 
 
 class Gateway:
@@ -204,13 +196,7 @@ def check_idempotency(token, orders_db):
 
 def breaker_gauge(dependency):
     """gateway_breaker_open{dependency=...} from the gateway's /metrics."""
-    with urllib.request.urlopen("http://127.0.0.1:9464/metrics", timeout=5) as response:
-        text = response.read().decode()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name == "gateway_breaker_open" and s.labels.get("dependency") == dependency:
-                return s.value
-    return None
+    return scrape(9464).get(("gateway_breaker_open", frozenset({("dependency", dependency)})))
 
 
 def check_breaker(gw, token, args):

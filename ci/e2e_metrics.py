@@ -10,38 +10,14 @@ outbox_backlog exists, billing's consumer_lag_messages (read from the broker) co
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 
-from prometheus_client.parser import text_string_to_metric_families
+from e2e_common import dev_token, scrape, total
 
 GATEWAY = "http://127.0.0.1:8080"
 CREATES = 5
-
-
-def scrape(port):
-    """{(sample name, frozenset(labels)): value} of one process's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        content_type = response.headers.get("Content-Type", "")
-        text = response.read().decode()
-    if not content_type.startswith("text/plain"):
-        raise AssertionError(f":{port}/metrics has Content-Type {content_type!r}")
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    if not samples:
-        raise AssertionError(f":{port}/metrics has no samples")
-    return samples
-
-
-def total(samples, name, **labels):
-    """Sum of the samples of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 def request(method, path, token, body=None):
@@ -63,11 +39,7 @@ def main():
     ports = {"gateway": 9464, "orders": 9465, "billing": 9466}
 
     before = {name: scrape(port) for name, port in ports.items()}
-    token = subprocess.run(
-        [args.gateway, "dev-token", "--sub", "metrics-check",
-         "--secret-file", f"{args.workspace}/.run/dev-issuer.secret"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    token = dev_token(args.gateway, args.workspace, "metrics-check")
     ids = []
     for _ in range(CREATES):
         status, order = request("POST", "/v1/orders", token, {})

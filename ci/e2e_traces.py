@@ -10,10 +10,11 @@ trace with traceId, spanId, duration and status, and userId where the user is kn
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import urllib.request
+
+from e2e_common import dev_token
 
 GATEWAY = "http://127.0.0.1:8080"
 
@@ -43,11 +44,7 @@ def main():
     parser.add_argument("--gateway", required=True)
     parser.add_argument("--spans", required=True, help="the receiver's output file")
     args = parser.parse_args()
-    token = subprocess.run(
-        [args.gateway, "dev-token", "--sub", "trace-check",
-         "--secret-file", f"{args.workspace}/.run/dev-issuer.secret"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
+    token = dev_token(args.gateway, args.workspace, "trace-check")
     trace_id = os.urandom(16).hex()
     client_span = os.urandom(8).hex()
     request = urllib.request.Request(GATEWAY + "/v1/orders", method="POST", data=b"{}")

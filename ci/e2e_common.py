@@ -1,0 +1,47 @@
+"""What the end-to-end checks share: bounded waiting, dev tokens from the generated
+gateway binary, and reading a process's /metrics with the Prometheus client's parser."""
+
+import subprocess
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def wait_until(predicate, seconds, what):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: not within {seconds} s")
+
+
+def dev_token(gateway, workspace, sub):
+    """A token from `gateway dev-token`, as a user of the generated system gets one."""
+    return subprocess.run(
+        [gateway, "dev-token", "--sub", sub, "--secret-file", f"{workspace}/.run/dev-issuer.secret"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+
+
+def scrape(port):
+    """{(sample name, frozenset(labels)): value} of the /metrics on a loopback port."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        content_type = response.headers.get("Content-Type", "")
+        text = response.read().decode()
+    if not content_type.startswith("text/plain"):
+        raise AssertionError(f":{port}/metrics has Content-Type {content_type!r}")
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    if not samples:
+        raise AssertionError(f":{port}/metrics has no samples")
+    return samples
+
+
+def total(samples, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
