@@ -73,17 +73,9 @@ fn span_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..16].to_string()
 }
 
-/// The trace id of a valid version-00 traceparent.
+/// The trace id of a valid version-00 traceparent (`00-<trace id>-...`).
 fn trace_id(traceparent: &str) -> Option<&str> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (parts.len() == 4
-        && parts[0] == "00"
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-        && parts[1] != "0".repeat(32))
-    .then_some(parts[1])
+    crate::telemetry::parse_traceparent(traceparent).map(|_| &traceparent[3..35])
 }
 
 #[cfg(test)]

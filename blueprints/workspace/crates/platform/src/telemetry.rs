@@ -90,26 +90,29 @@ pub fn current_traceparent() -> Option<String> {
     })
 }
 
-/// The remote parent a valid version-00 `traceparent` names, to continue its trace.
-pub fn remote_parent(traceparent: &str) -> Option<Context> {
+/// The span a valid version-00 `traceparent` names: `00-<32 hex>-<16 hex>-<2 hex>`, with
+/// neither id all zeros. The one parser of the format in this crate.
+pub fn parse_traceparent(traceparent: &str) -> Option<SpanContext> {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     let mut parts = traceparent.split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() || trace.len() != 32 || span.len() != 16 {
+    if version != "00" || parts.next().is_some() || !hex(trace, 32) || !hex(span, 16) || !hex(flags, 2)
+    {
         return None;
     }
-    let trace_id = TraceId::from_hex(trace).ok()?;
-    let span_id = SpanId::from_hex(span).ok()?;
-    let flags = u8::from_str_radix(flags, 16).ok()?;
     let context = SpanContext::new(
-        trace_id,
-        span_id,
-        TraceFlags::new(flags),
+        TraceId::from_hex(trace).ok()?,
+        SpanId::from_hex(span).ok()?,
+        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
         true,
         TraceState::default(),
     );
-    context
-        .is_valid()
-        .then(|| Context::new().with_remote_span_context(context))
+    context.is_valid().then_some(context)
+}
+
+/// The remote parent a valid `traceparent` names, to continue its trace.
+pub fn remote_parent(traceparent: &str) -> Option<Context> {
+    parse_traceparent(traceparent).map(|span| Context::new().with_remote_span_context(span))
 }
 
 /// Makes `span` a child of the caller's span named by `traceparent`, if it names one.
@@ -204,6 +207,8 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-aaaaaaaabbbbbbbbccccccccdddddddd-0000000000000000-01",
             "00-xyz-00f067aa0ba902b7-01",
+            "00-+aaaaaaabbbbbbbbccccccccdddddddd-00f067aa0ba902b7-01",
+            "00-aaaaaaaabbbbbbbbccccccccdddddddd-00f067aa0ba902b7-1",
             "00-aaaaaaaabbbbbbbbccccccccdddddddd-00f067aa0ba902b7-01-extra",
         ] {
             assert!(remote_parent(bad).is_none(), "{bad}");
