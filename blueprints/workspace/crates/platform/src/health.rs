@@ -3,6 +3,7 @@
 //! so the binary probes itself.
 
 use std::error::Error;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub fn local(addr: SocketAddr) -> SocketAddr {
 /// Success when the gRPC health service at `addr` reports `service` as SERVING (it
 /// reports NOT_SERVING while the process drains before it stops).
 pub async fn grpc(addr: SocketAddr, service: &str) -> ExitCode {
-    let probe = async {
+    run(async {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", local(addr)))?
             .connect()
             .await?;
@@ -34,22 +35,21 @@ pub async fn grpc(addr: SocketAddr, service: &str) -> ExitCode {
             service: service.to_string(),
         };
         let status = HealthClient::new(channel).check(request).await?.into_inner().status;
-        Ok::<_, Box<dyn Error + Send + Sync>>(status)
-    };
-    report(tokio::time::timeout(PROBE_TIMEOUT, probe).await.map(|answer| {
-        answer.and_then(|status| {
-            if status == ServingStatus::Serving as i32 {
-                Ok(())
-            } else {
-                Err(format!("{service} is not serving (status {status})").into())
-            }
-        })
-    }))
+        if status == ServingStatus::Serving as i32 {
+            Ok(())
+        } else {
+            Err(format!("{service} is not serving (status {status})").into())
+        }
+    })
+    .await
 }
 
-/// Turns a probe's outcome into the exit code a container runtime reads.
-pub fn report(outcome: Result<Result<(), Box<dyn Error + Send + Sync>>, tokio::time::error::Elapsed>) -> ExitCode {
-    match outcome {
+/// Runs a probe within [`PROBE_TIMEOUT`] and turns its outcome into the exit code a
+/// container runtime reads.
+pub async fn run(
+    probe: impl Future<Output = Result<(), Box<dyn Error + Send + Sync>>>,
+) -> ExitCode {
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
         Ok(Ok(())) => ExitCode::SUCCESS,
         Ok(Err(e)) => {
             eprintln!("unhealthy: {e}");
