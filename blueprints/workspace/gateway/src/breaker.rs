@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use platform::observe::trailers_only_status;
 use tower::{BoxError, Layer, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,15 +200,12 @@ impl Drop for Permit {
 
 /// gRPC codes that mean the dependency is unhealthy, when sent as a trailers-only response
 /// (how a server answers a failed unary call): UNAVAILABLE, DEADLINE_EXCEEDED.
-const FAILURE_CODES: [&str; 2] = ["14", "4"];
+const FAILURE_CODES: [i32; 2] = [14, 4];
 
 fn is_failure<B>(result: &Result<http::Response<B>, BoxError>) -> bool {
     match result {
         Err(_) => true,
-        Ok(response) => response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
+        Ok(response) => trailers_only_status(response.headers())
             .is_some_and(|code| FAILURE_CODES.contains(&code)),
     }
 }

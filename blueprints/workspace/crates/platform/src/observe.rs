@@ -70,15 +70,10 @@ where
         Box::pin(
             async move {
                 let result = future.await;
-                // A unary error is a trailers-only response, so its `grpc-status` is in
-                // the headers; a response without one is a success whose status follows
-                // in the trailers.
+                // A response without a status in its headers is a success whose status
+                // follows in the trailers.
                 let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
+                    Ok(response) => trailers_only_status(response.headers())
                         .map_or("OK", grpc_code_name),
                     Err(_) => "Unknown",
                 };
@@ -96,6 +91,16 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The status of a trailers-only response, which is how a gRPC server answers a failed
+/// unary call: `grpc-status` in the headers. `None` for a response that carries its status
+/// in the trailers (a success, for a unary call).
+pub fn trailers_only_status(headers: &http::HeaderMap) -> Option<i32> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// `/pkg.Service/Method` → (`pkg.Service`, `Method`).
