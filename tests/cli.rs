@@ -219,6 +219,12 @@ const CASES: &[Case] = &[
         stderr: "error: contexts.orders.aggregate: `IdempotencyKey` would be stored in table `idempotency_keys`, which every service already has\n  --> spec.toml:3:13\n  = help: choose another aggregate name",
     },
     Case {
+        name: "aggregate whose plural is a keyword",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\naggregate = \"A\"\n"),
+        stderr: "error: contexts.orders.aggregate: `A` has the plural `as`, a Rust keyword\n  --> spec.toml:3:13\n  = help: rename the context, or set its `aggregate` to a longer name, e.g. `AItem`",
+    },
+    Case {
         name: "empty publishes",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\npublishes = []\n"),

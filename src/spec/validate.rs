@@ -9,7 +9,9 @@ use toml::Spanned;
 use super::model::{
     Aggregate, Bus, Context, Event, Field, FieldType, Slo, Spec, Subscription, Wire,
 };
-use super::names::{NameProblem, check_crate_name, check_field_name, check_type_name};
+use super::names::{
+    NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
+};
 use super::naming;
 use super::raw::{RawContext, RawSlo, RawSpec};
 use crate::error::{Diagnostic, Origin};
@@ -213,6 +215,22 @@ fn first_pass<'r>(
                 "choose another aggregate name",
             );
             continue;
+        }
+        // The plural names the list field of every page (`page.orders`).
+        if is_rust_keyword(&table) {
+            let span = ctx.aggregate.as_ref().map_or(key.span(), |a| a.span());
+            c.error(
+                format!("{field}.aggregate"),
+                span,
+                format!(
+                    "`{}` has the plural `{table}`, a Rust keyword",
+                    aggregate.pascal
+                ),
+                format!(
+                    "rename the context, or set its `aggregate` to a longer name, e.g. `{}Item`",
+                    aggregate.pascal
+                ),
+            );
         }
 
         let mut fields = Vec::new();
