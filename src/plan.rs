@@ -9,7 +9,7 @@ use crate::format::{self, Formatted};
 use crate::lock;
 use crate::openapi;
 use crate::ownership::{self, Owner};
-use crate::render::Renderer;
+use crate::render::{Renderer, render_parsed};
 use crate::spec::{self, Spec};
 
 /// The spec file every generated workspace keeps as its source of truth.
@@ -49,8 +49,9 @@ impl Plan {
             };
             for template in blueprint.templates.iter().filter(|t| t.set == set.folder) {
                 let name = format!("{}/{}", set.folder, template.path);
+                let prepared = Prepared::new(&renderer, &name, template)?;
                 for g in &globals {
-                    let (path, contents) = render_template(&renderer, &name, template, g)?;
+                    let (path, contents) = prepared.render(&name, g)?;
                     // A rendered template that comes out blank is how a blueprint leaves a
                     // file out for some specs.
                     let Some(contents) = contents else { continue };
@@ -117,29 +118,60 @@ impl Plan {
     }
 }
 
-fn render_template(
-    renderer: &Renderer,
-    name: &str,
-    template: &crate::blueprint::Template,
-    globals: &liquid::Object,
-) -> Result<(String, Option<Vec<u8>>)> {
-    let (raw_path, is_template) = match template.path.strip_suffix(TEMPLATE_SUFFIX) {
-        Some(p) => (p, true),
-        None => (template.path.as_str(), false),
-    };
-    let path = if raw_path.contains("{{") || raw_path.contains("{%") {
-        renderer.render(name, raw_path, globals)?
-    } else {
-        raw_path.to_string()
-    };
-    check_output_path(name, &path)?;
-    if !is_template {
-        return Ok((path, Some(template.contents.clone())));
+/// A blueprint file with its Liquid parsed once: a per-context file is rendered once per
+/// context, and parsing is most of the cost of rendering.
+struct Prepared<'a> {
+    path: OutputPath,
+    /// `None` for a file copied verbatim.
+    body: Option<liquid::Template>,
+    source: &'a crate::blueprint::Template,
+}
+
+enum OutputPath {
+    Fixed(String),
+    /// A path with Liquid in it, e.g. `services/{{ context.name.kebab }}/Cargo.toml`.
+    Template(liquid::Template),
+}
+
+impl<'a> Prepared<'a> {
+    fn new(
+        renderer: &Renderer,
+        name: &str,
+        source: &'a crate::blueprint::Template,
+    ) -> Result<Prepared<'a>> {
+        let (raw_path, is_template) = match source.path.strip_suffix(TEMPLATE_SUFFIX) {
+            Some(p) => (p, true),
+            None => (source.path.as_str(), false),
+        };
+        let path = if raw_path.contains("{{") || raw_path.contains("{%") {
+            OutputPath::Template(renderer.parse(name, raw_path)?)
+        } else {
+            OutputPath::Fixed(raw_path.to_string())
+        };
+        let body = if is_template {
+            let text = std::str::from_utf8(&source.contents).map_err(|_| {
+                Error::Blueprint(format!("{name}: a .liquid template must be UTF-8"))
+            })?;
+            Some(renderer.parse(name, text)?)
+        } else {
+            None
+        };
+        Ok(Prepared { path, body, source })
     }
-    let text = std::str::from_utf8(&template.contents)
-        .map_err(|_| Error::Blueprint(format!("{name}: a .liquid template must be UTF-8")))?;
-    let out = renderer.render(name, text, globals)?;
-    Ok((path, (!out.trim().is_empty()).then(|| out.into_bytes())))
+
+    /// The output path and contents; `None` contents when a template renders blank.
+    fn render(&self, name: &str, globals: &liquid::Object) -> Result<(String, Option<Vec<u8>>)> {
+        let path = match &self.path {
+            OutputPath::Fixed(path) => path.clone(),
+            OutputPath::Template(template) => render_parsed(name, template, globals)?,
+        };
+        check_output_path(name, &path)?;
+        let Some(body) = &self.body else {
+            return Ok((path, Some(self.source.contents.clone())));
+        };
+        let out = render_parsed(name, body, globals)?;
+        Ok((path, (!out.trim().is_empty()).then(|| out.into_bytes())))
+    }
 }
 
 /// A rendered path must stay inside the workspace.

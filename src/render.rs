@@ -112,13 +112,29 @@ impl Renderer {
         .map_err(|e| Error::Blueprint(e.to_string()))
     }
 
-    /// Renders one template; `name` only appears in error messages.
-    pub fn render(&self, name: &str, text: &str, globals: &liquid::Object) -> Result<String> {
+    /// Parses one template, to render it as often as needed; `name` only appears in error
+    /// messages.
+    pub fn parse(&self, name: &str, text: &str) -> Result<liquid::Template> {
         self.parser
             .parse(text)
-            .and_then(|t| t.render(globals))
             .map_err(|e| Error::Blueprint(format!("{name}: {e}")))
     }
+
+    /// Renders one template once.
+    pub fn render(&self, name: &str, text: &str, globals: &liquid::Object) -> Result<String> {
+        render_parsed(name, &self.parse(name, text)?, globals)
+    }
+}
+
+/// Renders a parsed template; `name` only appears in error messages.
+pub fn render_parsed(
+    name: &str,
+    template: &liquid::Template,
+    globals: &liquid::Object,
+) -> Result<String> {
+    template
+        .render(globals)
+        .map_err(|e| Error::Blueprint(format!("{name}: {e}")))
 }
 
 #[cfg(test)]
