@@ -239,6 +239,10 @@ def check_cache(gw, token, order, orders_db):
     with open(os.path.join(gw.run, "gateway.log")) as f:
         logged = [json.loads(line) for line in f if '"cache":"hit"' in line]
     expect(any(e.get("http.route") == "/v1/orders/{id}" for e in logged), "no log line with cache=hit")
+    fresh = call("GET", path, token, headers={"Cache-Control": "no-cache"})
+    expect(fresh[0] == 200 and fresh[1].get("x-cache") == "bypass" and fresh[2]["id"] == order["id"],
+           f"Cache-Control: no-cache must skip the cache: {fresh[:3]}")
+    expect(call("GET", path, token)[1].get("x-cache") == "hit", "a no-cache read must leave the entry")
     # What a use case that changes the order does (App::record): an event in the outbox,
     # in the service's own database, which the relay publishes.
     event = str(uuid.uuid4())
@@ -248,7 +252,7 @@ def check_cache(gw, token, order, orders_db):
                     f"'Order', '{order['id']}', '\\x', '{{}}')"], check=True)
     wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "miss", 10,
                "the OrderUpdated event invalidating the cached order")
-    print("check 6 passed: cache hit (X-Cache and log), invalidated by an OrderUpdated event")
+    print("check 6 passed: cache hit (X-Cache and log), no-cache bypasses it, invalidated by an OrderUpdated event")
 
 
 def check_schemathesis(args, token):

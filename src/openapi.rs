@@ -294,7 +294,7 @@ fn get_operation(context: &Context, names: &SchemaNames) -> Value {
         "tags": [context.name.kebab],
         "summary": format!("Get one {aggregate}"),
         "description": format!(
-            "Needs scope `{}:read`. Served from the cache when it can be; X-Cache says whether it was.",
+            "Needs scope `{}:read`. Served from the cache when it can be; X-Cache says whether it was. `Cache-Control: no-cache` asks for a read from the service that skips the cache.",
             context.name.kebab
         ),
         "parameters": [{

@@ -52,6 +52,18 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     Ok(Some(key.to_string()))
 }
 
+/// Whether the client asked for a response fresh from the service with `Cache-Control:
+/// no-cache` (RFC 9111 5.2.1.4): such a read neither reads nor fills the cache.
+pub fn wants_fresh(headers: &HeaderMap) -> bool {
+    headers.get_all(header::CACHE_CONTROL).iter().any(|value| {
+        value.to_str().is_ok_and(|directives| {
+            directives
+                .split(',')
+                .any(|directive| directive.trim().eq_ignore_ascii_case("no-cache"))
+        })
+    })
+}
+
 /// A resource id: a UUID in its hyphenated form, returned lower-case (the cache key).
 pub fn resource_id(id: &str) -> Result<String, Problem> {
     match uuid::Uuid::try_parse(id) {
@@ -91,6 +103,24 @@ pub fn json(status: StatusCode, body: Vec<u8>, cache: Option<Lookup>) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_no_cache_directive_asks_for_a_fresh_read() {
+        let with = |values: &[&str]| {
+            let mut headers = HeaderMap::new();
+            for v in values {
+                headers.append(header::CACHE_CONTROL, HeaderValue::from_str(v).unwrap());
+            }
+            wants_fresh(&headers)
+        };
+        assert!(with(&["no-cache"]));
+        assert!(with(&["max-age=0, No-Cache"]));
+        assert!(with(&["max-age=60", "no-cache"]));
+        assert!(!with(&[]));
+        assert!(!with(&["max-age=0"]));
+        assert!(!with(&["no-store"]));
+        assert!(!with(&["no-cache-please"]));
+    }
 
     #[test]
     fn limits_outside_the_range_are_refused() {
