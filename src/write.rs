@@ -6,6 +6,7 @@
 //! target's and every other file there is left alone.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -140,6 +141,10 @@ fn commit(dir: &Path, plan: &Plan) -> Result<()> {
     let mut init = git2::RepositoryInitOptions::new();
     init.initial_head("main");
     let repo = git2::Repository::init_opts(dir, &init)?;
+    let odb = repo.odb()?;
+    // Objects are collected in memory and reach the disk as one pack: as loose objects
+    // they were a file each, and creating those files cost more than rendering.
+    let mempack = odb.add_new_mempack_backend(1000)?;
     let mut index = repo.index()?;
     for path in plan.files.keys() {
         index.add_path(Path::new(path))?;
@@ -151,5 +156,11 @@ fn commit(dir: &Path, plan: &Plan) -> Result<()> {
         .or_else(|_| git2::Signature::now("archscaffold", "archscaffold@localhost"))?;
     let message = format!("Generate workspace with archscaffold {}", crate::VERSION);
     repo.commit(Some("HEAD"), &signature, &signature, &message, &tree, &[])?;
+    let mut pack = git2::Buf::new();
+    mempack.dump(&repo, &mut pack)?;
+    let mut writer = odb.packwriter()?;
+    writer.write_all(&pack).map_err(Error::io(dir))?;
+    writer.commit()?;
+    mempack.reset()?;
     Ok(())
 }
