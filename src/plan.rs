@@ -9,7 +9,7 @@ use crate::format::{self, Formatted};
 use crate::lock;
 use crate::openapi;
 use crate::ownership::{self, Owner};
-use crate::render::{Renderer, render_parsed};
+use crate::render::{Globals, Renderer, View, render_parsed};
 use crate::spec::{self, Spec};
 
 /// The spec file every generated workspace keeps as its source of truth.
@@ -31,6 +31,7 @@ pub struct Plan {
 impl Plan {
     pub fn build(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
         let renderer = Renderer::new()?;
+        let globals = Globals::new(spec)?;
         let mut plan = Plan {
             files: BTreeMap::new(),
             formatted: Formatted::Yes,
@@ -39,19 +40,17 @@ impl Plan {
             if set.bus.as_deref().is_some_and(|b| b != spec.bus.as_str()) {
                 continue;
             }
-            let globals: Vec<liquid::Object> = match set.each {
-                None => vec![Renderer::globals(spec, None)?],
-                Some(Each::Context) => spec
-                    .contexts
-                    .iter()
-                    .map(|c| Renderer::globals(spec, Some(c)))
-                    .collect::<Result<_>>()?,
+            let views: Vec<View<'_>> = match set.each {
+                None => vec![globals.view(None)],
+                Some(Each::Context) => (0..spec.contexts.len())
+                    .map(|i| globals.view(Some(i)))
+                    .collect(),
             };
             for template in blueprint.templates.iter().filter(|t| t.set == set.folder) {
                 let name = format!("{}/{}", set.folder, template.path);
                 let prepared = Prepared::new(&renderer, &name, template)?;
-                for g in &globals {
-                    let (path, contents) = prepared.render(&name, g)?;
+                for view in &views {
+                    let (path, contents) = prepared.render(&name, view)?;
                     // A rendered template that comes out blank is how a blueprint leaves a
                     // file out for some specs.
                     let Some(contents) = contents else { continue };
@@ -160,7 +159,7 @@ impl<'a> Prepared<'a> {
     }
 
     /// The output path and contents; `None` contents when a template renders blank.
-    fn render(&self, name: &str, globals: &liquid::Object) -> Result<(String, Option<Vec<u8>>)> {
+    fn render(&self, name: &str, globals: &View<'_>) -> Result<(String, Option<Vec<u8>>)> {
         let path = match &self.path {
             OutputPath::Fixed(path) => path.clone(),
             OutputPath::Template(template) => render_parsed(name, template, globals)?,

@@ -3,8 +3,10 @@
 //! per-context set).
 
 use heck::{ToKebabCase, ToPascalCase, ToShoutySnakeCase, ToSnakeCase};
+use std::collections::BTreeMap;
+
 use liquid_core::{
-    Display_filter, Filter, FilterReflection, ParseFilter, Runtime, Value, ValueView,
+    Display_filter, Filter, FilterReflection, ObjectView, ParseFilter, Runtime, Value, ValueView,
 };
 use serde::Serialize;
 
@@ -72,15 +74,62 @@ struct GatewayWire {
 }
 
 #[derive(Serialize)]
-struct Globals<'a> {
+struct SharedGlobals<'a> {
     version: &'static str,
     system: &'a crate::inflect::Names,
     bus: &'static str,
     contexts: &'a [Context],
     /// The gateway's names on the bus: it consumes every event to invalidate its cache.
     gateway: GatewayWire,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    context: Option<&'a Context>,
+}
+
+/// The variables templates see, converted once per generation. A per-context render
+/// adds `context` by reference: copying every context into each context's variables
+/// made them quadratic in the number of contexts (440 MB at 200 contexts).
+pub struct Globals {
+    shared: liquid::Object,
+    contexts: Vec<liquid::model::Value>,
+}
+
+/// What one render sees.
+pub type View<'a> = BTreeMap<String, &'a liquid::model::Value>;
+
+impl Globals {
+    pub fn new(spec: &Spec) -> Result<Globals> {
+        let gateway = crate::inflect::Names::new("gateway");
+        let shared = liquid::to_object(&SharedGlobals {
+            version: crate::VERSION,
+            system: &spec.system,
+            bus: spec.bus.as_str(),
+            contexts: &spec.contexts,
+            gateway: GatewayWire {
+                group: naming::consumer_group(&spec.system, &gateway),
+                queue: naming::queue(&spec.system, &gateway),
+            },
+        })
+        .map_err(|e| Error::Blueprint(e.to_string()))?;
+        let contexts = spec
+            .contexts
+            .iter()
+            .map(liquid::model::to_value)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Blueprint(e.to_string()))?;
+        Ok(Globals { shared, contexts })
+    }
+
+    /// The variables of one render; `context` (an index into the spec's contexts) is set
+    /// inside a per-context set.
+    pub fn view(&self, context: Option<usize>) -> View<'_> {
+        let mut view: View<'_> = self
+            .shared
+            .iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        if let Some(i) = context {
+            view.insert("context".to_string(), &self.contexts[i]);
+        }
+        view
+    }
 }
 
 impl Renderer {
@@ -95,23 +144,6 @@ impl Renderer {
         Ok(Renderer { parser })
     }
 
-    /// The variables a template sees; `context` is set inside a per-context set.
-    pub fn globals(spec: &Spec, context: Option<&Context>) -> Result<liquid::Object> {
-        let gateway = crate::inflect::Names::new("gateway");
-        liquid::to_object(&Globals {
-            version: crate::VERSION,
-            system: &spec.system,
-            bus: spec.bus.as_str(),
-            contexts: &spec.contexts,
-            gateway: GatewayWire {
-                group: naming::consumer_group(&spec.system, &gateway),
-                queue: naming::queue(&spec.system, &gateway),
-            },
-            context,
-        })
-        .map_err(|e| Error::Blueprint(e.to_string()))
-    }
-
     /// Parses one template, to render it as often as needed; `name` only appears in error
     /// messages.
     pub fn parse(&self, name: &str, text: &str) -> Result<liquid::Template> {
@@ -121,7 +153,7 @@ impl Renderer {
     }
 
     /// Renders one template once.
-    pub fn render(&self, name: &str, text: &str, globals: &liquid::Object) -> Result<String> {
+    pub fn render(&self, name: &str, text: &str, globals: &dyn ObjectView) -> Result<String> {
         render_parsed(name, &self.parse(name, text)?, globals)
     }
 }
@@ -130,7 +162,7 @@ impl Renderer {
 pub fn render_parsed(
     name: &str,
     template: &liquid::Template,
-    globals: &liquid::Object,
+    globals: &dyn ObjectView,
 ) -> Result<String> {
     template
         .render(globals)
