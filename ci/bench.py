@@ -1,0 +1,498 @@
+"""The benchmark (run it with ci/bench): how fast the generator is, how long what it
+generates takes to build, and what the generated system costs at runtime, side by side
+with PostgreSQL itself. Figures go to <out>/results.json; ci/bench_report.py prints the
+table and draws the plot from them.
+
+Phases:
+  generation  `archscaffold new` for 2..200 contexts, median of several runs, peak RSS
+  build       cold and incremental `cargo build` of the 2-context workspace, crates compiled
+  system      the generated system on Kafka (tansu), PostgreSQL and Redis, all on loopback:
+              idle RSS; end-to-end event latency at a steady rate (commit timestamps of the
+              order and of billing's aggregate); wrk on POST, cached GET and uncached GET
+              at several concurrencies; pgbench's single-row insert at the same
+              concurrencies against the same server; RSS under load
+
+Every load run is bounded by time and by a request count, and only loopback is targeted.
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+from dataclasses import dataclass, asdict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_common import dev_token, wait_until  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GATEWAY = ("127.0.0.1", 8080)
+PROCESSES = ("gateway", "orders", "billing")
+EDITED_FILE = "services/orders/src/domain/rules.rs"
+# The gateway (HTTP, metrics), the two services (gRPC, metrics), tansu and the harness's Redis.
+SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 9092, 6390)
+
+
+@dataclass
+class Settings:
+    gen_sizes: list
+    gen_runs: int
+    cold_build: bool
+    incremental_runs: int
+    profile: str
+    concurrencies: list
+    load_seconds: int
+    max_requests: int
+    event_rate: int
+    event_seconds: int
+
+
+FULL = Settings(gen_sizes=[2, 10, 50, 200], gen_runs=5, cold_build=True, incremental_runs=3,
+                profile="release", concurrencies=[1, 4, 16, 32], load_seconds=10,
+                max_requests=300_000, event_rate=20, event_seconds=15)
+# What .ci/run measures, so the benchmark cannot rot: every phase, smaller and on the
+# debug build the tests already made.
+QUICK = Settings(gen_sizes=[2, 10, 50], gen_runs=3, cold_build=False, incremental_runs=2,
+                 profile="debug", concurrencies=[1, 8], load_seconds=3,
+                 max_requests=30_000, event_rate=10, event_seconds=5)
+
+
+class BenchError(Exception):
+    pass
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def percentile(values, p):
+    """Nearest-rank percentile of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def run(cmd, **kwargs):
+    kwargs.setdefault("check", True)
+    return subprocess.run(cmd, **kwargs)
+
+
+# --- generation -------------------------------------------------------------------------
+
+def count_files(tree):
+    """Files written, not counting the git repository's own."""
+    total = 0
+    for directory, subdirs, files in os.walk(tree):
+        subdirs[:] = [d for d in subdirs if d != ".git"]
+        total += len(files)
+    return total
+
+
+def bench_generation(generator, settings, work):
+    rows = []
+    for n in settings.gen_sizes:
+        names = ",".join(f"ctx{i:03d}" for i in range(n))
+        times, peaks, files = [], [], 0
+        for attempt in range(settings.gen_runs):
+            out = os.path.join(work, f"gen-{n}")
+            shutil.rmtree(out, ignore_errors=True)
+            with tempfile.TemporaryFile() as stderr:
+                started = time.perf_counter()
+                child = subprocess.Popen([generator, "new", "bench", "--contexts", names, "--out", out],
+                                         stdout=subprocess.DEVNULL, stderr=stderr)
+                # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
+                _, status, usage = os.wait4(child.pid, 0)
+                elapsed = time.perf_counter() - started
+                child.returncode = os.waitstatus_to_exitcode(status)
+                if child.returncode != 0:
+                    stderr.seek(0)
+                    raise BenchError(f"archscaffold new with {n} contexts failed:\n{stderr.read().decode()}")
+            times.append(elapsed)
+            peaks.append(usage.ru_maxrss / 1024)
+            if attempt == 0:
+                files = count_files(out)
+            shutil.rmtree(out)
+        rows.append({"contexts": n, "median_s": statistics.median(times), "min_s": min(times),
+                     "max_s": max(times), "runs": len(times), "peak_rss_mb": max(peaks), "files": files})
+        log(f"generation, {n} contexts: median {statistics.median(times) * 1000:.0f} ms over {len(times)} runs")
+    return rows
+
+
+# --- build ------------------------------------------------------------------------------
+
+def cargo_build(workspace, target_dir, release=False):
+    """(seconds, packages compiled) of one `cargo build --workspace`."""
+    cmd = ["cargo", "build", "--workspace", "--message-format=json-render-diagnostics"]
+    if release:
+        cmd.append("--release")
+    env = dict(os.environ, CARGO_TARGET_DIR=target_dir)
+    started = time.perf_counter()
+    done = run(cmd, cwd=workspace, env=env, stdout=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - started
+    compiled = set()
+    for line in done.stdout.splitlines():
+        message = json.loads(line)
+        if message.get("reason") == "compiler-artifact" and not message.get("fresh"):
+            compiled.add(message["package_id"])
+    return elapsed, len(compiled)
+
+
+def bench_build(generator, settings, work, shared_target):
+    workspace = os.path.join(work, "build", "shop")
+    shutil.rmtree(os.path.dirname(workspace), ignore_errors=True)
+    run([generator, "new", "shop", "--contexts", "orders,billing", "--bus", "kafka",
+         "--out", workspace, "--no-git"], stdout=subprocess.DEVNULL)
+    result = {"workspace": "shop: orders, billing (Kafka)", "profile": "debug"}
+    if settings.cold_build:
+        # A target directory of its own: nothing compiled, only the downloaded sources.
+        target = os.path.join(work, "build", "target")
+        log("build: cold cargo build of the 2-context workspace")
+        result["cold_s"], result["cold_crates"] = cargo_build(workspace, target)
+    else:
+        target = shared_target
+        result["warm_s"], result["warm_crates"] = cargo_build(workspace, target)
+    times, crates = [], []
+    # The file a user edits first: the orders service's business rules.
+    edited = os.path.join(workspace, EDITED_FILE)
+    if not os.path.isfile(edited):
+        raise BenchError(f"{EDITED_FILE} was not generated")
+    for attempt in range(settings.incremental_runs):
+        with open(edited, "a") as f:
+            f.write(f"\n// benchmark edit {attempt}\n")
+        elapsed, compiled = cargo_build(workspace, target)
+        if compiled == 0:
+            raise BenchError(f"editing {EDITED_FILE} recompiled nothing")
+        times.append(elapsed)
+        crates.append(compiled)
+    result.update(incremental_s=statistics.median(times), incremental_runs=len(times),
+                  incremental_crates=max(crates), edited=EDITED_FILE)
+    log(f"build: incremental after editing {EDITED_FILE}: median {result['incremental_s']:.1f} s")
+    if settings.cold_build:
+        shutil.rmtree(target, ignore_errors=True)
+    return result
+
+
+# --- the running system -----------------------------------------------------------------
+
+def database_url(admin_url, name):
+    base = admin_url.split("?")[0]
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def psql(url, sql):
+    return run(["psql", url, "-XAtqc", sql], stdout=subprocess.PIPE, text=True).stdout.strip()
+
+
+def rss_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def port_in_use(port):
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RssSampler:
+    """Samples the resident memory of the system's processes every 200 ms in a thread,
+    keeping each one's peak, while a load runs."""
+
+    def __init__(self, pids):
+        self.pids = pids
+        self.peak = {name: 0.0 for name in pids}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(0.2)
+
+    def sample(self):
+        for name, pid in self.pids.items():
+            value = rss_mb(pid)
+            if value is not None:
+                self.peak[name] = max(self.peak[name], value)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sample()
+
+
+class System:
+    """The generated shop, started with its own deploy/local/up.sh on Kafka (tansu),
+    PostgreSQL and Redis; stopped, with the brokers, by stop()."""
+
+    def __init__(self, generator, settings, work, admin_url, shared_target):
+        self.settings = settings
+        self.workspace = os.path.join(work, "system", "shop")
+        self.admin_url = admin_url
+        self.target = shared_target
+        shutil.rmtree(os.path.dirname(self.workspace), ignore_errors=True)
+        run([generator, "new", "shop", "--contexts", "orders,billing", "--bus", "kafka",
+             "--out", self.workspace, "--no-git"], stdout=subprocess.DEVNULL)
+        self.orders_db = database_url(admin_url, "shop_orders")
+        self.billing_db = database_url(admin_url, "shop_billing")
+
+    def start(self):
+        busy = [port for port in SYSTEM_PORTS if port_in_use(port)]
+        if busy:
+            raise BenchError(f"ports {busy} are in use on 127.0.0.1: stop what listens there "
+                             "(an earlier run of the system?) and run again")
+        for db in ("shop_orders", "shop_billing"):
+            psql(self.admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        log(f"system: cargo build --workspace ({self.settings.profile})")
+        cargo_build(self.workspace, self.target, release=self.settings.profile == "release")
+        run(["bash", "ci/brokers.sh", "start", "kafka"], cwd=ROOT)
+        run(["bash", "ci/brokers.sh", "start", "redis"], cwd=ROOT)
+        env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url, KAFKA_BROKERS="127.0.0.1:9092",
+                   REDIS_URL="redis://127.0.0.1:6390", BUILD_PROFILE=self.settings.profile,
+                   CARGO_TARGET_DIR=self.target,
+                   # The load comes from one identity; the rate limit is not what is measured.
+                   GATEWAY__RATE_LIMIT__PER_SECOND="1000000", GATEWAY__RATE_LIMIT__BURST="1000000")
+        env.pop("RUST_LOG", None)
+        run(["bash", os.path.join(self.workspace, "deploy/local/up.sh")], env=env, stdout=subprocess.DEVNULL)
+        run_dir = os.path.join(self.workspace, ".run")
+        self.pids = {name: int(open(os.path.join(run_dir, f"{name}.pid")).read()) for name in PROCESSES}
+        gone = [name for name, pid in self.pids.items() if rss_mb(pid) is None]
+        if gone:
+            raise BenchError(f"{', '.join(gone)} exited after start; see {run_dir}/<name>.log")
+        self.gateway_bin = os.path.join(self.target, self.settings.profile, "gateway")
+        self.token = dev_token(self.gateway_bin, self.workspace, "bench")
+
+    def stop(self):
+        down = os.path.join(self.workspace, "deploy/local/down.sh")
+        if os.path.exists(down):
+            subprocess.run(["bash", down], stdout=subprocess.DEVNULL)
+        subprocess.run(["bash", "ci/brokers.sh", "stop", "kafka"], cwd=ROOT)
+        subprocess.run(["bash", "ci/brokers.sh", "stop", "redis"], cwd=ROOT)
+
+    def request(self, connection, method, path, body=None, headers=None):
+        head = {"Authorization": f"Bearer {self.token}", **(headers or {})}
+        if body is not None:
+            head["Content-Type"] = "application/json"
+        connection.request(method, path, body=body, headers=head)
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    def create_order(self, connection):
+        status, raw = self.request(connection, "POST", "/v1/orders", body="{}")
+        if status != 201:
+            raise BenchError(f"POST /v1/orders answered {status}: {raw[:300]!r}")
+        return json.loads(raw)["id"]
+
+    def backlog(self):
+        """(unpublished outbox rows, orders billing has not recorded yet)."""
+        unpublished = int(psql(self.orders_db, "SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+        orders = int(psql(self.orders_db, "SELECT count(*) FROM orders"))
+        billed = int(psql(self.billing_db, "SELECT count(DISTINCT order_id) FROM billing"))
+        return unpublished, orders - billed
+
+    def drain(self, seconds):
+        """Waits (bounded) until every event has gone out and been consumed; its seconds."""
+        started = time.monotonic()
+        wait_until(lambda: self.backlog() == (0, 0), seconds, "the outbox and billing to catch up")
+        return time.monotonic() - started
+
+
+def bench_events(system, settings):
+    """Order committed -> billing's aggregate committed, from PostgreSQL's own commit
+    timestamps (track_commit_timestamp): both databases live on the one server, so the two
+    times come from one clock."""
+    count = settings.event_rate * settings.event_seconds
+    interval = 1 / settings.event_rate
+    connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+    ids = []
+    started = time.monotonic()
+    for i in range(count):
+        delay = started + i * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        ids.append(system.create_order(connection))
+    sent_for = time.monotonic() - started
+    connection.close()
+    system.drain(60)
+    listed = "'{" + ",".join(ids) + "}'"
+    committed = dict(line.split("|") for line in psql(system.orders_db, (
+        "SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM orders "
+        f"WHERE id = ANY({listed}::uuid[])")).splitlines())
+    billed = dict(line.split("|") for line in psql(system.billing_db, (
+        "SELECT order_id, min(extract(epoch FROM pg_xact_commit_timestamp(xmin))) FROM billing "
+        f"WHERE order_id = ANY({listed}::text[]) GROUP BY order_id")).splitlines())
+    missing = [i for i in ids if not committed.get(i) or not billed.get(i)]
+    if missing:
+        raise BenchError(f"{len(missing)} of {count} orders have no commit timestamp or no billing row "
+                         "(is track_commit_timestamp on?)")
+    latencies = [(float(billed[i]) - float(committed[i])) * 1000 for i in ids]
+    result = {"events": count, "rate_per_s": count / sent_for, "p50_ms": percentile(latencies, 50),
+              "p99_ms": percentile(latencies, 99), "max_ms": max(latencies)}
+    log(f"events: {count} at {result['rate_per_s']:.1f}/s: p50 {result['p50_ms']:.1f} ms, "
+        f"p99 {result['p99_ms']:.1f} ms")
+    return result
+
+
+def wrk(settings, token, method, path, concurrency, work, body="", header=""):
+    threads = min(concurrency, 2)
+    out = os.path.join(work, "wrk.json")
+    env = dict(os.environ, BENCH_METHOD=method, BENCH_PATH=path, BENCH_TOKEN=token, BENCH_BODY=body,
+               BENCH_HEADER=header, BENCH_OUT=out,
+               BENCH_MAX_PER_THREAD=str(settings.max_requests // threads))
+    run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{settings.load_seconds}s",
+         "--timeout", "5s", "-s", os.path.join(ROOT, "ci", "bench_load.lua"),
+         f"http://{GATEWAY[0]}:{GATEWAY[1]}"], env=env, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        figures = json.load(f)
+    errors = sum(figures["errors"].values())
+    if figures["requests"] == 0 or errors > 0.01 * figures["requests"]:
+        raise BenchError(f"{method} {path} at concurrency {concurrency}: {errors} errors in "
+                         f"{figures['requests']} requests {figures['errors']}")
+    latency = figures["latency_us"]
+    return {"rps": figures["requests"] / (figures["duration_us"] / 1e6), "requests": figures["requests"],
+            "errors": errors, "p50_ms": latency["p50"] / 1000, "p99_ms": latency["p99"] / 1000}
+
+
+def pgbench(settings, admin_url, concurrency, work):
+    """pgbench with one single-row INSERT a transaction, into a table shaped like orders."""
+    url = database_url(admin_url, "bench_pgbench")
+    if psql(admin_url, "SELECT 1 FROM pg_database WHERE datname = 'bench_pgbench'") != "1":
+        psql(admin_url, "CREATE DATABASE bench_pgbench")
+    psql(url, "DROP TABLE IF EXISTS bench_orders; "
+              "CREATE TABLE bench_orders (id UUID PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL)")
+    script = os.path.join(work, "insert.sql")
+    with open(script, "w") as f:
+        f.write("INSERT INTO bench_orders (id, created_at) VALUES (gen_random_uuid(), now());\n")
+    logs = os.path.join(work, "pgbench-log")
+    shutil.rmtree(logs, ignore_errors=True)
+    os.makedirs(logs)
+    done = run(["pgbench", "-n", "-M", "prepared", "-c", str(concurrency), "-j", str(min(concurrency, 2)),
+                "-T", str(settings.load_seconds), "-f", script, "-l", "--log-prefix", os.path.join(logs, "tx"),
+                url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tps = next(float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("tps ="))
+    latencies = []
+    for name in os.listdir(logs):
+        with open(os.path.join(logs, name)) as f:
+            # client_id transaction_no time_us script_no epoch epoch_us
+            latencies.extend(int(line.split()[2]) / 1000 for line in f)
+    failed = sum(1 for line in done.stdout.splitlines() if line.startswith("number of failed transactions")
+                 and not line.split(":")[1].strip().startswith("0"))
+    if not latencies or failed:
+        raise BenchError(f"pgbench at concurrency {concurrency} failed:\n{done.stdout}")
+    return {"rps": tps, "requests": len(latencies), "errors": 0,
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
+def bench_system(generator, settings, work, admin_url, shared_target):
+    system = System(generator, settings, work, admin_url, shared_target)
+    try:
+        system.start()
+        time.sleep(2)
+        idle = {name: rss_mb(pid) for name, pid in system.pids.items()}
+        log("idle RSS: " + ", ".join(f"{n} {v:.1f} MB" for n, v in idle.items()))
+        events = bench_events(system, settings)
+
+        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+        order = system.create_order(connection)
+        item = f"/v1/orders/{order}"
+        system.request(connection, "GET", item)
+        status, _ = system.request(connection, "GET", item)
+        connection.close()
+        if status != 200:
+            raise BenchError(f"GET {item} answered {status}")
+        system.drain(60)
+
+        load = {"post": [], "get_cached": [], "get_uncached": [], "pgbench_insert": [], "drain_s": []}
+        with RssSampler(system.pids) as sampler:
+            for c in settings.concurrencies:
+                log(f"load at concurrency {c}")
+                load["get_cached"].append(wrk(settings, system.token, "GET", item, c, work))
+                load["get_uncached"].append(wrk(settings, system.token, "GET", item, c, work,
+                                                header="Cache-Control: no-cache"))
+                load["pgbench_insert"].append(pgbench(settings, admin_url, c, work))
+                load["post"].append(wrk(settings, system.token, "POST", "/v1/orders", c, work, body="{}"))
+                # What the POSTs queued (outbox rows, billing's consumption) must be done
+                # before the next run measures anything.
+                load["drain_s"].append(system.drain(300))
+        for name, row in load.items():
+            if name != "drain_s":
+                for c, figures in zip(settings.concurrencies, row):
+                    figures["concurrency"] = c
+        return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,
+                "events": events, "load": load}
+    finally:
+        system.stop()
+
+
+# --- the machine ------------------------------------------------------------------------
+
+def machine():
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        memory_gib = int(f.readline().split()[1]) / 1024 / 1024
+    postgres = run(["psql", os.environ["DATABASE_URL"], "-XAtqc", "SHOW server_version"],
+                   stdout=subprocess.PIPE, text=True).stdout.strip()
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory_gib, 1),
+            "kernel": platform.release(), "postgres": postgres,
+            "rustc": run(["rustc", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the short version .ci/run runs")
+    parser.add_argument("--generator", required=True, help="the archscaffold binary to measure")
+    parser.add_argument("--out", required=True, help="directory for results.json")
+    parser.add_argument("--target-dir", required=True, help="the shared CARGO_TARGET_DIR")
+    args = parser.parse_args()
+    settings = QUICK if args.quick else FULL
+    admin_url = os.environ["DATABASE_URL"]
+    if psql(admin_url, "SHOW track_commit_timestamp") != "on":
+        raise BenchError("track_commit_timestamp is off: ci/setup-bench-tools.sh turns it on")
+    os.makedirs(args.out, exist_ok=True)
+    work = os.path.join(ROOT, ".work", "bench")
+    os.makedirs(work, exist_ok=True)
+    started = time.time()
+    results = {"version": 1, "mode": "quick" if args.quick else "full",
+               "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
+               "settings": asdict(settings)}
+    results["generation"] = bench_generation(args.generator, settings, work)
+    results["build"] = bench_build(args.generator, settings, work, args.target_dir)
+    results["system"] = bench_system(args.generator, settings, work, admin_url, args.target_dir)
+    results["elapsed_s"] = time.time() - started
+    path = os.path.join(args.out, "results.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+        f.write("\n")
+    log(f"wrote {path} after {results['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (BenchError, AssertionError, subprocess.CalledProcessError) as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        sys.exit(1)
