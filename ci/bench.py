@@ -203,6 +203,55 @@ def rss_mb(pid):
     return None
 
 
+def proc_stat(pid):
+    """Fields 3 and on of /proc/<pid>/stat (proc(5)), or None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def cpu_seconds(pid, children=False):
+    """User + system CPU seconds a process has used (fields 14 and 15), with `children` also
+    those of its children it has reaped (16 and 17); 0 once it is gone."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return 0.0
+    used = int(fields[11]) + int(fields[12])
+    if children:
+        used += int(fields[13]) + int(fields[14])
+    return used / os.sysconf("SC_CLK_TCK")
+
+
+def pids_named(name):
+    found = subprocess.run(["pgrep", "-x", name], stdout=subprocess.PIPE, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+class CpuMeter:
+    """CPU time by process while a load runs: the system's three processes, tansu, Redis
+    and the PostgreSQL server. PostgreSQL's backends come and go (pgbench opens its own):
+    the server's time is that of the live processes plus what the postmaster has reaped."""
+
+    def __init__(self, system_pids):
+        self.groups = {name: [pid] for name, pid in system_pids.items()}
+        self.groups["tansu"] = pids_named("tansu")
+        self.groups["redis"] = pids_named("redis-server")
+
+    def snapshot(self):
+        totals = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in self.groups.items()}
+        postgres = pids_named("postgres")
+        postmaster = [pid for pid in postgres if int((proc_stat(pid) or [0, 0])[1]) not in postgres]
+        totals["postgres"] = (sum(cpu_seconds(pid) for pid in postgres if pid not in postmaster)
+                              + sum(cpu_seconds(pid, children=True) for pid in postmaster))
+        return totals
+
+    @staticmethod
+    def per_request_ms(before, after, requests):
+        return {name: (after[name] - before[name]) * 1000 / requests for name in after}
+
+
 def port_in_use(port):
     with socket.socket() as probe:
         probe.settimeout(0.5)
@@ -421,20 +470,29 @@ def bench_system(generator, settings, work, admin_url, shared_target):
             raise BenchError(f"GET {item} answered {status}")
         system.drain(60)
 
-        load = {"post": [], "get_cached": [], "get_uncached": [], "pgbench_insert": [], "drain_s": []}
+        load = {"post": [], "get_cached": [], "get_uncached": [], "pgbench_insert": [], "drain_s": [],
+                "post_cpu_ms": [], "pgbench_cpu_ms": []}
+        cpu = CpuMeter(system.pids)
         with RssSampler(system.pids) as sampler:
             for c in settings.concurrencies:
                 log(f"load at concurrency {c}")
                 load["get_cached"].append(wrk(settings, system.token, "GET", item, c, work))
                 load["get_uncached"].append(wrk(settings, system.token, "GET", item, c, work,
                                                 header="Cache-Control: no-cache"))
+                before = cpu.snapshot()
                 load["pgbench_insert"].append(pgbench(settings, admin_url, c, work))
+                after = cpu.snapshot()
+                load["pgbench_cpu_ms"].append(
+                    CpuMeter.per_request_ms(before, after, load["pgbench_insert"][-1]["requests"])["postgres"])
+                before = cpu.snapshot()
                 load["post"].append(wrk(settings, system.token, "POST", "/v1/orders", c, work, body="{}"))
                 # What the POSTs queued (outbox rows, billing's consumption) must be done
-                # before the next run measures anything.
+                # before the next run measures anything; its CPU counts for the POSTs.
                 load["drain_s"].append(system.drain(300))
+                after = cpu.snapshot()
+                load["post_cpu_ms"].append(CpuMeter.per_request_ms(before, after, load["post"][-1]["requests"]))
         for name, row in load.items():
-            if name != "drain_s":
+            if name in ("post", "get_cached", "get_uncached", "pgbench_insert"):
                 for c, figures in zip(settings.concurrencies, row):
                     figures["concurrency"] = c
         return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,

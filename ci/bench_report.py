@@ -100,6 +100,16 @@ def table(results):
         post, pg = load["post"][i], load["pgbench_insert"][i]
         lines.append(f"| {c} | {cell(post)} | {cell(load['get_cached'][i])} | {cell(load['get_uncached'][i])} | "
                      f"{cell(pg)} | {post['rps'] / pg['rps']:.0%} | {load['drain_s'][i]:.1f} s |")
+    if "post_cpu_ms" in load:
+        lines += ["", "CPU per request, in ms (a POST's includes the work its events cause: the relay, "
+                  "billing's consumer, the gateway's cache invalidation), against pgbench's server CPU "
+                  "per insert:", "",
+                  "| concurrency | " + " | ".join(load["post_cpu_ms"][0]) + " | POST total | pgbench insert |",
+                  "|---:|" + "---:|" * (len(load["post_cpu_ms"][0]) + 2)]
+        for i, c in enumerate(results["settings"]["concurrencies"]):
+            by_process = load["post_cpu_ms"][i]
+            lines.append(f"| {c} | " + " | ".join(f"{v:.2f}" for v in by_process.values())
+                         + f" | {sum(by_process.values()):.2f} | {load['pgbench_cpu_ms'][i]:.2f} |")
     e = system["events"]
     lines += ["", f"Event latency (order committed -> billing's aggregate committed, from PostgreSQL commit "
               f"timestamps), {e['events']} orders at {e['rate_per_s']:.0f}/s: p50 {e['p50_ms']:.1f} ms, "
