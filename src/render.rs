@@ -151,11 +151,6 @@ impl Renderer {
             .parse(text)
             .map_err(|e| Error::Blueprint(format!("{name}: {e}")))
     }
-
-    /// Renders one template once.
-    pub fn render(&self, name: &str, text: &str, globals: &dyn ObjectView) -> Result<String> {
-        render_parsed(name, &self.parse(name, text)?, globals)
-    }
 }
 
 /// Renders a parsed template; `name` only appears in error messages.
@@ -175,14 +170,14 @@ mod tests {
 
     #[test]
     fn case_filters_are_registered() {
-        let r = Renderer::new().unwrap();
-        let out = r
-            .render(
+        let template = Renderer::new()
+            .unwrap()
+            .parse(
                 "t",
                 "{{ n | snake_case }} {{ n | kebab_case }} {{ n | pascal_case }} {{ n | shouty_snake_case }}",
-                &liquid::object!({ "n": "order-items" }),
             )
             .unwrap();
+        let out = render_parsed("t", &template, &liquid::object!({ "n": "order-items" })).unwrap();
         assert_eq!(out, "order_items order-items OrderItems ORDER_ITEMS");
     }
 }
