@@ -417,8 +417,9 @@ def wrk(settings, token, method, path, concurrency, work, body="", header=""):
         raise BenchError(f"{method} {path} at concurrency {concurrency}: {errors} errors in "
                          f"{figures['requests']} requests {figures['errors']}")
     latency = figures["latency_us"]
-    return {"rps": figures["requests"] / (figures["duration_us"] / 1e6), "requests": figures["requests"],
-            "errors": errors, "p50_ms": latency["p50"] / 1000, "p99_ms": latency["p99"] / 1000}
+    return {"concurrency": concurrency, "rps": figures["requests"] / (figures["duration_us"] / 1e6),
+            "requests": figures["requests"], "errors": errors, "p50_ms": latency["p50"] / 1000,
+            "p99_ms": latency["p99"] / 1000}
 
 
 def pgbench(settings, admin_url, concurrency, work):
@@ -447,7 +448,7 @@ def pgbench(settings, admin_url, concurrency, work):
                  and not line.split(":")[1].strip().startswith("0"))
     if not latencies or failed:
         raise BenchError(f"pgbench at concurrency {concurrency} failed:\n{done.stdout}")
-    return {"rps": tps, "requests": len(latencies), "errors": 0,
+    return {"concurrency": concurrency, "rps": tps, "requests": len(latencies), "errors": 0,
             "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
 
@@ -491,10 +492,6 @@ def bench_system(generator, settings, work, admin_url, shared_target):
                 load["drain_s"].append(system.drain(300))
                 after = cpu.snapshot()
                 load["post_cpu_ms"].append(CpuMeter.per_request_ms(before, after, load["post"][-1]["requests"]))
-        for name, row in load.items():
-            if name in ("post", "get_cached", "get_uncached", "pgbench_insert"):
-                for c, figures in zip(settings.concurrencies, row):
-                    figures["concurrency"] = c
         return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,
                 "events": events, "load": load}
     finally:
@@ -512,10 +509,8 @@ def machine():
                 break
     with open("/proc/meminfo") as f:
         memory_gib = int(f.readline().split()[1]) / 1024 / 1024
-    postgres = run(["psql", os.environ["DATABASE_URL"], "-XAtqc", "SHOW server_version"],
-                   stdout=subprocess.PIPE, text=True).stdout.strip()
     return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory_gib, 1),
-            "kernel": platform.release(), "postgres": postgres,
+            "kernel": platform.release(), "postgres": psql(os.environ["DATABASE_URL"], "SHOW server_version"),
             "rustc": run(["rustc", "--version"], stdout=subprocess.PIPE, text=True).stdout.strip()}
 
 
