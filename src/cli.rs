@@ -8,10 +8,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::blueprint::Blueprint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Formatted;
 use crate::plan::Plan;
 use crate::spec::{self, Bus, Overrides, Spec};
+use crate::update;
 use crate::write::{self, GitOutcome, WriteOptions};
 
 const EXAMPLES: &str = "\
@@ -20,6 +21,9 @@ Examples:
   archscaffold new shop --spec shop.toml --bus sqs --out ../shop
   archscaffold new shop --contexts orders,billing,shipping --dry-run
   archscaffold validate --spec shop.toml
+  archscaffold add context shipping --subscribes billing.BillingCreated   (in the workspace)
+  archscaffold update            (after editing archscaffold.toml, or with a newer archscaffold)
+  archscaffold diff | archscaffold check
   archscaffold completions bash > /etc/bash_completion.d/archscaffold";
 
 #[derive(Debug, Parser)]
@@ -39,6 +43,15 @@ pub enum Command {
     /// Generate a workspace: one gRPC service and one Postgres database per bounded context
     #[command(after_help = EXAMPLES)]
     New(NewArgs),
+    /// Bring a workspace to its archscaffold.toml and this archscaffold, merging your edits
+    Update(UpdateArgs),
+    /// Add to a workspace's spec, then update it
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// Print, as a unified diff, what `update` would change
+    Diff(WorkspaceArgs),
+    /// Exit 0 when the workspace is in sync with its spec and this archscaffold, 1 if not
+    Check(WorkspaceArgs),
     /// Check a spec file and report every problem with its location
     Validate {
         /// The spec file (TOML) to check
@@ -88,10 +101,59 @@ pub struct NewArgs {
     pub blueprints: Option<PathBuf>,
 }
 
+/// Where the workspace is and which blueprints render it.
+#[derive(Debug, clap::Args)]
+pub struct WorkspaceArgs {
+    /// The workspace's root directory
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+    /// Use blueprints from this directory instead of the built-in ones
+    #[arg(long, value_name = "DIR")]
+    pub blueprints: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    pub workspace: WorkspaceArgs,
+    /// Update even though the git work tree has uncommitted changes
+    #[arg(long)]
+    pub allow_dirty: bool,
+    /// Print what would change and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Accept removed or retyped fields: you wrote their migrations yourself
+    #[arg(long)]
+    pub fields_migrated_by_hand: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AddCommand {
+    /// Add a bounded context (a service and its database) to the spec, then update
+    Context(AddContextArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AddContextArgs {
+    /// Name of the new context, e.g. shipping
+    pub name: String,
+    /// Its aggregate [default: singular PascalCase of NAME]
+    #[arg(long, value_name = "NAME")]
+    pub aggregate: Option<String>,
+    /// Events it consumes, as context.Event
+    #[arg(long, value_delimiter = ',', value_name = "CTX.EVENT,...")]
+    pub subscribes: Vec<String>,
+    /// Contexts it calls synchronously
+    #[arg(long, value_delimiter = ',', value_name = "CTX,...")]
+    pub calls: Vec<String>,
+    #[command(flatten)]
+    pub update: UpdateArgs,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(e.exit_code())
@@ -99,9 +161,44 @@ pub fn main() -> ExitCode {
     }
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::New(args) => new(args),
+        Command::New(args) => new(args).map(|()| ExitCode::SUCCESS),
+        Command::Update(args) => update(&args, None),
+        Command::Add(AddCommand::Context(args)) => add_context(&args),
+        Command::Diff(args) => {
+            let update = prepare(&args, None, update::Options::default())?;
+            print!("{}", update::unified_diff(&update)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let update = prepare(&args, None, update::Options::default())?;
+            let markers = conflicted_files(&update);
+            if let Some(path) = markers.first() {
+                println!(
+                    "out of sync: conflict markers remain in {path}{}; resolve them, then commit",
+                    if markers.len() > 1 {
+                        format!(" and {} other file(s)", markers.len() - 1)
+                    } else {
+                        String::new()
+                    }
+                );
+                return Ok(ExitCode::from(1));
+            }
+            match update.out_of_sync() {
+                Some(reason) => {
+                    println!("out of sync: {reason}");
+                    Ok(ExitCode::from(1))
+                }
+                None => {
+                    println!(
+                        "in sync: archscaffold {} generates this workspace from archscaffold.toml",
+                        crate::VERSION
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
         Command::Validate { spec: path } => {
             let spec = spec::load(&path, &Overrides::default())?;
             println!(
@@ -112,13 +209,134 @@ pub fn run(cli: Cli) -> Result<()> {
                 spec.contexts.len(),
                 context_list(&spec)
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "archscaffold", &mut std::io::stdout());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn load_blueprint(dir: Option<&Path>) -> Result<Blueprint> {
+    match dir {
+        Some(dir) => Blueprint::from_dir(dir),
+        None => Blueprint::embedded(),
+    }
+}
+
+fn prepare(
+    args: &WorkspaceArgs,
+    spec_text: Option<String>,
+    options: update::Options,
+) -> Result<update::Update> {
+    let blueprint = load_blueprint(args.blueprints.as_deref())?;
+    update::prepare(&args.dir, spec_text, &blueprint, options)
+}
+
+/// Generator-owned files on disk that still hold conflict markers.
+fn conflicted_files(update: &update::Update) -> Vec<String> {
+    update
+        .plan
+        .pristine()
+        .map(|(path, _)| path)
+        .filter(|path| {
+            std::fs::read(update.root.join(path))
+                .is_ok_and(|bytes| crate::merge::has_conflict_markers(&bytes))
+        })
+        .cloned()
+        .collect()
+}
+
+fn update(args: &UpdateArgs, spec_text: Option<String>) -> Result<ExitCode> {
+    if !args.allow_dirty && !args.dry_run {
+        update::ensure_clean(&args.workspace.dir)?;
+    }
+    let options = update::Options {
+        fields_migrated_by_hand: args.fields_migrated_by_hand,
+    };
+    let update = prepare(&args.workspace, spec_text, options)?;
+    if !args.dry_run {
+        update::apply(&update)?;
+    }
+    print_update(&update, args.dry_run);
+    Ok(if update.conflicts().next().is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn add_context(args: &AddContextArgs) -> Result<ExitCode> {
+    let dir = &args.update.workspace.dir;
+    let spec_path = dir.join(crate::plan::SPEC_FILE);
+    let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
+        dir: dir.clone(),
+        missing: crate::plan::SPEC_FILE.to_string(),
+    })?;
+    let context = spec::edit::NewContext {
+        name: &args.name,
+        aggregate: args.aggregate.as_deref(),
+        subscribes: &args.subscribes,
+        calls: &args.calls,
+    };
+    let edited = spec::edit::add_context(&text, &context).map_err(|message| {
+        Error::Invalid(vec![crate::error::Diagnostic {
+            field: format!("contexts.{}", args.name),
+            origin: crate::error::Origin::Flag("<NAME>"),
+            message,
+            help: "choose a name that archscaffold.toml does not have yet".to_string(),
+        }])
+    })?;
+    // Checked before anything else, with the locations of the text as it would be written.
+    let label = format!("{} (with `{}` added)", update::spec_label(dir), args.name);
+    spec::parse(&edited, &label, &spec::Overrides::default())?;
+    update(&args.update, Some(edited))
+}
+
+fn print_update(update: &update::Update, dry_run: bool) {
+    let mut out = std::io::stdout().lock();
+    let verb = if dry_run { "would update" } else { "updated" };
+    let _ = writeln!(
+        out,
+        "{verb} `{}` from archscaffold {} to {}:",
+        update.spec.system.raw,
+        update.previous_version,
+        crate::VERSION
+    );
+    if update.spec_text.is_some() {
+        let _ = writeln!(out, "  {:<8}  {}", "edit", crate::plan::SPEC_FILE);
+    }
+    let width = update
+        .changes
+        .iter()
+        .map(|c| c.path.len())
+        .max()
+        .unwrap_or(0);
+    for change in &update.changes {
+        let note = change.action.note();
+        let _ = writeln!(
+            out,
+            "  {:<8}  {:<width$}  {note}",
+            change.action.label(),
+            change.path
+        );
+    }
+    if update.changes.is_empty() {
+        let _ = writeln!(out, "  nothing to change");
+    }
+    let conflicts = update.conflicts().count();
+    if conflicts > 0 {
+        let _ = writeln!(
+            out,
+            "\n{conflicts} file(s) with conflicts: edit the parts between <<<<<<< and >>>>>>>, then run `archscaffold check`."
+        );
+    } else if !dry_run && !update.changes.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nReview with `git diff`, build, and commit; nothing was committed."
+        );
     }
 }
 
@@ -136,10 +354,7 @@ fn new(args: NewArgs) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires --contexts or --spec"),
     };
-    let blueprint = match &args.blueprints {
-        Some(dir) => Blueprint::from_dir(dir)?,
-        None => Blueprint::embedded()?,
-    };
+    let blueprint = load_blueprint(args.blueprints.as_deref())?;
     let plan = Plan::build(&spec, &blueprint)?;
     if plan.formatted == Formatted::RustfmtMissing {
         eprintln!(

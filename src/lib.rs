@@ -3,18 +3,25 @@
 //! The pipeline is `cli` → `spec` → `blueprint` → `render` → `plan` (with
 //! `format`, rustfmt over the Rust files) → `write`; every step but the last is free of
 //! side effects on the target, so the whole output can be inspected in memory (see `--dry-run`).
+//! `update` renders an existing workspace's spec the same way and merges the result into
+//! it three ways (`base` keeps what was generated last, `merge` merges one file,
+//! `migrations` keeps applied migrations unchanged).
 
+pub mod base;
 pub mod blueprint;
 pub mod cli;
 pub mod error;
 pub mod format;
 pub mod inflect;
 pub mod lock;
+pub mod merge;
+pub mod migrations;
 pub mod openapi;
 pub mod ownership;
 pub mod plan;
 pub mod render;
 pub mod spec;
+pub mod update;
 pub mod write;
 
 /// The generator's version, recorded in every generated header and in `archscaffold.lock`.

@@ -1,16 +1,24 @@
-//! `archscaffold.lock`: the generator version, a hash of the spec, and a hash and owner for
-//! every generated file, so later `add`, `diff` and `upgrade` commands can tell a file the
-//! user edited from one still as generated.
+//! `archscaffold.lock`: the generator version, a hash of the spec, a hash and owner for
+//! every generated file, and the columns each service's migrations have created. `update`
+//! reads it to tell a file the user edited from one still as generated, to know which
+//! files it generated before (a deleted user file is not brought back), and to turn a
+//! changed field list into a new migration rather than an edited one.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
+use indexmap::IndexMap;
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::error::{Error, Result};
+use crate::ownership::Owner;
 use crate::plan::PlannedFile;
+use crate::spec::model::FieldType;
 
 pub const LOCK_FILE: &str = "archscaffold.lock";
-/// Bumped when the lock file's layout changes.
-pub const LOCK_FORMAT: u32 = 1;
+/// Bumped when the lock file's layout changes. 2 added `[tables]`.
+pub const LOCK_FORMAT: u32 = 2;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -19,13 +27,119 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-pub fn render(spec_text: &str, files: &BTreeMap<String, PlannedFile>) -> String {
+/// The columns of one service's aggregate table besides `id` and `created_at`, in order.
+pub type Columns = IndexMap<String, FieldType>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockedFile {
+    pub owner: Owner,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Lock {
+    pub format: u32,
+    /// `archscaffold <version>`.
+    pub generator: String,
+    pub spec_sha256: String,
+    pub files: BTreeMap<String, LockedFile>,
+    /// Per service directory (`services/<dir>`), what its migrations create. `None` in a
+    /// format-1 lock, which did not record it.
+    pub tables: Option<IndexMap<String, Columns>>,
+}
+
+impl Lock {
+    /// The version part of `generator`.
+    pub fn version(&self) -> &str {
+        self.generator
+            .strip_prefix("archscaffold ")
+            .unwrap_or(&self.generator)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLock {
+    format: u32,
+    generator: String,
+    spec_sha256: String,
+    #[serde(default)]
+    files: BTreeMap<String, RawFile>,
+    #[serde(default)]
+    tables: Option<IndexMap<String, IndexMap<String, String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    owner: String,
+    sha256: String,
+}
+
+pub fn parse(text: &str, path: &Path) -> Result<Lock> {
+    let broken = |why: String| Error::LockUnreadable {
+        path: path.to_path_buf(),
+        why,
+    };
+    let raw: RawLock = toml::from_str(text).map_err(|e| broken(e.message().to_string()))?;
+    if raw.format > LOCK_FORMAT {
+        return Err(broken(format!(
+            "format {} is newer than this archscaffold understands ({LOCK_FORMAT})",
+            raw.format
+        )));
+    }
+    let mut files = BTreeMap::new();
+    for (file, locked) in raw.files {
+        let owner = match locked.owner.as_str() {
+            "generator" => Owner::Generator,
+            "user" => Owner::User,
+            other => return Err(broken(format!("`{file}` has an unknown owner `{other}`"))),
+        };
+        files.insert(
+            file,
+            LockedFile {
+                owner,
+                sha256: locked.sha256,
+            },
+        );
+    }
+    let tables = match raw.tables {
+        None => None,
+        Some(tables) => {
+            let mut out = IndexMap::new();
+            for (service, columns) in tables {
+                let mut parsed = Columns::new();
+                for (column, kind) in columns {
+                    let kind = FieldType::parse(&kind).ok_or_else(|| {
+                        broken(format!("tables.{service}.{column}: unknown type `{kind}`"))
+                    })?;
+                    parsed.insert(column, kind);
+                }
+                out.insert(service, parsed);
+            }
+            Some(out)
+        }
+    };
+    Ok(Lock {
+        format: raw.format,
+        generator: raw.generator,
+        spec_sha256: raw.spec_sha256,
+        files,
+        tables,
+    })
+}
+
+pub fn render(
+    spec_text: &str,
+    files: &BTreeMap<String, PlannedFile>,
+    tables: &IndexMap<String, Columns>,
+) -> String {
     let mut out = String::new();
     out.push_str(
-        "# archscaffold.lock: what archscaffold generated here. Do not edit; it lets later\n",
+        "# archscaffold.lock: what archscaffold generated here. Do not edit; `archscaffold update`\n",
     );
     out.push_str(
-        "# `add`, `diff` and `upgrade` runs tell a file you changed from one as generated.\n",
+        "# reads it to tell a file you changed from one as generated, and which columns exist.\n",
     );
     out.push_str(&format!("format = {LOCK_FORMAT}\n"));
     out.push_str(&format!(
@@ -43,5 +157,63 @@ pub fn render(spec_text: &str, files: &BTreeMap<String, PlannedFile>) -> String 
             sha256_hex(&file.contents)
         ));
     }
+    out.push_str(
+        "\n# The columns each service's migrations create, besides id and created_at.\n[tables]\n",
+    );
+    for (service, columns) in tables {
+        let columns: Vec<String> = columns
+            .iter()
+            .map(|(name, kind)| format!("{name} = \"{}\"", kind.as_str()))
+            .collect();
+        if columns.is_empty() {
+            out.push_str(&format!("{service} = {{}}\n"));
+        } else {
+            out.push_str(&format!("{service} = {{ {} }}\n", columns.join(", ")));
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rendered_lock_parses_back() {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "a/b.rs".to_string(),
+            PlannedFile {
+                contents: b"x".to_vec(),
+                owner: Owner::User,
+            },
+        );
+        let mut tables = IndexMap::new();
+        let mut columns = Columns::new();
+        columns.insert("total_cents".to_string(), FieldType::I64);
+        columns.insert("note".to_string(), FieldType::String);
+        tables.insert("order-items".to_string(), columns.clone());
+        tables.insert("billing".to_string(), Columns::new());
+        let text = render("spec", &files, &tables);
+        let lock = parse(&text, Path::new("archscaffold.lock")).unwrap();
+        assert_eq!(lock.format, LOCK_FORMAT);
+        assert_eq!(lock.version(), crate::VERSION);
+        assert_eq!(lock.files["a/b.rs"].owner, Owner::User);
+        assert_eq!(lock.files["a/b.rs"].sha256, sha256_hex(b"x"));
+        let parsed = lock.tables.unwrap();
+        assert_eq!(parsed["order-items"], columns);
+        assert!(parsed["billing"].is_empty());
+        assert_eq!(
+            parsed.keys().collect::<Vec<_>>(),
+            ["order-items", "billing"]
+        );
+    }
+
+    #[test]
+    fn a_format_one_lock_has_no_tables() {
+        let text = "format = 1\ngenerator = \"archscaffold 0.1.0\"\nspec_sha256 = \"00\"\n\n[files]\n\"x\" = { owner = \"generator\", sha256 = \"11\" }\n";
+        let lock = parse(text, Path::new("archscaffold.lock")).unwrap();
+        assert!(lock.tables.is_none());
+        assert_eq!(lock.version(), "0.1.0");
+    }
 }

@@ -3,10 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use indexmap::IndexMap;
+
 use crate::blueprint::{Blueprint, Each, TEMPLATE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::{self, Formatted};
-use crate::lock;
+use crate::lock::{self, Columns};
+use crate::migrations;
 use crate::openapi;
 use crate::ownership::{self, Owner};
 use crate::render::{Globals, Renderer, View, render_parsed};
@@ -29,7 +32,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every file of a new workspace, `archscaffold.lock` included.
     pub fn build(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
+        let mut plan = Plan::render(spec, blueprint)?;
+        plan.seal(&migrations::tables_of(spec))?;
+        Ok(plan)
+    }
+
+    /// Every file but `archscaffold.lock`, which `seal` adds once the files are final
+    /// (`update` first keeps the migrations a workspace already has).
+    pub fn render(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
         let renderer = Renderer::new()?;
         let globals = Globals::new(spec)?;
         let mut plan = Plan {
@@ -62,25 +74,39 @@ impl Plan {
         }
         plan.insert_openapi(spec)?;
         plan.formatted = format::rust_files(&mut plan.files)?;
-        let spec_text = spec::to_toml(spec);
         plan.insert(
             "spec",
             SPEC_FILE.to_string(),
             PlannedFile {
-                contents: spec_text.clone().into_bytes(),
+                contents: spec::to_toml(spec).into_bytes(),
                 owner: Owner::User,
             },
         )?;
-        let lock_text = lock::render(&spec_text, &plan.files);
-        plan.insert(
+        Ok(plan)
+    }
+
+    /// Adds `archscaffold.lock`: the hash of every planned file and the columns that the
+    /// planned migrations create.
+    pub fn seal(&mut self, tables: &IndexMap<String, Columns>) -> Result<()> {
+        let spec_text = &self.files[SPEC_FILE].contents;
+        let lock_text = lock::render(&String::from_utf8_lossy(spec_text), &self.files, tables);
+        self.files.remove(lock::LOCK_FILE);
+        self.insert(
             "lock",
             lock::LOCK_FILE.to_string(),
             PlannedFile {
                 contents: lock_text.into_bytes(),
                 owner: Owner::Generator,
             },
-        )?;
-        Ok(plan)
+        )
+    }
+
+    /// The files as generated that a later `update` merges against: every generator-owned
+    /// file but the lock (see `base`).
+    pub fn pristine(&self) -> impl Iterator<Item = (&String, &PlannedFile)> {
+        self.files
+            .iter()
+            .filter(|(path, file)| file.owner == Owner::Generator && *path != lock::LOCK_FILE)
     }
 
     /// The gateway's OpenAPI document: JSON for the gateway to serve, YAML for the docs.

@@ -2,14 +2,17 @@
 //!
 //! Files are written to a staging directory beside the target and moved into place only
 //! when all of them are written, so a failure leaves nothing half-written. A non-empty
-//! target is refused unless `--force`; with it, generated files are written over the
-//! target's and every other file there is left alone.
+//! target is refused unless `--force`; with it, generator-owned files are written over the
+//! target's, a user-owned file that exists is never touched, and every other file there is
+//! left alone. The merge base (`base`) is written with the files.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::base;
 use crate::error::{Error, Result};
+use crate::ownership::Owner;
 use crate::plan::Plan;
 
 #[derive(Debug, Clone, Copy)]
@@ -78,22 +81,23 @@ pub fn write(
     }
     let mut staging = Staging(Some(staging_dir.clone()));
 
-    for (path, file) in &plan.files {
-        let dest = staging_dir.join(path);
-        if let Some(dir) = dest.parent() {
-            fs::create_dir_all(dir).map_err(Error::io(dir))?;
-        }
-        fs::write(&dest, &file.contents).map_err(Error::io(&dest))?;
-        if path.ends_with(".sh") {
-            make_executable(&dest)?;
-        }
+    // A user-owned file already in the target stays as the user left it.
+    let written: Vec<(String, &[u8])> = plan
+        .files
+        .iter()
+        .filter(|(path, file)| file.owner == Owner::Generator || !target.join(path).exists())
+        .map(|(path, file)| (path.clone(), file.contents.as_slice()))
+        .chain(base::entries(plan))
+        .collect();
+    for (path, contents) in &written {
+        write_file(&staging_dir.join(path), contents)?;
         on_file(path);
     }
 
     let fresh = !target.exists() || is_empty_dir(target)?;
     if fresh {
         let outcome = if options.git {
-            commit(&staging_dir, plan)?;
+            commit(&staging_dir, &written)?;
             GitOutcome::Committed
         } else {
             GitOutcome::Disabled
@@ -107,7 +111,7 @@ pub fn write(
     }
 
     // --force over a non-empty directory: move generated files over, keep the rest.
-    for path in plan.files.keys() {
+    for (path, _) in &written {
         let dest = target.join(path);
         if let Some(dir) = dest.parent() {
             fs::create_dir_all(dir).map_err(Error::io(dir))?;
@@ -120,9 +124,24 @@ pub fn write(
     } else if target.join(".git").exists() {
         Ok(GitOutcome::ExistingRepository)
     } else {
-        commit(target, plan)?;
+        commit(target, &written)?;
         Ok(GitOutcome::Committed)
     }
+}
+
+/// Writes one file through a temporary beside it, so a reader never sees half of it;
+/// scripts are made executable.
+pub fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(Error::io(dir))?;
+    }
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.archscaffold-tmp"));
+    fs::write(&temporary, contents).map_err(Error::io(&temporary))?;
+    if name.ends_with(".sh") {
+        make_executable(&temporary)?;
+    }
+    fs::rename(&temporary, path).map_err(Error::io(path))
 }
 
 #[cfg(unix)]
@@ -136,8 +155,8 @@ fn make_executable(_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `git init` on branch `main` and one commit of exactly the generated files.
-fn commit(dir: &Path, plan: &Plan) -> Result<()> {
+/// `git init` on branch `main` and one commit of exactly the written files.
+fn commit(dir: &Path, written: &[(String, &[u8])]) -> Result<()> {
     let mut init = git2::RepositoryInitOptions::new();
     init.initial_head("main");
     let repo = git2::Repository::init_opts(dir, &init)?;
@@ -146,7 +165,7 @@ fn commit(dir: &Path, plan: &Plan) -> Result<()> {
     // they were a file each, and creating those files cost more than rendering.
     let mempack = odb.add_new_mempack_backend(1000)?;
     let mut index = repo.index()?;
-    for path in plan.files.keys() {
+    for (path, _) in written {
         index.add_path(Path::new(path))?;
     }
     index.write()?;

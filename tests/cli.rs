@@ -287,7 +287,7 @@ fn a_non_empty_target_is_refused_without_force_and_left_untouched() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&out.stderr).trim_end(),
-        "target `shop` exists and is not empty\n  = help: choose another directory with --out, or pass --force to write the generated files over it"
+        "target `shop` exists and is not empty\n  = help: choose another directory with --out, or pass --force to write the generated files over it (files you own are kept); to bring an existing workspace to a new spec or version, run `archscaffold update` in it"
     );
     assert_eq!(listing(&target), ["notes.txt"]);
     assert_eq!(

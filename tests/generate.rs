@@ -80,7 +80,9 @@ fn the_lock_file_records_version_spec_hash_and_every_file_as_written() {
         &["new", "shop", "--contexts", "orders,billing", "--no-git"],
     );
     let root = dir.path().join("shop");
-    let files = tree(&root);
+    let (files, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = tree(&root)
+        .into_iter()
+        .partition(|(path, _)| !path.starts_with(".archscaffold/"));
     let lock: toml::Table =
         toml::from_str(&String::from_utf8_lossy(&files["archscaffold.lock"])).unwrap();
     assert_eq!(
@@ -128,6 +130,21 @@ fn the_lock_file_records_version_spec_hash_and_every_file_as_written() {
         recorded["services/orders/src/domain/rules.rs"]["owner"].as_str(),
         Some("user")
     );
+    // The merge base: every generator-owned file but the lock, byte for byte, and nothing
+    // of the user's.
+    let mut expected_base: BTreeMap<String, &Vec<u8>> = BTreeMap::new();
+    for (path, bytes) in &files {
+        if path != "archscaffold.lock" && recorded[path]["owner"].as_str() == Some("generator") {
+            expected_base.insert(format!(".archscaffold/base/{path}"), bytes);
+        }
+    }
+    let kept_base: BTreeMap<String, &Vec<u8>> = kept
+        .iter()
+        .filter(|(path, _)| path.starts_with(".archscaffold/base/"))
+        .map(|(path, bytes)| (path.clone(), bytes))
+        .collect();
+    assert_eq!(kept_base, expected_base);
+    assert!(kept.contains_key(".archscaffold/.gitattributes"));
     assert_eq!(
         recorded["services/orders/src/app.rs"]["owner"].as_str(),
         Some("generator")
@@ -279,6 +296,10 @@ fn a_blueprint_directory_overrides_the_built_in_one() {
     assert_eq!(
         out.keys().collect::<Vec<_>>(),
         [
+            ".archscaffold/.gitattributes",
+            ".archscaffold/base/SYSTEM.txt",
+            ".archscaffold/base/line-items/name.txt",
+            ".archscaffold/base/orders/name.txt",
             "SYSTEM.txt",
             "archscaffold.lock",
             "archscaffold.toml",

@@ -6,6 +6,7 @@
 
 mod canonical;
 mod default;
+pub mod edit;
 pub mod model;
 pub mod names;
 pub mod naming;

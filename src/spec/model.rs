@@ -207,6 +207,29 @@ impl FieldType {
         }
     }
 
+    /// The value existing rows get when a later migration adds a column of this type.
+    pub fn sql_default(self) -> &'static str {
+        match self {
+            FieldType::String => "''",
+            FieldType::I64 | FieldType::I32 => "0",
+            FieldType::Bool => "false",
+            FieldType::F64 => "0",
+        }
+    }
+
+    /// The spec type of a column type as `sql` writes it.
+    pub fn from_sql(sql: &str) -> Option<FieldType> {
+        [
+            FieldType::String,
+            FieldType::I64,
+            FieldType::I32,
+            FieldType::Bool,
+            FieldType::F64,
+        ]
+        .into_iter()
+        .find(|t| t.sql() == sql)
+    }
+
     pub fn sample(self, field: &str) -> String {
         match self {
             FieldType::String => format!("\"sample-{}\".to_string()", field.replace('_', "-")),

@@ -1,0 +1,508 @@
+//! `update`, `diff` and `check`: render a workspace's own `archscaffold.toml` with this
+//! archscaffold and bring the tree to it, file by file, without losing a hand-written line.
+//!
+//! For each file, with base = what was generated last time (see `base`):
+//! - generator-owned, untouched: replaced by the new render; no longer rendered: deleted;
+//! - generator-owned, edited: merged three ways (base, the file on disk, the new render);
+//!   a conflict is written with markers and reported; no longer rendered: kept;
+//! - user-owned: never touched once generated; a new one is created;
+//! - deleted by the user: left deleted.
+//!
+//! `prepare` computes every change in memory; `apply` writes them, then the new base and
+//! the lock. `diff` prints the changes, `check` says whether there are any.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::base::{self, Base};
+use crate::blueprint::Blueprint;
+use crate::error::{Error, Result};
+use crate::lock::{self, Lock};
+use crate::merge::{self, Labels, Merged};
+use crate::migrations::{self, Existing, ExistingService};
+use crate::ownership::Owner;
+use crate::plan::{Plan, SPEC_FILE};
+use crate::spec::{self, Overrides, Spec};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// The user wrote the migrations for removed or retyped fields.
+    pub fields_migrated_by_hand: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// A file that did not exist.
+    Create,
+    /// A generated file the user had not touched, replaced by the new render.
+    Replace,
+    /// An edited generated file, merged cleanly with the new render.
+    Merge,
+    /// An edited generated file whose merge conflicts: written with markers.
+    Conflict,
+    /// A generated file the user had not touched and that is no longer generated.
+    Delete,
+    /// An edited generated file that is no longer generated: kept.
+    KeepEdited,
+    /// A generated file the user deleted: left deleted.
+    KeepDeleted,
+    /// An edited file with no copy of what was generated to merge against: kept as it is.
+    KeepUnmerged,
+}
+
+impl Action {
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Replace => "update",
+            Action::Merge => "merge",
+            Action::Conflict => "CONFLICT",
+            Action::Delete => "delete",
+            Action::KeepEdited => "keep",
+            Action::KeepDeleted => "skip",
+            Action::KeepUnmerged => "keep",
+        }
+    }
+
+    pub fn note(self) -> &'static str {
+        match self {
+            Action::Create | Action::Replace | Action::Delete => "",
+            Action::Merge => "your edits kept",
+            Action::Conflict => "resolve the conflict markers",
+            Action::KeepEdited => "edited by you, no longer generated",
+            Action::KeepDeleted => "deleted by you, left deleted",
+            Action::KeepUnmerged => {
+                "edited by you; no copy of what was generated to merge against, so the new version was not applied"
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub path: String,
+    pub action: Action,
+    /// The file on disk before the update.
+    pub before: Option<Vec<u8>>,
+    /// The file after it; `None` when the update leaves no file.
+    pub after: Option<Vec<u8>>,
+}
+
+impl Change {
+    pub fn writes(&self) -> bool {
+        self.before != self.after
+    }
+}
+
+#[derive(Debug)]
+pub struct Update {
+    pub root: PathBuf,
+    pub spec: Spec,
+    /// Every file that is not left exactly as it is, in path order.
+    pub changes: Vec<Change>,
+    /// The new render, sealed with its lock: the next base.
+    pub plan: Plan,
+    /// The version that generated the workspace last.
+    pub previous_version: String,
+    /// A new `archscaffold.toml` to write (from `add context`).
+    pub spec_text: Option<String>,
+    /// The lock and the base folder are not what this render records.
+    bookkeeping_stale: bool,
+}
+
+impl Update {
+    pub fn conflicts(&self) -> impl Iterator<Item = &Change> {
+        self.changes.iter().filter(|c| c.action == Action::Conflict)
+    }
+
+    /// `None` when the workspace is in sync with its spec and this archscaffold; otherwise
+    /// a one-line reason.
+    pub fn out_of_sync(&self) -> Option<String> {
+        let writes: Vec<&Change> = self.changes.iter().filter(|c| c.writes()).collect();
+        if let Some(first) = writes.first() {
+            return Some(format!(
+                "{} file(s) differ from what archscaffold {} generates from archscaffold.toml (first: {} {}); run `archscaffold update`",
+                writes.len(),
+                crate::VERSION,
+                first.action.label(),
+                first.path
+            ));
+        }
+        if self.previous_version != crate::VERSION {
+            return Some(format!(
+                "generated by archscaffold {}, this is {}; run `archscaffold update`",
+                self.previous_version,
+                crate::VERSION
+            ));
+        }
+        if self.bookkeeping_stale {
+            return Some(format!(
+                "{} or {} is not what archscaffold {} records for archscaffold.toml; run `archscaffold update`",
+                lock::LOCK_FILE,
+                base::BASE_DIR,
+                crate::VERSION
+            ));
+        }
+        None
+    }
+}
+
+/// Reads the workspace at `root` and computes what an update would change. `spec_text`
+/// replaces the workspace's `archscaffold.toml` (for `add context`).
+pub fn prepare(
+    root: &Path,
+    spec_text: Option<String>,
+    blueprint: &Blueprint,
+    options: Options,
+) -> Result<Update> {
+    let spec_path = root.join(SPEC_FILE);
+    let lock_path = root.join(lock::LOCK_FILE);
+    let not_a_workspace = |missing: &Path| Error::NotAWorkspace {
+        dir: root.to_path_buf(),
+        missing: missing
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into(),
+    };
+    let text = match &spec_text {
+        Some(text) => text.clone(),
+        None => fs::read_to_string(&spec_path).map_err(|_| not_a_workspace(&spec_path))?,
+    };
+    let spec = spec::parse(&text, &spec_label(root), &Overrides::default())?;
+    let lock_text = fs::read_to_string(&lock_path).map_err(|_| not_a_workspace(&lock_path))?;
+    let lock = lock::parse(&lock_text, &lock_path)?;
+    if is_newer(lock.version(), crate::VERSION) {
+        return Err(Error::NewerGenerator {
+            workspace: lock.version().to_string(),
+        });
+    }
+
+    let base = base::load(root, &lock);
+    let existing = existing_services(root, &lock, &base);
+    let dirs: BTreeSet<&str> = spec.contexts.iter().map(migrations::service_dir).collect();
+    let removed: Vec<String> = existing
+        .keys()
+        .filter(|d| !dirs.contains(d.as_str()))
+        .cloned()
+        .collect();
+    if !removed.is_empty() {
+        return Err(Error::ContextRemoved(removed));
+    }
+
+    let mut plan = Plan::render(&spec, blueprint)?;
+    migrations::evolve(
+        &mut plan.files,
+        &spec,
+        &existing,
+        options.fields_migrated_by_hand,
+    )?;
+    plan.seal(&migrations::tables_of(&spec))?;
+
+    let labels = Labels {
+        base: &format!("generated by archscaffold {}", lock.version()),
+        ours: "yours",
+        theirs: &format!("archscaffold {}", crate::VERSION),
+    };
+    let mut changes = Vec::new();
+    let paths: BTreeSet<&String> = plan.files.keys().chain(lock.files.keys()).collect();
+    for path in paths {
+        if path == lock::LOCK_FILE || path == SPEC_FILE {
+            continue;
+        }
+        if let Some(change) = decide(root, path, &plan, &lock, &base, &labels)? {
+            changes.push(change);
+        }
+    }
+
+    let stale_lock = lock_text.as_bytes() != plan.files[lock::LOCK_FILE].contents.as_slice();
+    let stale_base = base::entries(&plan)
+        .any(|(path, contents)| fs::read(root.join(path)).ok().as_deref() != Some(contents))
+        || stray_base_files(root, &plan);
+    Ok(Update {
+        root: root.to_path_buf(),
+        spec,
+        changes,
+        previous_version: lock.version().to_string(),
+        plan,
+        spec_text,
+        bookkeeping_stale: stale_lock || stale_base,
+    })
+}
+
+/// How messages name the workspace's spec: `archscaffold.toml` in the current directory.
+pub fn spec_label(root: &Path) -> String {
+    let path = root.join(SPEC_FILE);
+    path.strip_prefix(".")
+        .unwrap_or(&path)
+        .display()
+        .to_string()
+}
+
+/// What happens to one path; `None` when it stays exactly as it is.
+fn decide(
+    root: &Path,
+    path: &str,
+    plan: &Plan,
+    lock: &Lock,
+    base: &Base,
+    labels: &Labels<'_>,
+) -> Result<Option<Change>> {
+    let new = plan.files.get(path);
+    let old = lock.files.get(path);
+    let disk = fs::read(root.join(path)).ok();
+    let change = |action, after: Option<Vec<u8>>| {
+        Some(Change {
+            path: path.to_string(),
+            action,
+            before: disk.clone(),
+            after,
+        })
+    };
+    Ok(match (new, old) {
+        (Some(file), _) if file.owner == Owner::User => {
+            // Generated once, or already there: the user's from now on.
+            if old.is_some() || disk.is_some() {
+                None
+            } else {
+                change(Action::Create, Some(file.contents.clone()))
+            }
+        }
+        (Some(file), old) => match &disk {
+            None if old.is_none() => change(Action::Create, Some(file.contents.clone())),
+            None => change(Action::KeepDeleted, None),
+            Some(d) if *d == file.contents => None,
+            Some(d) => match base.get(path) {
+                Some(b) if b == d.as_slice() => {
+                    change(Action::Replace, Some(file.contents.clone()))
+                }
+                // A file never generated here before, in the way of a new one: merge as
+                // if both had started empty, so nothing of either is lost.
+                b if b.is_some() || old.is_none() => {
+                    match merge::three_way(path, b.unwrap_or_default(), d, &file.contents, labels)?
+                    {
+                        Merged::Clean(m) if m == *d => None,
+                        Merged::Clean(m) => change(Action::Merge, Some(m)),
+                        Merged::Conflict(m) => change(Action::Conflict, Some(m)),
+                    }
+                }
+                _ => change(Action::KeepUnmerged, disk.clone()),
+            },
+        },
+        (None, Some(locked)) if locked.owner == Owner::Generator => match &disk {
+            None => None,
+            Some(d) if base.get(path) == Some(d.as_slice()) => change(Action::Delete, None),
+            Some(_) => change(Action::KeepEdited, disk.clone()),
+        },
+        _ => None,
+    })
+}
+
+/// Files in the base folder that the new render does not have.
+fn stray_base_files(root: &Path, plan: &Plan) -> bool {
+    let dir = root.join(base::BASE_DIR);
+    let expected: BTreeSet<String> = plan.pristine().map(|(p, _)| p.clone()).collect();
+    let mut stack = vec![dir.clone()];
+    let mut count = 0;
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                count += 1;
+                let rel = path.strip_prefix(&dir).unwrap_or(&path);
+                let rel = rel.to_string_lossy().replace('\\', "/");
+                if !expected.contains(&rel) {
+                    return true;
+                }
+            }
+        }
+    }
+    count != expected.len()
+}
+
+/// The services the workspace has, with their migrations and the columns those create.
+fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, ExistingService> {
+    let mut services: BTreeMap<String, ExistingService> = BTreeMap::new();
+    for (path, locked) in &lock.files {
+        let Some(rest) = path.strip_prefix("services/") else {
+            continue;
+        };
+        let Some((dir, file)) = rest.split_once("/migrations/") else {
+            continue;
+        };
+        if locked.owner != Owner::Generator || file.contains('/') || !file.ends_with(".sql") {
+            continue;
+        }
+        let contents = base
+            .get(path)
+            .map(<[u8]>::to_vec)
+            .or_else(|| fs::read(root.join(path)).ok());
+        services
+            .entry(dir.to_string())
+            .or_insert_with(|| ExistingService {
+                columns: Default::default(),
+                migrations: Vec::new(),
+            })
+            .migrations
+            .push(Existing {
+                path: path.clone(),
+                contents,
+            });
+    }
+    for (dir, service) in &mut services {
+        service.columns = match &lock.tables {
+            Some(tables) => tables.get(dir).cloned().unwrap_or_default(),
+            None => service
+                .migrations
+                .iter()
+                .find(|m| m.path.ends_with("/0001_init.sql"))
+                .and_then(|m| m.contents.as_deref())
+                .and_then(|c| migrations::columns_from_init_sql(&String::from_utf8_lossy(c)))
+                .unwrap_or_default(),
+        };
+    }
+    services
+}
+
+/// True when version `a` is newer than `b` (dotted numbers).
+fn is_newer(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parts(a) > parts(b)
+}
+
+/// Refuses a git work tree with uncommitted changes under `root`, so that every update is
+/// one diff the user can review. A workspace outside git is not checked.
+pub fn ensure_clean(root: &Path) -> Result<()> {
+    let Ok(repo) = git2::Repository::discover(root) else {
+        return Ok(());
+    };
+    let Some(prefix) = base::repo_prefix(&repo, root) else {
+        return Ok(());
+    };
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false);
+    if !prefix.as_os_str().is_empty() {
+        options.pathspec(prefix.to_string_lossy().as_ref());
+    }
+    let statuses = repo.statuses(Some(&mut options))?;
+    let dirty: Vec<String> = statuses
+        .iter()
+        .filter(|s| s.status() != git2::Status::CURRENT)
+        .filter_map(|s| s.path().ok().map(str::to_string))
+        .collect();
+    if dirty.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::DirtyWorkTree {
+            count: dirty.len(),
+            first: dirty[0].clone(),
+        })
+    }
+}
+
+/// Writes the update: the changed files, the new `archscaffold.toml` if any, the new base
+/// and the lock, last, so an interrupted update is simply run again.
+pub fn apply(update: &Update) -> Result<()> {
+    let root = &update.root;
+    for change in update.changes.iter().filter(|c| c.writes()) {
+        let path = root.join(&change.path);
+        match &change.after {
+            Some(contents) => crate::write::write_file(&path, contents)?,
+            None => {
+                fs::remove_file(&path).map_err(Error::io(&path))?;
+                remove_empty_parents(root, &path);
+            }
+        }
+    }
+    if let Some(text) = &update.spec_text {
+        crate::write::write_file(&root.join(SPEC_FILE), text.as_bytes())?;
+    }
+    base::store(root, &update.plan)?;
+    crate::write::write_file(
+        &root.join(lock::LOCK_FILE),
+        &update.plan.files[lock::LOCK_FILE].contents,
+    )
+}
+
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(d) = dir {
+        if d == root || fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+}
+
+/// The update as a unified diff, `a/` for the tree now and `b/` for after.
+pub fn unified_diff(update: &Update) -> Result<String> {
+    let mut out = String::new();
+    for change in update.changes.iter().filter(|c| c.writes()) {
+        let old = change.before.as_deref().unwrap_or_default();
+        let new = change.after.as_deref().unwrap_or_default();
+        let path = Path::new(&change.path);
+        let mut patch = git2::Patch::from_buffers(
+            old,
+            change.before.as_ref().map(|_| path),
+            new,
+            change.after.as_ref().map(|_| path),
+            None,
+        )?;
+        let text = patch.to_buf()?;
+        out.push_str(&added_or_deleted(&String::from_utf8_lossy(&text), change));
+    }
+    Ok(out)
+}
+
+/// git2 writes a created or deleted file's patch as a change from or to an empty file;
+/// `git apply` wants `/dev/null` and the file mode for those.
+fn added_or_deleted(patch: &str, change: &Change) -> String {
+    let mode = if change.path.ends_with(".sh") {
+        "100755"
+    } else {
+        "100644"
+    };
+    let (kind, from, to) = match (&change.before, &change.after) {
+        (None, Some(_)) => ("new", format!("--- a/{}", change.path), "--- /dev/null"),
+        (Some(_), None) => ("deleted", format!("+++ b/{}", change.path), "+++ /dev/null"),
+        _ => return patch.to_string(),
+    };
+    let mut lines: Vec<String> = Vec::new();
+    for line in patch.lines() {
+        if let Some(rest) = line.strip_prefix("index ") {
+            let hashes = rest.split_whitespace().next().unwrap_or_default();
+            let (old, new) = hashes.split_once("..").unwrap_or_default();
+            lines.push(format!("{kind} file mode {mode}"));
+            lines.push(match kind {
+                "new" => format!("index 0000000..{new}"),
+                _ => format!("index {old}..0000000"),
+            });
+        } else if line == from {
+            lines.push(to.to_string());
+        } else {
+            lines.push(line.to_string());
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_newer;
+
+    #[test]
+    fn versions_compare_by_number() {
+        assert!(is_newer("0.10.0", "0.9.1"));
+        assert!(!is_newer("0.2.0", "0.2.0"));
+        assert!(!is_newer("0.1.0", "0.2.0"));
+    }
+}
