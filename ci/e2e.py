@@ -7,6 +7,8 @@ messages straight into the broker. Every wait is bounded; only loopback is conta
 Checks, in order:
   1. after the system sat idle for 12 s, an order created over gRPC yields a billing
      aggregate carrying its id within 10 s
+  1b. in a workspace evolved with `archscaffold add context shipping`: that billing
+     aggregate reaches shipping once, within 15 s
   3. the same event delivered twice yields one billing aggregate
   4. a poison message lands in the dead-letter destination and later messages still flow
   2. with the broker stopped for 20 s while 100 orders are created, all 100 billing
@@ -54,6 +56,14 @@ def compile_protos(workspace):
             mod("shop.billing.v1.billing_pb2"), mod("shop.billing.v1.billing_pb2_grpc"))
 
 
+def shipping_modules(workspace):
+    """The shipping context `archscaffold add context` put into an evolved workspace, if any."""
+    if not os.path.isdir(os.path.join(workspace, "services", "shipping")):
+        return None
+    return (importlib.import_module("shop.shipping.v1.shipping_pb2"),
+            importlib.import_module("shop.shipping.v1.shipping_pb2_grpc"))
+
+
 def service_credential(workspace, service):
     """The metadata the gateway sends: services refuse calls without it."""
     with open(os.path.join(workspace, ".run", "service-auth.secret")) as f:
@@ -72,6 +82,13 @@ class System:
         self.billing = billing_grpc.BillingServiceStub(grpc.insecure_channel("127.0.0.1:50052"))
         self.orders_auth = service_credential(args.workspace, "orders")
         self.billing_auth = service_credential(args.workspace, "billing")
+        shipping = shipping_modules(args.workspace)
+        if shipping:
+            self.shipping_pb, shipping_grpc = shipping
+            self.shipping = shipping_grpc.ShippingServiceStub(grpc.insecure_channel("127.0.0.1:50053"))
+            self.shipping_auth = service_credential(args.workspace, "shipping")
+        else:
+            self.shipping = None
 
     def create_order(self, key):
         request = self.orders_pb.CreateOrderRequest(idempotency_key=key)
@@ -89,6 +106,24 @@ class System:
             if not token:
                 return counts
         raise AssertionError("billing listing does not end")
+
+    def billing_for(self, order_id):
+        """Billing aggregates carrying the order's id (the listing's first pages)."""
+        page = self.billing.ListBilling(self.billing_pb.ListBillingRequest(page_size=500),
+                                        timeout=10, metadata=[self.billing_auth])
+        return [b for b in page.billing if b.order_id == order_id]
+
+    def shipping_by_billing(self):
+        counts, token = collections.Counter(), ""
+        for _ in range(1000):
+            page = self.shipping.ListShipping(
+                self.shipping_pb.ListShippingRequest(page_size=500, page_token=token), timeout=10,
+                metadata=[self.shipping_auth])
+            counts.update(s.billing_id for s in page.shipping)
+            token = page.next_page_token
+            if not token:
+                return counts
+        raise AssertionError("shipping listing does not end")
 
     def outbox_row(self, order_id):
         out = subprocess.run(
@@ -172,6 +207,20 @@ def check_flow(s):
     return order
 
 
+def check_added_context(s, order):
+    """orders -> billing -> shipping: the context added by `archscaffold add context`
+    consumes billing's event, so the order's billing reaches shipping exactly once."""
+    billing = s.billing_for(order.id)
+    if len(billing) != 1:
+        raise AssertionError(f"expected one billing for order {order.id}, saw {len(billing)}")
+    billing_id = billing[0].id
+    wait_until(lambda: s.shipping_by_billing()[billing_id] == 1, 15,
+               f"shipping for billing {billing_id} (order {order.id})")
+    seen = s.shipping_by_billing()[billing_id]
+    if seen != 1:
+        raise AssertionError(f"billing {billing_id} reached shipping {seen} times")
+
+
 def check_duplicate_and_poison(s, order):
     event_id, payload, headers = s.outbox_row(order.id)
     s.inject(payload, {**headers, "event_id": event_id, "aggregate_id": order.id}, order.id)
@@ -208,6 +257,8 @@ def main():
     order = None
     for name, check in [
         ("after 12 s idle, an order flows to billing within 10 s", lambda: check_flow(s)),
+        *([("the added context: the order flows on from billing to shipping within 15 s",
+             lambda: check_added_context(s, order))] if s.shipping else []),
         ("duplicate has no second effect; poison is dead-lettered and later messages flow",
          lambda: check_duplicate_and_poison(s, order)),
         ("broker down 20 s during 100 creates: none lost, none duplicated",

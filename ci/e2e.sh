@@ -5,7 +5,9 @@
 # with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
 # (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus) and
 # ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
-# stops everything it started, pass or fail. Needs DATABASE_URL (ci/test sets it).
+# stops everything it started, pass or fail. On Kafka the workspace is first evolved as a
+# user would (edits, then `archscaffold add context shipping`), and e2e.py also follows an
+# order to shipping. Needs DATABASE_URL (ci/test sets it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -86,14 +88,25 @@ database_url() {
 for bus in "${buses[@]}"; do
     echo "== e2e [$bus]: generate and build =="
     ws="$E2E_STATE/$bus"
-    for db in shop_orders shop_billing; do
+    for db in shop_orders shop_billing shop_shipping; do
         psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
     done
     # The default chain, plus an event that changes an order (the cache check needs one).
     printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.orders]' 'aggregate = "Order"' \
         'publishes = ["OrderCreated", "OrderUpdated"]' '' '[contexts.billing]' \
         'subscribes = ["orders.OrderCreated"]' >"$E2E_STATE/shop.toml"
-    "$bin" new shop --spec "$E2E_STATE/shop.toml" --out "$ws" --no-git >/dev/null
+    "$bin" new shop --spec "$E2E_STATE/shop.toml" --out "$ws" >/dev/null
+    if [ "$bus" = kafka ]; then
+        # The workspace as a user evolves it (on one bus: the evolution is bus-neutral):
+        # edits to their rules and handlers, then a third context added by
+        # `archscaffold add context`; e2e.py then checks orders -> billing -> shipping.
+        printf '%s\n' '// ours: a rule kept across updates' >>"$ws/services/orders/src/domain/rules.rs"
+        printf '%s\n' '// ours: a handler note kept across updates' >>"$ws/services/billing/src/handlers.rs"
+        git -C "$ws" -c user.name=e2e -c user.email=e2e@localhost commit -qam "our edits"
+        (cd "$ws" && "$bin" add context shipping --subscribes billing.BillingCreated >/dev/null)
+        grep -qx '// ours: a rule kept across updates' "$ws/services/orders/src/domain/rules.rs"
+        grep -qx '// ours: a handler note kept across updates' "$ws/services/billing/src/handlers.rs"
+    fi
     (cd "$ws" && cargo build --workspace --quiet)
     # An API key, made the way a user would; the harness keeps the clear key to present it.
     "$CARGO_TARGET_DIR/debug/gateway" api-key --name e2e-robot --scope orders:read >"$E2E_STATE/api-key.json"

@@ -315,13 +315,13 @@ fn print_update(update: &update::Update, dry_run: bool) {
         .max()
         .unwrap_or(0);
     for change in &update.changes {
-        let note = change.action.note();
-        let _ = writeln!(
-            out,
-            "  {:<8}  {:<width$}  {note}",
+        let line = format!(
+            "  {:<8}  {:<width$}  {}",
             change.action.label(),
-            change.path
+            change.path,
+            change.action.note()
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     if update.changes.is_empty() {
         let _ = writeln!(out, "  nothing to change");
