@@ -50,18 +50,19 @@ git_in() {
 commit_all() {
     git_in "$1" add -A && git_in "$1" commit -qm "$2"
 }
-# Appends a line a user would write and remembers it, to find it again after updates.
+# Appends a test of the user's own, formatted as cargo fmt wants it, with a marker line
+# to find it again after updates.
 user_edit() {
-    printf '%s\n' "$2" >>"$1"
+    printf '\n#[cfg(test)]\nmod ours {\n    %s\n    #[test]\n    fn kept_across_updates() {\n        assert_eq!(100_000_i64.checked_add(1), Some(100_001));\n    }\n}\n' "$2" >>"$1"
 }
 expect_line() {
-    grep -qxF "$2" "$1" || { echo "FAIL: $1 lost the line: $2" >&2; exit 1; }
+    grep -qxF "    $2" "$1" || { echo "FAIL: $1 lost the line: $2" >&2; exit 1; }
 }
 
 step "generate shop (orders,billing), edit it as a user, add context shipping"
 "$bin" new shop --contexts orders,billing --out "$gen/shop"
-rule='pub const APPROVAL_LIMIT_CENTS: i64 = 100_000; // ours: orders above this need approval'
-handler='pub const HANDLER_NOTE: &str = "ours: billing handlers"; // kept across updates'
+rule='// Ours: a rule of the orders team, kept across archscaffold updates.'
+handler='// Ours: a billing handler note, kept across archscaffold updates.'
 user_edit "$gen/shop/services/orders/src/domain/rules.rs" "$rule"
 user_edit "$gen/shop/services/billing/src/handlers.rs" "$handler"
 commit_all "$gen/shop" "our rules"

@@ -74,6 +74,19 @@ def service_credential(workspace, service):
     return ("authorization", f"Bearer {token}")
 
 
+def count_pages(list_rpc, request_type, items, key, auth):
+    """How many aggregates of a List RPC carry each value of `key`, over every page."""
+    counts, token = collections.Counter(), ""
+    for _ in range(1000):
+        page = list_rpc(request_type(page_size=500, page_token=token), timeout=10,
+                        metadata=[auth])
+        counts.update(getattr(item, key) for item in getattr(page, items))
+        token = page.next_page_token
+        if not token:
+            return counts
+    raise AssertionError(f"the {items} listing does not end")
+
+
 class System:
     def __init__(self, args):
         self.args = args
@@ -96,16 +109,8 @@ class System:
         return self.orders.CreateOrder(request, timeout=10, metadata=metadata).order
 
     def billing_by_order(self):
-        counts, token = collections.Counter(), ""
-        for _ in range(1000):
-            page = self.billing.ListBilling(
-                self.billing_pb.ListBillingRequest(page_size=500, page_token=token), timeout=10,
-                metadata=[self.billing_auth])
-            counts.update(b.order_id for b in page.billing)
-            token = page.next_page_token
-            if not token:
-                return counts
-        raise AssertionError("billing listing does not end")
+        return count_pages(self.billing.ListBilling, self.billing_pb.ListBillingRequest,
+                           "billing", "order_id", self.billing_auth)
 
     def billing_for(self, order_id):
         """Billing aggregates carrying the order's id (the listing's first pages)."""
@@ -114,16 +119,8 @@ class System:
         return [b for b in page.billing if b.order_id == order_id]
 
     def shipping_by_billing(self):
-        counts, token = collections.Counter(), ""
-        for _ in range(1000):
-            page = self.shipping.ListShipping(
-                self.shipping_pb.ListShippingRequest(page_size=500, page_token=token), timeout=10,
-                metadata=[self.shipping_auth])
-            counts.update(s.billing_id for s in page.shipping)
-            token = page.next_page_token
-            if not token:
-                return counts
-        raise AssertionError("shipping listing does not end")
+        return count_pages(self.shipping.ListShipping, self.shipping_pb.ListShippingRequest,
+                           "shipping", "billing_id", self.shipping_auth)
 
     def outbox_row(self, order_id):
         out = subprocess.run(
