@@ -21,6 +21,7 @@ pub mod ownership;
 pub mod plan;
 pub mod render;
 pub mod spec;
+pub mod tags;
 pub mod update;
 pub mod write;
 

@@ -24,6 +24,7 @@ use crate::migrations::{self, Existing, ExistingService};
 use crate::ownership::Owner;
 use crate::plan::{Plan, SPEC_FILE};
 use crate::spec::{self, Overrides, Spec};
+use crate::tags;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -170,7 +171,7 @@ pub fn prepare(
         Some(text) => text.clone(),
         None => fs::read_to_string(&spec_path).map_err(|_| not_a_workspace(&spec_path))?,
     };
-    let spec = spec::parse(&text, &spec_label(root), &Overrides::default())?;
+    let mut spec = spec::parse(&text, &spec_label(root), &Overrides::default())?;
     let lock_text = fs::read_to_string(&lock_path).map_err(|_| not_a_workspace(&lock_path))?;
     let lock = lock::parse(&lock_text, &lock_path)?;
     if is_newer(lock.version(), crate::VERSION) {
@@ -190,6 +191,20 @@ pub fn prepare(
     if !removed.is_empty() {
         return Err(Error::ContextRemoved(removed));
     }
+
+    let previous_protos: BTreeMap<String, String> = spec
+        .contexts
+        .iter()
+        .map(|c| tags::proto_path(&spec, c))
+        .filter_map(|path| {
+            let text = base
+                .get(&path)
+                .map(<[u8]>::to_vec)
+                .or_else(|| fs::read(root.join(&path)).ok())?;
+            Some((path, String::from_utf8_lossy(&text).into_owned()))
+        })
+        .collect();
+    tags::keep(&mut spec, &previous_protos);
 
     let mut plan = Plan::render(&spec, blueprint)?;
     migrations::evolve(

@@ -440,6 +440,16 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
         ws.read("services/orders/src/infra.rs")
             .contains("\\\"rush\\\"")
     );
+    // Protobuf numbers stay: created_at keeps 2, the new fields take 3 and 4.
+    let proto = ws.read("proto/shop/orders/v1/orders.proto");
+    assert!(
+        proto.contains("  google.protobuf.Timestamp created_at = 2;\n"),
+        "{proto}"
+    );
+    assert!(
+        proto.contains("  string note = 3;\n  bool rush = 4;\n"),
+        "{proto}"
+    );
     assert!(
         ws.read("archscaffold.lock")
             .contains("orders = { note = \"string\", rush = \"bool\" }")

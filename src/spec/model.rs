@@ -49,6 +49,12 @@ pub struct Context {
     pub fields: Vec<Field>,
     /// Declared fields followed by one `<upstream>_id` link per subscribed context.
     pub all_fields: Vec<Field>,
+    /// The protobuf field number of `created_at` in the aggregate message: after the
+    /// fields in a new workspace, kept where it was when `update` adds fields (`tags`).
+    pub created_at_tag: usize,
+    /// Field numbers of fields removed since (`update --fields-migrated-by-hand`), which
+    /// the aggregate message reserves so no later field reuses them.
+    pub reserved_tags: Vec<usize>,
     /// Events this context publishes; the first is emitted when an aggregate is created.
     pub events: Vec<Event>,
     pub subscribes: Vec<Subscription>,

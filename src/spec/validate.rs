@@ -425,6 +425,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
         }
 
         let all_fields = build_fields(c, &field, p, &subscribes);
+        let created_at_tag = all_fields.len() + 2;
         let slo = p
             .raw
             .slo
@@ -441,6 +442,8 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             },
             fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
             all_fields,
+            created_at_tag,
+            reserved_tags: Vec::new(),
             events: p
                 .events
                 .iter()
