@@ -48,7 +48,7 @@ git_in() {
     git -C "$1" -c user.name=ci -c user.email=ci@localhost "${@:2}"
 }
 commit_all() {
-    git_in "$1" add -A && git_in "$1" commit -qm "$2"
+    git_in "$1" add -A && git_in "$1" commit -q --allow-empty -m "$2"
 }
 # Appends a test of the user's own, formatted as cargo fmt wants it, with a marker line
 # to find it again after updates.
@@ -87,6 +87,7 @@ user_edit "$up/services/orders/src/domain/rules.rs" "$rule"
 user_edit "$up/services/billing/src/handlers.rs" "$handler"
 commit_all "$up" "our rules"
 (cd "$up" && cargo build --workspace --quiet)
+commit_all "$up" "Cargo.lock, as a team commits it"
 cp "$CARGO_TARGET_DIR/debug/orders" "$gen/orders-0.1.0"
 upgrade_db="archscaffold_upgrade_orders"
 psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$upgrade_db\" WITH (FORCE)"
@@ -102,6 +103,7 @@ step "upgrade: archscaffold update to this version, then a field added to orders
 (cd "$up" && "$bin" update)
 commit_all "$up" "archscaffold update"
 (cd "$up" && cargo build --workspace --quiet)
+commit_all "$up" "Cargo.lock"
 cp "$CARGO_TARGET_DIR/debug/orders" "$gen/orders-before-field"
 sed -i 's/^\[contexts.orders\]$/[contexts.orders]\nfields = { note = "string" }/' "$up/archscaffold.toml"
 commit_all "$up" "orders get a note"
