@@ -649,3 +649,123 @@ fn a_workspace_from_version_0_1_0_updates_and_keeps_its_edits() {
     assert!(ws.read("archscaffold.lock").contains("format = 2"));
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
+
+#[test]
+fn dry_run_lists_the_changes_and_writes_nothing() {
+    let ws = Workspace::new("orders,billing");
+    ws.replace("archscaffold.toml", "bus = \"kafka\"", "bus = \"sqs\"");
+    ws.commit("sqs");
+    let before = ws.tree();
+    let out = ws.update(&["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with("would update `shop` from archscaffold 0.2.0 to 0.2.0:\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("update    crates/platform/src/adapter.rs"),
+        "{report}"
+    );
+    assert!(ws.tree() == before, "--dry-run wrote something");
+    let out = ws.run(&["add", "context", "shipping", "--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("  edit      archscaffold.toml\n"));
+    assert!(ws.tree() == before, "add --dry-run wrote something");
+}
+
+#[test]
+fn an_edited_file_with_no_base_anywhere_is_kept_as_it_is() {
+    // A 0.1.0 workspace outside git whose README was edited: no copy of what was generated
+    // exists, so nothing can be merged; the user's file must survive untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("shop");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shop-0.1.0"),
+        &root,
+    );
+    let ws = Workspace { _dir: dir, root };
+    ws.append("README.md", "\nOurs.\n");
+    let edited = ws.read("README.md");
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.lines().any(|l| l.starts_with("  keep      README.md ")
+            && l.ends_with("edited by you; no copy of what was generated to merge against, so the new version was not applied")),
+        "{report}"
+    );
+    assert_eq!(ws.read("README.md"), edited);
+    // From now on the new render is the base: the next update merges against it.
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
+#[test]
+fn a_renamed_aggregate_is_refused() {
+    let ws = Workspace::new("orders,billing");
+    ws.replace(
+        "archscaffold.toml",
+        "aggregate = \"Order\"",
+        "aggregate = \"Purchase\"",
+    );
+    ws.commit("rename");
+    let out = ws.update(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: contexts.orders: the aggregate's table would be `purchases`, which none of services/orders/migrations/*.sql creates: the aggregate was renamed\n"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
+    let ws = Workspace::new("orders,billing");
+    ws.replace(
+        "archscaffold.toml",
+        "[contexts.orders]\n",
+        "[contexts.orders]\nfields = { note = \"string\" }\n",
+    );
+    ws.commit("a field");
+    assert!(ws.update(&[]).status.success());
+    ws.commit("0003 for orders");
+
+    // A later archscaffold whose blueprints add a migration numbered 0003.
+    let blueprints = ws.path("../blueprints-next");
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
+        &blueprints,
+    );
+    fs::write(
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0003_audit.sql"),
+        "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
+    )
+    .unwrap();
+    let next = ["update", "--blueprints", blueprints.to_str().unwrap()];
+    let out = ws.run(&next);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        ws.path("services/orders/migrations/0003_add_note.sql")
+            .is_file()
+    );
+    assert!(
+        ws.read("services/orders/migrations/0004_audit.sql")
+            .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
+    );
+    assert!(
+        ws.path("services/billing/migrations/0003_audit.sql")
+            .is_file()
+    );
+    assert!(
+        !ws.path("services/orders/migrations/0003_audit.sql")
+            .exists()
+    );
+    ws.commit("audit");
+    let out = ws.run(&next);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        ws.git(&["status", "--porcelain"]),
+        "",
+        "the renumbered migration came again"
+    );
+}
