@@ -173,7 +173,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Check(args) => {
             let update = prepare(&args, None, update::Options::default())?;
-            let markers = conflicted_files(&update);
+            let markers = update.files_with_conflict_markers();
             if let Some(path) = markers.first() {
                 println!(
                     "out of sync: conflict markers remain in {path}{}; resolve them, then commit",
@@ -233,20 +233,6 @@ fn prepare(
 ) -> Result<update::Update> {
     let blueprint = load_blueprint(args.blueprints.as_deref())?;
     update::prepare(&args.dir, spec_text, &blueprint, options)
-}
-
-/// Generator-owned files on disk that still hold conflict markers.
-fn conflicted_files(update: &update::Update) -> Vec<String> {
-    update
-        .plan
-        .pristine()
-        .map(|(path, _)| path)
-        .filter(|path| {
-            std::fs::read(update.root.join(path))
-                .is_ok_and(|bytes| crate::merge::has_conflict_markers(&bytes))
-        })
-        .cloned()
-        .collect()
 }
 
 fn update(args: &UpdateArgs, spec_text: Option<String>) -> Result<ExitCode> {

@@ -117,6 +117,19 @@ impl Update {
         self.changes.iter().filter(|c| c.action == Action::Conflict)
     }
 
+    /// Generator-owned files on disk that still hold conflict markers.
+    pub fn files_with_conflict_markers(&self) -> Vec<String> {
+        self.plan
+            .pristine()
+            .map(|(path, _)| path)
+            .filter(|path| {
+                fs::read(self.root.join(path))
+                    .is_ok_and(|bytes| merge::has_conflict_markers(&bytes))
+            })
+            .cloned()
+            .collect()
+    }
+
     /// `None` when the workspace is in sync with its spec and this archscaffold; otherwise
     /// a one-line reason.
     pub fn out_of_sync(&self) -> Option<String> {
