@@ -87,6 +87,10 @@ pub enum Error {
         "the git work tree has uncommitted changes ({count} path(s), first: {first})\n  = help: commit or stash them first, so the update is one diff you can review; or pass --allow-dirty"
     )]
     DirtyWorkTree { count: usize, first: String },
+    #[error(
+        "rustfmt was not found: without it every generated Rust file would differ from the formatted one in the workspace\n  = help: install it with `rustup component add rustfmt` (or point RUSTFMT at it), then run the command again"
+    )]
+    RustfmtMissing,
     #[error("blueprint error: {0}")]
     Blueprint(String),
     #[error("cannot write `{path}`: {source}")]
@@ -115,7 +119,8 @@ impl Error {
             | Error::NewerGenerator { .. }
             | Error::ContextRemoved(_)
             | Error::SchemaChange(_)
-            | Error::DirtyWorkTree { .. } => 2,
+            | Error::DirtyWorkTree { .. }
+            | Error::RustfmtMissing => 2,
             Error::LockUnreadable { .. }
             | Error::Blueprint(_)
             | Error::Io { .. }

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::base::{self, Base};
 use crate::blueprint::Blueprint;
 use crate::error::{Error, Result};
+use crate::format::Formatted;
 use crate::lock::{self, Lock};
 use crate::merge::{self, Labels, Merged};
 use crate::migrations::{self, Existing, ExistingService};
@@ -220,6 +221,11 @@ pub fn prepare(
     tags::keep(&mut spec, &previous_protos);
 
     let mut plan = Plan::render(&spec, blueprint)?;
+    // Unformatted Rust would differ from every file generated before: each one would be
+    // rewritten or conflict. A new workspace can do without rustfmt; an update cannot.
+    if plan.formatted == Formatted::RustfmtMissing {
+        return Err(Error::RustfmtMissing);
+    }
     migrations::evolve(
         &mut plan.files,
         &spec,

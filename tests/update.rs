@@ -769,3 +769,22 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
         "the renumbered migration came again"
     );
 }
+
+#[test]
+fn update_refuses_to_run_without_rustfmt() {
+    let ws = Workspace::new("orders,billing");
+    let before = ws.tree();
+    let out = Command::new(env!("CARGO_BIN_EXE_archscaffold"))
+        .args(["update"])
+        .current_dir(&ws.root)
+        .env("RUSTFMT", ws.path("../no-such-rustfmt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("rustfmt was not found: "),
+        "{}",
+        text(&out)
+    );
+    assert!(ws.tree() == before);
+}
