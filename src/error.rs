@@ -81,6 +81,10 @@ pub enum Error {
         describe_contexts(.0)
     )]
     ContextRemoved(Vec<String>),
+    #[error(
+        "error: name: the system was generated as `{old}`; `update` does not rename a system to `{new}`\n  = help: put `name` back in archscaffold.toml: the name is in every proto package, topic, queue and database, so a rename is a migration of its own"
+    )]
+    SystemRenamed { old: String, new: String },
     #[error("{}", render_schema_problems(.0))]
     SchemaChange(Vec<String>),
     #[error(
@@ -120,7 +124,8 @@ impl Error {
             | Error::ContextRemoved(_)
             | Error::SchemaChange(_)
             | Error::DirtyWorkTree { .. }
-            | Error::RustfmtMissing => 2,
+            | Error::RustfmtMissing
+            | Error::SystemRenamed { .. } => 2,
             Error::LockUnreadable { .. }
             | Error::Blueprint(_)
             | Error::Io { .. }

@@ -194,6 +194,22 @@ pub fn prepare(
         });
     }
 
+    let renamed_from: Option<&str> = lock
+        .files
+        .keys()
+        .filter_map(|p| {
+            p.strip_prefix("proto/")?
+                .split_once('/')
+                .map(|(system, _)| system)
+        })
+        .find(|system| *system != spec.system.snake);
+    if let Some(old) = renamed_from {
+        return Err(Error::SystemRenamed {
+            old: old.to_string(),
+            new: spec.system.raw.clone(),
+        });
+    }
+
     let base = base::load(root, &lock);
     let existing = existing_services(root, &lock, &base);
     let dirs: BTreeSet<&str> = spec.contexts.iter().map(migrations::service_dir).collect();

@@ -521,6 +521,18 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     );
     ws.commit("done");
 
+    ws.replace("archscaffold.toml", "name = \"shop\"", "name = \"store\"");
+    ws.commit("rename the system");
+    let out = ws.update(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: name: the system was generated as `shop`; `update` does not rename a system to `store`\n"),
+        "{}",
+        text(&out)
+    );
+    ws.replace("archscaffold.toml", "name = \"store\"", "name = \"shop\"");
+    ws.commit("back to shop");
+
     ws.replace(
         "archscaffold.toml",
         "[contexts.billing]",
