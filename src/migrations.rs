@@ -43,7 +43,7 @@ pub fn tables_of(spec: &Spec) -> IndexMap<String, Columns> {
 }
 
 /// One migration the workspace already has: its path and, where known, its bytes as
-/// generated.
+/// generated (`None` for one the user wrote, which is theirs and only counts for numbering).
 pub struct Existing {
     pub path: String,
     pub contents: Option<Vec<u8>>,

@@ -406,6 +406,18 @@ fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, 
             });
     }
     for (dir, service) in &mut services {
+        // Migrations the user wrote count for numbering: the next one must not reuse theirs.
+        let folder = root.join("services").join(dir.as_str()).join("migrations");
+        for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = format!("services/{dir}/migrations/{name}");
+            if name.ends_with(".sql") && !service.migrations.iter().any(|m| m.path == path) {
+                service.migrations.push(Existing {
+                    path,
+                    contents: None,
+                });
+            }
+        }
         service.columns = match &lock.tables {
             Some(tables) => tables.get(dir).cloned().unwrap_or_default(),
             None => service

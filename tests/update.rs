@@ -521,6 +521,25 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     );
     ws.commit("done");
 
+    // The next generated migration numbers after the user's own.
+    ws.replace(
+        "archscaffold.toml",
+        "total = \"i32\"",
+        "total = \"i32\", rush = \"bool\"",
+    );
+    ws.commit("rush");
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        ws.path("services/orders/migrations/0005_add_rush.sql")
+            .is_file()
+    );
+    assert_eq!(
+        ws.read("services/orders/migrations/0004_contract_note_total.sql"),
+        "ALTER TABLE orders DROP COLUMN note;\nALTER TABLE orders ALTER COLUMN total TYPE INTEGER;\n"
+    );
+    ws.commit("rush added");
+
     ws.replace("archscaffold.toml", "name = \"shop\"", "name = \"store\"");
     ws.commit("rename the system");
     let out = ws.update(&[]);
