@@ -110,6 +110,18 @@ impl Workspace {
         out
     }
 
+    /// Changes the spec and commits it, then expects `update` to refuse with exit 2 and a
+    /// message starting with `message`; returns the whole message.
+    fn refused_after(&self, from: &str, to: &str, message: &str) -> String {
+        self.replace("archscaffold.toml", from, to);
+        self.commit(&format!("spec: {to}"));
+        let out = self.update(&[]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(stderr.starts_with(message), "{}", text(&out));
+        stderr
+    }
+
     fn check(&self) -> (i32, String) {
         let out = self.run(&["check"]);
         (
@@ -484,16 +496,11 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     ws.commit("updated");
     let before = ws.tree();
 
-    ws.replace(
-        "archscaffold.toml",
+    let stderr = ws.refused_after(
         "note = \"string\", total = \"i64\"",
         "total = \"i32\"",
+        "error: contexts.orders.fields.total: changes type from i64 to i32, but orders.total already exists in the database\n  = help: archscaffold never retypes a column. Expand and contract:",
     );
-    ws.commit("narrower");
-    let out = ws.update(&[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: contexts.orders.fields.total: changes type from i64 to i32, but orders.total already exists in the database\n  = help: archscaffold never retypes a column. Expand and contract:"), "{stderr}");
     assert!(stderr.contains("error: contexts.orders.fields: `note` was removed, but orders.note exists in the database"), "{stderr}");
     assert!(stderr.ends_with("nothing was written: a migration, once generated, is never changed, and archscaffold does not generate destructive ones\n"), "{stderr}");
     let mut after = ws.tree();
@@ -540,30 +547,18 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     );
     ws.commit("rush added");
 
-    ws.replace("archscaffold.toml", "name = \"shop\"", "name = \"store\"");
-    ws.commit("rename the system");
-    let out = ws.update(&[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: name: the system was generated as `shop`; `update` does not rename a system to `store`\n"),
-        "{}",
-        text(&out)
+    ws.refused_after(
+        "name = \"shop\"",
+        "name = \"store\"",
+        "error: name: the system was generated as `shop`; `update` does not rename a system to `store`\n",
     );
     ws.replace("archscaffold.toml", "name = \"store\"", "name = \"shop\"");
     ws.commit("back to shop");
 
-    ws.replace(
-        "archscaffold.toml",
+    ws.refused_after(
         "[contexts.billing]",
         "[contexts.invoicing]",
-    );
-    ws.commit("rename");
-    let out = ws.update(&[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: context `billing` (services/billing) is no longer in archscaffold.toml: `update` does not remove or rename a context\n  = help: put it back"),
-        "{}",
-        text(&out)
+        "error: context `billing` (services/billing) is no longer in archscaffold.toml: `update` does not remove or rename a context\n  = help: put it back",
     );
 }
 
@@ -734,18 +729,10 @@ fn an_edited_file_with_no_base_anywhere_is_kept_as_it_is() {
 #[test]
 fn a_renamed_aggregate_is_refused() {
     let ws = Workspace::new("orders,billing");
-    ws.replace(
-        "archscaffold.toml",
+    ws.refused_after(
         "aggregate = \"Order\"",
         "aggregate = \"Purchase\"",
-    );
-    ws.commit("rename");
-    let out = ws.update(&[]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).starts_with("error: contexts.orders: the aggregate's table would be `purchases`, which none of services/orders/migrations/*.sql creates: the aggregate was renamed\n"),
-        "{}",
-        text(&out)
+        "error: contexts.orders: the aggregate's table would be `purchases`, which none of services/orders/migrations/*.sql creates: the aggregate was renamed\n",
     );
 }
 
