@@ -34,6 +34,13 @@ impl Base {
     pub fn get(&self, path: &str) -> Option<&[u8]> {
         self.files.get(path).map(Vec::as_slice)
     }
+
+    /// The file as last generated, or as it is on disk when that is unknown.
+    pub fn or_disk(&self, root: &Path, path: &str) -> Option<Vec<u8>> {
+        self.get(path)
+            .map(<[u8]>::to_vec)
+            .or_else(|| fs::read(root.join(path)).ok())
+    }
 }
 
 /// The base folder's files for a plan: every pristine file, plus the attributes file.

@@ -227,10 +227,7 @@ pub fn prepare(
         .iter()
         .map(|c| tags::proto_path(&spec, c))
         .filter_map(|path| {
-            let text = base
-                .get(&path)
-                .map(<[u8]>::to_vec)
-                .or_else(|| fs::read(root.join(&path)).ok())?;
+            let text = base.or_disk(root, &path)?;
             Some((path, String::from_utf8_lossy(&text).into_owned()))
         })
         .collect();
@@ -389,10 +386,7 @@ fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, 
         if locked.owner != Owner::Generator || file.contains('/') || !file.ends_with(".sql") {
             continue;
         }
-        let contents = base
-            .get(path)
-            .map(<[u8]>::to_vec)
-            .or_else(|| fs::read(root.join(path)).ok());
+        let contents = base.or_disk(root, path);
         services
             .entry(dir.to_string())
             .or_insert_with(|| ExistingService {
