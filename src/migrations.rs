@@ -23,6 +23,15 @@ pub fn service_dir(context: &Context) -> &str {
     &context.name.kebab
 }
 
+/// The service directory of a migration path (`services/<dir>/migrations/<file>.sql`).
+pub fn service_of(path: &str) -> Option<&str> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["services", dir, "migrations", file] if file.ends_with(".sql") => Some(dir),
+        _ => None,
+    }
+}
+
 fn migrations_dir(service: &str) -> String {
     format!("services/{service}/migrations/")
 }
@@ -151,7 +160,7 @@ pub fn evolve(
 
         let rendered: Vec<(String, PlannedFile)> = files
             .iter()
-            .filter(|(p, _)| p.starts_with(&dir) && p.ends_with(".sql"))
+            .filter(|(p, _)| service_of(p) == Some(service))
             .map(|(p, f)| (p.clone(), f.clone()))
             .collect();
         for (path, _) in &rendered {

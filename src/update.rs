@@ -377,13 +377,10 @@ fn stray_base_files(root: &Path, plan: &Plan) -> bool {
 fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, ExistingService> {
     let mut services: BTreeMap<String, ExistingService> = BTreeMap::new();
     for (path, locked) in &lock.files {
-        let Some(rest) = path.strip_prefix("services/") else {
+        let Some(dir) = migrations::service_of(path) else {
             continue;
         };
-        let Some((dir, file)) = rest.split_once("/migrations/") else {
-            continue;
-        };
-        if locked.owner != Owner::Generator || file.contains('/') || !file.ends_with(".sql") {
+        if locked.owner != Owner::Generator {
             continue;
         }
         let contents = base.or_disk(root, path);
