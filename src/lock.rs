@@ -30,7 +30,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// The columns of one service's aggregate table besides `id` and `created_at`, in order.
 pub type Columns = IndexMap<String, FieldType>;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LockedFile {
     pub owner: Owner,
     pub sha256: String,
@@ -64,16 +65,9 @@ struct RawLock {
     generator: String,
     spec_sha256: String,
     #[serde(default)]
-    files: BTreeMap<String, RawFile>,
+    files: BTreeMap<String, LockedFile>,
     #[serde(default)]
     tables: Option<IndexMap<String, IndexMap<String, String>>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    owner: String,
-    sha256: String,
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Lock> {
@@ -87,21 +81,6 @@ pub fn parse(text: &str, path: &Path) -> Result<Lock> {
             "format {} is newer than this archscaffold understands ({LOCK_FORMAT})",
             raw.format
         )));
-    }
-    let mut files = BTreeMap::new();
-    for (file, locked) in raw.files {
-        let owner = match locked.owner.as_str() {
-            "generator" => Owner::Generator,
-            "user" => Owner::User,
-            other => return Err(broken(format!("`{file}` has an unknown owner `{other}`"))),
-        };
-        files.insert(
-            file,
-            LockedFile {
-                owner,
-                sha256: locked.sha256,
-            },
-        );
     }
     let tables = match raw.tables {
         None => None,
@@ -124,7 +103,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Lock> {
         format: raw.format,
         generator: raw.generator,
         spec_sha256: raw.spec_sha256,
-        files,
+        files: raw.files,
         tables,
     })
 }

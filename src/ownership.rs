@@ -5,9 +5,9 @@
 //! `archscaffold.lock` records it. The headers carry no version, so a new release does
 //! not touch every file's first line (and conflict with an edit just below it).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Owner {
     Generator,
