@@ -36,16 +36,23 @@ fn migrations_dir(service: &str) -> String {
     format!("services/{service}/migrations/")
 }
 
+/// The column of an aggregate with `states`: tracked like a field, so `update` adds it
+/// when states are added to an existing context.
+const STATE: &str = "state";
+
 /// What each service's migrations create when generated from `spec` alone.
 pub fn tables_of(spec: &Spec) -> IndexMap<String, Columns> {
     spec.contexts
         .iter()
         .map(|c| {
-            let columns = c
+            let mut columns: Columns = c
                 .all_fields
                 .iter()
                 .map(|f| (f.name.clone(), f.kind))
                 .collect();
+            if !c.states.is_empty() {
+                columns.insert(STATE.to_string(), FieldType::String);
+            }
             (service_dir(c).to_string(), columns)
         })
         .collect()
@@ -145,11 +152,14 @@ pub fn evolve(
                 Some(_) => {}
             }
         }
+        let adds_state = !context.states.is_empty() && !before.columns.contains_key(STATE);
+        let has_state = |c: &str| c == STATE && !context.states.is_empty();
         if !by_hand {
             for (column, _) in before
                 .columns
                 .iter()
                 .filter(|(c, _)| !context.all_fields.iter().any(|f| &&f.name == c))
+                .filter(|(c, _)| !has_state(c))
             {
                 problems.push(format!(
                     "contexts.{}.fields: `{column}` was removed, but {table}.{column} exists in the database and the generated code would stop writing it\n  = help: archscaffold never drops a column. Put the field back, or contract it by hand: write a migration under {dir} that drops the column (or its NOT NULL), then run `archscaffold update --fields-migrated-by-hand`",
@@ -193,9 +203,12 @@ pub fn evolve(
             last += 1;
             files.insert(format!("{dir}{last:04}_{name}.sql"), file);
         }
-        if !added.is_empty() {
+        if !added.is_empty() || adds_state {
             last += 1;
-            let list: Vec<&str> = added.iter().map(|f| f.name.as_str()).collect();
+            let mut list: Vec<&str> = added.iter().map(|f| f.name.as_str()).collect();
+            if adds_state {
+                list.push(STATE);
+            }
             let mut name = format!("add_{}", list.join("_"));
             name.truncate(48);
             let path = format!("{dir}{last:04}_{name}.sql");
@@ -208,6 +221,13 @@ pub fn evolve(
                     field.name,
                     field.kind.sql(),
                     field.kind.sql_default()
+                ));
+            }
+            if adds_state {
+                // Existing rows are in the initial state.
+                sql.push_str(&format!(
+                    "ALTER TABLE \"{table}\" ADD COLUMN \"{STATE}\" TEXT NOT NULL DEFAULT '{}';\n",
+                    context.states[0].raw
                 ));
             }
             for field in added.iter().filter(|f| f.link) {

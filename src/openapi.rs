@@ -5,7 +5,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::spec::Spec;
-use crate::spec::model::{Context, Field, FieldType};
+use crate::spec::model::{Command, Context, Field, FieldType};
 
 pub const JSON_PATH: &str = "gateway/openapi.json";
 pub const YAML_PATH: &str = "docs/openapi.yaml";
@@ -23,18 +23,43 @@ pub fn document(spec: &Spec) -> Value {
         schemas.insert(names.resource.clone(), resource_schema(context));
         schemas.insert(names.new.clone(), new_schema(context));
         schemas.insert(names.page.clone(), page_schema(&names));
+        schemas.insert(names.patch.clone(), patch_schema(context));
         let base = format!("/v1/{}", context.name.kebab);
-        paths.insert(
-            base.clone(),
-            json!({
-                "post": create_operation(context, &names),
-                "get": list_operation(context, &names),
-            }),
-        );
-        paths.insert(
-            format!("{base}/{{id}}"),
-            json!({ "get": get_operation(context, &names) }),
-        );
+        let crud = context.crud;
+        let mut collection = Map::new();
+        if crud.create {
+            collection.insert("post".into(), create_operation(context, &names));
+        }
+        if crud.read {
+            collection.insert("get".into(), list_operation(context, &names));
+        }
+        if !collection.is_empty() {
+            paths.insert(base.clone(), Value::Object(collection));
+        }
+        let mut item = Map::new();
+        if crud.read {
+            item.insert("get".into(), get_operation(context, &names));
+        }
+        if crud.update {
+            item.insert("patch".into(), update_operation(context, &names));
+        }
+        if crud.delete {
+            item.insert("delete".into(), delete_operation(context));
+        }
+        if !item.is_empty() {
+            paths.insert(format!("{base}/{{id}}"), Value::Object(item));
+        }
+        for command in &context.commands {
+            let body = (!command.inputs.is_empty()).then(|| {
+                let name = format!("{}{}", command.name.pascal, names.resource);
+                schemas.insert(name.clone(), inputs_object(&command.inputs, true));
+                name
+            });
+            paths.insert(
+                format!("{base}/{{id}}/{}", command.name.raw),
+                json!({ "post": command_operation(context, &names, command, body.as_deref()) }),
+            );
+        }
         tags.push(json!({
             "name": context.name.kebab,
             "description": format!("{} resources of the {} service", context.aggregate.name.pascal, context.name.raw),
@@ -74,6 +99,7 @@ struct SchemaNames {
     resource: String,
     new: String,
     page: String,
+    patch: String,
 }
 
 impl SchemaNames {
@@ -94,6 +120,7 @@ impl SchemaNames {
         SchemaNames {
             new: format!("New{resource}"),
             page: format!("{resource}Page"),
+            patch: format!("{resource}Patch"),
             resource,
         }
     }
@@ -120,13 +147,22 @@ fn field_schema(field: &Field) -> Value {
 }
 
 fn fields_object(context: &Context, base: Vec<(&str, Value)>, closed: bool) -> Value {
+    fields_of(&context.all_fields, base, closed)
+}
+
+/// A closed object of exactly these fields, all required (a command's body).
+fn inputs_object(fields: &[Field], closed: bool) -> Value {
+    fields_of(fields, Vec::new(), closed)
+}
+
+fn fields_of(fields: &[Field], base: Vec<(&str, Value)>, closed: bool) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for (name, schema) in base {
         properties.insert(name.to_string(), schema);
         required.push(Value::from(name));
     }
-    for field in &context.all_fields {
+    for field in fields {
         properties.insert(field.name.clone(), field_schema(field));
         required.push(Value::from(field.name.as_str()));
     }
@@ -141,17 +177,32 @@ fn fields_object(context: &Context, base: Vec<(&str, Value)>, closed: bool) -> V
 }
 
 fn resource_schema(context: &Context) -> Value {
-    fields_object(
-        context,
-        vec![
-            ("id", json!({ "type": "string", "format": "uuid" })),
-            (
-                "created_at",
-                json!({ "type": "string", "format": "date-time" }),
-            ),
-        ],
-        false,
-    )
+    let mut base = vec![
+        ("id", json!({ "type": "string", "format": "uuid" })),
+        (
+            "created_at",
+            json!({ "type": "string", "format": "date-time" }),
+        ),
+        (
+            "version",
+            json!({ "type": "integer", "format": "int64", "minimum": 1,
+                    "description": "1 when created, one more on every change; the ETag." }),
+        ),
+    ];
+    if !context.states.is_empty() {
+        let states: Vec<&str> = context.states.iter().map(|s| s.raw.as_str()).collect();
+        base.push(("state", json!({ "type": "string", "enum": states })));
+    }
+    fields_object(context, base, false)
+}
+
+/// A JSON merge patch: any subset of the fields that may change, none of them null.
+fn patch_schema(context: &Context) -> Value {
+    let mut properties = Map::new();
+    for field in &context.patchable {
+        properties.insert(field.name.clone(), field_schema(field));
+    }
+    json!({ "type": "object", "properties": properties, "additionalProperties": false })
 }
 
 fn new_schema(context: &Context) -> Value {
@@ -182,6 +233,14 @@ fn problem_schema() -> Value {
             "title": { "type": "string" },
             "status": { "type": "integer" },
             "detail": { "type": "string" },
+            "current_state": {
+                "type": "string",
+                "description": "On 409 for a command the resource's state does not allow: that state.",
+            },
+            "allowed_commands": {
+                "type": "array", "items": { "type": "string" },
+                "description": "... and the commands it does allow.",
+            },
         },
     })
 }
@@ -207,7 +266,9 @@ fn error_responses() -> Value {
         })),
         "403": problem("The credential lacks the route's scope.", json!({})),
         "404": problem("No such resource.", json!({})),
-        "409": problem("The Idempotency-Key was used for a different request.", json!({})),
+        "409": problem("The Idempotency-Key was used for a different request, or the resource's state does not allow the command (`current_state` and `allowed_commands` say why).", json!({})),
+        "412": problem("If-Match names a version that is not the current one: read the resource again.", json!({})),
+        "428": problem("This resource is only changed with If-Match.", json!({})),
         "413": problem("The body is larger than 64 KiB.", json!({})),
         "415": problem("The body must be application/json.", json!({})),
         "429": problem("Rate limit exceeded.", retry_after.clone()),
@@ -254,7 +315,10 @@ fn create_operation(context: &Context, names: &SchemaNames) -> Value {
         "responses": responses(
             ("201", json!({
                 "description": format!("The {aggregate} was created."),
-                "headers": { "Location": { "schema": { "type": "string" } } },
+                "headers": {
+                    "Location": { "schema": { "type": "string" } },
+                    "ETag": etag_header()["ETag"],
+                },
                 "content": json_content(schema_ref(&names.resource)),
             })),
             &["400", "409", "413", "415"],
@@ -289,6 +353,21 @@ fn list_operation(context: &Context, names: &SchemaNames) -> Value {
 
 fn get_operation(context: &Context, names: &SchemaNames) -> Value {
     let aggregate = &context.aggregate.name.pascal;
+    let mut all = responses(
+        (
+            "200",
+            json!({
+                "description": format!("The {aggregate}."),
+                "headers": {
+                    "X-Cache": { "schema": { "type": "string", "enum": ["hit", "miss", "bypass"] } },
+                    "ETag": etag_header()["ETag"],
+                },
+                "content": json_content(schema_ref(&names.resource)),
+            }),
+        ),
+        &["400", "404"],
+    );
+    all["304"] = json!({ "description": "Not modified: the client's ETag is current.", "headers": etag_header() });
     json!({
         "operationId": format!("get{aggregate}"),
         "tags": [context.name.kebab],
@@ -297,19 +376,138 @@ fn get_operation(context: &Context, names: &SchemaNames) -> Value {
             "Needs scope `{}:read`. Served from the cache when it can be; X-Cache says whether it was. `Cache-Control: no-cache` asks for a read from the service that skips the cache.",
             context.name.kebab
         ),
-        "parameters": [{
-            "name": "id", "in": "path", "required": true,
-            "schema": { "type": "string", "format": "uuid" },
-        }],
+        "parameters": [
+            id_parameter(),
+            {
+                "name": "If-None-Match", "in": "header", "required": false,
+                "description": "ETags the client has; 304 with no body when the current one is among them.",
+                "schema": { "type": "string" },
+            },
+        ],
+        "responses": all,
+    })
+}
+
+fn etag_header() -> Value {
+    json!({ "ETag": { "description": "The resource's version, quoted.", "schema": { "type": "string" } } })
+}
+
+fn id_parameter() -> Value {
+    json!({
+        "name": "id", "in": "path", "required": true,
+        "schema": { "type": "string", "format": "uuid" },
+    })
+}
+
+/// The headers every change takes: If-Match and Idempotency-Key.
+fn change_parameters(context: &Context) -> Vec<Value> {
+    vec![
+        id_parameter(),
+        json!({
+            "name": "If-Match", "in": "header", "required": context.require_if_match,
+            "description": "The ETag of the version this change was decided from; a stale one answers 412.",
+            "schema": { "type": "string" },
+        }),
+        json!({
+            "name": "Idempotency-Key", "in": "header", "required": false,
+            "description": "Unique per logical change; reuse it only to retry that change.",
+            "schema": { "type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[!-~]+$" },
+        }),
+    ]
+}
+
+fn change_errors(context: &Context) -> Vec<&'static str> {
+    let mut errors = vec!["400", "404", "409", "412"];
+    if context.require_if_match {
+        errors.push("428");
+    }
+    errors
+}
+
+fn changed_response(aggregate: &str, names: &SchemaNames) -> Value {
+    json!({
+        "description": format!("The {aggregate} after the change."),
+        "headers": etag_header(),
+        "content": json_content(schema_ref(&names.resource)),
+    })
+}
+
+fn update_operation(context: &Context, names: &SchemaNames) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    let mut errors = change_errors(context);
+    errors.extend(["413", "415"]);
+    json!({
+        "operationId": format!("update{aggregate}"),
+        "tags": [context.name.kebab],
+        "summary": format!("Change fields of a {aggregate}"),
+        "description": format!(
+            "Needs scope `{}:write`. A JSON merge patch (RFC 7396) of the fields to change; fields that link to other contexts never change, and no field can be removed.",
+            context.name.kebab
+        ),
+        "parameters": change_parameters(context),
+        "requestBody": { "required": true, "content": {
+            "application/merge-patch+json": { "schema": schema_ref(&names.patch) },
+            "application/json": { "schema": schema_ref(&names.patch) },
+        } },
+        "responses": responses(("200", changed_response(aggregate, names)), &errors),
+    })
+}
+
+fn delete_operation(context: &Context) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    json!({
+        "operationId": format!("delete{aggregate}"),
+        "tags": [context.name.kebab],
+        "summary": format!("Delete a {aggregate}"),
+        "description": format!(
+            "Needs scope `{}:write`. Idempotent: deleting one that is already gone answers 204 too.",
+            context.name.kebab
+        ),
+        "parameters": change_parameters(context),
         "responses": responses(
-            ("200", json!({
-                "description": format!("The {aggregate}."),
-                "headers": { "X-Cache": { "schema": { "type": "string", "enum": ["hit", "miss", "bypass"] } } },
-                "content": json_content(schema_ref(&names.resource)),
-            })),
-            &["400", "404"],
+            ("204", json!({ "description": format!("The {aggregate} is gone.") })),
+            &change_errors(context),
         ),
     })
+}
+
+fn command_operation(
+    context: &Context,
+    names: &SchemaNames,
+    command: &Command,
+    body: Option<&str>,
+) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    let from = if command.from.is_empty() {
+        "in any state".to_string()
+    } else {
+        let states: Vec<&str> = command.from.iter().map(|s| s.raw.as_str()).collect();
+        format!("from {}", states.join(", "))
+    };
+    let mut operation = json!({
+        "operationId": format!("{}{aggregate}", command.name.snake.replace('_', "")),
+        "tags": [context.name.kebab],
+        "summary": format!("{} a {aggregate}", command.name.title),
+        "description": format!(
+            "Needs scope `{}:write`. Allowed {from} (409 otherwise){}. Emits {}.",
+            context.name.kebab,
+            command.to.as_ref().map(|to| format!("; the {aggregate} is then {}", to.raw)).unwrap_or_default(),
+            command.event.name.pascal
+        ),
+        "parameters": change_parameters(context),
+        "responses": responses(("200", changed_response(aggregate, names)), &{
+            let mut errors = change_errors(context);
+            if body.is_some() {
+                errors.extend(["413", "415"]);
+            }
+            errors
+        }),
+    });
+    if let Some(body) = body {
+        operation["requestBody"] =
+            json!({ "required": true, "content": json_content(schema_ref(body)) });
+    }
+    operation
 }
 
 fn health_operation(what: &str, can_fail: bool) -> Value {

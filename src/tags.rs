@@ -84,13 +84,23 @@ pub fn keep(spec: &mut Spec, previous: &BTreeMap<String, String>) {
             };
             numbers.insert(field.name.clone(), field.tag);
         }
-        for field in &mut context.fields {
+        for field in context.fields.iter_mut().chain(&mut context.patchable) {
             field.tag = numbers[&field.name];
         }
-        context.created_at_tag = old.get("created_at").copied().unwrap_or(next);
+        // Numbers for the message's own fields, in the order they were introduced.
+        let mut own = |name: &str| {
+            old.get(name).copied().unwrap_or_else(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        context.created_at_tag = own("created_at");
+        context.version_tag = own("version");
+        context.state_tag = own("state");
+        const OWN: [&str; 4] = ["id", "created_at", "version", "state"];
         reserved.extend(
             old.iter()
-                .filter(|(name, _)| *name != "id" && *name != "created_at")
+                .filter(|(name, _)| !OWN.contains(&name.as_str()))
                 .filter(|(name, _)| !numbers.contains_key(*name))
                 .map(|(_, n)| *n),
         );
@@ -128,6 +138,8 @@ mod tests {
             .collect();
         assert_eq!(tags, [("note", 4), ("total_cents", 2), ("rush", 5)]);
         assert_eq!(ctx.created_at_tag, 3);
+        // A message generated before versions had none: they take the next free numbers.
+        assert_eq!((ctx.version_tag, ctx.state_tag), (6, 7));
         assert_eq!(
             ctx.fields.iter().map(|f| f.tag).collect::<Vec<_>>(),
             [4, 2, 5]

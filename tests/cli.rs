@@ -120,7 +120,7 @@ const CASES: &[Case] = &[
         name: "unknown key",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n\n[contexts.orders]\ncolour = \"red\"\n"),
-        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
+        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`, `states`, `crud`, `require_if_match`, `commands`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
     },
     Case {
         name: "slo latency out of range",
@@ -235,6 +235,84 @@ const CASES: &[Case] = &[
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\nsubscribes = [\"orders.OrderCreated\"]\n"),
         stderr: "error: contexts.orders.subscribes: `orders.OrderCreated` subscribes a context to its own event\n  --> spec.toml:3:15\n  = help: handle the change inside the context instead of through the bus",
+    },
+    Case {
+        name: "a command from an unknown state",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nstates = [\"pending\", \"done\"]\n[contexts.orders.commands.finish]\nfrom = [\"open\"]\nto = \"done\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.finish.from: `open` is not one of the context's states\n  --> spec.toml:5:9\n  = help: use one of: `pending`, `done`",
+    },
+    Case {
+        name: "a command to an unknown state",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nstates = [\"pending\", \"done\"]\n[contexts.orders.commands.finish]\nto = \"finished\"\n[contexts.orders.commands.complete]\nto = \"done\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.finish.to: `finished` is not one of the context's states\n  --> spec.toml:5:6\n  = help: use one of: `pending`, `done`",
+    },
+    Case {
+        name: "a state without states",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\n[contexts.orders.commands.finish]\nto = \"done\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.finish.to: `done` names a state, but the context declares no `states`\n  --> spec.toml:4:6\n  = help: declare the lifecycle first, e.g. `states = [\"pending\", \"done\"]`",
+    },
+    Case {
+        name: "a state no command reaches",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nstates = [\"pending\", \"confirmed\", \"lost\"]\n[contexts.orders.commands.confirm]\nto = \"confirmed\"\n",
+        ),
+        stderr: "error: contexts.orders.states: no command moves a Order to `lost`\n  --> spec.toml:3:35\n  = help: add a command with `to = \"lost\"`, or remove the state",
+    },
+    Case {
+        name: "a command setting an unknown field",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nfields = { note = \"string\" }\n[contexts.orders.commands.rename]\nset = [\"title\"]\nemits = \"OrderRenamed\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.rename.set: `title` is not a field of Order\n  --> spec.toml:5:8\n  = help: set one of: `note`",
+    },
+    Case {
+        name: "a command setting a link field",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders.OrderCreated\"]\n[contexts.billing.commands.relink]\nset = [\"order_id\"]\nemits = \"BillingRelinked\"\n",
+        ),
+        stderr: "error: contexts.billing.commands.relink.set: `order_id` links to another context's aggregate and never changes after create\n  --> spec.toml:6:8\n  = help: remove it from `set`",
+    },
+    Case {
+        name: "a command named like a generated RPC",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nfields = { note = \"string\" }\n[contexts.orders.commands.update]\nset = [\"note\"]\nemits = \"OrderNoted\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.update: command `update` would be the RPC `UpdateOrder`, which every aggregate already has\n  --> spec.toml:4:27\n  = help: name what the command does in the domain, e.g. `confirm` or `cancel`",
+    },
+    Case {
+        name: "commands that collide after case conversion",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nstates = [\"open\", \"shut\"]\n[contexts.orders.commands.close_2]\nto = \"shut\"\n[contexts.orders.commands.close2]\nto = \"shut\"\nemits = \"OrderClosedAgain\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.close2: `close_2` and `close2` both become the RPC `Close2Order`\n  --> spec.toml:6:27\n  = help: give every command a distinct name",
+    },
+    Case {
+        name: "emits colliding with a generated event",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.orders]\nfields = { note = \"string\" }\n[contexts.orders.commands.touch]\nset = [\"note\"]\nemits = \"OrderUpdated\"\n",
+        ),
+        stderr: "error: contexts.orders.commands.touch.emits: event `OrderUpdated` is already emitted by an update\n  --> spec.toml:6:9\n  = help: give this command an event of its own with `emits`, named in the past tense",
+    },
+    Case {
+        name: "crud outside the four",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\ncrud = [\"create\", \"upsert\"]\n"),
+        stderr: "error: contexts.orders.crud: `upsert` is not a generated operation\n  --> spec.toml:3:19\n  = help: use any of: create, read, update, delete",
     },
     Case {
         name: "validate reports several problems at once",

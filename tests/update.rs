@@ -443,7 +443,7 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ws.read("services/orders/migrations/0001_init.sql"), init);
     assert_eq!(ws.read("services/orders/migrations/0002_bus.sql"), bus);
-    let added = ws.read("services/orders/migrations/0003_add_note_rush.sql");
+    let added = ws.read("services/orders/migrations/0004_add_note_rush.sql");
     assert!(
         added.ends_with("ALTER TABLE \"orders\" ADD COLUMN \"note\" TEXT NOT NULL DEFAULT '';\nALTER TABLE \"orders\" ADD COLUMN \"rush\" BOOLEAN NOT NULL DEFAULT false;\n"),
         "{added}"
@@ -452,14 +452,14 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
         ws.read("services/orders/src/infra.rs")
             .contains("\\\"rush\\\"")
     );
-    // Protobuf numbers stay: created_at keeps 2, the new fields take 3 and 4.
+    // Protobuf numbers stay: created_at keeps 2 and version 3, the new fields take 4 and 5.
     let proto = ws.read("proto/shop/orders/v1/orders.proto");
     assert!(
         proto.contains("  google.protobuf.Timestamp created_at = 2;\n"),
         "{proto}"
     );
     assert!(
-        proto.contains("  string note = 3;\n  bool rush = 4;\n"),
+        proto.contains("  string note = 4;\n  bool rush = 5;\n"),
         "{proto}"
     );
     assert!(
@@ -746,16 +746,16 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     );
     ws.commit("a field");
     assert!(ws.update(&[]).status.success());
-    ws.commit("0003 for orders");
+    ws.commit("0004 for orders");
 
-    // A later archscaffold whose blueprints add a migration numbered 0003.
+    // A later archscaffold whose blueprints add a migration numbered 0004.
     let blueprints = ws.path("../blueprints-next");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
         &blueprints,
     );
     fs::write(
-        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0003_audit.sql"),
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0004_audit.sql"),
         "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
     )
     .unwrap();
@@ -763,19 +763,19 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     let out = ws.run(&next);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0003_add_note.sql")
+        ws.path("services/orders/migrations/0004_add_note.sql")
             .is_file()
     );
     assert!(
-        ws.read("services/orders/migrations/0004_audit.sql")
+        ws.read("services/orders/migrations/0005_audit.sql")
             .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
     );
     assert!(
-        ws.path("services/billing/migrations/0003_audit.sql")
+        ws.path("services/billing/migrations/0004_audit.sql")
             .is_file()
     );
     assert!(
-        !ws.path("services/orders/migrations/0003_audit.sql")
+        !ws.path("services/orders/migrations/0004_audit.sql")
             .exists()
     );
     ws.commit("audit");

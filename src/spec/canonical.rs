@@ -25,7 +25,12 @@ pub fn to_toml(spec: &Spec) -> String {
                 .collect();
             out.push_str(&format!("fields = {{ {} }}\n", fields.join(", ")));
         }
-        let events: Vec<String> = ctx.events.iter().map(|e| quote(&e.name.raw)).collect();
+        let events: Vec<String> = ctx
+            .events
+            .iter()
+            .filter(|e| e.declared)
+            .map(|e| quote(&e.name.raw))
+            .collect();
         out.push_str(&format!("publishes = [{}]\n", events.join(", ")));
         if !ctx.subscribes.is_empty() {
             let subs: Vec<String> = ctx
@@ -39,11 +44,46 @@ pub fn to_toml(spec: &Spec) -> String {
             let calls: Vec<String> = ctx.calls.iter().map(|c| quote(&c.raw)).collect();
             out.push_str(&format!("calls = [{}]\n", calls.join(", ")));
         }
+        if !ctx.states.is_empty() {
+            let states: Vec<String> = ctx.states.iter().map(|s| quote(&s.raw)).collect();
+            out.push_str(&format!("states = [{}]\n", states.join(", ")));
+        }
+        let crud: Vec<String> = ctx.crud.names().into_iter().map(quote).collect();
+        out.push_str(&format!("crud = [{}]\n", crud.join(", ")));
+        if ctx.require_if_match {
+            out.push_str("require_if_match = true\n");
+        }
         let slo = &ctx.slo;
         out.push_str(&format!(
             "slo = {{ p99_ms = {}, error_rate_percent = {:?}, max_outbox_backlog = {}, max_consumer_lag = {} }}\n",
             slo.p99_ms, slo.error_rate_percent, slo.max_outbox_backlog, slo.max_consumer_lag
         ));
+        for cmd in &ctx.commands {
+            out.push_str(&format!(
+                "\n[contexts.{}.commands.{}]\n",
+                ctx.name.raw, cmd.name.raw
+            ));
+            if !cmd.from.is_empty() {
+                let from: Vec<String> = cmd.from.iter().map(|s| quote(&s.raw)).collect();
+                out.push_str(&format!("from = [{}]\n", from.join(", ")));
+            }
+            if let Some(to) = &cmd.to {
+                out.push_str(&format!("to = {}\n", quote(&to.raw)));
+            }
+            if !cmd.set.is_empty() {
+                let set: Vec<String> = cmd.set.iter().map(|f| quote(&f.name)).collect();
+                out.push_str(&format!("set = [{}]\n", set.join(", ")));
+            }
+            if !cmd.fields.is_empty() {
+                let fields: Vec<String> = cmd
+                    .fields
+                    .iter()
+                    .map(|f| format!("{} = {}", f.name, quote(f.kind.as_str())))
+                    .collect();
+                out.push_str(&format!("fields = {{ {} }}\n", fields.join(", ")));
+            }
+            out.push_str(&format!("emits = {}\n", quote(&cmd.event.name.raw)));
+        }
     }
     out
 }

@@ -49,19 +49,79 @@ pub struct Context {
     pub fields: Vec<Field>,
     /// Declared fields followed by one `<upstream>_id` link per subscribed context.
     pub all_fields: Vec<Field>,
-    /// The protobuf field number of `created_at` in the aggregate message: after the
-    /// fields in a new workspace, kept where it was when `update` adds fields (`tags`).
+    /// The fields an update may change: every field but the links.
+    pub patchable: Vec<Field>,
+    /// The protobuf field numbers of `created_at`, `version` and `state` in the aggregate
+    /// message: after the fields in a new workspace, kept where they were when `update`
+    /// adds fields (`tags`).
     pub created_at_tag: usize,
+    pub version_tag: usize,
+    pub state_tag: usize,
     /// Field numbers of fields removed since (`update --fields-migrated-by-hand`), which
     /// the aggregate message reserves so no later field reuses them.
     pub reserved_tags: Vec<usize>,
-    /// Events this context publishes; the first is emitted when an aggregate is created.
+    /// Events this context publishes: the declared ones (the first is emitted when an
+    /// aggregate is created), then `<Aggregate>Updated`, `<Aggregate>Deleted` and each
+    /// command's event.
     pub events: Vec<Event>,
+    /// The lifecycle; empty when the aggregate has no states.
+    pub states: Vec<Names>,
+    pub crud: Crud,
+    /// Whether writes without `If-Match` are refused (428).
+    pub require_if_match: bool,
+    pub commands: Vec<Command>,
+    /// The events of an update and a delete (always generated: consumers and the
+    /// gateway's cache rely on them even where the API does not offer the change).
+    pub updated_event: Event,
+    pub deleted_event: Event,
     pub subscribes: Vec<Subscription>,
     pub calls: Vec<Names>,
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
     pub slo: Slo,
+}
+
+/// Which generated operations the API (gRPC and REST) offers. The use cases exist either
+/// way: consumers create through them whatever the API shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Crud {
+    pub create: bool,
+    pub read: bool,
+    pub update: bool,
+    pub delete: bool,
+}
+
+impl Crud {
+    pub const ALL: [&'static str; 4] = ["create", "read", "update", "delete"];
+
+    pub fn names(self) -> Vec<&'static str> {
+        let on = [self.create, self.read, self.update, self.delete];
+        Crud::ALL
+            .into_iter()
+            .zip(on)
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
+    }
+}
+
+/// A named change of an aggregate: its own RPC (`CancelOrder`), route
+/// (`POST /v1/orders/{id}/cancel`) and event.
+#[derive(Debug, Clone, Serialize)]
+pub struct Command {
+    pub name: Names,
+    /// The RPC and its messages' stem, e.g. `CancelOrder`.
+    pub rpc: Names,
+    /// States it may run in; empty means any.
+    pub from: Vec<Names>,
+    pub to: Option<Names>,
+    /// Aggregate fields it changes.
+    pub set: Vec<Field>,
+    /// Fields only the command and its event carry.
+    pub fields: Vec<Field>,
+    /// `fields` then `set`, numbered from 4 in the request (1 to 3 are the id, etag and
+    /// idempotency key).
+    pub inputs: Vec<Field>,
+    pub event: Event,
 }
 
 /// What the context promises; the generated alerting rules fire when it is broken.
@@ -253,6 +313,12 @@ pub struct Event {
     pub topic: String,
     /// Fully qualified protobuf name, e.g. `shop.orders.v1.OrderCreated`.
     pub type_name: String,
+    /// Written in the spec's `publishes` (and so kept in the canonical spec), rather than
+    /// derived from the API's changes.
+    pub declared: bool,
+    /// The command's own fields, numbered from 4 in the event (after the aggregate id,
+    /// the aggregate and its version).
+    pub fields: Vec<Field>,
 }
 
 #[derive(Debug, Clone, Serialize)]

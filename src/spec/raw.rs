@@ -30,6 +30,32 @@ pub struct RawContext {
     pub calls: Vec<Spanned<String>>,
     #[serde(default)]
     pub slo: Option<Spanned<RawSlo>>,
+    /// The aggregate's lifecycle; a new aggregate starts in the first.
+    #[serde(default)]
+    pub states: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Which of create, read, update and delete the API offers.
+    #[serde(default)]
+    pub crud: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub require_if_match: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub commands: IndexMap<Spanned<String>, Spanned<RawCommand>>,
+}
+
+/// A command: a named change with its own RPC, route and event.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCommand {
+    #[serde(default)]
+    pub from: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub to: Option<Spanned<String>>,
+    #[serde(default)]
+    pub set: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub fields: IndexMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub emits: Option<Spanned<String>>,
 }
 
 /// A context's service-level objectives; every key is optional.

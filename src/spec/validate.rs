@@ -6,8 +6,10 @@ use std::ops::Range;
 
 use toml::Spanned;
 
+mod lifecycle;
+
 use super::model::{
-    Aggregate, Bus, Context, Event, Field, FieldType, Slo, Spec, Subscription, Wire,
+    Aggregate, Bus, Command, Context, Event, Field, FieldType, Slo, Spec, Subscription, Wire,
 };
 use super::names::{
     NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
@@ -26,7 +28,14 @@ pub const BASE_METRICS_PORT: u16 = 9465;
 const RESERVED_TABLES: &[&str] = &["outbox", "inbox", "idempotency_keys", "_sqlx_migrations"];
 
 /// Field names every aggregate already has.
-const RESERVED_FIELDS: &[&str] = &["id", "created_at", "idempotency_key"];
+const RESERVED_FIELDS: &[&str] = &[
+    "id",
+    "created_at",
+    "idempotency_key",
+    "version",
+    "state",
+    "etag",
+];
 
 /// Where the raw spec came from, to turn spans into locations.
 pub struct Source<'a> {
@@ -94,6 +103,7 @@ struct Partial<'r> {
     aggregate: Names,
     fields: Vec<(String, FieldType)>,
     events: Vec<Names>,
+    lifecycle: lifecycle::Lifecycle,
 }
 
 pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>> {
@@ -298,6 +308,7 @@ fn first_pass<'r>(
             }
         };
 
+        let lifecycle = lifecycle::check(c, &field, ctx, &aggregate, &fields, &events);
         partials.push(Partial {
             key,
             raw: ctx,
@@ -305,6 +316,7 @@ fn first_pass<'r>(
             aggregate,
             fields,
             events,
+            lifecycle,
         });
     }
     partials
@@ -426,6 +438,96 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
 
         let all_fields = build_fields(c, &field, p, &subscribes);
         let created_at_tag = all_fields.len() + 2;
+        let event = |name: &Names, declared: bool, fields: Vec<Field>| Event {
+            name: name.clone(),
+            topic: naming::event_topic(system, &p.name, name),
+            type_name: naming::event_type(system, &p.name, name),
+            declared,
+            fields,
+        };
+        let mut events: Vec<Event> = p
+            .events
+            .iter()
+            .map(|n| event(n, true, Vec::new()))
+            .collect();
+        let life = &p.lifecycle;
+        for generated in [&life.updated, &life.deleted] {
+            if !events.iter().any(|e| e.name.pascal == generated.pascal) {
+                events.push(event(generated, false, Vec::new()));
+            }
+        }
+        let find_event = |events: &[Event], name: &Names| {
+            events
+                .iter()
+                .find(|e| e.name.pascal == name.pascal)
+                .cloned()
+                .expect("pushed above")
+        };
+        let updated_event = find_event(&events, &life.updated);
+        let deleted_event = find_event(&events, &life.deleted);
+        let mut commands = Vec::new();
+        for cmd in &life.commands {
+            let at = format!("{field}.commands.{}.set", cmd.key.get_ref());
+            let mut set = Vec::new();
+            for name in &cmd.set {
+                match all_fields.iter().find(|f| f.name == *name.get_ref()) {
+                    None => c.error(
+                        &at,
+                        name.span(),
+                        format!("`{}` is not a field of {}", name.get_ref(), p.aggregate.pascal),
+                        format!(
+                            "set one of: {}",
+                            all_fields
+                                .iter()
+                                .filter(|f| !f.link)
+                                .map(|f| format!("`{}`", f.name))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ),
+                    Some(f) if f.link => c.error(
+                        &at,
+                        name.span(),
+                        format!(
+                            "`{}` links to another context's aggregate and never changes after create",
+                            name.get_ref()
+                        ),
+                        "remove it from `set`",
+                    ),
+                    Some(_) if set.iter().any(|f: &Field| f.name == *name.get_ref()) => c.error(
+                        &at,
+                        name.span(),
+                        format!("`{}` is listed twice", name.get_ref()),
+                        "list each field once",
+                    ),
+                    Some(f) => set.push(f.clone()),
+                }
+            }
+            let mut own: Vec<Field> = cmd
+                .fields
+                .iter()
+                .map(|(name, kind)| make_field(name, *kind, false, true))
+                .collect();
+            for (i, f) in own.iter_mut().enumerate() {
+                f.tag = i + 4;
+            }
+            let mut inputs: Vec<Field> = own.iter().chain(&set).cloned().collect();
+            for (i, f) in inputs.iter_mut().enumerate() {
+                f.tag = i + 4;
+            }
+            let emitted = event(&cmd.emits, false, own.clone());
+            events.push(emitted.clone());
+            commands.push(Command {
+                name: cmd.name.clone(),
+                rpc: cmd.rpc.clone(),
+                from: cmd.from.clone(),
+                to: cmd.to.clone(),
+                set,
+                fields: own,
+                inputs,
+                event: emitted,
+            });
+        }
         let slo = p
             .raw
             .slo
@@ -441,18 +543,19 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 name: p.aggregate.clone(),
             },
             fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
+            patchable: all_fields.iter().filter(|f| !f.link).cloned().collect(),
             all_fields,
             created_at_tag,
+            version_tag: created_at_tag + 1,
+            state_tag: created_at_tag + 2,
             reserved_tags: Vec::new(),
-            events: p
-                .events
-                .iter()
-                .map(|n| Event {
-                    name: n.clone(),
-                    topic: naming::event_topic(system, &p.name, n),
-                    type_name: naming::event_type(system, &p.name, n),
-                })
-                .collect(),
+            events,
+            states: life.states.clone(),
+            crud: life.crud,
+            require_if_match: life.require_if_match,
+            commands,
+            updated_event,
+            deleted_event,
             subscribes,
             calls,
             wire: Wire {

@@ -7,6 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE};
 use tonic::Code;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -18,10 +19,20 @@ pub struct Problem {
     pub title: String,
     pub status: u16,
     pub detail: String,
+    /// For 409 on an illegal transition; boxed, as most problems have none.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub transition: Option<Box<Transition>>,
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
     #[serde(skip)]
     pub challenge: bool,
+}
+
+/// Why a command was refused: the resource's state, and the commands it allows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Transition {
+    pub current_state: String,
+    pub allowed_commands: Vec<String>,
 }
 
 impl Problem {
@@ -31,6 +42,7 @@ impl Problem {
             title: status.canonical_reason().unwrap_or("Error").to_string(),
             status: status.as_u16(),
             detail: detail.into(),
+            transition: None,
             retry_after_secs: None,
             challenge: false,
         }
@@ -63,7 +75,9 @@ impl Problem {
         let http = match status.code() {
             Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
             Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => StatusCode::CONFLICT,
+            Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
+            // The services answer ABORTED only for a stale ETag (If-Match).
+            Code::Aborted => StatusCode::PRECONDITION_FAILED,
             Code::PermissionDenied => StatusCode::FORBIDDEN,
             Code::ResourceExhausted | Code::Unavailable | Code::Cancelled => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -82,7 +96,18 @@ impl Problem {
         } else {
             status.message().to_string()
         };
-        let problem = Problem::new(http, detail);
+        let mut problem = Problem::new(http, detail);
+        let metadata = status.metadata();
+        if let Some(state) = metadata.get(CURRENT_STATE).and_then(|v| v.to_str().ok()) {
+            problem.transition = Some(Box::new(Transition {
+                current_state: state.to_string(),
+                allowed_commands: metadata
+                    .get(ALLOWED_COMMANDS)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|list| list.split(',').filter(|c| !c.is_empty()).map(String::from).collect())
+                    .unwrap_or_default(),
+            }));
+        }
         if http == StatusCode::SERVICE_UNAVAILABLE {
             problem.with_retry_after(1)
         } else {
@@ -137,6 +162,7 @@ mod tests {
             (Code::InvalidArgument, 400),
             (Code::NotFound, 404),
             (Code::FailedPrecondition, 409),
+            (Code::Aborted, 412),
             (Code::Unavailable, 503),
             (Code::ResourceExhausted, 503),
             (Code::DeadlineExceeded, 504),

@@ -82,6 +82,119 @@ pub fn text(field: &str, value: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// What a write's `If-Match` asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IfMatch {
+    /// No header: change whatever version is current (unless the context requires one).
+    Absent,
+    /// `*`: any current version.
+    Any,
+    /// `"<version>"`: only that version.
+    Version(i64),
+}
+
+impl IfMatch {
+    /// The etag to send the service: empty unless a version is named.
+    pub fn etag(&self) -> String {
+        match self {
+            IfMatch::Version(v) => v.to_string(),
+            IfMatch::Absent | IfMatch::Any => String::new(),
+        }
+    }
+}
+
+/// Reads `If-Match` (RFC 9110 13.1.1). The API's ETags are strong and quoted decimal
+/// versions, so anything else (a weak tag, a list of them, garbage) can never match: 412
+/// at once, without asking the service. `required` answers a missing header with 428.
+pub fn if_match(headers: &HeaderMap, required: bool) -> Result<IfMatch, Problem> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        if required {
+            return Err(Problem::new(
+                StatusCode::PRECONDITION_REQUIRED,
+                "this resource is only changed conditionally: send If-Match with the ETag of your last read",
+            ));
+        }
+        return Ok(IfMatch::Absent);
+    };
+    let value = value.to_str().unwrap_or_default().trim();
+    if value == "*" {
+        return Ok(IfMatch::Any);
+    }
+    value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(IfMatch::Version)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("If-Match `{value}` matches no version of this resource"),
+            )
+        })
+}
+
+/// The ETag of a version: a strong, quoted decimal.
+pub fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{version}\"")).expect("digits and quotes are a valid header")
+}
+
+/// Whether `If-None-Match` (RFC 9110 13.1.2, weak comparison) matches `version`.
+pub fn none_match_hits(headers: &HeaderMap, version: i64) -> bool {
+    let tag = format!("\"{version}\"");
+    headers.get_all(header::IF_NONE_MATCH).iter().any(|value| {
+        value.to_str().is_ok_and(|list| {
+            list.split(',').map(str::trim).any(|candidate| {
+                candidate == "*" || candidate.strip_prefix("W/").unwrap_or(candidate) == tag
+            })
+        })
+    })
+}
+
+/// The version in a resource's JSON body (cached bodies carry no headers).
+pub fn version_of(body: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: i64,
+    }
+    serde_json::from_slice::<Versioned>(body).ok().map(|v| v.version)
+}
+
+/// A resource's JSON with its `ETag`; 304 with no body when `If-None-Match` names it.
+pub fn resource(
+    status: StatusCode,
+    body: Vec<u8>,
+    cache: Option<Lookup>,
+    request: &HeaderMap,
+) -> Response {
+    let version = version_of(&body);
+    let mut response = match version {
+        Some(v) if status == StatusCode::OK && none_match_hits(request, v) => {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            if let Some(lookup) = cache {
+                response
+                    .headers_mut()
+                    .insert("x-cache", HeaderValue::from_static(lookup.as_str()));
+            }
+            response
+        }
+        _ => json(status, body, cache),
+    };
+    if let Some(v) = version {
+        response.headers_mut().insert(header::ETAG, etag(v));
+    }
+    response
+}
+
+/// For PATCH bodies: a field that is present must have a value. Merge patch's `null`
+/// means "remove", and no field of a resource can be removed.
+pub fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
 /// Serialises a response body; a failure here is a bug, answered as a problem.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Problem> {
     serde_json::to_vec(value).map_err(|e| {
@@ -138,6 +251,36 @@ mod tests {
         assert_eq!(resource_id(&id.to_string().to_uppercase()).unwrap(), id.to_string());
         assert!(resource_id(&id.simple().to_string()).is_err());
         assert!(resource_id("42").is_err());
+    }
+
+    #[test]
+    fn if_match_takes_only_strong_quoted_versions() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_MATCH, value.parse().unwrap());
+            if_match(&headers, false)
+        };
+        assert_eq!(with("\"3\"").unwrap(), IfMatch::Version(3));
+        assert_eq!(with("*").unwrap(), IfMatch::Any);
+        for never in ["W/\"3\"", "3", "\"x\"", "\"1\", \"2\""] {
+            assert_eq!(with(never).unwrap_err().status, 412, "{never}");
+        }
+        assert_eq!(if_match(&HeaderMap::new(), false).unwrap(), IfMatch::Absent);
+        assert_eq!(if_match(&HeaderMap::new(), true).unwrap_err().status, 428);
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_answers_304() {
+        let body = br#"{"id":"x","version":4}"#.to_vec();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_NONE_MATCH, "\"3\", W/\"4\"".parse().unwrap());
+        let response = resource(StatusCode::OK, body.clone(), None, &headers);
+        assert_eq!(response.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(response.headers()[header::ETAG], "\"4\"");
+        headers.insert(header::IF_NONE_MATCH, "\"3\"".parse().unwrap());
+        let response = resource(StatusCode::OK, body, None, &headers);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[header::ETAG], "\"4\"");
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::future::Future;
 pub const EVENT_ID: &str = "event_id";
 pub const EVENT_TYPE: &str = "event_type";
 pub const AGGREGATE_ID: &str = "aggregate_id";
+/// The aggregate's version after the change: orders one aggregate's events.
+pub const AGGREGATE_VERSION: &str = "aggregate_version";
 pub const CORRELATION_ID: &str = "correlation_id";
 pub const TRACEPARENT: &str = "traceparent";
 /// Added to a dead-lettered message: why, from where, after how many attempts.

@@ -3,6 +3,11 @@
 
 use tonic::Status;
 
+/// Metadata of a FAILED_PRECONDITION for an illegal transition: the aggregate's state.
+pub const CURRENT_STATE: &str = "x-current-state";
+/// ... and the commands it allows, comma-separated.
+pub const ALLOWED_COMMANDS: &str = "x-allowed-commands";
+
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
@@ -13,6 +18,16 @@ pub enum AppError {
     /// different request.
     #[error("{0}")]
     Conflict(String),
+    /// A conditional change whose version (ETag) is no longer current.
+    #[error("{0}")]
+    Stale(String),
+    /// A command the aggregate's current state does not allow.
+    #[error("{message}")]
+    IllegalTransition {
+        message: String,
+        state: String,
+        allowed: Vec<String>,
+    },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("internal error: {0}")]
@@ -25,6 +40,23 @@ impl From<AppError> for Status {
             AppError::InvalidArgument(m) => Status::invalid_argument(m),
             AppError::NotFound(m) => Status::not_found(m),
             AppError::Conflict(m) => Status::failed_precondition(m),
+            AppError::Stale(m) => Status::aborted(m),
+            AppError::IllegalTransition {
+                message,
+                state,
+                allowed,
+            } => {
+                // The state and the allowed commands travel as metadata too, so the gateway
+                // can put them in its problem body without parsing the message.
+                let mut status = Status::failed_precondition(message);
+                if let Ok(value) = state.parse() {
+                    status.metadata_mut().insert(CURRENT_STATE, value);
+                }
+                if let Ok(value) = allowed.join(",").parse() {
+                    status.metadata_mut().insert(ALLOWED_COMMANDS, value);
+                }
+                status
+            }
             AppError::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {

@@ -63,3 +63,24 @@ pub async fn claim(
         _ => Ok(Claim::Mismatch),
     }
 }
+
+/// What an earlier request with `key` stored, without claiming it: a change looks first,
+/// since deciding it depends on the current state, which a replay must not see.
+pub async fn lookup(
+    conn: &mut PgConnection,
+    operation: &str,
+    key: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Claim>, sqlx::Error> {
+    let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT request_sha256, response FROM idempotency_keys WHERE operation = $1 AND key = $2",
+    )
+    .bind(operation)
+    .bind(key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(stored.map(|(stored_fingerprint, response)| match response {
+        Some(response) if stored_fingerprint == fingerprint => Claim::Replay(response),
+        _ => Claim::Mismatch,
+    }))
+}
