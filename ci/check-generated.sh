@@ -4,6 +4,7 @@
 # - `shop` as a user evolves it: `new --contexts orders,billing`, edits to rules.rs and
 #   handlers.rs, then `add context shipping` (the edits must survive);
 # - a spec with every field type (`market`, on SQS);
+# - the lifecycle example (examples/shop.toml: states, commands, update, delete);
 # - the upgrade: tests/fixtures/shop-0.1.0 (what archscaffold 0.1.0 generated) with user
 #   edits, taken to this version by `update`, then a field added by `update`; the orders
 #   binary built from the 0.1.0 tree migrates a database first, the new one migrates it
@@ -77,6 +78,10 @@ check_workspace "$gen/shop"
 step "generate market (every field type, custom events, calls, sqs)"
 "$bin" new market --spec "$root/tests/specs/rich.toml" --out "$gen/market" --no-git
 check_workspace "$gen/market"
+
+step "generate the lifecycle example (states, commands, require_if_match; examples/shop.toml)"
+"$bin" new lifecycle --spec "$root/examples/shop.toml" --out "$gen/lifecycle" --no-git
+check_workspace "$gen/lifecycle"
 
 step "upgrade: the 0.1.0 fixture with user edits, its orders binary migrates a database"
 up="$gen/upgrade"
