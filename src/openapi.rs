@@ -26,29 +26,22 @@ pub fn document(spec: &Spec) -> Value {
         schemas.insert(names.patch.clone(), patch_schema(context));
         let base = format!("/v1/{}", context.name.kebab);
         let crud = context.crud;
+        // `read` is always offered (validation requires it).
         let mut collection = Map::new();
         if crud.create {
             collection.insert("post".into(), create_operation(context, &names));
         }
-        if crud.read {
-            collection.insert("get".into(), list_operation(context, &names));
-        }
-        if !collection.is_empty() {
-            paths.insert(base.clone(), Value::Object(collection));
-        }
+        collection.insert("get".into(), list_operation(context, &names));
+        paths.insert(base.clone(), Value::Object(collection));
         let mut item = Map::new();
-        if crud.read {
-            item.insert("get".into(), get_operation(context, &names));
-        }
+        item.insert("get".into(), get_operation(context, &names));
         if crud.update {
             item.insert("patch".into(), update_operation(context, &names));
         }
         if crud.delete {
             item.insert("delete".into(), delete_operation(context));
         }
-        if !item.is_empty() {
-            paths.insert(format!("{base}/{{id}}"), Value::Object(item));
-        }
+        paths.insert(format!("{base}/{{id}}"), Value::Object(item));
         for command in &context.commands {
             let body = (!command.inputs.is_empty()).then(|| {
                 let name = format!("{}{}", command.name.pascal, names.resource);

@@ -158,7 +158,7 @@ const CASES: &[Case] = &[
         spec: Some(
             "name = \"shop\"\n[contexts.orders]\n[contexts.billing]\nsubscribes = [\"orders.OrderPlaced\"]\n",
         ),
-        stderr: "error: contexts.billing.subscribes: `orders.OrderPlaced`: context `orders` does not publish `OrderPlaced`\n  --> spec.toml:4:15\n  = help: use one of its events (OrderCreated) or add `OrderPlaced` to its `publishes`",
+        stderr: "error: contexts.billing.subscribes: `orders.OrderPlaced`: context `orders` does not publish `OrderPlaced`\n  --> spec.toml:4:15\n  = help: use one of its events (OrderCreated, OrderUpdated, OrderDeleted) or add `OrderPlaced` to its `publishes`",
     },
     Case {
         name: "unknown subscribed context",
@@ -311,8 +311,14 @@ const CASES: &[Case] = &[
     Case {
         name: "crud outside the four",
         args: &["new", "shop", "--spec", "spec.toml"],
-        spec: Some("name = \"shop\"\n[contexts.orders]\ncrud = [\"create\", \"upsert\"]\n"),
-        stderr: "error: contexts.orders.crud: `upsert` is not a generated operation\n  --> spec.toml:3:19\n  = help: use any of: create, read, update, delete",
+        spec: Some("name = \"shop\"\n[contexts.orders]\ncrud = [\"read\", \"upsert\"]\n"),
+        stderr: "error: contexts.orders.crud: `upsert` is not a generated operation\n  --> spec.toml:3:17\n  = help: use any of: create, read, update, delete",
+    },
+    Case {
+        name: "crud without read",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\ncrud = [\"create\"]\n"),
+        stderr: "error: contexts.orders.crud: `read` is missing: every resource can be read (its ETag, the cache and the events are built on reads)\n  --> spec.toml:3:8\n  = help: add `\"read\"` to the list",
     },
     Case {
         name: "validate reports several problems at once",

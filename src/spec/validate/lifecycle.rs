@@ -325,6 +325,14 @@ fn check_crud(c: &mut Collector, field: &str, ctx: &RawContext) -> Crud {
         }
         *slot = true;
     }
+    if !crud.read {
+        c.error(
+            format!("{field}.crud"),
+            list.span(),
+            "`read` is missing: every resource can be read (its ETag, the cache and the events are built on reads)",
+            "add `\"read\"` to the list",
+        );
+    }
     crud
 }
 
