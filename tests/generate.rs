@@ -247,7 +247,9 @@ fn the_default_chain_subscribes_each_context_to_the_previous_one() {
     let (orders, billing) = (&spec.contexts[0], &spec.contexts[1]);
     // Publisher and subscriber agree on the wire names.
     assert_eq!(billing.subscribes[0].topic, orders.events[0].topic);
-    assert_eq!(billing.subscribes[0].topic, "shop.orders.order-created.v1");
+    // One topic per aggregate: every event of the Order goes there.
+    assert_eq!(billing.subscribes[0].topic, "shop.orders.order.v1");
+    assert!(orders.events.iter().all(|e| e.topic == orders.topic));
     assert_eq!(billing.subscribes[0].event_type, orders.events[0].type_name);
     assert_eq!(
         billing
@@ -387,11 +389,18 @@ fn the_openapi_document_describes_every_context_route_and_field() {
 #[test]
 fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
     let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap()).unwrap();
+    // catalog's Product topic goes to its one subscriber's FIFO queue (once, though it
+    // subscribes to two of its events) and to the gateway's.
     let topics = String::from_utf8_lossy(&plan.files["services/catalog/src/topics.rs"].contents);
     assert!(
-        topics.contains("(PRODUCT_LISTED, &[\"market-order-items\", \"market-gateway\"])"),
+        topics.contains("(TOPIC, &[\"market-order-items.fifo\", \"market-gateway.fifo\"])"),
         "{topics}"
     );
+    let items = String::from_utf8_lossy(&plan.files["services/order-items/src/topics.rs"].contents);
+    assert!(
+        items.contains("pub const SUBSCRIBES: &[&str] = &[\"market.catalog.product.v1\"];"),
+        "{items}"
+    );
     let gateway = String::from_utf8_lossy(&plan.files["gateway/src/api/mod.rs"].contents);
-    assert!(gateway.contains("(\"market.catalog.product-retired.v1\", &[\"market-gateway\"])"));
+    assert!(gateway.contains("(\"market.catalog.product.v1\", &[\"market-gateway.fifo\"])"));
 }

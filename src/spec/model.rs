@@ -75,6 +75,13 @@ pub struct Context {
     pub updated_event: Event,
     pub deleted_event: Event,
     pub subscribes: Vec<Subscription>,
+    /// The topic of this context's aggregate, where all its events go.
+    pub topic: String,
+    /// The topics its subscriptions read, each once.
+    pub subscribed_topics: Vec<String>,
+    /// SQS only: the queues every event of this context is sent to (its subscribers'), each
+    /// once; the gateway's queue comes on top.
+    pub subscriber_queues: Vec<String>,
     pub calls: Vec<Names>,
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
@@ -335,4 +342,7 @@ pub struct Subscription {
     pub event_type: String,
     /// SQS only: the queue of the subscribing service, which the publisher sends to.
     pub queue: String,
+    /// Whether the event is the upstream's creation event: its default handler creates a
+    /// local aggregate; any other event's default handler only logs it.
+    pub creates: bool,
 }

@@ -4,9 +4,12 @@
 
 use crate::inflect::Names;
 
-/// `<system>.<context>.<event>.v1`, kebab case: a Kafka topic, or a logical topic on SQS.
-pub fn event_topic(system: &Names, context: &Names, event: &Names) -> String {
-    format!("{}.{}.{}.v1", system.kebab, context.kebab, event.kebab)
+/// `<system>.<context>.<aggregate>.v1`, kebab case: a Kafka topic, or a logical topic on
+/// SQS. Every event of one aggregate goes to its one topic (the type is a header), keyed by
+/// the aggregate id: Kafka keeps order only within a partition of a topic, so this is
+/// what keeps one aggregate's events in version order.
+pub fn aggregate_topic(system: &Names, context: &Names, aggregate: &Names) -> String {
+    format!("{}.{}.{}.v1", system.kebab, context.kebab, aggregate.kebab)
 }
 
 /// The fully qualified protobuf name of an event message, sent as `event_type`.
@@ -24,14 +27,15 @@ pub fn dead_letter_topic(system: &Names, context: &Names) -> String {
     format!("{}.{}.dead-letter.v1", system.kebab, context.kebab)
 }
 
-/// The SQS queue of a consuming service (SQS names allow no dots).
+/// The SQS queue of a consuming service: FIFO, so one aggregate's events (one message
+/// group) arrive in order. SQS names allow no dots but the `.fifo` suffix.
 pub fn queue(system: &Names, context: &Names) -> String {
-    format!("{}-{}", system.kebab, context.kebab)
+    format!("{}-{}.fifo", system.kebab, context.kebab)
 }
 
-/// The SQS dead-letter queue of a consuming service.
+/// The SQS dead-letter queue of a consuming service (FIFO too, as SQS requires).
 pub fn dead_letter_queue(system: &Names, context: &Names) -> String {
-    format!("{}-dead-letter", queue(system, context))
+    format!("{}-{}-dead-letter.fifo", system.kebab, context.kebab)
 }
 
 #[cfg(test)]
@@ -46,8 +50,8 @@ mod tests {
             Names::new("OrderItemCreated"),
         );
         assert_eq!(
-            event_topic(&shop, &items, &created),
-            "shop.order-items.order-item-created.v1"
+            aggregate_topic(&shop, &items, &Names::new("OrderItem")),
+            "shop.order-items.order-item.v1"
         );
         assert_eq!(
             event_type(&shop, &items, &created),
@@ -58,10 +62,10 @@ mod tests {
             dead_letter_topic(&shop, &items),
             "shop.order-items.dead-letter.v1"
         );
-        assert_eq!(queue(&shop, &items), "shop-order-items");
+        assert_eq!(queue(&shop, &items), "shop-order-items.fifo");
         assert_eq!(
             dead_letter_queue(&shop, &items),
-            "shop-order-items-dead-letter"
+            "shop-order-items-dead-letter.fifo"
         );
     }
 }

@@ -168,6 +168,24 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
 #[derive(Default)]
 struct IndexMapRef(indexmap::IndexMap<Spanned<String>, Spanned<RawContext>>);
 
+impl Partial<'_> {
+    /// Every event the context publishes: declared, then those of updates, deletes and
+    /// commands (each once).
+    fn published(&self) -> Vec<Names> {
+        let life = &self.lifecycle;
+        let mut all = self.events.clone();
+        let generated = [&life.updated, &life.deleted]
+            .into_iter()
+            .chain(life.commands.iter().map(|c| &c.emits));
+        for name in generated {
+            if !all.iter().any(|e| e.pascal == name.pascal) {
+                all.push(name.clone());
+            }
+        }
+        all
+    }
+}
+
 /// Checks each context on its own: its name, aggregate, fields and events.
 fn first_pass<'r>(
     c: &mut Collector,
@@ -368,8 +386,9 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 );
                 continue;
             }
-            let Some(event) = upstream.events.iter().find(|e| e.raw == event_name) else {
-                let published: Vec<_> = upstream.events.iter().map(|e| e.raw.as_str()).collect();
+            let published = upstream.published();
+            let Some(event) = published.iter().find(|e| e.raw == event_name) else {
+                let published: Vec<_> = published.iter().map(|e| e.raw.as_str()).collect();
                 c.error(
                     &at,
                     s.span(),
@@ -401,9 +420,13 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 event: event.clone(),
                 upstream_aggregate: upstream.aggregate.clone(),
                 link_field: format!("{}_id", upstream.aggregate.snake),
-                topic: naming::event_topic(system, &upstream.name, event),
+                topic: naming::aggregate_topic(system, &upstream.name, &upstream.aggregate),
                 event_type: naming::event_type(system, &upstream.name, event),
                 queue: naming::queue(system, &p.name),
+                creates: upstream
+                    .events
+                    .first()
+                    .is_some_and(|e| e.pascal == event.pascal),
             });
         }
 
@@ -440,7 +463,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
         let created_at_tag = all_fields.len() + 2;
         let event = |name: &Names, declared: bool, fields: Vec<Field>| Event {
             name: name.clone(),
-            topic: naming::event_topic(system, &p.name, name),
+            topic: naming::aggregate_topic(system, &p.name, &p.aggregate),
             type_name: naming::event_type(system, &p.name, name),
             declared,
             fields,
@@ -556,6 +579,17 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             commands,
             updated_event,
             deleted_event,
+            topic: naming::aggregate_topic(system, &p.name, &p.aggregate),
+            subscribed_topics: {
+                let mut topics: Vec<String> = Vec::new();
+                for s in &subscribes {
+                    if !topics.contains(&s.topic) {
+                        topics.push(s.topic.clone());
+                    }
+                }
+                topics
+            },
+            subscriber_queues: Vec::new(),
             subscribes,
             calls,
             wire: Wire {
@@ -566,6 +600,24 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             },
             slo,
         });
+    }
+
+    let queues: Vec<Vec<String>> = contexts
+        .iter()
+        .map(|publisher| {
+            let mut queues: Vec<String> = Vec::new();
+            for subscriber in &contexts {
+                if subscriber.subscribed_topics.contains(&publisher.topic)
+                    && !queues.contains(&subscriber.wire.queue)
+                {
+                    queues.push(subscriber.wire.queue.clone());
+                }
+            }
+            queues
+        })
+        .collect();
+    for (context, queues) in contexts.iter_mut().zip(queues) {
+        context.subscriber_queues = queues;
     }
 
     if let Some((path, span)) = find_cycle(&call_edges) {

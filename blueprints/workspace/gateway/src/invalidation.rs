@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use platform::bus::{AGGREGATE_ID, Delivery, Subscriber};
+use platform::bus::{AGGREGATE_ID, Delivery, EVENT_TYPE, Subscriber};
 use tokio::sync::watch;
 
 use crate::cache::Cache;
@@ -23,8 +23,8 @@ pub struct Topic {
     pub topic: &'static str,
     /// The context whose resources its events are about.
     pub context: &'static str,
-    /// Whether its events announce a new resource (the first event of a context).
-    pub creates: bool,
+    /// The type of the event that announces a new resource (the context's first event).
+    pub created: &'static str,
 }
 
 pub type Routes = &'static [Topic];
@@ -39,8 +39,9 @@ async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
         return;
     };
     let context = route.context;
+    let creates = delivery.headers.get(EVENT_TYPE).map(String::as_str) == Some(route.created);
     for attempt in 0..ATTEMPTS {
-        let done = if route.creates {
+        let done = if creates {
             cache.remove(context, id).await
         } else {
             cache.invalidate(context, id).await

@@ -184,4 +184,18 @@ mod tests {
         assert_eq!(response.headers()[header::CONTENT_TYPE], CONTENT_TYPE);
         assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
     }
+
+    #[test]
+    fn an_illegal_transition_names_the_state_and_the_allowed_commands() {
+        let mut status = tonic::Status::failed_precondition("cannot confirm a cancelled Order");
+        status.metadata_mut().insert(CURRENT_STATE, "confirmed".parse().unwrap());
+        status.metadata_mut().insert(ALLOWED_COMMANDS, "cancel,change_note".parse().unwrap());
+        let body = serde_json::to_value(Problem::from_grpc(&status, "orders")).unwrap();
+        assert_eq!(body["status"], 409);
+        assert_eq!(body["current_state"], "confirmed");
+        assert_eq!(body["allowed_commands"], serde_json::json!(["cancel", "change_note"]));
+
+        let plain = serde_json::to_value(Problem::from_grpc(&tonic::Status::failed_precondition("x"), "orders")).unwrap();
+        assert!(plain.get("current_state").is_none(), "{plain}");
+    }
 }

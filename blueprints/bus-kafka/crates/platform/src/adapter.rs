@@ -67,6 +67,10 @@ impl Bus {
             .set("bootstrap.servers", &config.brokers)
             .set("message.timeout.ms", &timeout_ms)
             .set("acks", "all")
+            // Retries never duplicate or reorder a message within a partition, and the
+            // aggregate id as key keeps one aggregate in one partition: its events stay in
+            // the order the relay sends them.
+            .set("enable.idempotence", "true")
             .create()
             .map_err(error)?;
         Ok(Bus {

@@ -1,10 +1,13 @@
 //! SQS adapter on aws-sdk-sqs, with a configurable endpoint (an emulator such as moto
 //! locally, AWS in production). SQS has no fan-out, so each consuming service owns one
-//! queue (`<system>-<consumer>`) and a dead-letter queue (`<system>-<consumer>-dead-letter`),
-//! and the publisher sends a topic's message to the queue of every service that subscribes
-//! to it: the routes are generated from the spec (`topics::ROUTES`). The payload travels
-//! base64-encoded in the body, the headers as message attributes. Queues are created on
-//! demand, and again after the endpoint came back empty.
+//! queue (`<system>-<consumer>.fifo`) and a dead-letter queue
+//! (`<system>-<consumer>-dead-letter.fifo`), and the publisher sends a topic's message to
+//! the queue of every service that subscribes to it: the routes are generated from the spec
+//! (`topics::ROUTES`). The queues are FIFO with the aggregate id as message group, so one
+//! aggregate's events arrive in the order they were sent, and the event id as
+//! deduplication id. The payload travels base64-encoded in the body, the headers as
+//! message attributes. Queues are created on demand, and again after the endpoint came
+//! back empty.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,7 +19,7 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::bus::{BusError, Delivery, OutgoingMessage, Publisher, Receipt, Subscriber};
+use crate::bus::{BusError, Delivery, EVENT_ID, OutgoingMessage, Publisher, Receipt, Subscriber};
 use crate::config::{ConfigError, Env};
 
 /// Header that carries the logical topic, since a queue receives several.
@@ -144,13 +147,17 @@ impl Bus {
         if let Some(url) = self.urls.lock().expect("not poisoned").get(queue) {
             return Ok(url.clone());
         }
-        let created = self
+        let mut create = self
             .client
             .create_queue()
             .queue_name(queue)
             // Longer than a message's retries with backoff take, so it is not redelivered
             // to this consumer while still being worked on.
-            .attributes(QueueAttributeName::VisibilityTimeout, "60")
+            .attributes(QueueAttributeName::VisibilityTimeout, "60");
+        if queue.ends_with(".fifo") {
+            create = create.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        let created = create
             .send()
             .await
             .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
@@ -213,14 +220,23 @@ impl Publisher for Bus {
         // A topic nobody subscribes to routes nowhere: SQS has no topic to keep it in.
         for queue in self.config.queues(&message.topic) {
             let url = self.queue_url(queue).await?;
-            let sent = self
+            let mut send = self
                 .client
                 .send_message()
                 .queue_url(&url)
                 .message_body(BASE64.encode(&message.payload))
-                .set_message_attributes(Some(attributes.clone()))
-                .send()
-                .await;
+                .set_message_attributes(Some(attributes.clone()));
+            if queue.ends_with(".fifo") {
+                // One group per aggregate: ordered within it, parallel across them.
+                let group = if message.key.is_empty() { &message.topic } else { &message.key };
+                let dedup = message
+                    .headers
+                    .get(EVENT_ID)
+                    .cloned()
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                send = send.message_group_id(group).message_deduplication_id(dedup);
+            }
+            let sent = send.send().await;
             if let Err(e) = sent {
                 // The queue may have gone with the endpoint: look it up again next time.
                 self.urls.lock().expect("not poisoned").remove(queue);

@@ -15,6 +15,9 @@ pub struct OutboxMessage {
     pub event_type: String,
     pub aggregate_type: String,
     pub aggregate_id: Uuid,
+    /// The aggregate's version after the change: the relay publishes one aggregate's events
+    /// in this order.
+    pub aggregate_version: i64,
     /// The event, protobuf-encoded.
     pub payload: Vec<u8>,
     /// Message headers: correlation id, trace context.
@@ -23,14 +26,15 @@ pub struct OutboxMessage {
 
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, payload, headers) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(message.event_id)
     .bind(&message.topic)
     .bind(&message.event_type)
     .bind(&message.aggregate_type)
     .bind(message.aggregate_id)
+    .bind(message.aggregate_version)
     .bind(&message.payload)
     .bind(&message.headers)
     .execute(conn)

@@ -2,9 +2,13 @@
 //! row is marked only after the broker accepted it, so a crash in between republishes it
 //! (consumers deduplicate on the event id).
 //!
-//! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several instances of a service share
-//! the work without sending a row twice at the same time. When the broker is down, rows
-//! wait and the relay retries with exponential backoff and jitter; writes go on meanwhile.
+//! One aggregate's events leave in version order, also with several instances of a service
+//! on one database: a relay claims whole aggregates (a transaction-scoped advisory lock per
+//! aggregate, skipped when another relay holds it), publishes each aggregate's unsent rows
+//! one after another in version order, and stops an aggregate at its first failure, so a
+//! later event never overtakes an earlier unsent one. Different aggregates go out
+//! concurrently. When the broker is down, rows wait and the relay retries with exponential
+//! backoff and jitter; writes go on meanwhile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::backoff;
 use crate::bus::{AGGREGATE_ID, BusError, EVENT_ID, EVENT_TYPE, OutgoingMessage, Publisher};
+
+/// The advisory lock namespace of relays (the first key of `pg_try_advisory_xact_lock`).
+const RELAY_LOCK_CLASS: i32 = 0x0b0c;
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -109,30 +116,61 @@ pub async fn relay_batch<P: Publisher>(
     limit: i64,
 ) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await?;
+    // The aggregates waiting longest that no other relay is publishing right now. Claimed
+    // in a statement of its own: the rows are read by the next one, whose snapshot is
+    // taken after the locks, so it sees what a relay that held one before committed.
+    let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM ( \
+             SELECT aggregate_id, min(created_at) AS since FROM outbox \
+             WHERE published_at IS NULL GROUP BY aggregate_id ORDER BY since LIMIT $1 \
+         ) AS pending \
+         WHERE pg_try_advisory_xact_lock($2, hashtext(aggregate_id::text))",
+    )
+    .bind(limit)
+    .bind(RELAY_LOCK_CLASS)
+    .fetch_all(&mut *tx)
+    .await?;
+    if claimed.is_empty() {
+        return Ok(0);
+    }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, topic, event_type, aggregate_id, payload, headers FROM outbox \
-         WHERE published_at IS NULL ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+         WHERE published_at IS NULL AND aggregate_id = ANY($1) \
+         ORDER BY aggregate_id, aggregate_version, created_at, id LIMIT $2",
     )
+    .bind(&claimed)
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
-    if rows.is_empty() {
-        return Ok(0);
+    // One sequence per aggregate, in version order; the sequences run concurrently.
+    let mut sequences: Vec<&[Row]> = Vec::new();
+    let mut rest = rows.as_slice();
+    while let Some(first) = rest.first() {
+        let len = rest.iter().take_while(|r| r.aggregate_id == first.aggregate_id).count();
+        let (sequence, tail) = rest.split_at(len);
+        sequences.push(sequence);
+        rest = tail;
     }
-    // Sent together, awaited together: the producer keeps their order per partition.
-    let messages: Vec<OutgoingMessage> = rows.iter().map(Row::message).collect();
-    let results =
-        futures_util::future::join_all(messages.iter().map(|m| publisher.publish(m))).await;
+    let outcomes = futures_util::future::join_all(sequences.into_iter().map(|sequence| async move {
+        let mut sent = Vec::new();
+        for row in sequence {
+            if let Err(e) = publisher.publish(&row.message()).await {
+                // The rest of this aggregate waits for the failed one.
+                return (sent, Some((row.id, e)));
+            }
+            sent.push(row.id);
+        }
+        (sent, None)
+    }))
+    .await;
     let mut sent = Vec::new();
     let mut failed = Vec::new();
     let mut first_error = None;
-    for (row, result) in rows.iter().zip(results) {
-        match result {
-            Ok(()) => sent.push(row.id),
-            Err(e) => {
-                failed.push(row.id);
-                first_error.get_or_insert(e);
-            }
+    for (ids, failure) in outcomes {
+        sent.extend(ids);
+        if let Some((id, e)) = failure {
+            failed.push(id);
+            first_error.get_or_insert(e);
         }
     }
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")

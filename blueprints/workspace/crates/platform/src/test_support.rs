@@ -95,11 +95,27 @@ mod tests {
 pub struct MemoryBus {
     pub published: std::sync::Mutex<Vec<crate::bus::OutgoingMessage>>,
     pub down: std::sync::atomic::AtomicBool,
+    /// An event id whose publishing fails, like one message the broker refuses.
+    pub refuse: std::sync::Mutex<Option<String>>,
+    /// Up to how long a publish takes, like a broker's round trip: each message takes
+    /// 0 to 3 thirds of it, fixed by its event id, so concurrent publishes finish out of
+    /// the order they started in.
+    pub latency: std::sync::Mutex<std::time::Duration>,
 }
 
 impl MemoryBus {
     pub fn set_down(&self, down: bool) {
         self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn with_latency(latency: std::time::Duration) -> MemoryBus {
+        let bus = MemoryBus::default();
+        *bus.latency.lock().unwrap() = latency;
+        bus
+    }
+
+    pub fn refuse_event(&self, event_id: Option<String>) {
+        *self.refuse.lock().unwrap() = event_id;
     }
 
     pub fn published(&self) -> Vec<crate::bus::OutgoingMessage> {
@@ -111,6 +127,16 @@ impl crate::bus::Publisher for MemoryBus {
     async fn publish(&self, message: &crate::bus::OutgoingMessage) -> Result<(), crate::bus::BusError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(crate::bus::BusError("broker down (test)".into()));
+        }
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            let id = message.headers.get(crate::bus::EVENT_ID).map_or("", String::as_str);
+            let thirds = id.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b))) % 4;
+            tokio::time::sleep(latency * thirds / 3).await;
+        }
+        let refused = self.refuse.lock().unwrap().clone();
+        if refused.is_some() && message.headers.get(crate::bus::EVENT_ID) == refused.as_ref() {
+            return Err(crate::bus::BusError("message refused (test)".into()));
         }
         self.published.lock().unwrap().push(message.clone());
         Ok(())
