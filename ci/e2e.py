@@ -35,7 +35,7 @@ from e2e_common import wait_until
 
 KAFKA = "127.0.0.1:9092"
 SQS = "http://127.0.0.1:5000"
-ORDER_TOPIC = "shop.orders.order-created.v1"
+ORDER_TOPIC = "shop.orders.order.v1"  # every event of the Order aggregate
 EVENT_TYPE = "shop.orders.v1.OrderCreated"
 
 
@@ -144,9 +144,12 @@ class System:
             attributes = {k: {"DataType": "String", "StringValue": v}
                           for k, v in {**headers, "topic": ORDER_TOPIC}.items()}
             sqs = self.sqs()
-            url = sqs.get_queue_url(QueueName="shop-billing")["QueueUrl"]
+            url = sqs.get_queue_url(QueueName="shop-billing.fifo")["QueueUrl"]
+            # A FIFO queue: the aggregate is the message group; a fresh deduplication id, so
+            # an injected duplicate event is not dropped by SQS but reaches the inbox.
             sqs.send_message(QueueUrl=url, MessageBody=base64.b64encode(payload).decode(),
-                             MessageAttributes=attributes)
+                             MessageAttributes=attributes, MessageGroupId=key or "e2e",
+                             MessageDeduplicationId=str(uuid.uuid4()))
 
     def sqs(self):
         import boto3
@@ -157,7 +160,7 @@ class System:
         if self.args.bus == "kafka":
             return True  # one partition: what was produced before a later message is consumed first
         sqs = self.sqs()
-        url = sqs.get_queue_url(QueueName="shop-billing")["QueueUrl"]
+        url = sqs.get_queue_url(QueueName="shop-billing.fifo")["QueueUrl"]
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
             "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
         return all(v == "0" for v in attrs.values())
@@ -181,7 +184,7 @@ class System:
             consumer.close()
         else:
             sqs = self.sqs()
-            url = sqs.get_queue_url(QueueName="shop-billing-dead-letter")["QueueUrl"]
+            url = sqs.get_queue_url(QueueName="shop-billing-dead-letter.fifo")["QueueUrl"]
             while time.monotonic() < deadline and not found:
                 for m in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1,
                                              MessageAttributeNames=["All"]).get("Messages", []):

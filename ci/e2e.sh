@@ -4,7 +4,8 @@
 # loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
 # with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
 # (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus) and
-# ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
+# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays on
+# Kafka), ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
 # stops everything it started, pass or fail. On Kafka the workspace is first evolved as a
 # user would (edits, then `archscaffold add context shipping`), and e2e.py also follows an
 # order to shipping. Needs DATABASE_URL (ci/test sets it).
@@ -91,9 +92,13 @@ for bus in "${buses[@]}"; do
     for db in shop_orders shop_billing shop_shipping; do
         psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
     done
-    # The default chain, plus an event that changes an order (the cache check needs one).
+    # The default chain, with orders that change: a lifecycle and two commands
+    # (e2e_lifecycle.py drives them over REST).
     printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.orders]' 'aggregate = "Order"' \
-        'publishes = ["OrderCreated", "OrderUpdated"]' '' '[contexts.billing]' \
+        'publishes = ["OrderCreated", "OrderUpdated"]' 'states = ["pending", "confirmed", "cancelled"]' '' \
+        '[contexts.orders.commands.confirm]' 'from = ["pending"]' 'to = "confirmed"' '' \
+        '[contexts.orders.commands.cancel]' 'from = ["pending", "confirmed"]' 'to = "cancelled"' \
+        'fields = { reason = "string" }' '' '[contexts.billing]' \
         'subscribes = ["orders.OrderCreated"]' >"$E2E_STATE/shop.toml"
     "$bin" new shop --spec "$E2E_STATE/shop.toml" --out "$ws" >/dev/null
     if [ "$bus" = kafka ]; then
@@ -140,7 +145,17 @@ for bus in "${buses[@]}"; do
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-$bus.jsonl" || status=$?
     fi
     if [ $status -eq 0 ]; then
-        schemathesis=""
+        # Ordering needs a consumer of the topic in the harness: Kafka (on SQS the queues
+        # belong to the services).
+        ordering=""
+        [ "$bus" = kafka ] && ordering="--ordering"
+        "$cache/venv/bin/python" ci/e2e_lifecycle.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --orders-bin "$CARGO_TARGET_DIR/debug/orders" \
+            --orders-db "$(database_url shop_orders)" $ordering || status=$?
+        record_started "$ws"/.run/*.pid
+    fi
+    if [ $status -eq 0 ]; then
+        schemathesis="
         [ "$bus" = "${buses[0]}" ] && schemathesis="$cache/venv/bin/schemathesis"
         "$cache/venv/bin/python" ci/e2e_gateway.py --workspace "$ws" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --api-key-file "$E2E_STATE/api-key.json" \

@@ -248,7 +248,7 @@ def check_cache(gw, token, order, orders_db):
     event = str(uuid.uuid4())
     subprocess.run(["psql", orders_db, "-qc",
                     "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, payload, headers) "
-                    f"VALUES ('{event}', 'shop.orders.order-updated.v1', 'shop.orders.v1.OrderUpdated', "
+                    f"VALUES ('{event}', 'shop.orders.order.v1', 'shop.orders.v1.OrderUpdated', "
                     f"'Order', '{order['id']}', '\\x', '{{}}')"], check=True)
     wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "miss", 10,
                "the OrderUpdated event invalidating the cached order")

@@ -2,7 +2,7 @@
 """Schema evolution on a real database, one orders binary at a time on the same database:
   old       a binary from before the update migrates a fresh database and stores an order;
   new       after `archscaffold update` added a field, the new binary migrates the database
-            forward, reads that order, and stores and reads the new field;
+            forward, reads that order (at version 1), and stores and reads the new field;
   rollback  the binary from before the field (built by this archscaffold) starts again on
             the database the new one migrated (as a rollback or an old replica restarting
             mid-rollout would), reads both orders and stores one without the field.
@@ -123,8 +123,9 @@ def main():
             print(f"[old] created order {state['before']}")
         elif args.phase == "new":
             old = get(state["before"])
-            if old.id != state["before"] or getattr(old, args.field) != "":
-                raise AssertionError(f"[new] the order stored before the upgrade reads back as {old}")
+            if old.id != state["before"] or getattr(old, args.field) != "" or old.version != 1:
+                raise AssertionError(f"[new] the order stored before the upgrade reads back as {old} "
+                                     "(expected the field's zero value and version 1)")
             created = create("after-upgrade", **{args.field: "added by the update"})
             if getattr(get(created.id), args.field) != "added by the update":
                 raise AssertionError(f"[new] the new field did not round-trip: {get(created.id)}")
