@@ -24,6 +24,7 @@ step() { printf '\n== %s ==\n' "$*"; }
 gen="$root/target/debug/archscaffold"
 "$gen" new shop --contexts orders,billing --out "$work/shop" --no-git >/dev/null
 "$gen" new market --spec tests/specs/rich.toml --out "$work/market" --no-git >/dev/null
+"$gen" new lifecycle --spec examples/shop.toml --out "$work/lifecycle" --no-git >/dev/null
 
 compose() { "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$1/deploy/docker-compose.yml"; }
 k8s() { "$bin/kubernetes-validate" --strict --kubernetes-version 1.37.0 "$1"/deploy/k8s/*.yaml; }
@@ -82,7 +83,7 @@ must_reject mermaid mermaid "sed -i 's/    clients -->|/    clients -->|| -->/' 
 # itself holds none.
 must_reject secrets secrets "echo 'aws_access_key_id = AKIA''Q3ZP7WJ2M5XK8RNV' >>deploy/compose-env.sh"
 
-for ws in shop market; do
+for ws in shop market lifecycle; do
     dir="$work/$ws"
     step "$ws: docker-compose.yml against the Compose specification schema"
     compose "$dir"
@@ -97,7 +98,11 @@ for ws in shop market; do
         rules_fire "$dir"
     fi
     step "$ws: Mermaid diagrams"
-    mermaid "$dir"
+    mermaid "$dir" | tee "$dir.mermaid.log"
+    if [ "$ws" = lifecycle ]; then
+        # Both aggregates with states get their lifecycle diagram.
+        [ "$(grep -c ' stateDiagram' "$dir.mermaid.log")" = 2 ] || { echo "FAIL: expected 2 state diagrams" >&2; exit 1; }
+    fi
     step "$ws: no secret values (detect-secrets)"
     secrets "$dir"
 done

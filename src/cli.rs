@@ -19,6 +19,7 @@ const EXAMPLES: &str = "\
 Examples:
   archscaffold new shop --contexts orders,billing
   archscaffold new shop --spec shop.toml --bus sqs --out ../shop
+  archscaffold new shop --example shop      (orders with states and commands)
   archscaffold new shop --contexts orders,billing,shipping --dry-run
   archscaffold validate --spec shop.toml
   archscaffold add context shipping --subscribes billing.BillingCreated   (in the workspace)
@@ -66,7 +67,7 @@ pub enum Command {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["contexts", "spec"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["contexts", "spec", "example"])))]
 pub struct NewArgs {
     /// Name of the system; also the default output directory
     pub name: String,
@@ -81,6 +82,9 @@ pub struct NewArgs {
     /// A spec file (TOML); see "The spec" in the README
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
+    /// A bundled example spec (`examples/<NAME>.toml` in the repository)
+    #[arg(long, value_enum, value_name = "NAME")]
+    pub example: Option<Example>,
     /// Event bus of the generated system (overrides the spec's `bus`)
     #[arg(long, value_enum)]
     pub bus: Option<Bus>,
@@ -326,19 +330,37 @@ fn print_update(update: &update::Update, dry_run: bool) {
     }
 }
 
+/// The example specs built into the binary.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Example {
+    /// Orders with a lifecycle (pending, confirmed, cancelled) and commands; invoices
+    /// opened by orders' events and paid.
+    Shop,
+}
+
+impl Example {
+    fn spec(self) -> (&'static str, &'static str) {
+        match self {
+            Example::Shop => ("examples/shop.toml", include_str!("../examples/shop.toml")),
+        }
+    }
+}
+
 fn new(args: NewArgs) -> Result<()> {
-    let spec = match (&args.spec, &args.contexts) {
-        (Some(path), _) => spec::load(
-            path,
-            &Overrides {
-                name: Some(&args.name),
-                bus: args.bus,
-            },
-        )?,
-        (None, Some(contexts)) => {
+    let overrides = Overrides {
+        name: Some(&args.name),
+        bus: args.bus,
+    };
+    let spec = match (&args.spec, &args.contexts, args.example) {
+        (Some(path), _, _) => spec::load(path, &overrides)?,
+        (None, Some(contexts), _) => {
             spec::from_contexts(&args.name, contexts, args.bus.unwrap_or(Bus::Kafka))?
         }
-        (None, None) => unreachable!("clap requires --contexts or --spec"),
+        (None, None, Some(example)) => {
+            let (path, text) = example.spec();
+            spec::parse(text, path, &overrides)?
+        }
+        (None, None, None) => unreachable!("clap requires --contexts, --spec or --example"),
     };
     let blueprint = load_blueprint(args.blueprints.as_deref())?;
     let plan = Plan::build(&spec, &blueprint)?;

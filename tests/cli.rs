@@ -102,7 +102,7 @@ const CASES: &[Case] = &[
         name: "no source of contexts",
         args: &["new", "shop"],
         spec: None,
-        stderr: "error: the following required arguments were not provided:\n  <--contexts <A,B,...>|--spec <FILE>>\n\nUsage: archscaffold new <--contexts <A,B,...>|--spec <FILE>> <NAME>\n\nFor more information, try '--help'.",
+        stderr: "error: the following required arguments were not provided:\n  <--contexts <A,B,...>|--spec <FILE>|--example <NAME>>\n\nUsage: archscaffold new <--contexts <A,B,...>|--spec <FILE>|--example <NAME>> <NAME>\n\nFor more information, try '--help'.",
     },
     Case {
         name: "spec file missing",
@@ -466,4 +466,44 @@ fn help_shows_examples_and_completions_are_printed() {
     let completions = run_in(dir.path(), &["completions", "bash"]);
     assert!(completions.status.success());
     assert!(String::from_utf8_lossy(&completions.stdout).contains("archscaffold"));
+}
+
+#[test]
+fn a_bundled_example_is_generated_under_the_given_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_in(
+        dir.path(),
+        &[
+            "new",
+            "store",
+            "--example",
+            "shop",
+            "--bus",
+            "sqs",
+            "--no-git",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let spec = fs::read_to_string(dir.path().join("store/archscaffold.toml")).unwrap();
+    assert!(spec.contains("name = \"store\"\nbus = \"sqs\"\n"), "{spec}");
+    assert!(
+        spec.contains("states = [\"pending\", \"confirmed\", \"cancelled\"]"),
+        "{spec}"
+    );
+    assert!(spec.contains("[contexts.orders.commands.cancel]"), "{spec}");
+    assert!(
+        dir.path()
+            .join("store/services/billing/src/domain/mod.rs")
+            .is_file()
+    );
+
+    let both = run_in(
+        dir.path(),
+        &["new", "x", "--example", "shop", "--contexts", "orders"],
+    );
+    assert_eq!(both.status.code(), Some(2), "one source of the spec only");
 }
