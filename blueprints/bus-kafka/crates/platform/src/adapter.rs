@@ -2,10 +2,12 @@
 //! librdkafka 2.0 fails the ApiVersion handshake with some brokers, the bundled 2.x does
 //! not (ADR 0001 in docs/adr). Topics are created on demand and again after a broker comes
 //! back empty; each consuming service is one consumer group and commits offsets only after
-//! a message was applied or dead-lettered.
+//! a message was applied or dead-lettered. The producer is idempotent; one that keeps
+//! failing is replaced (see [`Bus::publish`]).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -55,27 +57,35 @@ fn error(e: impl std::fmt::Display) -> BusError {
 #[derive(Clone)]
 pub struct Bus {
     config: BusConfig,
-    producer: FutureProducer,
+    producer: Arc<RwLock<FutureProducer>>,
+    /// Publishes that failed in a row; past `REPLACE_AFTER`, the producer is replaced.
+    failures: Arc<AtomicU32>,
+}
+
+/// Consecutive failed publishes after which the producer is replaced by a new one.
+const REPLACE_AFTER: u32 = 3;
+
+fn new_producer(config: &BusConfig) -> Result<FutureProducer, BusError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("message.timeout.ms", config.publish_timeout.as_millis().to_string())
+        .set("acks", "all")
+        // Retries never duplicate or reorder a message within a partition, and the
+        // aggregate id as key keeps one aggregate in one partition: its events stay in
+        // the order the relay sends them.
+        .set("enable.idempotence", "true")
+        .create()
+        .map_err(error)
 }
 
 impl Bus {
     /// Creates the clients; nothing connects until the first message, so a service starts
     /// (and accepts writes) while the broker is down.
     pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
-        let timeout_ms = config.publish_timeout.as_millis().to_string();
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
-            .set("message.timeout.ms", &timeout_ms)
-            .set("acks", "all")
-            // Retries never duplicate or reorder a message within a partition, and the
-            // aggregate id as key keeps one aggregate in one partition: its events stay in
-            // the order the relay sends them.
-            .set("enable.idempotence", "true")
-            .create()
-            .map_err(error)?;
         Ok(Bus {
             config: config.clone(),
-            producer,
+            producer: Arc::new(RwLock::new(new_producer(config)?)),
+            failures: Arc::default(),
         })
     }
 
@@ -183,11 +193,30 @@ impl Publisher for Bus {
             .key(&message.key)
             .payload(&message.payload)
             .headers(headers);
-        self.producer
-            .send(record, self.config.publish_timeout)
-            .await
-            .map(|_| ())
-            .map_err(|(e, _)| error(e))
+        let producer = self.producer.read().expect("not poisoned").clone();
+        match producer.send(record, self.config.publish_timeout).await {
+            Ok(_) => {
+                self.failures.store(0, Ordering::Relaxed);
+                Ok(())
+            }
+            Err((e, _)) => {
+                // An idempotent producer whose broker lost its state (a broker rebuilt
+                // empty, or a cluster restored elsewhere) times out on every message for
+                // good. A new producer gets a new producer id and starts over; the relay
+                // sends the failed message again (consumers deduplicate).
+                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= REPLACE_AFTER {
+                    match new_producer(&self.config) {
+                        Ok(fresh) => {
+                            *self.producer.write().expect("not poisoned") = fresh;
+                            self.failures.store(0, Ordering::Relaxed);
+                            tracing::warn!("replaced the Kafka producer after {REPLACE_AFTER} failed publishes");
+                        }
+                        Err(e) => tracing::warn!(error = %e, "cannot replace the Kafka producer"),
+                    }
+                }
+                Err(error(e))
+            }
+        }
     }
 
     async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError> {
