@@ -677,6 +677,84 @@ fn a_workspace_from_version_0_1_0_updates_and_keeps_its_edits() {
 }
 
 #[test]
+fn a_workspace_from_version_0_2_0_takes_versions_and_aggregate_topics() {
+    let ws = Workspace::from_fixture("shop-0.2.0");
+    ws.append("services/orders/src/domain/rules.rs", RULE);
+    ws.append("services/billing/src/handlers.rs", HANDLER);
+    ws.append("README.md", "\n## Our runbook\n\nPage the orders team.\n");
+    ws.commit("our edits");
+
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with("updated `shop` from archscaffold 0.2.0 to 0.3.0:\n"),
+        "{report}"
+    );
+    assert!(!report.contains("conflict"), "{report}");
+    // This version's schema changes arrive as new migrations; 0.2.0's keep their bytes.
+    for service in ["orders", "billing"] {
+        for old in ["0001_init.sql", "0002_bus.sql"] {
+            let path = format!("services/{service}/migrations/{old}");
+            assert_eq!(
+                fs::read(ws.path(&path)).unwrap(),
+                fs::read(
+                    Path::new(env!("CARGO_MANIFEST_DIR"))
+                        .join("tests/fixtures/shop-0.2.0")
+                        .join(&path)
+                )
+                .unwrap(),
+                "{path}"
+            );
+        }
+        assert!(
+            ws.read(&format!("services/{service}/migrations/0003_versions.sql"))
+                .contains("ADD COLUMN \"version\" BIGINT NOT NULL DEFAULT 1")
+        );
+        assert!(
+            ws.path(&format!(
+                "services/{service}/migrations/0004_ordered_outbox.sql"
+            ))
+            .is_file()
+        );
+    }
+    // Field numbers stay; version takes the next free one.
+    let proto = ws.read("proto/shop/billing/v1/billing.proto");
+    assert!(
+        proto.contains("  string order_id = 2;\n  google.protobuf.Timestamp created_at = 3;\n"),
+        "{proto}"
+    );
+    assert!(proto.contains("  int64 version = 4;\n"), "{proto}");
+    // Events move to one topic per aggregate.
+    assert!(
+        ws.read("services/orders/src/topics.rs")
+            .contains("pub const TOPIC: &str = \"shop.orders.order.v1\";")
+    );
+    assert!(
+        ws.read("services/billing/src/topics.rs")
+            .contains("pub const SUBSCRIBES: &[&str] = &[\"shop.orders.order.v1\"];")
+    );
+    assert!(
+        ws.read("services/orders/src/domain/rules.rs")
+            .ends_with(RULE)
+    );
+    assert!(
+        ws.read("services/billing/src/handlers.rs")
+            .ends_with(HANDLER)
+    );
+    let readme = ws.read("README.md");
+    assert!(
+        readme.ends_with("## Our runbook\n\nPage the orders team.\n"),
+        "{readme}"
+    );
+    assert!(
+        readme.contains("Upgrading from a workspace generated before 0.3.0"),
+        "{readme}"
+    );
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
+#[test]
 fn dry_run_lists_the_changes_and_writes_nothing() {
     let ws = Workspace::new("orders,billing");
     ws.replace("archscaffold.toml", "bus = \"kafka\"", "bus = \"sqs\"");
