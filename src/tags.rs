@@ -97,17 +97,84 @@ pub fn keep(spec: &mut Spec, previous: &BTreeMap<String, String>) {
         context.created_at_tag = own("created_at");
         context.version_tag = own("version");
         context.state_tag = own("state");
-        const OWN: [&str; 4] = ["id", "created_at", "version", "state"];
+        // `state` is the message's own only while the context has states; removed, its
+        // number is reserved like a removed field's.
+        let has_states = !context.states.is_empty();
+        let own_field = |name: &str| {
+            matches!(name, "id" | "created_at" | "version") || (name == "state" && has_states)
+        };
         reserved.extend(
             old.iter()
-                .filter(|(name, _)| !OWN.contains(&name.as_str()))
+                .filter(|(name, _)| !own_field(name))
                 .filter(|(name, _)| !numbers.contains_key(*name))
                 .map(|(_, n)| *n),
         );
         reserved.sort_unstable();
         reserved.dedup();
         context.reserved_tags = reserved;
+
+        // A command's request and a command's event carry fields of their own (numbered
+        // from 4): they keep their numbers the same way.
+        for command in &mut context.commands {
+            let message = format!("{}Request", command.rpc.pascal);
+            command.reserved_tags = renumber(
+                &mut command.inputs,
+                text,
+                &message,
+                &["id", "etag", "idempotency_key"],
+            );
+        }
+        let subject = format!("{}_id", context.aggregate.name.snake);
+        let fixed = [
+            subject.as_str(),
+            context.aggregate.name.snake.as_str(),
+            "version",
+        ];
+        for event in &mut context.events {
+            event.reserved_tags = renumber(&mut event.fields, text, &event.name.pascal, &fixed);
+        }
     }
+}
+
+/// Gives `fields` the numbers they have in `message` of `proto` (the others, past every
+/// number used there); returns what the message must reserve: numbers it reserved, and
+/// those of fields that are gone (other than the message's `fixed` fields).
+fn renumber(
+    fields: &mut [crate::spec::model::Field],
+    proto: &str,
+    message: &str,
+    fixed: &[&str],
+) -> Vec<usize> {
+    let (old, mut reserved) = message_tags(proto, message);
+    if old.is_empty() {
+        return Vec::new();
+    }
+    let mut next = old
+        .values()
+        .chain(&reserved)
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .max(3)
+        + 1;
+    for field in fields.iter_mut() {
+        field.tag = match old.get(&field.name) {
+            Some(n) => *n,
+            None => {
+                next += 1;
+                next - 1
+            }
+        };
+    }
+    reserved.extend(
+        old.iter()
+            .filter(|(name, _)| !fixed.contains(&name.as_str()))
+            .filter(|(name, _)| !fields.iter().any(|f| &f.name == *name))
+            .map(|(_, n)| *n),
+    );
+    reserved.sort_unstable();
+    reserved.dedup();
+    reserved
 }
 
 #[cfg(test)]
@@ -172,6 +239,33 @@ mod tests {
             "above the reserved 5"
         );
         assert_eq!(spec.contexts[0].reserved_tags, [2, 5]);
+    }
+
+    #[test]
+    fn command_and_event_fields_keep_their_numbers_too() {
+        let text = "name = \"shop\"\n[contexts.orders]\nstates = [\"open\", \"done\"]\n[contexts.orders.commands.close]\nto = \"done\"\nfields = { refund_cents = \"i64\", memo = \"string\" }\n";
+        let mut spec = parse(text, "spec.toml", &Overrides::default()).unwrap();
+        let numbers = |fields: &[crate::spec::model::Field]| -> Vec<(String, usize)> {
+            fields.iter().map(|f| (f.name.clone(), f.tag)).collect()
+        };
+        // Generated before: `reason` then `refund_cents`; `reason` is gone, `memo` is new.
+        let previous = BTreeMap::from([(
+            "proto/shop/orders/v1/orders.proto".to_string(),
+            "message Order {\n  string id = 1;\n  google.protobuf.Timestamp created_at = 2;\n  int64 version = 3;\n  string state = 4;\n}\n\nmessage CloseOrderRequest {\n  string id = 1;\n  string etag = 2;\n  string idempotency_key = 3;\n  string reason = 4;\n  int64 refund_cents = 5;\n}\n\nmessage OrderDone {\n  string order_id = 1;\n  Order order = 2;\n  int64 version = 3;\n  string reason = 4;\n  int64 refund_cents = 5;\n}\n".to_string(),
+        )]);
+        keep(&mut spec, &previous);
+        let ctx = &spec.contexts[0];
+        let expected = vec![("refund_cents".to_string(), 5), ("memo".to_string(), 6)];
+        assert_eq!(numbers(&ctx.commands[0].inputs), expected);
+        assert_eq!(ctx.commands[0].reserved_tags, [4]);
+        let event = ctx
+            .events
+            .iter()
+            .find(|e| e.name.pascal == "OrderDone")
+            .unwrap();
+        assert_eq!(numbers(&event.fields), expected);
+        assert_eq!(event.reserved_tags, [4]);
+        assert_eq!(ctx.state_tag, 4);
     }
 
     #[test]

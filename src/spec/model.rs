@@ -128,6 +128,8 @@ pub struct Command {
     /// `fields` then `set`, numbered from 4 in the request (1 to 3 are the id, etag and
     /// idempotency key).
     pub inputs: Vec<Field>,
+    /// Numbers of inputs removed since, reserved in the request (`tags`).
+    pub reserved_tags: Vec<usize>,
     pub event: Event,
 }
 
@@ -326,6 +328,8 @@ pub struct Event {
     /// The command's own fields, numbered from 4 in the event (after the aggregate id,
     /// the aggregate and its version).
     pub fields: Vec<Field>,
+    /// Numbers of fields removed since, reserved in the event message (`tags`).
+    pub reserved_tags: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -467,6 +467,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             type_name: naming::event_type(system, &p.name, name),
             declared,
             fields,
+            reserved_tags: Vec::new(),
         };
         let mut events: Vec<Event> = p
             .events
@@ -548,6 +549,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 set,
                 fields: own,
                 inputs,
+                reserved_tags: Vec::new(),
                 event: emitted,
             });
         }
