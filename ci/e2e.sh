@@ -4,8 +4,8 @@
 # loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
 # with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
 # (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus) and
-# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays on
-# Kafka), ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
+# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays),
+# ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
 # stops everything it started, pass or fail. On Kafka the workspace is first evolved as a
 # user would (edits, then `archscaffold add context shipping`), and e2e.py also follows an
 # order to shipping. Needs DATABASE_URL (ci/test sets it).
@@ -145,13 +145,9 @@ for bus in "${buses[@]}"; do
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-$bus.jsonl" || status=$?
     fi
     if [ $status -eq 0 ]; then
-        # Ordering needs a consumer of the topic in the harness: Kafka (on SQS the queues
-        # belong to the services).
-        ordering=""
-        [ "$bus" = kafka ] && ordering="--ordering"
-        "$cache/venv/bin/python" ci/e2e_lifecycle.py --workspace "$ws" \
+        "$cache/venv/bin/python" ci/e2e_lifecycle.py --workspace "$ws" --bus "$bus" --ordering \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --orders-bin "$CARGO_TARGET_DIR/debug/orders" \
-            --orders-db "$(database_url shop_orders)" $ordering || status=$?
+            --orders-db "$(database_url shop_orders)" || status=$?
         record_started "$ws"/.run/*.pid
     fi
     if [ $status -eq 0 ]; then

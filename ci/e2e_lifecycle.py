@@ -9,10 +9,14 @@ Redis and a real broker. Only loopback is contacted; every wait and loop is boun
      If-None-Match read (304, also from the cache), cancel, DELETE then GET (404) and
      DELETE again (204). A GET right after each change shows it, though the previous
      version was cached; the outbox holds one event per change, versions 1 to 5.
-  2. ordering (--ordering, Kafka): 50 changes to one order from 4 concurrent clients, two
+  2. ordering (--ordering): 50 changes to one order from 4 concurrent clients, two
      through the gateway (orders #1) and two over gRPC to a second orders process on the
-     same database, so two relays publish that order's events; a consumer reading the
-     aggregate's topic sees its versions strictly increasing, none missing, none twice.
+     same database, so two relays compete for that order's events; then orders #1 is
+     stopped and 10 more changes go to the second process, whose relay must publish them.
+     A consumer in this harness sees the order's versions strictly increasing, none
+     missing, none twice. On Kafka it reads the aggregate's topic; on SQS, billing is
+     stopped meanwhile and the harness reads billing's FIFO queue (the order's events go
+     there). Everything stopped is started again with deploy/local/up.sh.
 """
 
 import argparse
@@ -27,6 +31,8 @@ from e2e_common import wait_until
 from e2e_gateway import Gateway, call, expect
 
 KAFKA = "127.0.0.1:9092"
+SQS = "http://127.0.0.1:5000"
+BILLING_QUEUE = "shop-billing.fifo"
 ORDER_TOPIC = "shop.orders.order.v1"
 SECOND_ORDERS = "127.0.0.1:50151"
 SECOND_METRICS = "127.0.0.1:9575"
@@ -118,7 +124,7 @@ def start_second_orders(args):
         secret = f.read().strip()
     env = {**os.environ, "ORDERS__DATABASE__URL": args.orders_db, "ORDERS__GRPC__ADDR": SECOND_ORDERS,
            "ORDERS__METRICS__ADDR": SECOND_METRICS, "ORDERS__SERVICE_AUTH__SECRET": secret,
-           "ORDERS__KAFKA__BROKERS": KAFKA, "RUST_LOG": "info"}
+           "ORDERS__KAFKA__BROKERS": KAFKA, "ORDERS__SQS__ENDPOINT": SQS, "RUST_LOG": "info"}
     log = open(os.path.join(args.workspace, ".run", "orders-second.log"), "ab")
     process = subprocess.Popen([args.orders_bin], env=env, stdout=log, stderr=log)
     # down.sh stops it too if this script dies before it does.
@@ -142,12 +148,95 @@ def published_total(port):
     return total(scrape(port), "outbox_published_total")
 
 
+def read_until(receive, wanted, seconds=60):
+    """Calls `receive()` (a list of versions) until `wanted` arrived, then a little longer
+    (anything published twice would follow)."""
+    versions = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and len(versions) < wanted:
+        versions += receive()
+    end = time.monotonic() + 2
+    while time.monotonic() < end:
+        versions += receive()
+    return versions
+
+
+def kafka_versions(order_id, wanted):
+    """The order's versions in the order its topic holds them."""
+    from confluent_kafka import Consumer
+    consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"e2e-order-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([ORDER_TOPIC])
+
+    def receive():
+        message = consumer.poll(0.2)
+        if message is None or message.error():
+            return []
+        headers = {k: v.decode() for k, v in (message.headers() or [])}
+        return [int(headers["aggregate_version"])] if headers.get("aggregate_id") == order_id else []
+
+    try:
+        return read_until(receive, wanted)
+    finally:
+        consumer.close()
+
+
+def sqs():
+    import boto3
+    return boto3.client("sqs", endpoint_url=SQS, region_name="us-east-1",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def sqs_versions(order_id, wanted):
+    """The order's versions in the order billing's FIFO queue delivers them (billing is
+    stopped meanwhile); every message read is deleted, as a consumer would."""
+    client = sqs()
+    url = client.get_queue_url(QueueName=BILLING_QUEUE)["QueueUrl"]
+
+    def receive():
+        got = []
+        response = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                          MessageAttributeNames=["All"])
+        for m in response.get("Messages", []):
+            attrs = {k: v["StringValue"] for k, v in m.get("MessageAttributes", {}).items()}
+            if attrs.get("aggregate_id") == order_id:
+                got.append(int(attrs["aggregate_version"]))
+            client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return got
+
+    return read_until(receive, wanted)
+
+
+def billing_queue_empty():
+    client = sqs()
+    url = client.get_queue_url(QueueName=BILLING_QUEUE)["QueueUrl"]
+    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return all(v == "0" for v in attrs.values())
+
+
+def stop_service(args, name):
+    """SIGTERM (the service finishes what it holds) and wait until it is gone."""
+    pid = open(os.path.join(args.workspace, ".run", f"{name}.pid")).read().strip()
+    subprocess.run(["kill", "-TERM", pid], check=True)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+               open(f"/proc/{pid}/stat").read().split()[2] == "Z", 20, f"{name} to stop")
+
+
+def restart_stopped(args):
+    restarted = subprocess.run(["bash", os.path.join(args.workspace, "deploy/local/up.sh")],
+                               env=dict(os.environ), capture_output=True, text=True)
+    expect(restarted.returncode == 0, f"up.sh could not restart what was stopped:\n{restarted.stdout}{restarted.stderr}")
+
+
 def check_ordering(args, token):
     import grpc
-    from confluent_kafka import Consumer
     from e2e import compile_protos, service_credential
 
     orders_pb, orders_grpc, _, _ = compile_protos(args.workspace)
+    if args.bus == "sqs":
+        wait_until(billing_queue_empty, 30, "billing's queue drained")
+        stop_service(args, "billing")
     second = start_second_orders(args)
     try:
         channel = grpc.insecure_channel(SECOND_ORDERS)
@@ -187,39 +276,31 @@ def check_ordering(args, token):
         changes = sum(per_client)
         expect(changes >= wanted and per_client[0] + per_client[2] > 0 and per_client[1] + per_client[3] > 0,
                f"changes through the gateway and over gRPC to the second process: {per_client}")
+        # Orders #1 (and its relay) goes away; what the second process writes now only
+        # its relay can publish, after whatever #1 left unsent.
+        stop_service(args, "orders")
+        handover = 10
+        for _ in range(handover):
+            stub.UpdateOrder(orders_pb.UpdateOrderRequest(id=order["id"], idempotency_key=str(uuid.uuid4())),
+                             timeout=10, metadata=[auth])
+        changes += handover
         last = 1 + changes
         final = db_rows(args.orders_db, f"SELECT version FROM orders WHERE id = '{order['id']}'")
         expect(final == [[str(last)]], f"the order is at version {last}: {final}")
 
-        consumer = Consumer({"bootstrap.servers": KAFKA, "group.id": f"e2e-order-{uuid.uuid4()}",
-                             "auto.offset.reset": "earliest", "enable.auto.commit": False})
-        consumer.subscribe([ORDER_TOPIC])
-        versions = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and len(versions) < last:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                continue
-            headers = {k: v.decode() for k, v in (message.headers() or [])}
-            if headers.get("aggregate_id") == order["id"]:
-                versions.append(int(headers["aggregate_version"]))
-        # Anything published twice would follow: read a little longer.
-        end = time.monotonic() + 2
-        while time.monotonic() < end:
-            message = consumer.poll(0.2)
-            if message is not None and not message.error():
-                headers = {k: v.decode() for k, v in (message.headers() or [])}
-                if headers.get("aggregate_id") == order["id"]:
-                    versions.append(int(headers["aggregate_version"]))
-        consumer.close()
+        versions = (kafka_versions if args.bus == "kafka" else sqs_versions)(order["id"], last)
         expect(versions == list(range(1, last + 1)),
                f"the order's events in version order, none missing or twice: {versions}")
         second_published = published_total(int(SECOND_METRICS.rsplit(":", 1)[1])) - before_second
-        expect(second_published > 0, "the second relay published some of the events")
-        print(f"check 2 passed: {changes} concurrent changes from 4 clients, two relays "
-              f"(the second published {int(second_published)}), versions 1..{last} in order on {ORDER_TOPIC}")
+        expect(second_published >= handover, f"the second relay published {second_published} events, "
+                                             f"at least the {handover} written after orders #1 stopped")
+        print(f"check 2 passed: {changes - handover} concurrent changes from 4 clients with two relays, "
+              f"{handover} more after orders #1 stopped (the second relay published {int(second_published)}), "
+              f"versions 1..{last} in order "
+              f"on {ORDER_TOPIC if args.bus == 'kafka' else BILLING_QUEUE}")
     finally:
         stop_second_orders(args, second)
+        restart_stopped(args)
 
 
 def main():
@@ -228,7 +309,8 @@ def main():
     parser.add_argument("--gateway", required=True, help="the built gateway binary")
     parser.add_argument("--orders-bin", required=True, help="the built orders binary")
     parser.add_argument("--orders-db", required=True)
-    parser.add_argument("--ordering", action="store_true", help="also the ordering check (Kafka)")
+    parser.add_argument("--bus", required=True, choices=["kafka", "sqs"])
+    parser.add_argument("--ordering", action="store_true", help="also the ordering check")
     args = parser.parse_args()
     gw = Gateway(args)
     token = gw.token("lifecycle", ["orders:read", "orders:write"])
