@@ -2,7 +2,8 @@
 //!
 //! Closed: calls pass; `failure_threshold` consecutive failures open it. Open: calls fail at
 //! once (no connection attempt, no timeout to wait out) for `open_for`. Half-open: one probe
-//! call passes; its success closes the breaker, its failure opens it again.
+//! call passes; its success closes the breaker, its failure opens it again. Outcomes of
+//! calls admitted before it opened, arriving late, are ignored.
 //!
 //! A failure is a transport error, a timeout, or a response whose `grpc-status` says the
 //! service is unavailable or too slow; answers such as NOT_FOUND are successes here.
@@ -141,6 +142,10 @@ impl Breaker {
         let mut inner = self.lock();
         if probe {
             inner.probe_in_flight = false;
+        } else if inner.state != State::Closed {
+            // A call admitted while closed that answers after the breaker opened says
+            // nothing about the service now: only the probe decides.
+            return;
         }
         if success {
             if inner.state != State::Closed {
@@ -318,6 +323,23 @@ mod tests {
         probe.success();
         assert_eq!(b.state(), State::Closed);
         b.try_acquire().unwrap().success();
+    }
+
+    #[test]
+    fn a_late_outcome_of_a_call_admitted_before_it_opened_does_not_decide() {
+        let b = breaker(60_000);
+        let slow = b.try_acquire().unwrap();
+        let slow_failure = b.try_acquire().unwrap();
+        for _ in 0..3 {
+            b.try_acquire().unwrap().failure();
+        }
+        assert_eq!(b.state(), State::Open);
+        // Calls admitted while it was closed answer now: only a probe decides.
+        slow.success();
+        assert_eq!(b.state(), State::Open, "a late success must not close it");
+        assert!(b.try_acquire().is_err());
+        slow_failure.failure();
+        assert_eq!(b.state(), State::Open);
     }
 
     #[test]
