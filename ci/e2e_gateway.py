@@ -195,8 +195,9 @@ def check_idempotency(token, orders_db):
 
 
 def breaker_gauge(dependency):
-    """gateway_breaker_open{dependency=...} from the gateway's /metrics."""
-    return scrape(9464).get(("gateway_breaker_open", frozenset({("dependency", dependency)})))
+    """dependency_breaker_open{caller="gateway", callee=...} from the gateway's /metrics."""
+    return scrape(9464).get(("dependency_breaker_open",
+                             frozenset({("caller", "gateway"), ("callee", dependency)})))
 
 
 def check_breaker(gw, token, args):
@@ -217,7 +218,7 @@ def check_breaker(gw, token, args):
     expect(opened_after, "the breaker did not open within 20 calls")
     fast = [call("GET", "/v1/billing", token)[3] for _ in range(10)]
     expect(max(fast) < 0.05, f"open breaker must fail in < 50 ms: {fast}")
-    expect(breaker_gauge("billing") == 1, f"gateway_breaker_open for billing: {breaker_gauge('billing')}")
+    expect(breaker_gauge("billing") == 1, f"dependency_breaker_open for billing: {breaker_gauge('billing')}")
     env = dict(os.environ, **args.up_env)
     restarted = subprocess.run(["bash", os.path.join(args.workspace, "deploy/local/up.sh")],
                                env=env, capture_output=True, text=True)
@@ -227,7 +228,7 @@ def check_breaker(gw, token, args):
                "billing reachable again through the gateway")
     expect(open(os.path.join(gw.run, "gateway.pid")).read().strip() == gateway_pid,
            "the gateway was not restarted")
-    expect(breaker_gauge("billing") == 0, "gateway_breaker_open for billing is back to 0")
+    expect(breaker_gauge("billing") == 0, "dependency_breaker_open for billing is back to 0")
     print(f"check 5 passed: 503s, breaker open after {opened_after} calls (its gauge 1), then "
           f"{max(fast) * 1000:.1f} ms at most; recovered without a gateway restart (gauge 0)")
 

@@ -95,7 +95,7 @@ def main():
         print(f"FAIL billing consumer_lag_messages is {lag}, expected 0 once caught up")
         return 1
     breaker = scrape(ports["gateway"])
-    if total(breaker, "gateway_breaker_open", dependency="billing") != 0:
+    if total(breaker, "dependency_breaker_open", caller="gateway", callee="billing") != 0:
         print("FAIL the billing breaker reads open on a healthy system")
         return 1
     print(f"check metrics passed: /metrics of gateway, orders and billing parse; "

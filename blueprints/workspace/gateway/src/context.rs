@@ -1,7 +1,7 @@
 //! Per-request context: the correlation id (taken from `X-Correlation-Id` when the client
 //! sends a sane one, else new) and the deadline every downstream call must finish by.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::Request;
 use axum::http::HeaderValue;
@@ -10,23 +10,8 @@ use axum::response::Response;
 
 pub const CORRELATION_ID: &str = "x-correlation-id";
 
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    pub correlation_id: String,
-    pub deadline: Instant,
-    /// The authenticated subject, once known.
-    pub user: Option<String>,
-}
-
-impl RequestContext {
-    pub fn new(correlation_id: String, timeout: Duration) -> RequestContext {
-        RequestContext {
-            correlation_id,
-            deadline: Instant::now() + timeout,
-            user: None,
-        }
-    }
-}
+/// The per-request context, the same one services use for their own calls.
+pub use platform::resilience::CallContext as RequestContext;
 
 fn acceptable(id: &str) -> bool {
     (1..=100).contains(&id.len())

@@ -1,17 +1,15 @@
 //! The gateway: REST over the gRPC services. Per request, outermost first: body limit →
 //! request context (correlation id, deadline) → access log → authentication → rate limit →
 //! the route, which checks its scope and calls its service through that service's
-//! resilience stack (see `downstream.rs`). Reads of one resource go through the Redis cache,
+//! resilience stack (`platform::resilience`). Reads of one resource go through the Redis cache,
 //! which a consumer of the domain events keeps honest.
 
 pub mod api;
 pub mod api_keys;
 pub mod auth;
-pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod context;
-pub mod downstream;
 pub mod health;
 pub mod invalidation;
 pub mod openapi;
@@ -275,7 +273,7 @@ async fn access_log(request: Request, next: Next) -> Response {
         .map(|cx| cx.correlation_id.clone())
         .unwrap_or_default();
     // The request's server span, child of the client's span if it sent a `traceparent`;
-    // downstream calls carry it on (see `downstream::Attempt::request`).
+    // downstream calls carry it on (see `platform::resilience::Attempt::request`).
     let span = tracing::info_span!(
         "http",
         otel.name = %format!("{method} {route}"),

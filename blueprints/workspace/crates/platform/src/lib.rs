@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod observe;
 pub mod outbox;
 pub mod relay;
+pub mod resilience;
 pub mod service_auth;
 pub mod shutdown;
 pub mod telemetry;

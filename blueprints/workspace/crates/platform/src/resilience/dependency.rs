@@ -1,4 +1,5 @@
-//! One downstream gRPC service and the resilience around every call to it.
+//! One dependency (a gRPC service the caller calls) and the resilience around every call
+//! to it. The gateway and every service that `calls` another use this one implementation.
 //!
 //! The tower stack on the channel, outermost first:
 //!   error mapping → bulkhead (concurrency limit, shed when full) → circuit breaker →
@@ -15,7 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use platform::service_auth::Minter;
+use crate::service_auth::Minter;
 use tonic::Status;
 use tonic::transport::{Channel, Endpoint};
 use tower::load_shed::error::Overloaded;
@@ -23,8 +24,27 @@ use tower::timeout::error::Elapsed;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
-use crate::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, State};
-use crate::context::RequestContext;
+use super::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, State};
+
+/// What every call on behalf of one request carries: its correlation id, the deadline every
+/// call must finish by, and the end user, when there is one.
+#[derive(Debug, Clone)]
+pub struct CallContext {
+    pub correlation_id: String,
+    pub deadline: Instant,
+    /// The authenticated subject, once known.
+    pub user: Option<String>,
+}
+
+impl CallContext {
+    pub fn new(correlation_id: String, timeout: Duration) -> CallContext {
+        CallContext {
+            correlation_id,
+            deadline: Instant::now() + timeout,
+            user: None,
+        }
+    }
+}
 
 /// The channel with its resilience layers, type-erased so every client uses one type. Its
 /// error is a concrete `Status` (not a boxed error): tonic's client bounds on a boxed
@@ -86,7 +106,7 @@ impl Attempt {
             request.metadata_mut().insert("x-correlation-id", value);
         }
         // The service's span becomes a child of this request's span.
-        if let Some(value) = platform::telemetry::current_traceparent().and_then(|t| t.parse().ok()) {
+        if let Some(value) = crate::telemetry::current_traceparent().and_then(|t| t.parse().ok()) {
             request.metadata_mut().insert("traceparent", value);
         }
         request
@@ -94,7 +114,9 @@ impl Attempt {
 }
 
 impl Dependency {
+    /// `caller`'s resilient client of `name`.
     pub fn new(
+        caller: &'static str,
         name: &'static str,
         config: DependencyConfig,
         credential: Minter,
@@ -104,7 +126,7 @@ impl Dependency {
             .connect_timeout(config.timeout)
             .tcp_nodelay(true);
         let channel: Channel = endpoint.connect_lazy();
-        let breaker = Breaker::new(name, config.breaker);
+        let breaker = Breaker::new(caller, name, config.breaker);
         let stack = ServiceBuilder::new()
             .map_err(into_status)
             .load_shed()
@@ -132,7 +154,7 @@ impl Dependency {
     /// Runs `attempt` until it succeeds, fails for good, or the request's deadline is near.
     /// The attempt's future is boxed: naming one concrete `Send` type keeps the compiler
     /// from having to prove tonic's client bounds for every lifetime inside axum handlers.
-    pub async fn call<R, F>(&self, cx: &RequestContext, retry: Retry, mut attempt: F) -> Result<R, Status>
+    pub async fn call<R, F>(&self, cx: &CallContext, retry: Retry, mut attempt: F) -> Result<R, Status>
     where
         F: FnMut(Attempt) -> AttemptFuture<R>,
     {
@@ -164,7 +186,7 @@ impl Dependency {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
             };
-            let delay = platform::backoff::delay(self.config.backoff_base, self.config.backoff_max, retries);
+            let delay = crate::backoff::full_jitter(self.config.backoff_base, self.config.backoff_max, retries);
             let may_retry = retry == Retry::Idempotent
                 && retries < self.config.retries
                 && is_transient(&status)
@@ -228,7 +250,7 @@ mod tests {
     use super::*;
 
     fn dependency(retries: u32) -> Dependency {
-        let secret = platform::service_auth::ServiceSecret::new(&"s".repeat(32)).unwrap();
+        let secret = crate::service_auth::ServiceSecret::new(&"s".repeat(32)).unwrap();
         let config = DependencyConfig {
             // Nothing listens on port 1; the attempts below never use the channel anyway.
             addr: "http://127.0.0.1:1".into(),
@@ -242,13 +264,13 @@ mod tests {
             },
             max_concurrent: 4,
         };
-        Dependency::new("orders", config, Minter::new(&secret, "shop", "orders")).unwrap()
+        Dependency::new("gateway", "orders", config, Minter::new(&secret, "shop", "orders")).unwrap()
     }
 
     async fn attempts(dependency: &Dependency, retry: Retry, status: Status) -> (u32, Status) {
         let count = Arc::new(AtomicU32::new(0));
         let counter = count.clone();
-        let cx = RequestContext::new("test".into(), Duration::from_secs(5));
+        let cx = CallContext::new("test".into(), Duration::from_secs(5));
         let result = dependency
             .call(&cx, retry, move |_attempt| -> AttemptFuture<()> {
                 counter.fetch_add(1, Ordering::SeqCst);
@@ -268,6 +290,42 @@ mod tests {
         assert_eq!(n, 1, "a create without an idempotency key is never retried");
         let (n, status) = attempts(&d, Retry::Idempotent, Status::not_found("gone")).await;
         assert_eq!((n, status.code()), (1, tonic::Code::NotFound));
+    }
+
+    #[tokio::test]
+    async fn a_call_with_no_budget_left_is_never_sent() {
+        let d = dependency(2);
+        let mut cx = CallContext::new("test".into(), Duration::from_secs(5));
+        cx.deadline = Instant::now();
+        let sent = Arc::new(AtomicU32::new(0));
+        let counter = sent.clone();
+        let result = d
+            .call(&cx, Retry::Idempotent, move |_attempt| -> AttemptFuture<()> {
+                counter.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok(tonic::Response::new(())) })
+            })
+            .await;
+        assert_eq!(result.unwrap_err().code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(sent.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn each_attempt_gets_the_smaller_of_its_timeout_and_what_is_left_of_the_deadline() {
+        let d = dependency(0);
+        let timeouts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        for budget in [Duration::from_millis(50), Duration::from_secs(5)] {
+            let cx = CallContext::new("test".into(), budget);
+            let seen = timeouts.clone();
+            d.call(&cx, Retry::Never, move |attempt| -> AttemptFuture<()> {
+                seen.lock().unwrap().push(attempt.timeout);
+                Box::pin(async { Ok(tonic::Response::new(())) })
+            })
+            .await
+            .unwrap();
+        }
+        let timeouts = timeouts.lock().unwrap();
+        assert!(timeouts[0] <= Duration::from_millis(50), "{timeouts:?}");
+        assert_eq!(timeouts[1], Duration::from_millis(200), "the per-attempt timeout");
     }
 
     #[test]

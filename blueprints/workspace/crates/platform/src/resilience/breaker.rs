@@ -1,4 +1,5 @@
-//! A circuit breaker as a tower layer, one per downstream service.
+//! A circuit breaker as a tower layer, one per dependency of a caller (the gateway or a
+//! service).
 //!
 //! Closed: calls pass; `failure_threshold` consecutive failures open it. Open: calls fail at
 //! once (no connection attempt, no timeout to wait out) for `open_for`. Half-open: one probe
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use platform::observe::trailers_only_status;
+use crate::observe::trailers_only_status;
 use tower::{BoxError, Layer, Service};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,21 +64,25 @@ struct Inner {
     probe_in_flight: bool,
 }
 
-/// The gauge `deploy/alerts.yml` watches: 1 while the breaker is open or probing.
-pub const OPEN_GAUGE: &str = "gateway_breaker_open";
+/// The gauge `deploy/alerts.yml` watches: 1 while the breaker is open or probing, per
+/// caller and callee.
+pub const OPEN_GAUGE: &str = "dependency_breaker_open";
 
 /// Shared state of one dependency's breaker; clones see the same state.
 #[derive(Debug, Clone)]
 pub struct Breaker {
+    caller: Arc<str>,
     name: Arc<str>,
     config: BreakerConfig,
     inner: Arc<Mutex<Inner>>,
 }
 
 impl Breaker {
-    pub fn new(name: &str, config: BreakerConfig) -> Breaker {
-        metrics::gauge!(OPEN_GAUGE, "dependency" => name.to_string()).set(0.0);
+    /// The breaker `caller` keeps for its calls to `name`.
+    pub fn new(caller: &str, name: &str, config: BreakerConfig) -> Breaker {
+        metrics::gauge!(OPEN_GAUGE, "caller" => caller.to_string(), "callee" => name.to_string()).set(0.0);
         Breaker {
+            caller: Arc::from(caller),
             name: Arc::from(name),
             config,
             inner: Arc::new(Mutex::new(Inner {
@@ -129,7 +134,7 @@ impl Breaker {
     }
 
     fn report(&self, open: f64) {
-        metrics::gauge!(OPEN_GAUGE, "dependency" => self.name.to_string()).set(open);
+        metrics::gauge!(OPEN_GAUGE, "caller" => self.caller.to_string(), "callee" => self.name.to_string()).set(open);
     }
 
     fn refused(&self) -> BreakerOpen {
@@ -284,6 +289,7 @@ mod tests {
 
     fn breaker(open_ms: u64) -> Breaker {
         Breaker::new(
+            "gateway",
             "billing",
             BreakerConfig {
                 failure_threshold: 3,

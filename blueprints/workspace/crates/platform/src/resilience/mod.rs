@@ -1,0 +1,12 @@
+//! Resilience per dependency: what a caller (the gateway, or a service that `calls`
+//! another) puts around every call to one gRPC service. A bulkhead, a circuit breaker and a
+//! timeout per attempt on the channel; retries with backoff and jitter for idempotent calls
+//! only, never past the request's deadline (`dependency`).
+
+mod breaker;
+mod dependency;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, OPEN_GAUGE, Permit, State};
+pub use dependency::{
+    Attempt, AttemptFuture, CallContext, Dependency, DependencyConfig, Retry, Stack,
+};
