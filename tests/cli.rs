@@ -192,7 +192,7 @@ const CASES: &[Case] = &[
         name: "unknown field type",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\nfields = { total = \"money\" }\n"),
-        stderr: "error: contexts.orders.fields.total: `money` is not a field type\n  --> spec.toml:3:20\n  = help: use one of: string, i64, i32, bool, f64",
+        stderr: "error: contexts.orders.fields.total: `money` is not a field type\n  --> spec.toml:3:20\n  = help: use one of: string, i64, i32, bool, f64, or `ref:<context>` for the id of another context's aggregate",
     },
     Case {
         name: "reserved field",
@@ -319,6 +319,30 @@ const CASES: &[Case] = &[
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\ncrud = [\"create\"]\n"),
         stderr: "error: contexts.orders.crud: `read` is missing: every resource can be read (its ETag, the cache and the events are built on reads)\n  --> spec.toml:3:8\n  = help: add `\"read\"` to the list",
+    },
+    Case {
+        name: "a ref to an unknown context",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.checkout]\nfields = { item_id = \"ref:catalog\" }\n",
+        ),
+        stderr: "error: contexts.checkout.fields.item_id: `ref:catalog` refers to an unknown context\n  --> spec.toml:3:22\n  = help: refer to one of: `checkout`",
+    },
+    Case {
+        name: "a ref to the context itself",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.catalog]\nfields = { parent_id = \"ref:catalog\" }\n",
+        ),
+        stderr: "error: contexts.catalog.fields.parent_id: `ref:catalog` refers to the context itself\n  --> spec.toml:3:24\n  = help: an aggregate refers to others of its own kind by a plain `string` field",
+    },
+    Case {
+        name: "refs that close a cycle of synchronous calls",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some(
+            "name = \"shop\"\n[contexts.catalog]\ncalls = [\"checkout\"]\n[contexts.checkout]\nfields = { item_id = \"ref:catalog\" }\n",
+        ),
+        stderr: "error: contexts.checkout.calls: synchronous calls form a cycle catalog -> checkout -> catalog; a call chain adds up its p99s (p99(catalog) includes p99(checkout) + p99(catalog)), so a cycle has no latency bound\n  --> spec.toml:5:22\n  = help: break the cycle: let one side publish an event and the other `subscribes` to it",
     },
     Case {
         name: "validate reports several problems at once",

@@ -21,7 +21,12 @@ pub fn to_toml(spec: &Spec) -> String {
             let fields: Vec<String> = ctx
                 .fields
                 .iter()
-                .map(|f| format!("{} = {}", f.name, quote(f.kind.as_str())))
+                .map(|f| match &f.reference {
+                    Some(target) => {
+                        format!("{} = {}", f.name, quote(&format!("ref:{}", target.raw)))
+                    }
+                    None => format!("{} = {}", f.name, quote(f.kind.as_str())),
+                })
                 .collect();
             out.push_str(&format!("fields = {{ {} }}\n", fields.join(", ")));
         }
@@ -108,5 +113,25 @@ mod tests {
             text.contains("subscribes = [\"orders.OrderCreated\"]"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_ref_is_written_back_as_a_ref_and_implies_the_call() {
+        let text = "name = \"shop\"\n[contexts.catalog]\n[contexts.checkout]\nfields = { item_id = \"ref:catalog\", quantity = \"i32\" }\n";
+        let spec = parse(text, "spec.toml", &Overrides::default()).unwrap();
+        let checkout = &spec.contexts[1];
+        assert_eq!(checkout.calls[0].raw, "catalog", "the ref implies the call");
+        assert_eq!(
+            checkout.fields[0].reference.as_ref().unwrap().raw,
+            "catalog"
+        );
+        let canonical = to_toml(&spec);
+        assert!(
+            canonical.contains("fields = { item_id = \"ref:catalog\", quantity = \"i32\" }"),
+            "{canonical}"
+        );
+        assert!(canonical.contains("calls = [\"catalog\"]"), "{canonical}");
+        let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
+        assert_eq!(to_toml(&again), canonical);
     }
 }

@@ -216,6 +216,8 @@ pub struct Field {
     pub link: bool,
     /// True for fields written in the spec (a link may be declared too, to fix its place).
     pub declared: bool,
+    /// For a `ref:<context>` field: the context whose aggregate's id it holds.
+    pub reference: Option<Names>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -104,6 +104,15 @@ struct Partial<'r> {
     fields: Vec<(String, FieldType)>,
     events: Vec<Names>,
     lifecycle: lifecycle::Lifecycle,
+    /// `ref:<context>` fields, resolved once every context is known.
+    refs: Vec<RefField>,
+}
+
+/// A field that holds the id of another context's aggregate.
+struct RefField {
+    field: String,
+    target: String,
+    span: Range<usize>,
 }
 
 pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>> {
@@ -262,6 +271,7 @@ fn first_pass<'r>(
         }
 
         let mut fields = Vec::new();
+        let mut refs = Vec::new();
         for (fname, ftype) in &ctx.fields {
             let at = format!("{field}.fields.{}", fname.get_ref());
             if let Err(p) = check_field_name(fname.get_ref()) {
@@ -277,13 +287,23 @@ fn first_pass<'r>(
                 );
                 continue;
             }
+            if let Some(target) = ftype.get_ref().strip_prefix("ref:") {
+                // The id of another context's aggregate: a string, resolved in the second pass.
+                fields.push((fname.get_ref().clone(), FieldType::String));
+                refs.push(RefField {
+                    field: fname.get_ref().clone(),
+                    target: target.to_string(),
+                    span: ftype.span(),
+                });
+                continue;
+            }
             match FieldType::parse(ftype.get_ref()) {
                 Some(t) => fields.push((fname.get_ref().clone(), t)),
                 None => c.error(
                     &at,
                     ftype.span(),
                     format!("`{}` is not a field type", ftype.get_ref()),
-                    format!("use one of: {}", FieldType::ALL),
+                    format!("use one of: {}, or `ref:<context>` for the id of another context's aggregate", FieldType::ALL),
                 ),
             }
         }
@@ -335,6 +355,7 @@ fn first_pass<'r>(
             fields,
             events,
             lifecycle,
+            refs,
         });
     }
     partials
@@ -459,7 +480,41 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             }
         }
 
-        let all_fields = build_fields(c, &field, p, &subscribes);
+        // A ref is a synchronous dependency: it implies `calls` (and takes part in the
+        // cycle check) even where `calls` does not list it.
+        let mut references = Vec::new();
+        for r in &p.refs {
+            let at = format!("{field}.fields.{}", r.field);
+            match find(&r.target) {
+                None => c.error(
+                    &at,
+                    r.span.clone(),
+                    format!("`ref:{}` refers to an unknown context", r.target),
+                    format!("refer to one of: {}", known(partials)),
+                ),
+                Some(dep) if dep == index => c.error(
+                    &at,
+                    r.span.clone(),
+                    format!("`ref:{}` refers to the context itself", r.target),
+                    "an aggregate refers to others of its own kind by a plain `string` field",
+                ),
+                Some(dep) => {
+                    if !call_edges[index].iter().any(|(d, _)| *d == dep) {
+                        call_edges[index].push((dep, r.span.clone()));
+                        calls.push(partials[dep].name.clone());
+                    }
+                    references.push((r.field.clone(), partials[dep].name.clone()));
+                }
+            }
+        }
+
+        let mut all_fields = build_fields(c, &field, p, &subscribes);
+        for f in &mut all_fields {
+            f.reference = references
+                .iter()
+                .find(|(name, _)| *name == f.name)
+                .map(|(_, target)| target.clone());
+        }
         let created_at_tag = all_fields.len() + 2;
         let event = |name: &Names, declared: bool, fields: Vec<Field>| Event {
             name: name.clone(),
@@ -776,6 +831,7 @@ fn make_field(name: &str, kind: FieldType, link: bool, declared: bool) -> Field 
         tag: 0,
         link,
         declared,
+        reference: None,
     }
 }
 
