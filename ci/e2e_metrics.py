@@ -59,6 +59,11 @@ def main():
         ("gateway", "http_requests_total", CREATES, {"route": "/v1/orders/{id}", "method": "GET", "status": "200"}),
         ("gateway", "http_request_duration_seconds_count", 2 * CREATES, {}),
         ("orders", "grpc_server_handled_total", CREATES, {"grpc_method": "CreateOrder", "grpc_code": "OK"}),
+        # The caller's side of the same calls (platform::resilience), per caller and callee.
+        ("gateway", "grpc_client_handled_total", CREATES,
+         {"caller": "gateway", "callee": "orders", "grpc_method": "CreateOrder", "grpc_code": "OK"}),
+        ("gateway", "grpc_client_handling_seconds_count", CREATES,
+         {"caller": "gateway", "callee": "orders", "grpc_method": "GetOrder"}),
         ("orders", "grpc_server_handling_seconds_count", CREATES, {"grpc_method": "CreateOrder"}),
         ("orders", "outbox_published_total", CREATES, {}),
         ("billing", "bus_messages_consumed_total", CREATES, {"outcome": "applied"}),

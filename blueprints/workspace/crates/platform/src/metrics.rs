@@ -3,7 +3,8 @@
 //! (`<PREFIX>__METRICS__ADDR`), never on the public API port.
 //!
 //! Names follow the conventions dashboards already know: go-grpc-prometheus for gRPC
-//! servers (`grpc_server_handled_total`, `grpc_server_handling_seconds`), and
+//! servers (`grpc_server_handled_total`, `grpc_server_handling_seconds`) and clients
+//! (`grpc_client_handled_total`, `grpc_client_handling_seconds`, per caller and callee), and
 //! `http_requests_total` / `http_request_duration_seconds` for HTTP. `deploy/alerts.yml`
 //! is written against these names.
 
@@ -23,6 +24,9 @@ use tokio::sync::watch;
 
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+/// The caller's side of every call to a dependency (each attempt), per caller and callee.
+pub const GRPC_CLIENT_HANDLED: &str = "grpc_client_handled_total";
+pub const GRPC_CLIENT_HANDLING_SECONDS: &str = "grpc_client_handling_seconds";
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
@@ -178,6 +182,25 @@ pub fn record_grpc(service: &str, method: &str, code: &'static str, elapsed: Dur
     metrics::histogram!(
         GRPC_HANDLING_SECONDS,
         "grpc_service" => service.to_string(),
+        "grpc_method" => method.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+}
+
+/// Counts one attempt of a call `caller` made to `callee` and observes its duration.
+pub fn record_grpc_client(caller: &str, callee: &str, method: &str, code: &'static str, elapsed: Duration) {
+    metrics::counter!(
+        GRPC_CLIENT_HANDLED,
+        "caller" => caller.to_string(),
+        "callee" => callee.to_string(),
+        "grpc_method" => method.to_string(),
+        "grpc_code" => code
+    )
+    .increment(1);
+    metrics::histogram!(
+        GRPC_CLIENT_HANDLING_SECONDS,
+        "caller" => caller.to_string(),
+        "callee" => callee.to_string(),
         "grpc_method" => method.to_string()
     )
     .record(elapsed.as_secs_f64());

@@ -79,6 +79,7 @@ pub enum Retry {
 }
 
 pub struct Dependency {
+    caller: &'static str,
     name: &'static str,
     config: DependencyConfig,
     stack: Stack,
@@ -135,6 +136,7 @@ impl Dependency {
             .timeout(config.timeout)
             .service(channel);
         Ok(Dependency {
+            caller,
             name,
             config,
             stack: BoxCloneSyncService::new(stack),
@@ -154,7 +156,15 @@ impl Dependency {
     /// Runs `attempt` until it succeeds, fails for good, or the request's deadline is near.
     /// The attempt's future is boxed: naming one concrete `Send` type keeps the compiler
     /// from having to prove tonic's client bounds for every lifetime inside axum handlers.
-    pub async fn call<R, F>(&self, cx: &CallContext, retry: Retry, mut attempt: F) -> Result<R, Status>
+    /// `method` names the RPC in the client metrics (`grpc_client_handled_total`, each
+    /// attempt counted with its code).
+    pub async fn call<R, F>(
+        &self,
+        cx: &CallContext,
+        method: &'static str,
+        retry: Retry,
+        mut attempt: F,
+    ) -> Result<R, Status>
     where
         F: FnMut(Attempt) -> AttemptFuture<R>,
     {
@@ -175,6 +185,7 @@ impl Dependency {
                 user: cx.user.clone(),
                 correlation_id: cx.correlation_id.clone(),
             });
+            let started = Instant::now();
             let result = match tokio::time::timeout(timeout, outcome).await {
                 Ok(result) => result.map(tonic::Response::into_inner),
                 Err(_) => Err(Status::deadline_exceeded(format!(
@@ -182,6 +193,14 @@ impl Dependency {
                     self.name
                 ))),
             };
+            let code = result.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
+            crate::metrics::record_grpc_client(
+                self.caller,
+                self.name,
+                method,
+                crate::metrics::grpc_code_name(code),
+                started.elapsed(),
+            );
             let status = match result {
                 Ok(value) => return Ok(value),
                 Err(status) => status,
@@ -272,7 +291,7 @@ mod tests {
         let counter = count.clone();
         let cx = CallContext::new("test".into(), Duration::from_secs(5));
         let result = dependency
-            .call(&cx, retry, move |_attempt| -> AttemptFuture<()> {
+            .call(&cx, "Test", retry, move |_attempt| -> AttemptFuture<()> {
                 counter.fetch_add(1, Ordering::SeqCst);
                 let status = status.clone();
                 Box::pin(async move { Err(status) })
@@ -293,6 +312,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_attempt_is_counted_on_the_callers_side_with_its_code() {
+        let handle = crate::metrics::handle();
+        let d = dependency(1);
+        attempts(&d, Retry::Idempotent, Status::unavailable("down")).await;
+        let rendered = handle.render();
+        let line = rendered
+            .lines()
+            .find(|l| {
+                l.starts_with("grpc_client_handled_total{")
+                    && l.contains("caller=\"gateway\"")
+                    && l.contains("callee=\"orders\"")
+                    && l.contains("grpc_method=\"Test\"")
+                    && l.contains("grpc_code=\"Unavailable\"")
+            })
+            .unwrap_or_else(|| panic!("no client counter in:\n{rendered}"));
+        // One attempt and one retry (other tests in this process may add to it).
+        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(count >= 2.0, "{line}");
+    }
+
+    #[tokio::test]
     async fn a_call_with_no_budget_left_is_never_sent() {
         let d = dependency(2);
         let mut cx = CallContext::new("test".into(), Duration::from_secs(5));
@@ -300,7 +340,7 @@ mod tests {
         let sent = Arc::new(AtomicU32::new(0));
         let counter = sent.clone();
         let result = d
-            .call(&cx, Retry::Idempotent, move |_attempt| -> AttemptFuture<()> {
+            .call(&cx, "Test", Retry::Idempotent, move |_attempt| -> AttemptFuture<()> {
                 counter.fetch_add(1, Ordering::SeqCst);
                 Box::pin(async { Ok(tonic::Response::new(())) })
             })
@@ -316,7 +356,7 @@ mod tests {
         for budget in [Duration::from_millis(50), Duration::from_secs(5)] {
             let cx = CallContext::new("test".into(), budget);
             let seen = timeouts.clone();
-            d.call(&cx, Retry::Never, move |attempt| -> AttemptFuture<()> {
+            d.call(&cx, "Test", Retry::Never, move |attempt| -> AttemptFuture<()> {
                 seen.lock().unwrap().push(attempt.timeout);
                 Box::pin(async { Ok(tonic::Response::new(())) })
             })
