@@ -485,7 +485,7 @@ fn command_operation(
             "Needs scope `{}:write`. Allowed {from} (409 otherwise){}. Emits {}.",
             context.name.kebab,
             command.to.as_ref().map(|to| format!("; the {aggregate} is then {}", to.raw)).unwrap_or_default(),
-            command.event.name.pascal
+            command.event.pascal
         ),
         "parameters": change_parameters(context),
         "responses": responses(("200", changed_response(aggregate, names)), &{

@@ -87,7 +87,7 @@ pub fn to_toml(spec: &Spec) -> String {
                     .collect();
                 out.push_str(&format!("fields = {{ {} }}\n", fields.join(", ")));
             }
-            out.push_str(&format!("emits = {}\n", quote(&cmd.event.name.raw)));
+            out.push_str(&format!("emits = {}\n", quote(&cmd.event.raw)));
         }
     }
     out

@@ -130,7 +130,10 @@ pub struct Command {
     pub inputs: Vec<Field>,
     /// Numbers of inputs removed since, reserved in the request (`tags`).
     pub reserved_tags: Vec<usize>,
-    pub event: Event,
+    /// The event it emits (the message itself, with its fields, is in `Context::events`)
+    /// and that event's fully qualified type.
+    pub event: Names,
+    pub event_type: String,
 }
 
 /// What the context promises; the generated alerting rules fire when it is broken.

@@ -516,31 +516,30 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 .map(|(_, target)| target.clone());
         }
         let created_at_tag = all_fields.len() + 2;
+        let topic = naming::aggregate_topic(system, &p.name, &p.aggregate);
         let event = |name: &Names, declared: bool, fields: Vec<Field>| Event {
             name: name.clone(),
-            topic: naming::aggregate_topic(system, &p.name, &p.aggregate),
+            topic: topic.clone(),
             type_name: naming::event_type(system, &p.name, name),
             declared,
             fields,
             reserved_tags: Vec::new(),
         };
+        // Every event the context publishes, once: declared, update, delete, commands'.
+        // A command's event carries the command's own fields (filled in below).
         let mut events: Vec<Event> = p
-            .events
+            .published()
             .iter()
-            .map(|n| event(n, true, Vec::new()))
+            .enumerate()
+            .map(|(i, n)| event(n, i < p.events.len(), Vec::new()))
             .collect();
         let life = &p.lifecycle;
-        for generated in [&life.updated, &life.deleted] {
-            if !events.iter().any(|e| e.name.pascal == generated.pascal) {
-                events.push(event(generated, false, Vec::new()));
-            }
-        }
         let find_event = |events: &[Event], name: &Names| {
             events
                 .iter()
                 .find(|e| e.name.pascal == name.pascal)
                 .cloned()
-                .expect("pushed above")
+                .expect("published() lists it")
         };
         let updated_event = find_event(&events, &life.updated);
         let deleted_event = find_event(&events, &life.deleted);
@@ -582,20 +581,20 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                     Some(f) => set.push(f.clone()),
                 }
             }
-            let mut own: Vec<Field> = cmd
-                .fields
-                .iter()
-                .map(|(name, kind)| make_field(name, *kind, false, true))
-                .collect();
-            for (i, f) in own.iter_mut().enumerate() {
-                f.tag = i + 4;
+            // Numbered from 4 in the request and in the event (1 to 3 are taken in both).
+            let own = numbered_from_4(
+                cmd.fields
+                    .iter()
+                    .map(|(name, kind)| make_field(name, *kind, false, true))
+                    .collect(),
+            );
+            let inputs = numbered_from_4(own.iter().chain(&set).cloned().collect());
+            if let Some(emitted) = events
+                .iter_mut()
+                .find(|e| e.name.pascal == cmd.emits.pascal)
+            {
+                emitted.fields = own.clone();
             }
-            let mut inputs: Vec<Field> = own.iter().chain(&set).cloned().collect();
-            for (i, f) in inputs.iter_mut().enumerate() {
-                f.tag = i + 4;
-            }
-            let emitted = event(&cmd.emits, false, own.clone());
-            events.push(emitted.clone());
             commands.push(Command {
                 name: cmd.name.clone(),
                 rpc: cmd.rpc.clone(),
@@ -605,7 +604,8 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 fields: own,
                 inputs,
                 reserved_tags: Vec::new(),
-                event: emitted,
+                event_type: naming::event_type(system, &p.name, &cmd.emits),
+                event: cmd.emits.clone(),
             });
         }
         let slo = p
@@ -636,7 +636,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             commands,
             updated_event,
             deleted_event,
-            topic: naming::aggregate_topic(system, &p.name, &p.aggregate),
+            topic,
             subscribed_topics: {
                 let mut topics: Vec<String> = Vec::new();
                 for s in &subscribes {
@@ -817,6 +817,13 @@ fn build_fields(
         f.tag = i + 2;
     }
     out
+}
+
+fn numbered_from_4(mut fields: Vec<Field>) -> Vec<Field> {
+    for (i, f) in fields.iter_mut().enumerate() {
+        f.tag = i + 4;
+    }
+    fields
 }
 
 fn make_field(name: &str, kind: FieldType, link: bool, declared: bool) -> Field {
