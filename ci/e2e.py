@@ -31,10 +31,9 @@ import grpc
 import jwt
 from grpc_tools import protoc
 
-from e2e_common import wait_until
+from e2e_common import queue_empty, sqs_client, wait_until
 
 KAFKA = "127.0.0.1:9092"
-SQS = "http://127.0.0.1:5000"
 ORDER_TOPIC = "shop.orders.order.v1"  # every event of the Order aggregate
 EVENT_TYPE = "shop.orders.v1.OrderCreated"
 
@@ -152,18 +151,12 @@ class System:
                              MessageDeduplicationId=str(uuid.uuid4()))
 
     def sqs(self):
-        import boto3
-        return boto3.client("sqs", endpoint_url=SQS, region_name="us-east-1",
-                            aws_access_key_id="local", aws_secret_access_key="local")
+        return sqs_client()
 
     def billing_queue_drained(self):
         if self.args.bus == "kafka":
             return True  # one partition: what was produced before a later message is consumed first
-        sqs = self.sqs()
-        url = sqs.get_queue_url(QueueName="shop-billing.fifo")["QueueUrl"]
-        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
-            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-        return all(v == "0" for v in attrs.values())
+        return queue_empty("shop-billing.fifo")
 
     def dead_letters(self, seconds):
         """Event ids in the billing dead-letter destination, read within `seconds`."""

@@ -1,5 +1,6 @@
 """What the end-to-end checks share: bounded waiting, dev tokens from the generated
-gateway binary, and reading a process's /metrics with the Prometheus client's parser."""
+gateway binary, reading a process's /metrics with the Prometheus client's parser, and the
+SQS endpoint (moto) with its queues."""
 
 import subprocess
 import time
@@ -15,6 +16,24 @@ def wait_until(predicate, seconds, what):
             return
         time.sleep(0.1)
     raise AssertionError(f"{what}: not within {seconds} s")
+
+
+SQS = "http://127.0.0.1:5000"
+
+
+def sqs_client():
+    import boto3
+    return boto3.client("sqs", endpoint_url=SQS, region_name="us-east-1",
+                        aws_access_key_id="local", aws_secret_access_key="local")
+
+
+def queue_empty(name):
+    """Whether an SQS queue holds no message, visible or in flight."""
+    client = sqs_client()
+    url = client.get_queue_url(QueueName=name)["QueueUrl"]
+    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return all(v == "0" for v in attrs.values())
 
 
 def dev_token(gateway, workspace, sub):

@@ -27,11 +27,10 @@ import sys
 import time
 import uuid
 
-from e2e_common import wait_until
+from e2e_common import SQS, queue_empty, sqs_client, wait_until
 from e2e_gateway import Gateway, call, expect
 
 KAFKA = "127.0.0.1:9092"
-SQS = "http://127.0.0.1:5000"
 BILLING_QUEUE = "shop-billing.fifo"
 ORDER_TOPIC = "shop.orders.order.v1"
 SECOND_ORDERS = "127.0.0.1:50151"
@@ -181,16 +180,10 @@ def kafka_versions(order_id, wanted):
         consumer.close()
 
 
-def sqs():
-    import boto3
-    return boto3.client("sqs", endpoint_url=SQS, region_name="us-east-1",
-                        aws_access_key_id="local", aws_secret_access_key="local")
-
-
 def sqs_versions(order_id, wanted):
     """The order's versions in the order billing's FIFO queue delivers them (billing is
     stopped meanwhile); every message read is deleted, as a consumer would."""
-    client = sqs()
+    client = sqs_client()
     url = client.get_queue_url(QueueName=BILLING_QUEUE)["QueueUrl"]
 
     def receive():
@@ -205,14 +198,6 @@ def sqs_versions(order_id, wanted):
         return got
 
     return read_until(receive, wanted)
-
-
-def billing_queue_empty():
-    client = sqs()
-    url = client.get_queue_url(QueueName=BILLING_QUEUE)["QueueUrl"]
-    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=[
-        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
-    return all(v == "0" for v in attrs.values())
 
 
 def stop_service(args, name):
@@ -235,7 +220,7 @@ def check_ordering(args, token):
 
     orders_pb, orders_grpc, _, _ = compile_protos(args.workspace)
     if args.bus == "sqs":
-        wait_until(billing_queue_empty, 30, "billing's queue drained")
+        wait_until(lambda: queue_empty(BILLING_QUEUE), 30, "billing's queue drained")
         stop_service(args, "billing")
     second = start_second_orders(args)
     try:
