@@ -1,6 +1,8 @@
 //! What every context's routes share: request checks that turn bad input into 400s with a
 //! reason, and JSON responses that say whether they came from the cache.
 
+use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -70,6 +72,12 @@ pub fn resource_id(id: &str) -> Result<String, Problem> {
         Ok(parsed) if id.len() == 36 => Ok(parsed.hyphenated().to_string()),
         _ => Err(Problem::bad_request(format!("`{id}` is not a resource id (a UUID)"))),
     }
+}
+
+/// The `{id}` of an item route, checked as [`resource_id`].
+pub fn path_id(id: Result<Path<String>, PathRejection>) -> Result<String, Problem> {
+    let Path(id) = id.map_err(|e| Problem::bad_request(e.body_text()))?;
+    resource_id(&id)
 }
 
 /// Text fields are stored in Postgres, which cannot hold NUL characters.
