@@ -36,6 +36,9 @@ pub struct RelayConfig {
     /// remember an event id longer than any redelivery can take.
     pub retention: Duration,
     pub purge_every: Duration,
+    /// How long shutdown waits for the batch in flight: its messages may be on the bus
+    /// already, and a batch abandoned unmarked is sent again by the next relay.
+    pub shutdown_grace: Duration,
 }
 
 impl RelayConfig {
@@ -48,6 +51,7 @@ impl RelayConfig {
             max_backoff: Duration::from_secs(5),
             retention: Duration::from_secs(7 * 24 * 3600),
             purge_every: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(5),
         }
     }
 }
@@ -213,8 +217,10 @@ pub async fn run<P: Publisher>(
             }
             next_purge = tokio::time::Instant::now() + config.purge_every;
         }
-        // Shutdown interrupts a call to a slow or unreachable broker: a batch cut short
-        // rolls back and is sent again later, which at-least-once delivery allows.
+        // Shutdown lets the batch in flight finish, for at most `shutdown_grace`: only a
+        // call to a slow or unreachable broker is cut short, and its batch rolls back and
+        // is sent again later, which at-least-once delivery allows.
+        let result = {
         let work = async {
             if !topics_ready {
                 match publisher.ensure_topics(&config.topics).await {
@@ -224,9 +230,16 @@ pub async fn run<P: Publisher>(
             }
             relay_batch(&pool, &*publisher, config.batch_size).await
         };
-        let result = tokio::select! {
-            _ = stop.changed() => break,
-            result = work => result,
+        tokio::pin!(work);
+        tokio::select! {
+            _ = stop.changed() => {
+                if tokio::time::timeout(config.shutdown_grace, &mut work).await.is_err() {
+                    tracing::warn!(grace = ?config.shutdown_grace, "relay batch cut short by shutdown");
+                }
+                break;
+            }
+            result = &mut work => result,
+        }
         };
         let pause = match result {
             Ok(0) => {
