@@ -28,10 +28,9 @@ import time
 import uuid
 
 import grpc
-import jwt
 from grpc_tools import protoc
 
-from e2e_common import queue_empty, sqs_client, wait_until
+from e2e_common import queue_empty, service_credential, sqs_client, wait_until
 
 KAFKA = "127.0.0.1:9092"
 ORDER_TOPIC = "shop.orders.order.v1"  # every event of the Order aggregate
@@ -61,16 +60,6 @@ def shipping_modules(workspace):
         return None
     return (importlib.import_module("shop.shipping.v1.shipping_pb2"),
             importlib.import_module("shop.shipping.v1.shipping_pb2_grpc"))
-
-
-def service_credential(workspace, service):
-    """The metadata the gateway sends: services refuse calls without it."""
-    with open(os.path.join(workspace, ".run", "service-auth.secret")) as f:
-        secret = f.read().strip()
-    now = int(time.time())
-    token = jwt.encode({"iss": "shop.gateway", "aud": f"shop.{service}", "sub": "e2e",
-                        "iat": now, "exp": now + 3600}, secret, algorithm="HS256")
-    return ("authorization", f"Bearer {token}")
 
 
 def count_pages(list_rpc, request_type, items, key, auth):

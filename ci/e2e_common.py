@@ -2,6 +2,7 @@
 gateway binary, reading a process's /metrics with the Prometheus client's parser, and the
 SQS endpoint (moto) with its queues."""
 
+import os
 import subprocess
 import time
 import urllib.request
@@ -34,6 +35,31 @@ def queue_empty(name):
     attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return all(v == "0" for v in attrs.values())
+
+
+def link_key(workspace, caller, callee):
+    """The key of the link from `caller` to `callee`, as deploy/local/up.sh made it."""
+    with open(os.path.join(workspace, ".run", f"link-{caller}-{callee}.key")) as f:
+        return f.read().strip()
+
+
+def link_token(key, caller, callee, act=None, ttl=600):
+    """A service credential as `caller` mints it for `callee` (see the generated
+    crates/platform/src/service_auth.rs): HS256 under the link's key, `kid` and `sub` the
+    caller, `iss`/`aud` the two processes, `act` the end user."""
+    import jwt
+    now = int(time.time())
+    claims = {"iss": f"shop.{caller}", "aud": f"shop.{callee}", "sub": caller,
+              "iat": now, "exp": now + ttl}
+    if act:
+        claims["act"] = act
+    return jwt.encode(claims, key, algorithm="HS256", headers={"kid": caller})
+
+
+def service_credential(workspace, callee, caller="gateway"):
+    """The metadata `caller` (the gateway by default) sends to `callee`."""
+    token = link_token(link_key(workspace, caller, callee), caller, callee)
+    return ("authorization", f"Bearer {token}")
 
 
 def dev_token(gateway, workspace, sub):

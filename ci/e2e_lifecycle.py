@@ -27,7 +27,7 @@ import sys
 import time
 import uuid
 
-from e2e_common import SQS, queue_empty, sqs_client, wait_until
+from e2e_common import SQS, link_key, queue_empty, service_credential, sqs_client, wait_until
 from e2e_gateway import Gateway, call, expect
 
 KAFKA = "127.0.0.1:9092"
@@ -119,10 +119,9 @@ def check_lifecycle(args, token):
 
 def start_second_orders(args):
     """A second orders process on the same database: its own relay competes for the outbox."""
-    with open(os.path.join(args.workspace, ".run", "service-auth.secret")) as f:
-        secret = f.read().strip()
     env = {**os.environ, "ORDERS__DATABASE__URL": args.orders_db, "ORDERS__GRPC__ADDR": SECOND_ORDERS,
-           "ORDERS__METRICS__ADDR": SECOND_METRICS, "ORDERS__SERVICE_AUTH__SECRET": secret,
+           "ORDERS__METRICS__ADDR": SECOND_METRICS,
+           "ORDERS__CALLERS__GATEWAY__KEY": link_key(args.workspace, "gateway", "orders"),
            "ORDERS__KAFKA__BROKERS": KAFKA, "ORDERS__SQS__ENDPOINT": SQS, "RUST_LOG": "info"}
     log = open(os.path.join(args.workspace, ".run", "orders-second.log"), "ab")
     process = subprocess.Popen([args.orders_bin], env=env, stdout=log, stderr=log)
@@ -216,7 +215,7 @@ def restart_stopped(args):
 
 def check_ordering(args, token):
     import grpc
-    from e2e import compile_protos, service_credential
+    from e2e import compile_protos
 
     orders_pb, orders_grpc, _, _ = compile_protos(args.workspace)
     if args.bus == "sqs":

@@ -67,9 +67,12 @@ def applied_versions(database):
 
 
 def credential():
+    # The gateway's credential as every version checks it: before 0.4.0 one secret shared by
+    # all (any `sub`), since then the gateway's own link key with `kid` = `sub` = gateway.
     now = int(time.time())
-    token = jwt.encode({"iss": "shop.gateway", "aud": "shop.orders", "sub": "upgrade",
-                        "iat": now, "exp": now + 600}, SECRET, algorithm="HS256")
+    token = jwt.encode({"iss": "shop.gateway", "aud": "shop.orders", "sub": "gateway",
+                        "iat": now, "exp": now + 600}, SECRET, algorithm="HS256",
+                       headers={"kid": "gateway"})
     return [("authorization", f"Bearer {token}")]
 
 
@@ -93,7 +96,9 @@ def main():
            "ORDERS__GRPC__ADDR": f"127.0.0.1:{port}",
            "ORDERS__METRICS__ADDR": f"127.0.0.1:{metrics_port}",
            "ORDERS__KAFKA__BROKERS": "127.0.0.1:1",
-           "ORDERS__SERVICE_AUTH__SECRET": SECRET}
+           # What a binary from before 0.4.0 reads, and what one since reads.
+           "ORDERS__SERVICE_AUTH__SECRET": SECRET,
+           "ORDERS__CALLERS__GATEWAY__KEY": SECRET}
     process = subprocess.Popen([args.binary], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: process.poll() is not None or listening(port), 60,

@@ -84,7 +84,12 @@ pub fn keep(spec: &mut Spec, previous: &BTreeMap<String, String>) {
             };
             numbers.insert(field.name.clone(), field.tag);
         }
-        for field in context.fields.iter_mut().chain(&mut context.patchable) {
+        for field in context
+            .fields
+            .iter_mut()
+            .chain(&mut context.patchable)
+            .chain(&mut context.references)
+        {
             field.tag = numbers[&field.name];
         }
         // Numbers for the message's own fields, in the order they were introduced.

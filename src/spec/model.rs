@@ -51,6 +51,8 @@ pub struct Context {
     pub all_fields: Vec<Field>,
     /// The fields an update may change: every field but the links.
     pub patchable: Vec<Field>,
+    /// The `ref:<context>` fields, checked against their context before every write.
+    pub references: Vec<Field>,
     /// The protobuf field numbers of `created_at`, `version` and `state` in the aggregate
     /// message: after the fields in a new workspace, kept where they were when `update`
     /// adds fields (`tags`).
@@ -83,9 +85,25 @@ pub struct Context {
     /// once; the gateway's queue comes on top.
     pub subscriber_queues: Vec<String>,
     pub calls: Vec<Names>,
+    /// What this service's typed clients need to know of each context it calls.
+    pub dependencies: Vec<Dependency>,
+    /// The contexts whose `calls` (or refs) name this one: with the gateway, the only
+    /// callers this service admits.
+    pub callers: Vec<Names>,
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
     pub slo: Slo,
+}
+
+/// A context another one calls, as its typed client sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dependency {
+    pub name: Names,
+    pub grpc_port: u16,
+    pub aggregate: Names,
+    pub plural: Names,
+    /// Its commands' RPC names (`CancelOrder`).
+    pub command_rpcs: Vec<Names>,
 }
 
 /// Which generated operations the API (gRPC and REST) offers. The use cases exist either
@@ -221,6 +239,8 @@ pub struct Field {
     pub declared: bool,
     /// For a `ref:<context>` field: the context whose aggregate's id it holds.
     pub reference: Option<Names>,
+    /// That context's aggregate (its Get checks the id).
+    pub reference_aggregate: Option<Names>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,7 +9,8 @@ use toml::Spanned;
 mod lifecycle;
 
 use super::model::{
-    Aggregate, Bus, Command, Context, Event, Field, FieldType, Slo, Spec, Subscription, Wire,
+    Aggregate, Bus, Command, Context, Dependency, Event, Field, FieldType, Slo, Spec, Subscription,
+    Wire,
 };
 use super::names::{
     NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
@@ -361,6 +362,42 @@ fn first_pass<'r>(
     partials
 }
 
+/// Fills in both ends of each synchronous call: the callee's client facts on the caller,
+/// the caller's name on the callee.
+fn link_calls(contexts: &mut [Context]) {
+    let dependencies: Vec<Vec<Dependency>> = contexts
+        .iter()
+        .map(|caller| {
+            caller
+                .calls
+                .iter()
+                .filter_map(|callee| contexts.iter().find(|c| c.name.snake == callee.snake))
+                .map(|callee| Dependency {
+                    name: callee.name.clone(),
+                    grpc_port: callee.grpc_port,
+                    aggregate: callee.aggregate.name.clone(),
+                    plural: callee.aggregate.plural.clone(),
+                    command_rpcs: callee.commands.iter().map(|c| c.rpc.clone()).collect(),
+                })
+                .collect()
+        })
+        .collect();
+    let callers: Vec<Vec<Names>> = contexts
+        .iter()
+        .map(|callee| {
+            contexts
+                .iter()
+                .filter(|c| c.calls.iter().any(|d| d.snake == callee.name.snake))
+                .map(|c| c.name.clone())
+                .collect()
+        })
+        .collect();
+    for ((context, dependencies), callers) in contexts.iter_mut().zip(dependencies).zip(callers) {
+        context.dependencies = dependencies;
+        context.callers = callers;
+    }
+}
+
 /// Resolves references between contexts: subscriptions, calls, and their cycles.
 fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<Context> {
     let find = |name: &str| {
@@ -503,17 +540,17 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                         call_edges[index].push((dep, r.span.clone()));
                         calls.push(partials[dep].name.clone());
                     }
-                    references.push((r.field.clone(), partials[dep].name.clone()));
+                    references.push((r.field.clone(), dep));
                 }
             }
         }
 
         let mut all_fields = build_fields(c, &field, p, &subscribes);
         for f in &mut all_fields {
-            f.reference = references
-                .iter()
-                .find(|(name, _)| *name == f.name)
-                .map(|(_, target)| target.clone());
+            if let Some((_, dep)) = references.iter().find(|(name, _)| *name == f.name) {
+                f.reference = Some(partials[*dep].name.clone());
+                f.reference_aggregate = Some(partials[*dep].aggregate.clone());
+            }
         }
         let created_at_tag = all_fields.len() + 2;
         let topic = naming::aggregate_topic(system, &p.name, &p.aggregate);
@@ -624,6 +661,11 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             },
             fields: all_fields.iter().filter(|f| f.declared).cloned().collect(),
             patchable: all_fields.iter().filter(|f| !f.link).cloned().collect(),
+            references: all_fields
+                .iter()
+                .filter(|f| f.reference.is_some())
+                .cloned()
+                .collect(),
             all_fields,
             created_at_tag,
             version_tag: created_at_tag + 1,
@@ -649,6 +691,8 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             subscriber_queues: Vec::new(),
             subscribes,
             calls,
+            dependencies: Vec::new(),
+            callers: Vec::new(),
             wire: Wire {
                 group: naming::consumer_group(system, &p.name),
                 dead_letter_topic: naming::dead_letter_topic(system, &p.name),
@@ -676,6 +720,7 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
     for (context, queues) in contexts.iter_mut().zip(queues) {
         context.subscriber_queues = queues;
     }
+    link_calls(&mut contexts);
 
     if let Some((path, span)) = find_cycle(&call_edges) {
         let names: Vec<&str> = path
@@ -839,6 +884,7 @@ fn make_field(name: &str, kind: FieldType, link: bool, declared: bool) -> Field 
         link,
         declared,
         reference: None,
+        reference_aggregate: None,
     }
 }
 

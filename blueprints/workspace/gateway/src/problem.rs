@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE};
+use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE, INVALID_FIELD};
 use tonic::Code;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -22,6 +22,9 @@ pub struct Problem {
     /// For 409 on an illegal transition; boxed, as most problems have none.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub transition: Option<Box<Transition>>,
+    /// For 422: the request field that is invalid (e.g. a reference to nothing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     #[serde(skip)]
     pub retry_after_secs: Option<u64>,
     #[serde(skip)]
@@ -43,6 +46,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             transition: None,
+            field: None,
             retry_after_secs: None,
             challenge: false,
         }
@@ -96,8 +100,16 @@ impl Problem {
         } else {
             status.message().to_string()
         };
-        let mut problem = Problem::new(http, detail);
         let metadata = status.metadata();
+        let field = metadata.get(INVALID_FIELD).and_then(|v| v.to_str().ok());
+        // A well-formed request whose field names nothing that exists: 422, with the field.
+        let http = if field.is_some() && status.code() == Code::InvalidArgument {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            http
+        };
+        let mut problem = Problem::new(http, detail);
+        problem.field = field.map(str::to_string);
         if let Some(state) = metadata.get(CURRENT_STATE).and_then(|v| v.to_str().ok()) {
             problem.transition = Some(Box::new(Transition {
                 current_state: state.to_string(),

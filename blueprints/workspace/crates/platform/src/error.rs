@@ -7,6 +7,12 @@ use tonic::Status;
 pub const CURRENT_STATE: &str = "x-current-state";
 /// ... and the commands it allows, comma-separated.
 pub const ALLOWED_COMMANDS: &str = "x-allowed-commands";
+/// Metadata of an INVALID_ARGUMENT for one field (e.g. a reference to nothing): its name.
+pub const INVALID_FIELD: &str = "x-invalid-field";
+/// Metadata of an UNAVAILABLE or DEADLINE_EXCEEDED caused by a service this one calls: that
+/// service's name. The answering service is healthy, so callers' breakers do not count it
+/// and callers do not retry it (the service already did).
+pub const FAILED_DEPENDENCY: &str = "x-failed-dependency";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,6 +33,15 @@ pub enum AppError {
         message: String,
         state: String,
         allowed: Vec<String>,
+    },
+    /// A field refers to an aggregate of another context that does not exist.
+    #[error("{message}")]
+    InvalidReference { field: &'static str, message: String },
+    /// A service this one calls failed, was too slow, or refused the call.
+    #[error("{dependency}: {}", .status.message())]
+    Dependency {
+        dependency: &'static str,
+        status: Status,
     },
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -56,6 +71,25 @@ impl From<AppError> for Status {
                     status.metadata_mut().insert(ALLOWED_COMMANDS, value);
                 }
                 status
+            }
+            AppError::InvalidReference { field, message } => {
+                let mut status = Status::invalid_argument(message);
+                status.metadata_mut().insert(INVALID_FIELD, tonic::metadata::MetadataValue::from_static(field));
+                status
+            }
+            AppError::Dependency { dependency, status } => {
+                tracing::warn!(dependency, code = ?status.code(), message = status.message(), "a dependency failed");
+                // Its own failures keep their meaning (too slow stays DEADLINE_EXCEEDED);
+                // anything else it answered is this service being unable to go on.
+                let code = match status.code() {
+                    tonic::Code::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+                    _ => tonic::Code::Unavailable,
+                };
+                let mut answer = Status::new(code, format!("{dependency} is not available: {}", status.message()));
+                answer
+                    .metadata_mut()
+                    .insert(FAILED_DEPENDENCY, tonic::metadata::MetadataValue::from_static(dependency));
+                answer
             }
             AppError::Database(e) => {
                 tracing::error!(error = %e, "database error");

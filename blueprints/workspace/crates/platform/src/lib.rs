@@ -9,6 +9,7 @@ pub mod consumer;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod faults;
 pub mod health;
 pub mod idempotency;
 pub mod metrics;

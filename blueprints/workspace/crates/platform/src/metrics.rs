@@ -33,6 +33,8 @@ pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
 pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
 pub const MESSAGES_CONSUMED: &str = "bus_messages_consumed_total";
 pub const CONSUMER_LAG: &str = "consumer_lag_messages";
+/// Calls a service refused because the spec does not let their caller call it.
+pub const CALLS_DENIED: &str = "service_calls_denied_total";
 
 /// How long a scrape waits for gauges read from elsewhere (the database, the broker);
 /// past it, the last values are served, so an unreachable broker never stalls /metrics.
@@ -223,6 +225,16 @@ pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
     .record(elapsed.as_secs_f64());
 }
 
+/// Counts one call `service` refused from `caller` (a name of this system, or `unknown`).
+pub fn record_denied(service: &str, caller: &str) {
+    metrics::counter!(
+        CALLS_DENIED,
+        "service" => service.to_string(),
+        "caller" => caller.to_string()
+    )
+    .increment(1);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,3 +281,4 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 }
+

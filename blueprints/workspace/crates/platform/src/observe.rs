@@ -1,7 +1,7 @@
 //! What every gRPC call to a service leaves behind, from one tower layer on its server: a
 //! server span that continues the caller's trace (`traceparent` metadata), the RED metrics
 //! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), and one log line with the
-//! method, status code, duration and calling user.
+//! method, status code, duration, caller, end user and the deadline the caller gave.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::metrics::{grpc_code_name, record_grpc};
-use crate::service_auth::USER_ID;
+use crate::service_auth::FactsSlot;
 use crate::telemetry;
 
 /// The layer: `tonic::transport::Server::builder().layer(GrpcObserveLayer)`.
@@ -46,7 +46,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let (service, method) = split_path(request.uri().path());
         let header = |name: &str| {
             request
@@ -55,7 +55,6 @@ where
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string)
         };
-        let user = header(USER_ID);
         let span = tracing::info_span!(
             "grpc",
             otel.name = %format!("{service}/{method}"),
@@ -66,6 +65,9 @@ where
         );
         telemetry::continue_trace(&span, header("traceparent").as_deref());
         let started = Instant::now();
+        // Filled in by the admission layer inside this one (`service_auth`).
+        let facts = FactsSlot::default();
+        request.extensions_mut().insert(facts.clone());
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
             async move {
@@ -79,11 +81,14 @@ where
                 };
                 let elapsed = started.elapsed();
                 record_grpc(&service, &method, code, elapsed);
+                let facts = facts.0.get().cloned().unwrap_or_default();
                 tracing::info!(
                     rpc.method = %method,
                     status = code,
                     duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    userId = user.as_deref(),
+                    caller = facts.caller.as_deref(),
+                    userId = facts.user.as_deref(),
+                    deadline_ms = facts.deadline_ms,
                     "rpc"
                 );
                 result

@@ -1,71 +1,75 @@
-//! The service credential: services trust only calls that carry a short-lived token signed
-//! by the gateway (HS256 over a secret shared by the gateway and the services, see the ADR on
-//! service authentication). The gateway mints one token per audience and reuses it until it
-//! is close to expiry; each service checks signature, issuer, its own audience and expiry.
+//! Identity between the processes of the system (see the ADR on service credentials).
 //!
-//! The token travels in the `authorization` gRPC metadata as `Bearer <token>`; the end user
-//! the gateway acts for, if any, travels in `x-user-id` and in the token's `act` claim.
+//! Every link the spec allows (the gateway to each service, and each `calls` entry) has its
+//! own key, held by the two ends of that link only. The caller signs a short-lived JWT
+//! (HS256) with it: `kid` and `sub` name the caller, `iss` is `<system>.<caller>`, `aud` is
+//! `<system>.<callee>`, and `act` names the end user the call is made for, if any. A callee
+//! admits a call when the caller is one the spec lets call it (else PERMISSION_DENIED,
+//! counted in `service_calls_denied_total`) and the token verifies under that link's key
+//! (else UNAUTHENTICATED). A service that holds one link's key can therefore mint tokens
+//! for that link only: it cannot pose as the gateway, or as another caller, to anyone.
+//!
+//! The token travels in the `authorization` gRPC metadata as `Bearer <token>`. The edge's
+//! own bearer token never leaves the gateway.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
+use tower::{Layer, Service};
 
 use crate::config::{ConfigError, Env};
+use crate::context::CORRELATION_METADATA;
+use crate::resilience::{CallContext, deadline};
 
-/// Metadata key of the end user on whose behalf the gateway calls.
-pub const USER_ID: &str = "x-user-id";
-/// Shortest secret accepted: HS256 needs at least 256 bits of key.
-pub const MIN_SECRET_LEN: usize = 32;
+/// Shortest key accepted: HS256 needs at least 256 bits of key.
+pub const MIN_KEY_LEN: usize = 32;
 /// How long a minted token is valid, and how long before expiry a new one is minted.
 const TOKEN_TTL: Duration = Duration::from_secs(120);
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
-/// Clock skew tolerated between gateway and services.
+/// Clock skew tolerated between caller and callee.
 const LEEWAY_SECS: u64 = 5;
+/// Metric label of a caller that names no process of this system.
+const UNKNOWN_CALLER: &str = "unknown";
 
-/// The shared secret, read from `<PREFIX>__SERVICE_AUTH__SECRET`. Its `Debug` hides it.
+/// The key of one link, from the environment only. Its `Debug` hides it.
 #[derive(Clone)]
-pub struct ServiceSecret(Arc<[u8]>);
+pub struct LinkKey(Arc<[u8]>);
 
-impl std::fmt::Debug for ServiceSecret {
+impl std::fmt::Debug for LinkKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ServiceSecret(..)")
+        f.write_str("LinkKey(..)")
     }
 }
 
-impl ServiceSecret {
-    pub fn new(secret: &str) -> Result<Self, String> {
-        if secret.len() < MIN_SECRET_LEN {
+impl LinkKey {
+    pub fn new(key: &str) -> Result<Self, String> {
+        if key.len() < MIN_KEY_LEN {
             return Err(format!(
-                "must be at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"
+                "must be at least {MIN_KEY_LEN} characters (e.g. `openssl rand -hex 32`)"
             ));
         }
-        Ok(ServiceSecret(Arc::from(secret.as_bytes())))
+        Ok(LinkKey(Arc::from(key.as_bytes())))
     }
 
-    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let raw = env.required(
-            "SERVICE_AUTH__SECRET",
-            "set it to the secret shared with the gateway (at least 32 characters; deploy/local/up.sh generates one)",
-        )?;
-        ServiceSecret::new(&raw).map_err(|reason| ConfigError::Invalid {
-            key: env.key("SERVICE_AUTH__SECRET"),
+    /// `<PREFIX>__<name>`, required: `hint` says where the other end's copy comes from.
+    pub fn from_env(env: &Env, name: &str, hint: &'static str) -> Result<Self, ConfigError> {
+        let raw = env.required(name, hint)?;
+        LinkKey::new(&raw).map_err(|reason| ConfigError::Invalid {
+            key: env.key(name),
             reason,
         })
     }
 }
 
-/// `iss` of every service token.
-fn issuer(system: &str) -> String {
-    format!("{system}.gateway")
-}
-
-/// `aud` of the tokens a service accepts: `<system>.<service>`.
-fn audience(system: &str, service: &str) -> String {
-    format!("{system}.{service}")
+/// The `iss` and `aud` form of a process's name: `<system>.<name>`.
+fn qualified(system: &str, name: &str) -> String {
+    format!("{system}.{name}")
 }
 
 /// A random secret of 64 hex characters (244 random bits, from two v4 UUIDs: no extra
@@ -97,61 +101,72 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints the gateway's tokens for one service, caching the current one.
+/// Mints one caller's tokens for one callee. The token without an end user is cached until
+/// 30 s before expiry; one with an end user (`act`) is minted per call (an HMAC: a few
+/// microseconds).
 #[derive(Clone)]
 pub struct Minter {
     key: EncodingKey,
+    caller: String,
     issuer: String,
     audience: String,
     current: Arc<Mutex<Option<(String, u64)>>>,
 }
 
 impl Minter {
-    pub fn new(secret: &ServiceSecret, system: &str, service: &str) -> Self {
+    pub fn new(key: &LinkKey, system: &str, caller: &str, callee: &str) -> Self {
         Minter {
-            key: EncodingKey::from_secret(&secret.0),
-            issuer: issuer(system),
-            audience: audience(system, service),
+            key: EncodingKey::from_secret(&key.0),
+            caller: caller.to_string(),
+            issuer: qualified(system, caller),
+            audience: qualified(system, callee),
             current: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// A valid token, minted again when the cached one is within 30 s of expiry.
-    pub fn token(&self) -> String {
+    fn mint(&self, now: u64, act: Option<&str>) -> (String, u64) {
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            sub: self.caller.clone(),
+            iat: now,
+            exp: now + TOKEN_TTL.as_secs(),
+            act: act.map(str::to_string),
+        };
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.caller.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
+            .expect("HS256 signing with a byte key cannot fail");
+        (token, claims.exp)
+    }
+
+    /// A valid token for a call on behalf of `act` (the end user), if any.
+    pub fn token(&self, act: Option<&str>) -> String {
         let now = now_secs();
+        if act.is_some() {
+            return self.mint(now, act).0;
+        }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((token, exp)) = current.as_ref()
             && now + RENEW_BEFORE.as_secs() < *exp
         {
             return token.clone();
         }
-        let claims = Claims {
-            iss: self.issuer.clone(),
-            aud: self.audience.clone(),
-            sub: self.issuer.clone(),
-            iat: now,
-            exp: now + TOKEN_TTL.as_secs(),
-            act: None,
-        };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.key)
-            .expect("HS256 signing with a byte key cannot fail");
-        *current = Some((token.clone(), claims.exp));
+        let (token, exp) = self.mint(now, None);
+        *current = Some((token.clone(), exp));
         token
     }
 
-    /// Adds the credential (and the end user, if known) to an outgoing request.
+    /// Adds the credential, with the end user as its `act` claim, to an outgoing request.
     pub fn authorize<T>(&self, request: &mut Request<T>, user: Option<&str>) {
-        let bearer = format!("Bearer {}", self.token());
+        let bearer = format!("Bearer {}", self.token(user));
         if let Ok(value) = MetadataValue::try_from(bearer) {
             request.metadata_mut().insert("authorization", value);
-        }
-        if let Some(value) = user.and_then(|u| MetadataValue::try_from(u).ok()) {
-            request.metadata_mut().insert(USER_ID, value);
         }
     }
 }
 
-/// A client-side interceptor, for callers that hold the secret (the gateway, tests).
+/// A client-side interceptor, for callers that hold a link key (tests).
 impl tonic::service::Interceptor for Minter {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         self.authorize(&mut request, None);
@@ -159,50 +174,182 @@ impl tonic::service::Interceptor for Minter {
     }
 }
 
-/// The server side: a tonic interceptor that refuses calls without a valid credential
-/// for `service`.
-#[derive(Clone)]
-pub struct Verifier {
-    key: DecodingKey,
-    validation: Arc<Validation>,
+/// Who made an admitted call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The calling process: `gateway` or a service's name.
+    pub caller: String,
+    /// The end user it calls for (`act`), if any.
+    pub user: Option<String>,
 }
 
-impl Verifier {
-    pub fn new(secret: &ServiceSecret, system: &str, service: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[issuer(system)]);
-        validation.set_audience(&[audience(system, service)]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        validation.leeway = LEEWAY_SECS;
-        Verifier {
-            key: DecodingKey::from_secret(&secret.0),
-            validation: Arc::new(validation),
+/// What the admission layer learnt about a call, for the observe layer's log line (which
+/// sits outside it, so that refused calls are logged and counted too).
+#[derive(Debug, Clone, Default)]
+pub struct CallFacts {
+    pub caller: Option<String>,
+    pub user: Option<String>,
+    /// The budget the caller gave (`grpc-timeout`), in milliseconds.
+    pub deadline_ms: Option<f64>,
+}
+
+/// Where the observe layer finds [`CallFacts`] once the call is answered.
+#[derive(Debug, Clone, Default)]
+pub struct FactsSlot(pub Arc<std::sync::OnceLock<CallFacts>>);
+
+/// The callee's side: which callers the spec admits, with each link's key.
+#[derive(Clone)]
+pub struct Admission {
+    service: &'static str,
+    callers: Arc<HashMap<String, (DecodingKey, Validation)>>,
+    /// Every process name of the system, for the denial metric's `caller` label (anything
+    /// else is counted as `unknown`, so the label cannot grow without bound).
+    known: &'static [&'static str],
+    /// The budget of the calls made while serving a call that carries no deadline.
+    default_deadline: Duration,
+}
+
+impl Admission {
+    pub fn new(
+        system: &str,
+        service: &'static str,
+        callers: &[(&str, LinkKey)],
+        known: &'static [&'static str],
+        default_deadline: Duration,
+    ) -> Self {
+        let callers = callers
+            .iter()
+            .map(|(caller, key)| {
+                let mut validation = Validation::new(Algorithm::HS256);
+                validation.set_issuer(&[qualified(system, caller)]);
+                validation.set_audience(&[qualified(system, service)]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                validation.leeway = LEEWAY_SECS;
+                (
+                    caller.to_string(),
+                    (DecodingKey::from_secret(&key.0), validation),
+                )
+            })
+            .collect();
+        Admission {
+            service,
+            callers: Arc::new(callers),
+            known,
+            default_deadline,
         }
     }
 
-    pub fn verify(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+    /// Checks a call's credential: who is calling (the `kid`), whether the spec lets it
+    /// call this service, and whether the token verifies under that link's key.
+    pub fn verify(&self, metadata: &http::HeaderMap) -> Result<Verified, Status> {
         let token = metadata
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated(
-                    "no service credential: call this service through the gateway",
-                )
+                Status::unauthenticated("no service credential: call this service through the gateway")
             })?;
-        jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map(|_| ())
+        let caller = jsonwebtoken::decode_header(token)
+            .ok()
+            .and_then(|header| header.kid)
+            .ok_or_else(|| Status::unauthenticated("the service credential names no caller (kid)"))?;
+        let Some((key, validation)) = self.callers.get(&caller) else {
+            let label = self
+                .known
+                .iter()
+                .find(|k| **k == caller)
+                .copied()
+                .unwrap_or(UNKNOWN_CALLER);
+            crate::metrics::record_denied(self.service, label);
+            tracing::warn!(caller = label, "refused a call from a caller the spec does not let call this service");
+            return Err(Status::permission_denied(format!(
+                "`{label}` may not call {}: add it to the `calls` of `{label}` in the spec",
+                self.service
+            )));
+        };
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| {
-                tracing::warn!(error = %e, "refused a call with an invalid service credential");
+                tracing::warn!(caller = %caller, error = %e, "refused a call with an invalid service credential");
                 Status::unauthenticated("invalid service credential")
-            })
+            })?
+            .claims;
+        if claims.sub != caller {
+            return Err(Status::unauthenticated("the credential's subject is not its key's caller"));
+        }
+        Ok(Verified {
+            caller,
+            user: claims.act,
+        })
     }
 }
 
-impl tonic::service::Interceptor for Verifier {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.verify(request.metadata())?;
-        Ok(request)
+/// `Server::builder().layer(...)`: admits calls (health checks are always open, for probes)
+/// and serves each admitted one inside its [`CallContext`] (deadline from `grpc-timeout`,
+/// correlation id, end user), which the calls it makes inherit.
+impl<S> Layer<S> for Admission {
+    type Service = Admitted<S>;
+
+    fn layer(&self, inner: S) -> Admitted<S> {
+        Admitted {
+            admission: self.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Admitted<S> {
+    admission: Admission,
+    inner: S,
+}
+
+/// Path prefix of the standard health service, which probes call without a credential.
+const HEALTH: &str = "/grpc.health.v1.Health/";
+
+impl<S, B> Service<http::Request<B>> for Admitted<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let arrived = Instant::now();
+        if request.uri().path().starts_with(HEALTH) {
+            return Box::pin(self.inner.call(request));
+        }
+        let verified = match self.admission.verify(request.headers()) {
+            Ok(verified) => verified,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
+        let incoming = header("grpc-timeout").and_then(deadline::parse_grpc_timeout);
+        let correlation_id = header(CORRELATION_METADATA)
+            .filter(|c| !c.is_empty() && c.len() <= 128)
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        if let Some(slot) = request.extensions().get::<FactsSlot>() {
+            let _ = slot.0.set(CallFacts {
+                caller: Some(verified.caller.clone()),
+                user: verified.user.clone(),
+                deadline_ms: incoming.map(|d| d.as_secs_f64() * 1000.0),
+            });
+        }
+        let cx = CallContext {
+            correlation_id,
+            deadline: deadline::serving_deadline(arrived, incoming, self.admission.default_deadline),
+            user: verified.user.clone(),
+        };
+        request.extensions_mut().insert(verified);
+        let future = self.inner.call(request);
+        Box::pin(deadline::scope(cx, future))
     }
 }
 
@@ -210,42 +357,73 @@ impl tonic::service::Interceptor for Verifier {
 mod tests {
     use super::*;
 
-    fn secret(s: &str) -> ServiceSecret {
-        ServiceSecret::new(&s.repeat(32)).unwrap()
+    const KNOWN: &[&str] = &["gateway", "orders", "billing", "shipping"];
+
+    fn key(s: &str) -> LinkKey {
+        LinkKey::new(&s.repeat(32)).unwrap()
     }
 
-    fn check(minter: &Minter, verifier: &Verifier) -> Result<(), Status> {
+    /// `billing` admits the gateway and `orders`, each with its own link key.
+    fn billing() -> Admission {
+        Admission::new(
+            "shop",
+            "billing",
+            &[("gateway", key("g")), ("orders", key("o"))],
+            KNOWN,
+            Duration::from_secs(3),
+        )
+    }
+
+    fn call(minter: &Minter, user: Option<&str>) -> Result<Verified, Status> {
         let mut request = Request::new(());
-        minter.authorize(&mut request, Some("alice"));
-        verifier.verify(request.metadata())
+        minter.authorize(&mut request, user);
+        billing().verify(&request.metadata().clone().into_headers())
     }
 
     #[test]
-    fn a_token_for_the_right_audience_passes() {
-        let s = secret("a");
-        let minter = Minter::new(&s, "shop", "orders");
-        let verifier = Verifier::new(&s, "shop", "orders");
-        check(&minter, &verifier).unwrap();
-        // Cached: the same token until it nears expiry.
-        assert_eq!(minter.token(), minter.token());
+    fn admitted_callers_pass_with_their_own_link_key_and_the_end_user_as_act() {
+        let gateway = Minter::new(&key("g"), "shop", "gateway", "billing");
+        let verified = call(&gateway, Some("alice")).unwrap();
+        assert_eq!(verified.caller, "gateway");
+        assert_eq!(verified.user.as_deref(), Some("alice"));
+        let orders = Minter::new(&key("o"), "shop", "orders", "billing");
+        assert_eq!(call(&orders, None).unwrap().user, None);
+        // Cached without an end user: the same token until it nears expiry.
+        assert_eq!(orders.token(None), orders.token(None));
     }
 
     #[test]
-    fn wrong_audience_secret_or_no_token_is_refused() {
-        let s = secret("a");
-        let verifier = Verifier::new(&s, "shop", "orders");
-        let other_audience = Minter::new(&s, "shop", "billing");
-        let other_secret = Minter::new(&secret("b"), "shop", "orders");
-        for minter in [other_audience, other_secret] {
-            let refused = check(&minter, &verifier).unwrap_err();
-            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
-        }
-        let bare = verifier.verify(Request::new(()).metadata()).unwrap_err();
+    fn a_caller_the_spec_does_not_admit_is_denied_and_counted() {
+        let handle = crate::metrics::handle();
+        let shipping = Minter::new(&key("s"), "shop", "shipping", "billing");
+        let denied = call(&shipping, None).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        let rendered = handle.render();
+        assert!(
+            rendered.lines().any(|l| l.starts_with("service_calls_denied_total{")
+                && l.contains("service=\"billing\"")
+                && l.contains("caller=\"shipping\"")),
+            "{rendered}"
+        );
+        // A made-up caller is counted as unknown, not as a label of its own.
+        let stranger = Minter::new(&key("x"), "shop", "x-17", "billing");
+        assert_eq!(call(&stranger, None).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert!(handle.render().contains("caller=\"unknown\""));
+    }
+
+    #[test]
+    fn a_token_under_another_links_key_or_for_another_audience_is_refused() {
+        // `orders` signing as the gateway: it holds only its own link's key.
+        let forged = Minter::new(&key("o"), "shop", "gateway", "billing");
+        assert_eq!(call(&forged, None).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let other_audience = Minter::new(&key("g"), "shop", "gateway", "orders");
+        assert_eq!(call(&other_audience, None).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let bare = billing().verify(&http::HeaderMap::new()).unwrap_err();
         assert_eq!(bare.code(), tonic::Code::Unauthenticated);
     }
 
     #[test]
-    fn short_secrets_are_refused() {
-        assert!(ServiceSecret::new("short").is_err());
+    fn short_keys_are_refused() {
+        assert!(LinkKey::new("short").is_err());
     }
 }

@@ -5,9 +5,9 @@
 
 use sqlx::{Connection, Executor, PgConnection};
 
-/// A random service secret for one test, so no secret value is written down anywhere.
-pub fn service_secret() -> crate::service_auth::ServiceSecret {
-    crate::service_auth::ServiceSecret::new(&crate::service_auth::random_secret())
+/// A random link key for one test, so no key is written down anywhere.
+pub fn link_key() -> crate::service_auth::LinkKey {
+    crate::service_auth::LinkKey::new(&crate::service_auth::random_secret())
         .expect("64 characters is long enough")
 }
 

@@ -209,14 +209,18 @@ impl Drop for Permit {
 }
 
 /// gRPC codes that mean the dependency is unhealthy, when sent as a trailers-only response
-/// (how a server answers a failed unary call): UNAVAILABLE, DEADLINE_EXCEEDED.
+/// (how a server answers a failed unary call): UNAVAILABLE, DEADLINE_EXCEEDED. Not when the
+/// dependency answered that a service it calls failed (`x-failed-dependency`): it answered,
+/// so it is healthy, and its own breaker on that service is the one to open.
 const FAILURE_CODES: [i32; 2] = [14, 4];
 
 fn is_failure<B>(result: &Result<http::Response<B>, BoxError>) -> bool {
     match result {
         Err(_) => true,
-        Ok(response) => trailers_only_status(response.headers())
-            .is_some_and(|code| FAILURE_CODES.contains(&code)),
+        Ok(response) => {
+            trailers_only_status(response.headers()).is_some_and(|code| FAILURE_CODES.contains(&code))
+                && !response.headers().contains_key(crate::error::FAILED_DEPENDENCY)
+        }
     }
 }
 

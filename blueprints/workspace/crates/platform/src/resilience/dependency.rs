@@ -16,8 +16,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
-use crate::service_auth::Minter;
+use crate::config::{ConfigError, Env};
+use crate::service_auth::{LinkKey, Minter};
 use tonic::Status;
+use tracing::Instrument;
 use tonic::transport::{Channel, Endpoint};
 use tower::load_shed::error::Overloaded;
 use tower::timeout::error::Elapsed;
@@ -65,6 +67,46 @@ pub struct DependencyConfig {
     pub breaker: BreakerConfig,
     /// Calls in flight at most; more are refused at once with 503.
     pub max_concurrent: usize,
+    /// The budget of a call made outside any call being served (an event handler, a
+    /// background task); inside one, the caller's remaining deadline applies instead.
+    pub default_deadline: Duration,
+    /// The key of this link, shared with the dependency only (see `service_auth`).
+    pub key: LinkKey,
+}
+
+impl DependencyConfig {
+    /// The settings under `<PREFIX>__<name>__...` (`ADDR`, `TIMEOUT_MS`, `RETRIES`,
+    /// `BACKOFF_BASE_MS`, `BACKOFF_MAX_MS`, `BREAKER__FAILURES`, `BREAKER__OPEN_MS`,
+    /// `BULKHEAD__MAX_CONCURRENT`), each with its default, and the link's `KEY` (required).
+    pub fn from_env(
+        env: &Env,
+        name: &str,
+        default_addr: &str,
+        default_deadline: Duration,
+    ) -> Result<DependencyConfig, ConfigError> {
+        let key = |k: &str| format!("{name}__{k}");
+        let millis = |k: &str, default: u64| -> Result<Duration, ConfigError> {
+            Ok(Duration::from_millis(env.parse_or(&key(k), default)?))
+        };
+        Ok(DependencyConfig {
+            addr: env.parse_or(&key("ADDR"), default_addr.to_string())?,
+            timeout: millis("TIMEOUT_MS", 1000)?,
+            retries: env.parse_or(&key("RETRIES"), 2)?,
+            backoff_base: millis("BACKOFF_BASE_MS", 50)?,
+            backoff_max: millis("BACKOFF_MAX_MS", 500)?,
+            breaker: BreakerConfig {
+                failure_threshold: env.parse_or(&key("BREAKER__FAILURES"), 5)?,
+                open_for: millis("BREAKER__OPEN_MS", 5000)?,
+            },
+            max_concurrent: env.parse_or(&key("BULKHEAD__MAX_CONCURRENT"), 64)?,
+            default_deadline,
+            key: LinkKey::from_env(
+                env,
+                &key("KEY"),
+                "set it to this link's key, the same value the called service has for this caller (at least 32 characters; deploy/local/up.sh and deploy/compose-env.sh generate one per link)",
+            )?,
+        })
+    }
 }
 
 /// One attempt's call, boxed (see [`Dependency::call`]).
@@ -115,13 +157,14 @@ impl Attempt {
 }
 
 impl Dependency {
-    /// `caller`'s resilient client of `name`.
+    /// `caller`'s resilient client of `name`, both processes of `system`.
     pub fn new(
+        system: &str,
         caller: &'static str,
         name: &'static str,
         config: DependencyConfig,
-        credential: Minter,
     ) -> Result<Dependency, String> {
+        let credential = Minter::new(&config.key, system, caller, name);
         let endpoint = Endpoint::from_shared(config.addr.clone())
             .map_err(|e| format!("`{}` is not a valid URI: {e}", config.addr))?
             .connect_timeout(config.timeout)
@@ -153,12 +196,48 @@ impl Dependency {
         self.breaker.state()
     }
 
+    /// [`Dependency::call`] as part of the call being served (its deadline, correlation id
+    /// and end user; see `deadline::current`), or, outside one, with a new correlation id
+    /// and the configured default deadline.
+    pub async fn call_current<R, F>(&self, method: &'static str, retry: Retry, attempt: F) -> Result<R, Status>
+    where
+        F: FnMut(Attempt) -> AttemptFuture<R>,
+    {
+        let cx = super::deadline::current().unwrap_or_else(|| {
+            CallContext::new(uuid::Uuid::new_v4().to_string(), self.config.default_deadline)
+        });
+        self.call(&cx, method, retry, attempt).await
+    }
+
     /// Runs `attempt` until it succeeds, fails for good, or the request's deadline is near.
     /// The attempt's future is boxed: naming one concrete `Send` type keeps the compiler
     /// from having to prove tonic's client bounds for every lifetime inside axum handlers.
     /// `method` names the RPC in the client metrics (`grpc_client_handled_total`, each
     /// attempt counted with its code).
     pub async fn call<R, F>(
+        &self,
+        cx: &CallContext,
+        method: &'static str,
+        retry: Retry,
+        attempt: F,
+    ) -> Result<R, Status>
+    where
+        F: FnMut(Attempt) -> AttemptFuture<R>,
+    {
+        // The client span: a child of the span serving the request, and the parent the
+        // callee continues (each attempt's `traceparent` names it).
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %format!("{}/{method}", self.name),
+            otel.kind = "client",
+            rpc.system = "grpc",
+            rpc.method = method,
+            peer.service = self.name,
+        );
+        self.attempts(cx, method, retry, attempt).instrument(span).await
+    }
+
+    async fn attempts<R, F>(
         &self,
         cx: &CallContext,
         method: &'static str,
@@ -227,12 +306,14 @@ impl Dependency {
     }
 }
 
-/// Failures worth another attempt: the service did not get or did not finish the call.
+/// Failures worth another attempt: the service did not get or did not finish the call. Not
+/// a failure of a service it calls in turn: that one already had its retries.
 fn is_transient(status: &Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
     ) && !status.message().contains("circuit breaker")
+        && status.metadata().get(crate::error::FAILED_DEPENDENCY).is_none()
 }
 
 /// Turns the stack's errors into gRPC statuses, which tonic passes through unchanged;
@@ -269,7 +350,7 @@ mod tests {
     use super::*;
 
     fn dependency(retries: u32) -> Dependency {
-        let secret = crate::service_auth::ServiceSecret::new(&"s".repeat(32)).unwrap();
+        let key = crate::service_auth::LinkKey::new(&"s".repeat(32)).unwrap();
         let config = DependencyConfig {
             // Nothing listens on port 1; the attempts below never use the channel anyway.
             addr: "http://127.0.0.1:1".into(),
@@ -282,8 +363,10 @@ mod tests {
                 open_for: Duration::from_secs(1),
             },
             max_concurrent: 4,
+            default_deadline: Duration::from_secs(3),
+            key,
         };
-        Dependency::new("gateway", "orders", config, Minter::new(&secret, "shop", "orders")).unwrap()
+        Dependency::new("shop", "gateway", "orders", config).unwrap()
     }
 
     async fn attempts(dependency: &Dependency, retry: Retry, status: Status) -> (u32, Status) {
@@ -366,6 +449,31 @@ mod tests {
         let timeouts = timeouts.lock().unwrap();
         assert!(timeouts[0] <= Duration::from_millis(50), "{timeouts:?}");
         assert_eq!(timeouts[1], Duration::from_millis(200), "the per-attempt timeout");
+    }
+
+    #[tokio::test]
+    async fn a_call_made_while_serving_one_inherits_what_is_left_of_its_deadline() {
+        let d = dependency(0);
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let call = |seen: Arc<std::sync::Mutex<Vec<(Duration, String)>>>| {
+            let d = &d;
+            async move {
+                d.call_current("Test", Retry::Never, move |attempt| -> AttemptFuture<()> {
+                    seen.lock().unwrap().push((attempt.timeout, attempt.correlation_id.clone()));
+                    Box::pin(async { Ok(tonic::Response::new(())) })
+                })
+                .await
+                .unwrap();
+            }
+        };
+        let served = CallContext::new("served-call".into(), Duration::from_millis(80));
+        super::super::deadline::scope(served, call(seen.clone())).await;
+        call(seen.clone()).await;
+        let seen = seen.lock().unwrap();
+        assert!(seen[0].0 <= Duration::from_millis(80), "{seen:?}");
+        assert_eq!(seen[0].1, "served-call", "the served call's correlation id travels on");
+        assert_eq!(seen[1].0, Duration::from_millis(200), "outside a call: the attempt timeout");
+        assert_ne!(seen[1].1, "served-call");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Resilience per dependency: what a caller (the gateway, or a service that `calls`
 //! another) puts around every call to one gRPC service. A bulkhead, a circuit breaker and a
 //! timeout per attempt on the channel; retries with backoff and jitter for idempotent calls
-//! only, never past the request's deadline (`dependency`).
+//! only, never past the request's deadline (`dependency`), which a service passes on to the
+//! calls it makes while serving one (`deadline`).
 
 mod breaker;
+pub mod deadline;
 mod dependency;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, OPEN_GAUGE, Permit, State};
