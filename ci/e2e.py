@@ -37,7 +37,9 @@ ORDER_TOPIC = "shop.orders.order.v1"  # every event of the Order aggregate
 EVENT_TYPE = "shop.orders.v1.OrderCreated"
 
 
-def compile_protos(workspace):
+def compile_protos_of(workspace, contexts):
+    """{context: (its _pb2 module, its _pb2_grpc module)}, compiled from the workspace's
+    proto/ with grpcio-tools."""
     out = tempfile.mkdtemp(prefix="e2e-proto-")
     proto_root = os.path.join(workspace, "proto")
     well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
@@ -49,9 +51,13 @@ def compile_protos(workspace):
     if code != 0:
         sys.exit(f"protoc failed on {files}")
     sys.path.insert(0, out)
-    mod = lambda name: importlib.import_module(name)
-    return (mod("shop.orders.v1.orders_pb2"), mod("shop.orders.v1.orders_pb2_grpc"),
-            mod("shop.billing.v1.billing_pb2"), mod("shop.billing.v1.billing_pb2_grpc"))
+    return {c: (importlib.import_module(f"shop.{c}.v1.{c}_pb2"),
+                importlib.import_module(f"shop.{c}.v1.{c}_pb2_grpc")) for c in contexts}
+
+
+def compile_protos(workspace):
+    modules = compile_protos_of(workspace, ["orders", "billing"])
+    return (*modules["orders"], *modules["billing"])
 
 
 def shipping_modules(workspace):

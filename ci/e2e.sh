@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The end-to-end harness: for each bus (default: kafka sqs; pass names to choose), it
+# The end-to-end harness: for each bus (default: kafka sqs, then calls; pass names to choose), it
 # generates `shop` (orders -> billing), builds it, starts a real broker and Redis on
 # loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
 # with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
@@ -14,8 +14,20 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL admin URL (ci/setup-postgres.sh prints one)}"
-buses=("$@")
-[ ${#buses[@]} -gt 0 ] || buses=(kafka sqs)
+# Scenarios: kafka and sqs (the shop above on each bus), calls (synchronous calls between
+# services, ci/e2e_calls.py; on SQS only: the calls do not touch the bus, and moto starts in
+# a second where tansu needs a build).
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kafka sqs calls)
+buses=()
+run_calls=false
+for s in "${scenarios[@]}"; do
+    case "$s" in
+        kafka|sqs) buses+=("$s") ;;
+        calls) run_calls=true ;;
+        *) echo "e2e.sh: unknown scenario '$s' (kafka, sqs, calls)" >&2; exit 2 ;;
+    esac
+done
 
 bash "$root/ci/setup-build-deps.sh"
 cache=$(bash ci/setup-e2e-tools.sh)
@@ -28,7 +40,7 @@ bin="$root/target/debug/archscaffold"
 export CARGO_TARGET_DIR="${ARCHSCAFFOLD_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold/target}"
 
 cleanup() {
-    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs; do
+    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls; do
         [ -x "$ws/deploy/local/down.sh" ] && bash "$ws/deploy/local/down.sh" || true
     done
     bash ci/brokers.sh stop kafka || true
@@ -86,7 +98,7 @@ database_url() {
     echo "${base%/*}/$1"
 }
 
-for bus in "${buses[@]}"; do
+for bus in ${buses[@]+"${buses[@]}"}; do
     echo "== e2e [$bus]: generate and build =="
     ws="$E2E_STATE/$bus"
     for db in shop_orders shop_billing shop_shipping; do
@@ -171,6 +183,50 @@ for bus in "${buses[@]}"; do
         exit $status
     fi
 done
+
+if $run_calls; then
+    echo "== e2e [calls, sqs]: generate and build =="
+    ws="$E2E_STATE/calls"
+    for db in shop_catalog shop_checkout shop_shipping; do
+        psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
+    done
+    # checkout's carts refer to catalog items, shipping's parcels to carts: a chain of calls.
+    printf '%s\n' 'name = "shop"' 'bus = "sqs"' '' '[contexts.catalog]' 'aggregate = "Item"' \
+        'fields = { title = "string", price_cents = "i64" }' '' '[contexts.checkout]' \
+        'aggregate = "Cart"' 'fields = { item_id = "ref:catalog", quantity = "i32" }' '' \
+        '[contexts.shipping]' 'aggregate = "Parcel"' \
+        'fields = { cart_id = "ref:checkout", address = "string" }' >"$E2E_STATE/calls.toml"
+    "$bin" new shop --spec "$E2E_STATE/calls.toml" --out "$ws" >/dev/null
+    (cd "$ws" && cargo build --workspace --quiet)
+
+    echo "== e2e [calls, sqs]: start broker and system =="
+    bash ci/brokers.sh start sqs
+    start_otlp_receiver "$E2E_STATE/spans-calls.jsonl"
+    record_started "$E2E_STATE"/*.pid
+    # Exported: e2e_calls.py runs up.sh again to restart catalog. Short timeouts, so the
+    # outage checks take seconds; no Redis: reads are not what this scenario is about.
+    export DATABASE_ADMIN_URL="$DATABASE_URL" SQS_ENDPOINT=http://127.0.0.1:5000 RUST_LOG=info \
+        CHECKOUT__DEPS__CATALOG__TIMEOUT_MS=500 CHECKOUT__DEPS__CATALOG__BREAKER__OPEN_MS=2000 \
+        OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
+    unset REDIS_URL
+    bash "$ws/deploy/local/up.sh"
+    record_started "$ws"/.run/*.pid
+
+    echo "== e2e [calls, sqs]: assertions =="
+    status=0
+    "$cache/venv/bin/python" ci/e2e_calls.py --workspace "$ws" \
+        --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-calls.jsonl" || status=$?
+    # catalog was restarted: its new pids must be stopped too.
+    record_started "$ws"/.run/*.pid
+    bash "$ws/deploy/local/down.sh"
+    bash ci/brokers.sh stop sqs
+    stop_otlp_receiver
+    if [ $status -ne 0 ]; then
+        echo "== e2e [calls] failed; last log lines ==" >&2
+        tail -n 30 "$ws/.run/catalog.log" "$ws/.run/checkout.log" "$ws/.run/gateway.log" >&2 || true
+        exit $status
+    fi
+fi
 
 assert_all_stopped
 echo "== e2e: every check passed and every process was stopped =="

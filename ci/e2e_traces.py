@@ -1,7 +1,8 @@
 """Issue 5, acceptance 1: one POST through the gateway yields spans from the gateway,
 orders and the billing consumer under one trace id, received over OTLP by
 ci/otlp_receiver.py. The client starts the trace (its own `traceparent`), so the trace id
-is known; parentage is checked too: orders' server span is a child of the gateway's span,
+is known; parentage is checked too: orders' server span is a child of the gateway's client
+span for the call, itself a child of the gateway's request span,
 and billing's consumer span a child of orders' span (through the outbox row and the
 message headers). Then the logs: each process wrote a JSON line for its part of that
 trace with traceId, spanId, duration and status, and userId where the user is known.
@@ -74,8 +75,15 @@ def main():
     problems = []
     if gateway[0]["parentSpanId"] != client_span:
         problems.append("the gateway's span is not a child of the client's")
-    if not any(o["parentSpanId"] in {g["spanId"] for g in gateway} for o in orders):
-        problems.append("no orders span is a child of a gateway span")
+    # The gateway's call is a client span of its own, child of the request's span; the
+    # service's server span continues it.
+    clients = [s for s in spans(args.spans, trace_id)
+               if s["service"] == "gateway" and s["kind"] == "SPAN_KIND_CLIENT"
+               and s["parentSpanId"] in {g["spanId"] for g in gateway}]
+    if not clients:
+        problems.append("the gateway's call to orders is no client span under its request span")
+    if not any(o["parentSpanId"] in {c["spanId"] for c in clients} for o in orders):
+        problems.append("no orders span is a child of the gateway's client span")
     if not any(b["parentSpanId"] in {o["spanId"] for o in orders} for b in billing):
         problems.append("no billing consumer span is a child of an orders span")
     expected_logs = [

@@ -234,6 +234,10 @@ fn problem_schema() -> Value {
                 "type": "array", "items": { "type": "string" },
                 "description": "... and the commands it does allow.",
             },
+            "field": {
+                "type": "string",
+                "description": "On 422: the request field that is invalid, e.g. a reference to nothing.",
+            },
         },
     })
 }
@@ -264,6 +268,7 @@ fn error_responses() -> Value {
         "428": problem("This resource is only changed with If-Match.", json!({})),
         "413": problem("The body is larger than 64 KiB.", json!({})),
         "415": problem("The body must be application/json.", json!({})),
+        "422": problem("A field refers to something that does not exist in another context; `field` names it.", json!({})),
         "429": problem("Rate limit exceeded.", retry_after.clone()),
         "502": problem("The service failed or refused the gateway.", json!({})),
         "503": problem("The service is unavailable or its circuit breaker is open.", retry_after),
@@ -314,9 +319,18 @@ fn create_operation(context: &Context, names: &SchemaNames) -> Value {
                 },
                 "content": json_content(schema_ref(&names.resource)),
             })),
-            &["400", "409", "413", "415"],
+            &with_references(context, &["400", "409", "413", "415"]),
         ),
     })
+}
+
+/// A write's errors, with 422 where it carries a `ref:` field the service checks.
+fn with_references(context: &Context, errors: &[&'static str]) -> Vec<&'static str> {
+    let mut errors = errors.to_vec();
+    if !context.references.is_empty() {
+        errors.push("422");
+    }
+    errors
 }
 
 fn list_operation(context: &Context, names: &SchemaNames) -> Value {
@@ -409,8 +423,14 @@ fn change_parameters(context: &Context) -> Vec<Value> {
     ]
 }
 
-fn change_errors(context: &Context) -> Vec<&'static str> {
-    let mut errors = vec!["400", "404", "409", "412"];
+/// The errors of a change; `checks_references` for one that may set a `ref:` field.
+fn change_errors(context: &Context, checks_references: bool) -> Vec<&'static str> {
+    let base = ["400", "404", "409", "412"];
+    let mut errors = if checks_references {
+        with_references(context, &base)
+    } else {
+        base.to_vec()
+    };
     if context.require_if_match {
         errors.push("428");
     }
@@ -427,7 +447,7 @@ fn changed_response(aggregate: &str, names: &SchemaNames) -> Value {
 
 fn update_operation(context: &Context, names: &SchemaNames) -> Value {
     let aggregate = &context.aggregate.name.pascal;
-    let mut errors = change_errors(context);
+    let mut errors = change_errors(context, true);
     errors.extend(["413", "415"]);
     json!({
         "operationId": format!("update{aggregate}"),
@@ -459,7 +479,7 @@ fn delete_operation(context: &Context) -> Value {
         "parameters": change_parameters(context),
         "responses": responses(
             ("204", json!({ "description": format!("The {aggregate} is gone.") })),
-            &change_errors(context),
+            &change_errors(context, false),
         ),
     })
 }
@@ -489,7 +509,7 @@ fn command_operation(
         ),
         "parameters": change_parameters(context),
         "responses": responses(("200", changed_response(aggregate, names)), &{
-            let mut errors = change_errors(context);
+            let mut errors = change_errors(context, command.set.iter().any(|f| f.reference.is_some()));
             if body.is_some() {
                 errors.extend(["413", "415"]);
             }
@@ -599,6 +619,33 @@ fn yaml_value(value: &Value, indent: usize, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_that_check_a_reference_document_422_and_the_others_do_not() {
+        let spec = crate::spec::parse(
+            "name = \"shop\"\n[contexts.catalog]\naggregate = \"Item\"\n\
+             [contexts.checkout]\naggregate = \"Cart\"\nfields = { item_id = \"ref:catalog\", note = \"string\" }\n\
+             [contexts.checkout.commands.swap]\nset = [\"item_id\"]\nemits = \"CartItemSwapped\"\n\
+             [contexts.checkout.commands.annotate]\nset = [\"note\"]\nemits = \"CartAnnotated\"\n",
+            "shop.toml",
+            &crate::spec::Overrides::default(),
+        )
+        .unwrap();
+        let doc = document(&spec);
+        let has_422 = |path: &str, method: &str| {
+            doc["paths"][path][method]["responses"]
+                .as_object()
+                .unwrap()
+                .contains_key("422")
+        };
+        assert!(has_422("/v1/checkout", "post"));
+        assert!(has_422("/v1/checkout/{id}", "patch"));
+        assert!(has_422("/v1/checkout/{id}/swap", "post"));
+        assert!(!has_422("/v1/checkout/{id}/annotate", "post"));
+        assert!(!has_422("/v1/checkout/{id}", "delete"));
+        assert!(!has_422("/v1/catalog", "post"));
+        assert!(doc["components"]["schemas"]["Problem"]["properties"]["field"].is_object());
+    }
 
     #[test]
     fn yaml_quotes_every_string_and_nests_blocks() {

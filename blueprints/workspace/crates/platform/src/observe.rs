@@ -64,37 +64,71 @@ where
             rpc.method = %method,
         );
         telemetry::continue_trace(&span, header("traceparent").as_deref());
-        let started = Instant::now();
         // Filled in by the admission layer inside this one (`service_auth`).
         let facts = FactsSlot::default();
         request.extensions_mut().insert(facts.clone());
         let future = span.in_scope(|| self.inner.call(request));
+        let mut outcome = Outcome {
+            service,
+            method,
+            started: Instant::now(),
+            facts,
+            span: span.clone(),
+            recorded: false,
+        };
         Box::pin(
             async move {
                 let result = future.await;
                 // A response without a status in its headers is a success whose status
                 // follows in the trailers.
-                let code = match &result {
+                outcome.record(match &result {
                     Ok(response) => trailers_only_status(response.headers())
                         .map_or("OK", grpc_code_name),
                     Err(_) => "Unknown",
-                };
-                let elapsed = started.elapsed();
-                record_grpc(&service, &method, code, elapsed);
-                let facts = facts.0.get().cloned().unwrap_or_default();
-                tracing::info!(
-                    rpc.method = %method,
-                    status = code,
-                    duration_ms = elapsed.as_secs_f64() * 1000.0,
-                    caller = facts.caller.as_deref(),
-                    userId = facts.user.as_deref(),
-                    deadline_ms = facts.deadline_ms,
-                    "rpc"
-                );
+                });
                 result
             }
             .instrument(span),
         )
+    }
+}
+
+/// What one call leaves behind, recorded once: when it is answered, or as `Cancelled` when
+/// the caller gave up first (its deadline passed, it went away) and the server dropped the
+/// call, so a call cut short by a deadline shows up in the logs and metrics too.
+struct Outcome {
+    service: String,
+    method: String,
+    started: Instant,
+    facts: FactsSlot,
+    span: tracing::Span,
+    recorded: bool,
+}
+
+impl Outcome {
+    fn record(&mut self, code: &'static str) {
+        self.recorded = true;
+        let elapsed = self.started.elapsed();
+        record_grpc(&self.service, &self.method, code, elapsed);
+        let facts = self.facts.0.get().cloned().unwrap_or_default();
+        let _in_span = self.span.enter();
+        tracing::info!(
+            rpc.method = %self.method,
+            status = code,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            caller = facts.caller.as_deref(),
+            userId = facts.user.as_deref(),
+            deadline_ms = facts.deadline_ms,
+            "rpc"
+        );
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.record("Cancelled");
+        }
     }
 }
 
@@ -120,6 +154,26 @@ fn split_path(path: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_dropped_before_it_is_answered_is_counted_as_cancelled() {
+        let handle = crate::metrics::handle();
+        drop(Outcome {
+            service: "test.Service".into(),
+            method: "Dropped".into(),
+            started: Instant::now(),
+            facts: FactsSlot::default(),
+            span: tracing::Span::none(),
+            recorded: false,
+        });
+        let rendered = handle.render();
+        assert!(
+            rendered.lines().any(|l| l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_method=\"Dropped\"")
+                && l.contains("grpc_code=\"Cancelled\"")),
+            "{rendered}"
+        );
+    }
 
     #[test]
     fn grpc_paths_split_into_service_and_method() {
