@@ -1,31 +1,34 @@
 #!/usr/bin/env bash
-# The end-to-end harness: for each bus (default: kafka sqs, then calls; pass names to choose), it
-# generates `shop` (orders -> billing), builds it, starts a real broker and Redis on
-# loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
-# with its own deploy/local/up.sh, runs ci/e2e.py (services and bus), ci/e2e_metrics.py
-# (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus) and
-# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays),
-# ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it, and
-# stops everything it started, pass or fail. On Kafka the workspace is first evolved as a
-# user would (edits, then `archscaffold add context shipping`), and e2e.py also follows an
-# order to shipping. Needs DATABASE_URL (ci/test sets it).
+# The end-to-end harness. Scenarios (all by default; pass names to choose): kafka and sqs
+# generate `shop` (orders -> billing) for that bus, build it, start a real broker and Redis
+# on loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
+# with its own deploy/local/up.sh, and run ci/e2e.py (services and bus), ci/e2e_metrics.py
+# (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus),
+# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays)
+# and ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it.
+# On Kafka the workspace is first evolved as a user would (edits, then `archscaffold add
+# context shipping`), and e2e.py also follows an order to shipping. calls-kafka and calls
+# (SQS) run catalog <- checkout <- shipping, joined by `ref:` fields, and ci/e2e_calls.py
+# (references, traces, a dead and a slow dependency, admission). Everything started is
+# stopped, pass or fail. Needs DATABASE_URL (ci/test sets it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 : "${DATABASE_URL:?set DATABASE_URL to a PostgreSQL admin URL (ci/setup-postgres.sh prints one)}"
-# Scenarios: kafka and sqs (the shop above on each bus), calls (synchronous calls between
-# services, ci/e2e_calls.py; on SQS only: the calls do not touch the bus, and moto starts in
-# a second where tansu needs a build).
+# Scenarios: kafka and sqs (the shop above on each bus); calls-kafka and calls (synchronous
+# calls between services, ci/e2e_calls.py, on Kafka and on SQS). The calls never touch the
+# bus, but the services they run in do, and a second run costs under a minute once built.
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kafka sqs calls)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kafka sqs calls-kafka calls)
 buses=()
-run_calls=false
+calls_buses=()
 for s in "${scenarios[@]}"; do
     case "$s" in
         kafka|sqs) buses+=("$s") ;;
-        calls) run_calls=true ;;
-        *) echo "e2e.sh: unknown scenario '$s' (kafka, sqs, calls)" >&2; exit 2 ;;
+        calls) calls_buses+=(sqs) ;;
+        calls-kafka) calls_buses+=(kafka) ;;
+        *) echo "e2e.sh: unknown scenario '$s' (kafka, sqs, calls, calls-kafka)" >&2; exit 2 ;;
     esac
 done
 
@@ -40,7 +43,7 @@ bin="$root/target/debug/archscaffold"
 export CARGO_TARGET_DIR="${ARCHSCAFFOLD_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold/target}"
 
 cleanup() {
-    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls; do
+    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls-*; do
         [ -x "$ws/deploy/local/down.sh" ] && bash "$ws/deploy/local/down.sh" || true
     done
     bash ci/brokers.sh stop kafka || true
@@ -184,49 +187,52 @@ for bus in ${buses[@]+"${buses[@]}"}; do
     fi
 done
 
-if $run_calls; then
-    echo "== e2e [calls, sqs]: generate and build =="
-    ws="$E2E_STATE/calls"
+# The calls scenario on `bus` (ci/e2e_calls.py).
+run_calls() {
+    local bus=$1 ws="$E2E_STATE/calls-$1" status=0
+    echo "== e2e [calls, $bus]: generate and build =="
     for db in shop_catalog shop_checkout shop_shipping; do
         psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
     done
     # checkout's carts refer to catalog items, shipping's parcels to carts: a chain of calls.
-    printf '%s\n' 'name = "shop"' 'bus = "sqs"' '' '[contexts.catalog]' 'aggregate = "Item"' \
+    printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.catalog]' 'aggregate = "Item"' \
         'fields = { title = "string", price_cents = "i64" }' '' '[contexts.checkout]' \
         'aggregate = "Cart"' 'fields = { item_id = "ref:catalog", quantity = "i32" }' '' \
         '[contexts.shipping]' 'aggregate = "Parcel"' \
-        'fields = { cart_id = "ref:checkout", address = "string" }' >"$E2E_STATE/calls.toml"
-    "$bin" new shop --spec "$E2E_STATE/calls.toml" --out "$ws" >/dev/null
+        'fields = { cart_id = "ref:checkout", address = "string" }' >"$E2E_STATE/calls-$bus.toml"
+    "$bin" new shop --spec "$E2E_STATE/calls-$bus.toml" --out "$ws" >/dev/null
     (cd "$ws" && cargo build --workspace --quiet)
 
-    echo "== e2e [calls, sqs]: start broker and system =="
-    bash ci/brokers.sh start sqs
-    start_otlp_receiver "$E2E_STATE/spans-calls.jsonl"
+    echo "== e2e [calls, $bus]: start broker and system =="
+    bash ci/brokers.sh start "$bus"
+    start_otlp_receiver "$E2E_STATE/spans-calls-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # Exported: e2e_calls.py runs up.sh again to restart catalog. Short timeouts, so the
     # outage checks take seconds; no Redis: reads are not what this scenario is about.
-    export DATABASE_ADMIN_URL="$DATABASE_URL" SQS_ENDPOINT=http://127.0.0.1:5000 RUST_LOG=info \
-        CHECKOUT__DEPS__CATALOG__TIMEOUT_MS=500 CHECKOUT__DEPS__CATALOG__BREAKER__OPEN_MS=2000 \
+    export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
+        RUST_LOG=info CHECKOUT__DEPS__CATALOG__TIMEOUT_MS=500 CHECKOUT__DEPS__CATALOG__BREAKER__OPEN_MS=2000 \
         OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
     unset REDIS_URL
     bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
-    echo "== e2e [calls, sqs]: assertions =="
-    status=0
+    echo "== e2e [calls, $bus]: assertions =="
     "$cache/venv/bin/python" ci/e2e_calls.py --workspace "$ws" \
-        --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-calls.jsonl" || status=$?
+        --gateway "$CARGO_TARGET_DIR/debug/gateway" --spans "$E2E_STATE/spans-calls-$bus.jsonl" || status=$?
     # catalog was restarted: its new pids must be stopped too.
     record_started "$ws"/.run/*.pid
     bash "$ws/deploy/local/down.sh"
-    bash ci/brokers.sh stop sqs
+    bash ci/brokers.sh stop "$bus"
     stop_otlp_receiver
     if [ $status -ne 0 ]; then
-        echo "== e2e [calls] failed; last log lines ==" >&2
+        echo "== e2e [calls, $bus] failed; last log lines ==" >&2
         tail -n 30 "$ws/.run/catalog.log" "$ws/.run/checkout.log" "$ws/.run/gateway.log" >&2 || true
         exit $status
     fi
-fi
+}
+for bus in ${calls_buses[@]+"${calls_buses[@]}"}; do
+    run_calls "$bus"
+done
 
 assert_all_stopped
 echo "== e2e: every check passed and every process was stopped =="
