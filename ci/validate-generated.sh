@@ -4,7 +4,8 @@
 # specification's schema, the Kubernetes manifests against the Kubernetes 1.37 schemas
 # (strict), the GitHub workflow with actionlint and its schema, the alerting rules and
 # the Prometheus config with promtool, every Mermaid diagram with Mermaid's parser, and
-# the whole tree with a secret scanner, which must find nothing. Each validator is first
+# the whole tree with a secret scanner, which must find nothing; and compose-env.sh must write
+# every secret the compose file requires. Each validator is first
 # shown a copy with one planted defect and must reject it, so a validator that passes
 # everything cannot pass here.
 set -euo pipefail
@@ -43,6 +44,21 @@ rules_fire() {
     promtool test rules "$dir/alerts-shop.test.yml"
 }
 mermaid() { node "$cache/node/mermaid-parse.mjs" "$1"/docs/*.md; }
+# deploy/compose-env.sh writes every variable docker-compose.yml requires (`${VAR:?...}`),
+# and a second run adds nothing. On a copy: the .env it writes holds real secrets, which
+# the secret scan of the tree must not meet.
+compose_env() {
+    local copy="$1.compose-env" missing
+    rm -rf "$copy"
+    cp -r "$1" "$copy"
+    (cd "$copy" && bash deploy/compose-env.sh >/dev/null && bash deploy/compose-env.sh) | grep -q ": 0 setting(s) added" ||
+        { echo "a second compose-env.sh run added settings"; return 1; }
+    missing=$(grep -o '\${[A-Z0-9_]*:?' "$copy/deploy/docker-compose.yml" | sed 's/^\${//; s/:?$//' | sort -u |
+        while read -r var; do grep -q "^$var=" "$copy/deploy/.env" || echo "$var"; done)
+    rm -rf "$copy"
+    [ -z "$missing" ] || { echo "docker-compose.yml requires what compose-env.sh does not write:" $missing; return 1; }
+    echo "compose-env.sh writes every variable docker-compose.yml requires"
+}
 secrets() {
     (cd "$1" && "$bin/detect-secrets" scan --all-files .) >"$1.secrets.json" || return 1
     python3 - "$1.secrets.json" <<'PY'
@@ -74,6 +90,7 @@ must_reject() {
 
 step "each validator rejects a planted defect"
 must_reject compose compose "sed -i '0,/condition: service_healthy/s//condition: service_happy/' deploy/docker-compose.yml"
+must_reject compose-env compose_env "sed -i '/ensure LINK_GATEWAY_ORDERS_KEY/d' deploy/compose-env.sh"
 must_reject k8s k8s "sed -i '0,/replicas: 2/s//replicas: two/' deploy/k8s/orders.yaml"
 must_reject workflow workflow "sed -i 's/github.ref }}/github.reff }}/' .github/workflows/ci.yml"
 must_reject rules rules "sed -i '0,/> 0.01/s//> sum(rate(/' deploy/alerts.yml"
@@ -87,6 +104,8 @@ for ws in shop market lifecycle; do
     dir="$work/$ws"
     step "$ws: docker-compose.yml against the Compose specification schema"
     compose "$dir"
+    step "$ws: deploy/compose-env.sh provides what docker-compose.yml requires"
+    compose_env "$dir"
     step "$ws: Kubernetes manifests (1.37, strict)"
     k8s "$dir"
     step "$ws: GitHub workflow (actionlint, schema)"
