@@ -19,7 +19,8 @@ const INVALIDATED: &str = "!invalidated";
 /// Longest a Redis call may take before it counts as a miss.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the URL without its credentials.
+#[derive(Clone)]
 pub struct CacheConfig {
     pub url: String,
     pub ttl: Duration,
@@ -27,6 +28,30 @@ pub struct CacheConfig {
     pub marker_ttl: Duration,
     /// Key prefix, `<system>:gateway:v1`.
     pub namespace: String,
+}
+
+impl std::fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheConfig")
+            .field("url", &redacted(&self.url))
+            .field("ttl", &self.ttl)
+            .field("marker_ttl", &self.marker_ttl)
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// A URL fit for logs and errors: its user information (`user:password@`), which for
+/// Redis is where the password goes, replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "***".to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 #[derive(Clone)]
@@ -77,7 +102,7 @@ impl Cache {
     /// Connects lazily: Redis being down at start only means misses until it is up.
     pub fn connect(config: CacheConfig) -> Result<Cache, String> {
         let client = redis::Client::open(config.url.as_str())
-            .map_err(|e| format!("`{}` is not a Redis URL: {e}", config.url))?;
+            .map_err(|e| format!("`{}` is not a Redis URL: {e}", redacted(&config.url)))?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
@@ -161,5 +186,36 @@ impl Cache {
                 .await
                 .is_some(),
         )
+    }
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_redis_url_never_shows_its_password_in_errors_or_debug_output() {
+        for url in [
+            "redis://:s3cret-pw@cache.internal:6379/0",
+            "rediss://app:s3cret-pw@cache.internal:6380",
+            "redis://s3cret-pw@cache.internal:notaport",
+        ] {
+            assert!(!redacted(url).contains("s3cret"), "{}", redacted(url));
+            let config = CacheConfig {
+                url: url.to_string(),
+                ttl: Duration::from_secs(1),
+                marker_ttl: Duration::from_secs(1),
+                namespace: "t".into(),
+            };
+            assert!(!format!("{config:?}").contains("s3cret"), "{config:?}");
+            if let Err(e) = Cache::connect(config) {
+                assert!(!e.contains("s3cret"), "{e}");
+            }
+        }
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(
+            redacted("redis://:pw@10.0.0.5:6379/2"),
+            "redis://***@10.0.0.5:6379/2"
+        );
     }
 }

@@ -7,7 +7,7 @@ use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE, INVALID_FIELD};
+use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE, FAILED_DEPENDENCY, INVALID_FIELD};
 use tonic::Code;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -96,7 +96,7 @@ impl Problem {
         };
         let detail = if http.is_server_error() {
             tracing::warn!(dependency, code = ?status.code(), message = status.message(), "dependency call failed");
-            format!("{dependency} is not available: {}", status.message())
+            server_error_detail(status, dependency)
         } else {
             status.message().to_string()
         };
@@ -125,6 +125,32 @@ impl Problem {
         } else {
             problem
         }
+    }
+}
+
+/// What a client learns of a failure behind the gateway: which service, and whether
+/// retrying makes sense; never the message itself, which can carry internal addresses,
+/// ports and error chains (the log line above has it, under the response's correlation id).
+fn server_error_detail(status: &tonic::Status, dependency: &str) -> String {
+    let subject = match status
+        .metadata()
+        .get(FAILED_DEPENDENCY)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(inner) => format!("{inner}, which {dependency} calls,"),
+        None => dependency.to_string(),
+    };
+    match status.code() {
+        Code::DeadlineExceeded => format!("{subject} did not answer within the request's deadline"),
+        Code::Unavailable | Code::ResourceExhausted | Code::Cancelled => {
+            let breaker = if status.message().contains("circuit breaker") {
+                " (circuit breaker open)"
+            } else {
+                ""
+            };
+            format!("{subject} is not available{breaker}; retry later")
+        }
+        _ => format!("{subject} failed; the gateway's log has the details under this response's x-correlation-id"),
     }
 }
 
@@ -187,6 +213,25 @@ mod tests {
         }
         let unavailable = Problem::from_grpc(&tonic::Status::unavailable("down"), "orders");
         assert_eq!(unavailable.retry_after_secs, Some(1));
+    }
+
+    #[test]
+    fn server_errors_name_the_service_but_never_carry_its_message() {
+        let leaky = "transport error: tcp connect error: 10.0.3.7:50052: Connection refused (os error 111)";
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal, Code::Unknown] {
+            let problem = Problem::from_grpc(&tonic::Status::new(code, leaky), "orders");
+            assert!(problem.status >= 500, "{code:?}");
+            assert!(problem.detail.starts_with("orders "), "{}", problem.detail);
+            for secret in ["10.0.3.7", "50052", "tcp", "os error"] {
+                assert!(!problem.detail.contains(secret), "{code:?}: {}", problem.detail);
+            }
+        }
+        let open = Problem::from_grpc(&tonic::Status::unavailable("circuit breaker for orders is open"), "orders");
+        assert_eq!(open.detail, "orders is not available (circuit breaker open); retry later");
+        let mut behind = tonic::Status::unavailable("catalog is not available: tcp connect error: 10.0.3.9:50051");
+        behind.metadata_mut().insert(FAILED_DEPENDENCY, "catalog".parse().unwrap());
+        let problem = Problem::from_grpc(&behind, "checkout");
+        assert_eq!(problem.detail, "catalog, which checkout calls, is not available; retry later");
     }
 
     #[test]

@@ -3,14 +3,20 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool};
 
 #[derive(Clone)]
 pub struct DbConfig {
     pub url: String,
     pub max_connections: u32,
     pub connect_attempts: u32,
+    /// The longest any statement on the pool may run before the server cancels it, so a
+    /// runaway query cannot hold a connection (and its locks) for ever. Migrations run on
+    /// a connection of their own without it ([`migrations_connection`]).
+    pub statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for DbConfig {
@@ -20,18 +26,34 @@ impl std::fmt::Debug for DbConfig {
             .field("url", &"<redacted>")
             .field("max_connections", &self.max_connections)
             .field("connect_attempts", &self.connect_attempts)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
 
+/// The pool's connect options: the URL, with the statement timeout set for every session.
+fn options(config: &DbConfig) -> Result<PgConnectOptions, sqlx::Error> {
+    let timeout_ms = config.statement_timeout.as_millis().max(1).to_string();
+    Ok(PgConnectOptions::from_str(&config.url)?.options([("statement_timeout", timeout_ms)]))
+}
+
+/// A connection outside the pool without the statement timeout, for migrations (adding a
+/// column to a large table may take longer); it closes when dropped.
+pub async fn migrations_connection(pool: &PgPool) -> Result<PgConnection, sqlx::Error> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query("SET statement_timeout = 0").execute(&mut conn).await?;
+    Ok(conn)
+}
+
 pub async fn connect(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
+    let options = options(config)?;
     let attempts = config.connect_attempts.max(1);
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=attempts {
         let result = PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&config.url)
+            .connect_with(options.clone())
             .await;
         match result {
             Ok(pool) => return Ok(pool),
