@@ -30,11 +30,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
+use platform::shutdown::Drain;
+use platform::supervise::{Supervisor, TaskFailed};
 use platform::adapter::Bus;
 use platform::metrics::MetricsServer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Principal};
@@ -74,11 +74,21 @@ pub enum StartupError {
     },
 }
 
+/// Why a running gateway stopped other than by being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("the HTTP server failed: {0}")]
+    Server(#[from] std::io::Error),
+    #[error(transparent)]
+    Task(#[from] TaskFailed),
+}
+
 pub struct Gateway {
     listener: TcpListener,
     metrics: MetricsServer,
     state: AppState,
     request_timeout: Duration,
+    drain: Drain,
     bus: Option<Bus>,
 }
 
@@ -121,6 +131,7 @@ impl Gateway {
                 ready: AtomicBool::new(true),
             }),
             request_timeout: config.request_timeout,
+            drain: config.drain,
             bus,
         })
     }
@@ -140,16 +151,19 @@ impl Gateway {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then reports not ready, finishes in-flight
-    /// requests and stops the cache invalidation consumer.
+    /// Serves until `shutdown` resolves, then reports not ready, serves on for the drain
+    /// delay, finishes in-flight requests (within the drain timeout) and stops the cache
+    /// invalidation consumer. A background task that ends early stops it the same way, and
+    /// it returns that failure, so the process exits non-zero and is restarted.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = JoinSet::new();
+    ) -> Result<(), RunError> {
+        // The background tasks: one that ends early stops the process (see `supervise`).
+        let mut tasks = Supervisor::new();
+        let stopped = tasks.stopping();
         let (metrics, metrics_stop) = (self.metrics, stopped.clone());
-        tasks.spawn(async move {
+        tasks.spawn("metrics", async move {
             if let Err(e) = metrics.serve(metrics_stop).await {
                 tracing::error!(error = %e, "/metrics stopped serving");
             }
@@ -158,7 +172,7 @@ impl Gateway {
             let topics: Vec<String> = api::TOPICS.iter().map(|t| t.topic.to_string()).collect();
             match bus.subscriber(api::GROUP, &topics) {
                 Ok(subscriber) => {
-                    tasks.spawn(invalidation::run(
+                    tasks.spawn("cache invalidation", invalidation::run(
                         subscriber,
                         self.state.cache.clone(),
                         api::TOPICS,
@@ -170,7 +184,7 @@ impl Gateway {
         }
         let limiter = self.state.limiter.clone();
         let mut forget_stop = stopped.clone();
-        tasks.spawn(async move {
+        tasks.spawn("rate limit cleanup", async move {
             loop {
                 tokio::select! {
                     _ = forget_stop.wait_for(|s| *s) => return,
@@ -179,12 +193,19 @@ impl Gateway {
             }
         });
 
+        // Stopping: /readyz answers 503 at once, requests are served on for the drain
+        // delay, then no new connections and at most the drain timeout for those in flight.
         let state = self.state.clone();
-        let draining = async move {
-            shutdown.await;
-            state.ready.store(false, Ordering::Release);
-            tracing::info!("shutting down: draining in-flight requests");
+        let task_failed = tasks.failed();
+        let stop_requested = async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = task_failed => {}
+            }
         };
+        let (stop_accepting, drain_deadline) = self.drain.phases(stop_requested, move || async move {
+            state.ready.store(false, Ordering::Release);
+        });
         let app = router(self.state.clone(), self.request_timeout);
         // TCP_NODELAY: without it a response written in two segments waits for the
         // client's delayed ACK, 40 ms on Linux.
@@ -193,17 +214,13 @@ impl Gateway {
                 tracing::warn!(error = %e, "cannot set TCP_NODELAY");
             }
         });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(draining)
-            .await;
-        let _ = stop.send(true);
-        if tokio::time::timeout(DRAIN_TIMEOUT, tasks.join_all())
-            .await
-            .is_err()
-        {
-            tracing::warn!("background tasks did not stop within {DRAIN_TIMEOUT:?}");
-        }
-        served
+        let served = tokio::select! {
+            served = async { axum::serve(listener, app).with_graceful_shutdown(stop_accepting).await } => served,
+            () = drain_deadline => Ok(()),
+        };
+        let tasks = tasks.stop(DRAIN_TIMEOUT).await;
+        served?;
+        Ok(tasks?)
     }
 }
 

@@ -19,6 +19,7 @@ pub mod relay;
 pub mod resilience;
 pub mod service_auth;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 
 #[cfg(feature = "test-support")]
