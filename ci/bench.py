@@ -318,8 +318,11 @@ class System:
         env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url, KAFKA_BROKERS="127.0.0.1:9092",
                    REDIS_URL="redis://127.0.0.1:6390", BUILD_PROFILE=self.settings.profile,
                    CARGO_TARGET_DIR=self.target,
-                   # The load comes from one identity; the rate limit is not what is measured.
-                   GATEWAY__RATE_LIMIT__PER_SECOND="1000000", GATEWAY__RATE_LIMIT__BURST="1000000")
+                   # The load comes from one identity and one address; the rate limits are
+                   # not what is measured.
+                   GATEWAY__RATE_LIMIT__PER_SECOND="1000000", GATEWAY__RATE_LIMIT__BURST="1000000",
+                   GATEWAY__RATE_LIMIT__PER_ADDRESS_PER_SECOND="1000000",
+                   GATEWAY__RATE_LIMIT__PER_ADDRESS_BURST="1000000")
         env.pop("RUST_LOG", None)
         run(["bash", os.path.join(self.workspace, "deploy/local/up.sh")], env=env, stdout=subprocess.DEVNULL)
         run_dir = os.path.join(self.workspace, ".run")

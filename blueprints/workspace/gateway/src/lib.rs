@@ -53,6 +53,8 @@ const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
 pub struct State {
     pub auth: Authenticator,
     pub limiter: RateLimiter,
+    /// The coarser limit per client address, before authentication.
+    pub address_limiter: RateLimiter,
     pub cache: Cache,
     pub downstreams: api::Downstreams,
     /// False once shutdown began: `/readyz` answers 503.
@@ -126,6 +128,7 @@ impl Gateway {
             state: Arc::new(State {
                 auth,
                 limiter: RateLimiter::new(config.rate_limit),
+                address_limiter: RateLimiter::new(config.address_rate_limit),
                 cache,
                 downstreams,
                 ready: AtomicBool::new(true),
@@ -182,13 +185,13 @@ impl Gateway {
                 Err(e) => tracing::error!(error = %e, "cannot consume events; cached reads will only expire by TTL"),
             }
         }
-        let limiter = self.state.limiter.clone();
+        let limiters = [self.state.limiter.clone(), self.state.address_limiter.clone()];
         let mut forget_stop = stopped.clone();
         tasks.spawn("rate limit cleanup", async move {
             loop {
                 tokio::select! {
                     _ = forget_stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(FORGET_IDLE_EVERY) => limiter.forget_idle(),
+                    _ = tokio::time::sleep(FORGET_IDLE_EVERY) => limiters.iter().for_each(RateLimiter::forget_idle),
                 }
             }
         });
@@ -215,7 +218,12 @@ impl Gateway {
             }
         });
         let served = tokio::select! {
-            served = async { axum::serve(listener, app).with_graceful_shutdown(stop_accepting).await } => served,
+            // With the peer's address, for the per-address rate limit.
+            served = async {
+                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(stop_accepting)
+                    .await
+            } => served,
             () = drain_deadline => Ok(()),
         };
         let tasks = tasks.stop(DRAIN_TIMEOUT).await;
@@ -226,10 +234,13 @@ impl Gateway {
 
 /// The whole HTTP surface. Public so tests can drive it without a socket.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    let protected = api::routes().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        authorize,
-    ));
+    // The last layer runs first: the per-address limit, then authentication.
+    let protected = api::routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(middleware::from_fn_with_state(
+            state.address_limiter.clone(),
+            rate_limit::limit_address,
+        ));
     Router::new()
         .merge(protected)
         .route("/livez", get(health::live))

@@ -1,11 +1,19 @@
 //! Rate limiting per client identity (token subject or API key name): a GCRA bucket per
 //! identity from `governor`, refilled at `per_second` with room for `burst`. Past the limit a
-//! request gets 429 with `Retry-After`. Limits are per gateway instance; idle identities
-//! are forgotten every minute so memory stays bounded.
+//! request gets 429 with `Retry-After`. Before that, and before authentication, a coarser
+//! limit per client address ([`limit_address`]), so a flood of bad tokens, which never
+//! reaches an identity, is limited too. Limits are per gateway instance; idle keys are
+//! forgotten every minute so memory stays bounded.
 
+use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
@@ -45,9 +53,67 @@ impl RateLimiter {
     }
 }
 
+/// The per-address limit, before authentication: keyed by the peer's IP address (behind a
+/// load balancer that is the balancer's, which is why this limit is coarse). A request
+/// without a known peer (tests driving the router directly) is not limited here.
+pub async fn limit_address(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip().to_string());
+    if let Some(ip) = peer
+        && let Err(wait) = limiter.check(&format!("ip:{ip}"))
+    {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return crate::problem::Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many requests from this address; retry after {secs} s"),
+        )
+        .with_retry_after(secs)
+        .into_response();
+    }
+    next.run(request).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flood_from_one_address_is_limited_before_authentication() {
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        let limiter = RateLimiter::new(RateLimitConfig {
+            per_second: NonZeroU32::new(1).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        });
+        // Every request carries a bad token: authentication (the route here) refuses it.
+        let app = axum::Router::new()
+            .route("/v1/orders", get(|| async { StatusCode::UNAUTHORIZED }))
+            .route_layer(axum::middleware::from_fn_with_state(limiter, limit_address));
+        let status = |peer: Option<&str>| {
+            let app = app.clone();
+            let mut request = Request::builder()
+                .uri("/v1/orders")
+                .header("authorization", "Bearer not-a-token")
+                .body(axum::body::Body::empty())
+                .unwrap();
+            if let Some(peer) = peer {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+            }
+            async move { app.oneshot(request).await.unwrap().status() }
+        };
+        let mut seen = Vec::new();
+        for port in 1000..1005 {
+            seen.push(status(Some(&format!("203.0.113.7:{port}"))).await.as_u16());
+        }
+        assert_eq!(seen, [401, 401, 401, 429, 429], "one address, any port");
+        assert_eq!(status(Some("203.0.113.8:1000")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
+    }
 
     #[test]
     fn each_identity_gets_its_own_burst_then_waits() {
