@@ -445,7 +445,7 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ws.read("services/orders/migrations/0001_init.sql"), init);
     assert_eq!(ws.read("services/orders/migrations/0002_bus.sql"), bus);
-    let added = ws.read("services/orders/migrations/0005_add_note_rush.sql");
+    let added = ws.read("services/orders/migrations/0006_add_note_rush.sql");
     assert!(
         added.ends_with("ALTER TABLE \"orders\" ADD COLUMN \"note\" TEXT NOT NULL DEFAULT '';\nALTER TABLE \"orders\" ADD COLUMN \"rush\" BOOLEAN NOT NULL DEFAULT false;\n"),
         "{added}"
@@ -817,10 +817,13 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
         "{up}"
     );
     assert!(!up.contains("SERVICE_AUTH__SECRET"), "{up}");
-    // Nothing in this version changes a schema: no new migration.
+    // This version's one schema change arrives as a new migration; the old ones stay.
+    let mut expected = before.clone();
+    expected.0.push("0005_scoped_idempotency.sql".to_string());
+    expected.1.push("0005_scoped_idempotency.sql".to_string());
     assert_eq!(
         (migrations_before("catalog"), migrations_before("checkout")),
-        before
+        expected
     );
     assert!(
         ws.read("services/checkout/src/domain/rules.rs")
@@ -905,16 +908,16 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     );
     ws.commit("a field");
     assert!(ws.update(&[]).status.success());
-    ws.commit("0005 for orders");
+    ws.commit("0006 for orders");
 
-    // A later archscaffold whose blueprints add a migration numbered 0005.
+    // A later archscaffold whose blueprints add a migration numbered 0006.
     let blueprints = ws.path("../blueprints-next");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
         &blueprints,
     );
     fs::write(
-        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0005_audit.sql"),
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0006_audit.sql"),
         "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
     )
     .unwrap();
@@ -922,19 +925,19 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     let out = ws.run(&next);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0005_add_note.sql")
+        ws.path("services/orders/migrations/0006_add_note.sql")
             .is_file()
     );
     assert!(
-        ws.read("services/orders/migrations/0006_audit.sql")
+        ws.read("services/orders/migrations/0007_audit.sql")
             .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
     );
     assert!(
-        ws.path("services/billing/migrations/0005_audit.sql")
+        ws.path("services/billing/migrations/0006_audit.sql")
             .is_file()
     );
     assert!(
-        !ws.path("services/orders/migrations/0005_audit.sql")
+        !ws.path("services/orders/migrations/0006_audit.sql")
             .exists()
     );
     ws.commit("audit");

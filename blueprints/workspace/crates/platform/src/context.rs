@@ -13,6 +13,9 @@ pub struct MessageContext {
     pub correlation_id: String,
     /// `00-<trace id>-<parent span id>-<flags>`.
     pub traceparent: String,
+    /// Whose idempotency keys this request's are (see `idempotency::scope`): the end user,
+    /// else the calling service; empty where there is neither (events, tests).
+    pub principal: String,
 }
 
 impl MessageContext {
@@ -21,6 +24,7 @@ impl MessageContext {
         MessageContext {
             correlation_id: uuid::Uuid::new_v4().to_string(),
             traceparent: format!("00-{}-{}-01", uuid::Uuid::new_v4().simple(), span_id()),
+            principal: String::new(),
         }
     }
 
@@ -40,12 +44,17 @@ impl MessageContext {
         MessageContext {
             correlation_id,
             traceparent,
+            principal: String::new(),
         }
     }
 
-    pub fn from_grpc(metadata: &tonic::metadata::MetadataMap) -> Self {
+    /// The context of a gRPC call, with the principal its admitted credential names.
+    pub fn from_grpc<T>(request: &tonic::Request<T>) -> Self {
+        let metadata = request.metadata();
         let get = |k: &str| metadata.get(k).and_then(|v| v.to_str().ok());
-        Self::from_parts(get(CORRELATION_METADATA), get(TRACEPARENT))
+        let mut context = Self::from_parts(get(CORRELATION_METADATA), get(TRACEPARENT));
+        context.principal = crate::idempotency::scope(request.extensions().get());
+        context
     }
 
     pub fn from_headers(headers: &BTreeMap<String, String>) -> Self {

@@ -8,9 +8,28 @@
 //! until the first transaction ends, so exactly one of them does the work, without retry
 //! loops. One statement, not a claim and a later update: a round trip less on every
 //! create.
+//!
+//! Keys belong to whoever sent them (`scope`): two clients that pick the same key never
+//! see each other's answers. They are kept for a retention period (24 h by default), long
+//! past any retry, and then purged in bounded batches.
+
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::watch;
+
+use crate::service_auth::Verified;
+
+/// The scope of a caller's idempotency keys: the end user the call is made for, else the
+/// calling service; empty for a call with no verified credential (in-process use).
+pub fn scope(verified: Option<&Verified>) -> String {
+    match verified {
+        Some(Verified { user: Some(user), .. }) => format!("user:{user}"),
+        Some(Verified { caller, .. }) => format!("service:{caller}"),
+        None => String::new(),
+    }
+}
 
 /// What a claim on an idempotency key found.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,15 +52,17 @@ pub fn fingerprint(request: &[u8]) -> Vec<u8> {
 pub async fn claim(
     conn: &mut PgConnection,
     operation: &str,
+    scope: &str,
     key: &str,
     fingerprint: &[u8],
     response: &[u8],
 ) -> Result<Claim, sqlx::Error> {
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (operation, key, request_sha256, response) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (operation, key) DO NOTHING",
+        "INSERT INTO idempotency_keys (operation, scope, key, request_sha256, response) \
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (operation, scope, key) DO NOTHING",
     )
     .bind(operation)
+    .bind(scope)
     .bind(key)
     .bind(fingerprint)
     .bind(response)
@@ -52,9 +73,11 @@ pub async fn claim(
         return Ok(Claim::Claimed);
     }
     let (stored_fingerprint, stored): (Vec<u8>, Option<Vec<u8>>) = sqlx::query_as(
-        "SELECT request_sha256, response FROM idempotency_keys WHERE operation = $1 AND key = $2",
+        "SELECT request_sha256, response FROM idempotency_keys \
+         WHERE operation = $1 AND scope = $2 AND key = $3",
     )
     .bind(operation)
+    .bind(scope)
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
@@ -69,13 +92,16 @@ pub async fn claim(
 pub async fn lookup(
     conn: &mut PgConnection,
     operation: &str,
+    scope: &str,
     key: &str,
     fingerprint: &[u8],
 ) -> Result<Option<Claim>, sqlx::Error> {
     let stored: Option<(Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT request_sha256, response FROM idempotency_keys WHERE operation = $1 AND key = $2",
+        "SELECT request_sha256, response FROM idempotency_keys \
+         WHERE operation = $1 AND scope = $2 AND key = $3",
     )
     .bind(operation)
+    .bind(scope)
     .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
@@ -83,4 +109,62 @@ pub async fn lookup(
         Some(response) if stored_fingerprint == fingerprint => Claim::Replay(response),
         _ => Claim::Mismatch,
     }))
+}
+
+/// How long keys are kept, and how the purge goes about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Keys older than this are deleted (a retry after it does the work again).
+    pub keep: Duration,
+    /// Rows deleted per statement, so a purge never holds many locks or a long transaction.
+    pub batch: i64,
+    pub every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            keep: Duration::from_secs(24 * 3600),
+            batch: 1000,
+            every: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Deletes keys older than `retention.keep`, `retention.batch` rows per statement, at most
+/// 1000 statements per call; returns how many went.
+pub async fn purge(pool: &PgPool, retention: Retention) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    for _ in 0..1000 {
+        let batch = sqlx::query(
+            "DELETE FROM idempotency_keys WHERE ctid IN (\
+             SELECT ctid FROM idempotency_keys \
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+        )
+        .bind(retention.keep.as_secs_f64())
+        .bind(retention.batch)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += batch;
+        if batch < retention.batch as u64 {
+            break;
+        }
+    }
+    Ok(deleted)
+}
+
+/// Purges expired keys every `retention.every` until `stop` turns true.
+pub async fn run_purge(pool: PgPool, retention: Retention, mut stop: watch::Receiver<bool>) {
+    loop {
+        match purge(&pool, retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "expired idempotency keys purged"),
+            Err(e) => tracing::warn!(error = %e, "cannot purge expired idempotency keys; trying again later"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            () = tokio::time::sleep(retention.every) => {}
+        }
+    }
 }
