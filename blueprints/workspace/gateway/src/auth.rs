@@ -1,10 +1,14 @@
 //! Who is calling: a JWT access token (`Authorization: Bearer`) validated against the OIDC
 //! issuer's JWKS, or an API key (`X-Api-Key`). Tokens must carry a valid signature, `exp`,
-//! the configured `iss` and `aud`; scopes come from `scope` (space-separated) or `scp`.
+//! the configured `iss` and `aud` (a string, or an array that contains it), and no `nbf`
+//! in the future; scopes come from `scope` (space-separated) or `scp` (an array, or a
+//! space-separated string), as real identity providers issue them.
 //!
-//! The JWKS is fetched at start, cached, and fetched again when a token names a key id the
-//! cache does not know (the issuer rotated its keys), at most once per
-//! [`JWKS_MIN_REFRESH`]. Only asymmetric algorithms are accepted from a JWKS.
+//! The JWKS is fetched at start, cached, and fetched again after [`JWKS_TTL`] (so a key
+//! the issuer removed stops being trusted) or when a token names a key id the cache does
+//! not know (the issuer rotated its keys), at most once per [`JWKS_MIN_REFRESH`] and one
+//! fetch at a time. Only asymmetric algorithms are accepted from a JWKS; a key without
+//! `alg` is accepted where its type and curve fix the algorithm (or, for RSA, its family).
 //!
 //! Dev mode adds a local issuer: tokens signed with HS256 under `GATEWAY__AUTH__DEV_SECRET`,
 //! key id `dev`, which `gateway dev-token` prints. It is off unless configured.
@@ -26,6 +30,8 @@ use crate::problem::Problem;
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const DEV_KEY_ID: &str = "dev";
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
+/// How long a fetched JWKS is trusted before it is fetched again.
+pub const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const LEEWAY_SECS: u64 = 30;
 const ASYMMETRIC: [Algorithm; 9] = [
@@ -75,24 +81,43 @@ impl Principal {
     }
 }
 
+/// A claim that identity providers send as one string or as an array of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// Every value; a single string is split on whitespace, as `scope` and `scp` are.
+    fn words(&self) -> Vec<&str> {
+        match self {
+            OneOrMany::One(s) => s.split_whitespace().collect(),
+            OneOrMany::Many(v) => v.iter().flat_map(|s| s.split_whitespace()).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub iss: String,
-    pub aud: String,
+    /// Checked by the validation (string or array); kept here for `dev_token`.
+    pub aud: OneOrMany,
     pub exp: u64,
     #[serde(default)]
     pub iat: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scp: Option<Vec<String>>,
+    pub scp: Option<OneOrMany>,
 }
 
 impl Claims {
     fn scopes(&self) -> BTreeSet<String> {
         let spaced = self.scope.iter().flat_map(|s| s.split_whitespace());
-        let listed = self.scp.iter().flatten().map(String::as_str);
+        let listed = self.scp.iter().flat_map(OneOrMany::words);
         spaced.chain(listed).map(str::to_string).collect()
     }
 }
@@ -117,7 +142,8 @@ pub struct AuthConfig {
 }
 
 struct Jwks {
-    keys: RwLock<HashMap<String, (DecodingKey, Algorithm)>>,
+    /// Each key with the algorithms it may verify.
+    keys: RwLock<HashMap<String, (DecodingKey, Vec<Algorithm>)>>,
     last_fetch: Mutex<Option<Instant>>,
     http: reqwest::Client,
     issuer: OidcIssuer,
@@ -141,6 +167,11 @@ impl Authenticator {
                 .expect("an HTTP client with default TLS roots"),
             issuer,
         });
+        if config.dev.is_some() {
+            tracing::warn!(
+                "DEV MODE (GATEWAY__AUTH__DEV_MODE=true): tokens from the local dev issuer, which anyone holding its secret can mint, are accepted; never run it so in production"
+            );
+        }
         Authenticator {
             audience: config.audience,
             dev: config.dev.map(|dev| {
@@ -208,12 +239,14 @@ impl Authenticator {
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[&self.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
         validation.leeway = LEEWAY_SECS;
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the access token has expired",
+                    ErrorKind::ImmatureSignature => "the access token is not valid yet (nbf)",
                     ErrorKind::InvalidAudience => "the access token is not meant for this API (audience)",
                     ErrorKind::InvalidIssuer => "the access token comes from an issuer this API does not trust",
                     ErrorKind::InvalidSignature => "the access token's signature is not valid",
@@ -237,19 +270,30 @@ impl Jwks {
                 "the access token must be signed with an asymmetric algorithm",
             ));
         }
-        if let Some(found) = self.keys.read().await.get(kid) {
-            return Ok(found.clone());
-        }
-        // An unknown key id: the issuer may have rotated its keys.
-        if let Err(e) = self.refresh(false).await {
+        // Past its TTL, the set is fetched again: a key the issuer removed goes.
+        let expired = needs_refresh(*self.last_fetch.lock().await, Instant::now(), JWKS_TTL);
+        if expired && let Err(e) = self.refresh(false).await {
             tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
         }
-        self.keys
-            .read()
-            .await
-            .get(kid)
-            .cloned()
-            .ok_or_else(|| Problem::unauthorized("the access token's signing key is not in the issuer's JWKS"))
+        let known = self.keys.read().await.get(kid).cloned();
+        let (key, algorithms) = match known {
+            Some(found) => found,
+            None => {
+                // An unknown key id: the issuer may have rotated its keys.
+                if let Err(e) = self.refresh(false).await {
+                    tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
+                }
+                self.keys.read().await.get(kid).cloned().ok_or_else(|| {
+                    Problem::unauthorized("the access token's signing key is not in the issuer's JWKS")
+                })?
+            }
+        };
+        if !algorithms.contains(&alg) {
+            return Err(Problem::unauthorized(
+                "the access token's algorithm does not match its signing key",
+            ));
+        }
+        Ok((key, alg))
     }
 
     async fn refresh(&self, force: bool) -> Result<(), String> {
@@ -270,22 +314,60 @@ impl Jwks {
             .map_err(|e| format!("the JWKS does not parse: {e}"))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let (Some(kid), Some(alg)) = (&jwk.common.key_id, jwk.common.key_algorithm) else {
+            let Some(kid) = &jwk.common.key_id else {
                 continue;
             };
-            let Ok(algorithm) = alg.to_string().parse::<Algorithm>() else {
-                continue;
-            };
-            if !ASYMMETRIC.contains(&algorithm) {
+            let algorithms = algorithms_of(jwk);
+            if algorithms.is_empty() {
                 continue;
             }
             if let Ok(key) = DecodingKey::from_jwk(jwk) {
-                keys.insert(kid.clone(), (key, algorithm));
+                keys.insert(kid.clone(), (key, algorithms));
             }
         }
         tracing::info!(keys = keys.len(), url = %self.issuer.jwks_url, "fetched the issuer's JWKS");
         *self.keys.write().await = keys;
         Ok(())
+    }
+}
+
+/// Whether a JWKS fetched at `last` (never, if `None`) is to be fetched again at `now`.
+fn needs_refresh(last: Option<Instant>, now: Instant, ttl: Duration) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= ttl)
+}
+
+/// The asymmetric algorithms a JWK may verify: its `alg` when it has one; without, what
+/// its key type and curve fix (an EC P-256 key is ES256), or for RSA the RSA family (the
+/// token's own header then picks one of them).
+fn algorithms_of(jwk: &jsonwebtoken::jwk::Jwk) -> Vec<Algorithm> {
+    use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve};
+    if let Some(alg) = jwk.common.key_algorithm {
+        return alg
+            .to_string()
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| ASYMMETRIC.contains(a))
+            .into_iter()
+            .collect();
+    }
+    match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => vec![
+            Algorithm::RS256,
+            Algorithm::RS384,
+            Algorithm::RS512,
+            Algorithm::PS256,
+            Algorithm::PS384,
+            Algorithm::PS512,
+        ],
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => vec![Algorithm::ES256],
+            EllipticCurve::P384 => vec![Algorithm::ES384],
+            _ => Vec::new(),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            vec![Algorithm::EdDSA]
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -301,7 +383,7 @@ pub fn dev_token(
     let claims = Claims {
         sub: subject.to_string(),
         iss: dev.issuer.clone(),
-        aud: audience.to_string(),
+        aud: OneOrMany::One(audience.to_string()),
         exp: now + ttl.as_secs(),
         iat: now,
         scope: Some(scopes.join(" ")),
@@ -360,7 +442,7 @@ mod tests {
         let stale = Claims {
             sub: "alice".into(),
             iss: "shop-dev".into(),
-            aud: "shop-api".into(),
+            aud: OneOrMany::One("shop-api".into()),
             exp: now_secs() - 3600,
             iat: now_secs() - 7200,
             scope: Some("orders:read".into()),
@@ -395,5 +477,67 @@ mod tests {
         );
         let token = dev_token(&dev("a"), "shop-api", "alice", &[], Duration::from_secs(60));
         assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap_err().status, 401);
+    }
+
+    /// A dev-issuer token with these claims on top of valid defaults.
+    fn token_with(extra: serde_json::Value) -> String {
+        let now = now_secs();
+        let mut claims = serde_json::json!({
+            "sub": "alice", "iss": "shop-dev", "aud": "shop-api", "exp": now + 60, "iat": now,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(DEV_KEY_ID.into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&dev("a").secret)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn tokens_as_identity_providers_issue_them_are_accepted() {
+        let auth = authenticator();
+        let cases = [
+            (serde_json::json!({"aud": ["other-api", "shop-api"], "scope": "orders:read orders:write"}), vec!["orders:read", "orders:write"]),
+            (serde_json::json!({"scp": "orders:read orders:write"}), vec!["orders:read", "orders:write"]),
+            (serde_json::json!({"scp": ["orders:read"], "scope": "orders:write"}), vec!["orders:read", "orders:write"]),
+            (serde_json::json!({"nbf": now_secs() - 10}), vec![]),
+        ];
+        for (claims, scopes) in cases {
+            let principal = auth
+                .authenticate(&bearer(&token_with(claims.clone())))
+                .await
+                .unwrap_or_else(|p| panic!("{claims}: {}", p.detail));
+            let want: BTreeSet<String> = scopes.into_iter().map(str::to_string).collect();
+            assert_eq!(principal.scopes, want, "{claims}");
+        }
+        let other = token_with(serde_json::json!({"aud": ["other-api", "third-api"]}));
+        assert!(auth.authenticate(&bearer(&other)).await.unwrap_err().detail.contains("audience"));
+        let early = token_with(serde_json::json!({"nbf": now_secs() + 3600}));
+        assert!(auth.authenticate(&bearer(&early)).await.unwrap_err().detail.contains("nbf"));
+    }
+
+    #[test]
+    fn a_jwk_without_alg_is_used_where_its_type_and_curve_fix_the_algorithm() {
+        let jwk = |json: serde_json::Value| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(json).unwrap();
+        // Only the key type, curve and alg matter here: the key material is a placeholder.
+        let p256 = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
+            "x": "AA", "y": "AA"}));
+        assert_eq!(algorithms_of(&p256), vec![Algorithm::ES256]);
+        let ed = jwk(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "k2",
+            "x": "AA"}));
+        assert_eq!(algorithms_of(&ed), vec![Algorithm::EdDSA]);
+        let rsa = jwk(serde_json::json!({"kty": "RSA", "kid": "k3", "n": "AA", "e": "AQAB"}));
+        assert_eq!(algorithms_of(&rsa).len(), 6, "the RSA family; the token's header picks");
+        let fixed = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k4", "alg": "ES256",
+            "x": "AA", "y": "AA"}));
+        assert_eq!(algorithms_of(&fixed), vec![Algorithm::ES256]);
+    }
+
+    #[test]
+    fn the_jwks_is_fetched_again_once_its_ttl_has_passed() {
+        let now = Instant::now();
+        assert!(needs_refresh(None, now, JWKS_TTL), "never fetched");
+        assert!(!needs_refresh(Some(now), now + JWKS_TTL / 2, JWKS_TTL));
+        assert!(needs_refresh(Some(now), now + JWKS_TTL, JWKS_TTL));
     }
 }

@@ -55,7 +55,7 @@ async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
                 tracing::error!(error = %e, context, id = %id, "giving up on an invalidation; the TTL bounds staleness");
             }
             Err(_) => {
-                tokio::time::sleep(platform::backoff::delay(BACKOFF_BASE, BACKOFF_MAX, attempt)).await
+                tokio::time::sleep(platform::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX, attempt)).await
             }
         }
     }
@@ -83,7 +83,7 @@ pub async fn run<S: Subscriber>(
                 }
             }
             Err(e) => {
-                let delay = platform::backoff::delay(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
+                let delay = platform::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, ?delay, "cannot receive events for cache invalidation");
                 tokio::select! {

@@ -1,17 +1,11 @@
-//! Exponential backoff with jitter: `base * 2^attempt + random(0, base)`, capped, so
-//! retrying processes do not hammer a recovering dependency in lockstep.
+//! Exponential backoff with full jitter, `random(0, min(max, base * 2^attempt))`: what
+//! every retry loop uses (the relay, consumers, the gateway's invalidation consumer,
+//! callers of a dependency), so processes retrying one recovering dependency spread out
+//! instead of retrying in waves, also once their delays reach the cap. (Jitter added on
+//! top of the exponential and then capped lined them all up at exactly `max`.)
 
 use std::time::Duration;
 
-pub fn delay(base: Duration, max: Duration, attempt: u32) -> Duration {
-    let exponential = base.saturating_mul(2u32.saturating_pow(attempt.min(16)));
-    let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX).max(1);
-    let jitter = Duration::from_millis(random_u64() % base_ms);
-    exponential.saturating_add(jitter).min(max)
-}
-
-/// Full jitter (`random(0, min(max, base * 2^attempt))`): what callers retrying one
-/// dependency use, so a crowd of them spreads out instead of retrying in waves.
 pub fn full_jitter(base: Duration, max: Duration, attempt: u32) -> Duration {
     let ceiling = base.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(max);
     let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
@@ -29,15 +23,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grows_exponentially_with_bounded_jitter_and_a_cap() {
+    fn capped_retries_do_not_line_up() {
         let base = Duration::from_millis(100);
         let max = Duration::from_secs(5);
-        for attempt in 0..4 {
-            let d = delay(base, max, attempt);
-            let floor = base * 2u32.pow(attempt);
-            assert!(d >= floor && d < floor + base, "attempt {attempt}: {d:?}");
-        }
-        assert_eq!(delay(base, max, 30), max);
+        let capped: Vec<Duration> = (0..50).map(|_| full_jitter(base, max, 30)).collect();
+        assert!(capped.iter().all(|d| *d <= max));
+        let distinct: std::collections::BTreeSet<_> = capped.iter().collect();
+        assert!(distinct.len() > 40, "fifty retries at the cap wait {} different times", distinct.len());
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub async fn process<H: Handler, P: Publisher>(
                 let _ = dead_letters
                     .ensure_topics(std::slice::from_ref(&config.dead_letter_topic))
                     .await;
-                let delay = backoff::delay(config.base_backoff, config.max_backoff, failures);
+                let delay = backoff::full_jitter(config.base_backoff, config.max_backoff, failures);
                 if wait_or_stop(delay, stop).await {
                     return Outcome::Interrupted;
                 }
@@ -165,12 +165,12 @@ async fn apply_with_retries<H: Handler>(
             Err(HandlerError::Transient(reason)) => {
                 tracing::warn!(%reason, attempt, "handler failed, retrying");
                 attempt += 1;
-                backoff::delay(config.base_backoff, config.max_backoff, attempt - 1)
+                backoff::full_jitter(config.base_backoff, config.max_backoff, attempt - 1)
             }
             Err(HandlerError::Unavailable(reason)) => {
                 outage = outage.saturating_add(1);
                 tracing::warn!(%reason, retries = outage, "database unavailable, waiting");
-                backoff::delay(config.base_backoff, config.max_backoff, outage)
+                backoff::full_jitter(config.base_backoff, config.max_backoff, outage)
             }
         };
         if wait_or_stop(delay, stop).await {
@@ -246,7 +246,7 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
                 failures = failures.saturating_add(1);
                 topics_ready = false;
                 tracing::warn!(error = %e, "receive failed");
-                let delay = backoff::delay(config.base_backoff, config.max_backoff, failures);
+                let delay = backoff::full_jitter(config.base_backoff, config.max_backoff, failures);
                 if wait_or_stop(delay, &mut stop).await {
                     break;
                 }

@@ -254,7 +254,7 @@ pub async fn run<P: Publisher>(
             Err(e) => {
                 failures = failures.saturating_add(1);
                 topics_ready = false;
-                let delay = backoff::delay(config.base_backoff, config.max_backoff, failures);
+                let delay = backoff::full_jitter(config.base_backoff, config.max_backoff, failures);
                 tracing::warn!(error = %e, attempt = failures, retry_in_ms = delay.as_millis() as u64, "outbox relay failed");
                 Some(delay)
             }
