@@ -199,14 +199,7 @@ impl Gateway {
         // Stopping: /readyz answers 503 at once, requests are served on for the drain
         // delay, then no new connections and at most the drain timeout for those in flight.
         let state = self.state.clone();
-        let task_failed = tasks.failed();
-        let stop_requested = async move {
-            tokio::select! {
-                () = shutdown => {}
-                () = task_failed => {}
-            }
-        };
-        let (stop_accepting, drain_deadline) = self.drain.phases(stop_requested, move || async move {
+        let (stop_accepting, drain_deadline) = self.drain.phases(tasks.stop_requested(shutdown), move || async move {
             state.ready.store(false, Ordering::Release);
         });
         let app = router(self.state.clone(), self.request_timeout);

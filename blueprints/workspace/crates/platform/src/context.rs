@@ -32,14 +32,12 @@ impl MessageContext {
     /// trace context is the current span's when there is one (so events name the span
     /// that caused them as their parent), else the caller's trace with a new span id.
     pub fn from_parts(correlation_id: Option<&str>, traceparent: Option<&str>) -> Self {
-        let root = Self::new_root();
-        let correlation_id = correlation_id
-            .filter(|c| !c.is_empty() && c.len() <= 128)
-            .map_or(root.correlation_id, str::to_string);
+        let correlation_id = self::correlation_id(correlation_id);
         let traceparent = crate::telemetry::current_traceparent().unwrap_or_else(|| {
-            traceparent
-                .and_then(trace_id)
-                .map_or(root.traceparent, |trace| format!("00-{trace}-{}-01", span_id()))
+            traceparent.and_then(trace_id).map_or_else(
+                || Self::new_root().traceparent,
+                |trace| format!("00-{trace}-{}-01", span_id()),
+            )
         });
         MessageContext {
             correlation_id,
@@ -76,6 +74,12 @@ impl MessageContext {
             TRACEPARENT: self.traceparent,
         })
     }
+}
+
+/// The caller's correlation id where it sent a valid one (1 to 128 bytes), else a new one.
+pub fn correlation_id(sent: Option<&str>) -> String {
+    sent.filter(|c| !c.is_empty() && c.len() <= 128)
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string)
 }
 
 fn span_id() -> String {

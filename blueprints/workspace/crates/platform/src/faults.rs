@@ -54,7 +54,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let delay = self.delay;
-        let skip = delay.is_zero() || request.uri().path().starts_with("/grpc.health.v1.Health/");
+        let skip = delay.is_zero() || crate::health::is_health_call(&request);
         // The clone that was made ready serves this call; the fresh clone stays behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);

@@ -15,6 +15,12 @@ use tonic_health::pb::HealthCheckRequest;
 /// How long a probe may take before it counts as a failure.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether an HTTP/2 request is a call to the standard gRPC health service, which probes
+/// make without a credential and which no fault or admission check may hold up.
+pub fn is_health_call<B>(request: &http::Request<B>) -> bool {
+    request.uri().path().starts_with("/grpc.health.v1.Health/")
+}
+
 /// The address to probe for a listen address: a wildcard (`0.0.0.0`) becomes loopback.
 pub fn local(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {

@@ -303,8 +303,6 @@ pub struct Admitted<S> {
     inner: S,
 }
 
-/// Path prefix of the standard health service, which probes call without a credential.
-const HEALTH: &str = "/grpc.health.v1.Health/";
 
 impl<S, B> Service<http::Request<B>> for Admitted<S>
 where
@@ -323,7 +321,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let arrived = Instant::now();
-        if request.uri().path().starts_with(HEALTH) {
+        if crate::health::is_health_call(&request) {
             return Box::pin(self.inner.call(request));
         }
         let verified = match self.admission.verify(request.headers()) {
@@ -332,9 +330,7 @@ where
         };
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         let incoming = header("grpc-timeout").and_then(deadline::parse_grpc_timeout);
-        let correlation_id = header(CORRELATION_METADATA)
-            .filter(|c| !c.is_empty() && c.len() <= 128)
-            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        let correlation_id = crate::context::correlation_id(header(CORRELATION_METADATA));
         if let Some(slot) = request.extensions().get::<FactsSlot>() {
             let _ = slot.0.set(CallFacts {
                 caller: Some(verified.caller.clone()),

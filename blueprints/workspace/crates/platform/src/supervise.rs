@@ -94,6 +94,21 @@ impl Supervisor {
         }
     }
 
+    /// Resolves when `shutdown` does or a task has ended early, whichever comes first: the
+    /// moment the process starts to stop.
+    pub fn stop_requested(
+        &self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let failed = self.failed();
+        async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = failed => {}
+            }
+        }
+    }
+
     /// Tells the tasks to stop, gives them `timeout`, and says whether one had failed.
     pub async fn stop(mut self, timeout: Duration) -> Result<(), TaskFailed> {
         let _ = self.stop.send(true);
