@@ -17,7 +17,6 @@ PostgreSQL and the bus. Talks to 127.0.0.1 only; every wait is bounded.
 """
 
 import argparse
-import json
 import os
 import re
 import signal
@@ -30,7 +29,8 @@ import uuid
 import grpc
 
 from e2e import compile_protos_of
-from e2e_common import link_key, link_token, scrape, total, wait_until
+from e2e_common import (link_key, link_token, log_entries, pid_of, scrape, stop_process, total,
+                        up_again, wait_until)
 from e2e_gateway import call, expect
 from e2e_traces import spans
 
@@ -44,38 +44,8 @@ def metrics_port(workspace, service):
         return int(re.search(r"DEFAULT_METRICS_PORT: u16 = (\d+);", f.read()).group(1))
 
 
-def pid(workspace, process):
-    with open(os.path.join(workspace, ".run", f"{process}.pid")) as f:
-        return int(f.read().strip())
-
-
-def log_lines(workspace, process):
-    with open(os.path.join(workspace, ".run", f"{process}.log")) as f:
-        for line in f:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
-
-
-def up(workspace, **env):
-    """deploy/local/up.sh again: starts what is not running (with `env` on top)."""
-    subprocess.run(["bash", os.path.join(workspace, "deploy", "local", "up.sh")],
-                   env={**os.environ, **env}, check=True, stdout=subprocess.DEVNULL)
-
-
 def kill(workspace, process):
-    os.kill(pid(workspace, process), signal.SIGKILL)
-    wait_until(lambda: not alive(pid(workspace, process)), 10, f"{process} gone")
-
-
-def alive(p):
-    try:
-        os.kill(p, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{p}/stat") as f:
-        return f.read().split()[2] != "Z"
+    stop_process(workspace, process, signal.SIGKILL, 10)
 
 
 class Calls:
@@ -128,7 +98,7 @@ def check_references_and_trace(c):
 
 
 def check_catalog_down(c, cart):
-    checkout_pid = pid(c.args.workspace, "checkout")
+    checkout_pid = pid_of(c.args.workspace, "checkout")
     kill(c.args.workspace, "catalog")
     body = {"item_id": cart["item_id"], "quantity": 1}
     budget = CATALOG_TIMEOUT_S * 3 + 1  # attempts with backoff, and slack for a busy machine
@@ -155,12 +125,12 @@ def check_catalog_down(c, cart):
     expect(total(checkout, "dependency_breaker_open", caller="checkout", callee="catalog") == 1,
            "checkout reports its open breaker")
 
-    up(c.args.workspace)
+    up_again(c.args.workspace)
     def created():
         status, _, _, _ = c.create("checkout", body)
         return status == 201
     wait_until(created, BREAKER_OPEN_S + 15, "cart creation after catalog restarted")
-    expect(pid(c.args.workspace, "checkout") == checkout_pid, "checkout was not restarted")
+    expect(pid_of(c.args.workspace, "checkout") == checkout_pid, "checkout was not restarted")
     print(f"check 2 passed: catalog killed: 503 within {budget:.1f} s, then {statistics.median(fast) * 1000:.1f} ms "
           f"(median) with checkout's breaker open; cart reads 200, gateway breaker closed; catalog "
           f"restarted: carts created again by the same checkout")
@@ -168,10 +138,10 @@ def check_catalog_down(c, cart):
 
 def check_deadline(c, cart, checkout_pb, checkout_grpc):
     kill(c.args.workspace, "catalog")
-    up(c.args.workspace, CATALOG__FAULTS__DELAY_MS="1000")
+    up_again(c.args.workspace, {"CATALOG__FAULTS__DELAY_MS": "1000"})
 
     def seen():
-        return [l for l in log_lines(c.args.workspace, "catalog")
+        return [l for l in log_entries(c.args.workspace, "catalog")
                 if l.get("message") == "rpc" and l.get("rpc.method") == "GetItem"
                 and l.get("caller") == "checkout" and l.get("deadline_ms") is not None]
     earlier = len(seen())
@@ -191,12 +161,12 @@ def check_deadline(c, cart, checkout_pb, checkout_grpc):
     wait_until(lambda: len(seen()) > earlier, 5, "catalog's log line for the slowed GetItem")
     deadline_ms = seen()[-1]["deadline_ms"]
     expect(0 < deadline_ms < 290, f"catalog saw a deadline of {deadline_ms} ms, not the shortened one")
-    checkout = [l for l in log_lines(c.args.workspace, "checkout")
+    checkout = [l for l in log_entries(c.args.workspace, "checkout")
                 if l.get("message") == "rpc" and l.get("rpc.method") == "CreateCart"
                 and l.get("deadline_ms") is not None and l["deadline_ms"] <= 300]
     expect(checkout and checkout[-1]["status"] == "DeadlineExceeded", f"checkout's line: {checkout[-1:]}")
     kill(c.args.workspace, "catalog")
-    up(c.args.workspace)
+    up_again(c.args.workspace)
     print(f"check 3 passed: CreateCart with a 300 ms deadline, catalog slowed by 1 s: DEADLINE_EXCEEDED "
           f"after {elapsed * 1000:.0f} ms; checkout got {checkout[-1]['deadline_ms']:.0f} ms, catalog "
           f"{deadline_ms:.0f} ms")

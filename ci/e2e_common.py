@@ -2,6 +2,7 @@
 gateway binary, reading a process's /metrics with the Prometheus client's parser, and the
 SQS endpoint (moto) with its queues."""
 
+import json
 import os
 import subprocess
 import time
@@ -35,6 +36,46 @@ def queue_empty(name):
     attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=[
         "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
     return all(v == "0" for v in attrs.values())
+
+
+def pid_of(workspace, process):
+    """The pid deploy/local/up.sh recorded for `process`."""
+    with open(os.path.join(workspace, ".run", f"{process}.pid")) as f:
+        return int(f.read().strip())
+
+
+def gone(pid):
+    """Whether `pid` no longer runs (a zombie its parent has not reaped yet counts)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def stop_process(workspace, process, sig, seconds):
+    """Sends `sig` to a process up.sh started and waits (bounded) until it is gone."""
+    pid = pid_of(workspace, process)
+    os.kill(pid, sig)
+    wait_until(lambda: gone(pid), seconds, f"{process} to stop")
+
+
+def up_again(workspace, env=None):
+    """deploy/local/up.sh again, with `env` on top of ours: starts what is not running."""
+    restarted = subprocess.run(["bash", os.path.join(workspace, "deploy", "local", "up.sh")],
+                               env={**os.environ, **(env or {})}, capture_output=True, text=True)
+    if restarted.returncode != 0:
+        raise AssertionError(f"up.sh could not restart what was stopped:\n{restarted.stdout}{restarted.stderr}")
+
+
+def log_entries(workspace, process):
+    """The JSON lines of a process's log in .run/, in order."""
+    with open(os.path.join(workspace, ".run", f"{process}.log")) as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
 
 
 def link_key(workspace, caller, callee):

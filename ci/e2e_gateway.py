@@ -19,6 +19,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import uuid
 
 import jwt
 
-from e2e_common import scrape, wait_until
+from e2e_common import pid_of, scrape, stop_process, up_again, wait_until
 
 BASE = "http://127.0.0.1:8080"
 
@@ -201,10 +202,7 @@ def breaker_gauge(dependency):
 
 
 def check_breaker(gw, token, args):
-    pid = open(os.path.join(gw.run, "billing.pid")).read().strip()
-    subprocess.run(["kill", "-9", pid], check=True)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-               open(f"/proc/{pid}/stat").read().split()[2] == "Z", 5, "billing to die")
+    stop_process(args.workspace, "billing", signal.SIGKILL, 5)
     timeout_s = args.billing_timeout_ms / 1000
     opened_after = None
     for attempt in range(1, 21):
@@ -219,14 +217,11 @@ def check_breaker(gw, token, args):
     fast = [call("GET", "/v1/billing", token)[3] for _ in range(10)]
     expect(max(fast) < 0.05, f"open breaker must fail in < 50 ms: {fast}")
     expect(breaker_gauge("billing") == 1, f"dependency_breaker_open for billing: {breaker_gauge('billing')}")
-    env = dict(os.environ, **args.up_env)
-    restarted = subprocess.run(["bash", os.path.join(args.workspace, "deploy/local/up.sh")],
-                               env=env, capture_output=True, text=True)
-    expect(restarted.returncode == 0, f"up.sh could not restart billing:\n{restarted.stdout}{restarted.stderr}")
-    gateway_pid = open(os.path.join(gw.run, "gateway.pid")).read().strip()
+    up_again(args.workspace, args.up_env)
+    gateway_pid = pid_of(args.workspace, "gateway")
     wait_until(lambda: call("GET", "/v1/billing?limit=1", token)[0] == 200, 20,
                "billing reachable again through the gateway")
-    expect(open(os.path.join(gw.run, "gateway.pid")).read().strip() == gateway_pid,
+    expect(pid_of(args.workspace, "gateway") == gateway_pid,
            "the gateway was not restarted")
     expect(breaker_gauge("billing") == 0, "dependency_breaker_open for billing is back to 0")
     print(f"check 5 passed: 503s, breaker open after {opened_after} calls (its gauge 1), then "

@@ -22,12 +22,14 @@ Redis and a real broker. Only loopback is contacted; every wait and loop is boun
 import argparse
 import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from e2e_common import SQS, link_key, queue_empty, service_credential, sqs_client, wait_until
+from e2e_common import (SQS, link_key, log_entries, queue_empty, service_credential, sqs_client,
+                        stop_process, up_again, wait_until)
 from e2e_gateway import Gateway, call, expect
 
 KAFKA = "127.0.0.1:9092"
@@ -45,8 +47,8 @@ def db_rows(orders_db, sql):
 
 def invalidated(workspace, aggregate_id):
     """Whether the gateway logged the eviction of `aggregate_id` for one of its events."""
-    with open(os.path.join(workspace, ".run", "gateway.log")) as f:
-        return any(aggregate_id in line and "cache entry invalidated" in line for line in f)
+    return any(e.get("message") == "cache entry invalidated" and e.get("id") == aggregate_id
+               for e in log_entries(workspace, "gateway"))
 
 
 def fetch(token, path, **headers):
@@ -209,16 +211,11 @@ def sqs_versions(order_id, wanted):
 
 def stop_service(args, name):
     """SIGTERM (the service finishes what it holds) and wait until it is gone."""
-    pid = open(os.path.join(args.workspace, ".run", f"{name}.pid")).read().strip()
-    subprocess.run(["kill", "-TERM", pid], check=True)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-               open(f"/proc/{pid}/stat").read().split()[2] == "Z", 20, f"{name} to stop")
+    stop_process(args.workspace, name, signal.SIGTERM, 20)
 
 
 def restart_stopped(args):
-    restarted = subprocess.run(["bash", os.path.join(args.workspace, "deploy/local/up.sh")],
-                               env=dict(os.environ), capture_output=True, text=True)
-    expect(restarted.returncode == 0, f"up.sh could not restart what was stopped:\n{restarted.stdout}{restarted.stderr}")
+    up_again(args.workspace)
 
 
 def check_ordering(args, token):

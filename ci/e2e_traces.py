@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from e2e_common import dev_token
+from e2e_common import dev_token, log_entries
 
 GATEWAY = "http://127.0.0.1:8080"
 
@@ -29,14 +29,8 @@ def spans(path, trace_id):
 
 def log_line(workspace, process, trace_id, message):
     """The JSON log line `process` wrote with `message` in the trace, or None."""
-    with open(os.path.join(workspace, ".run", f"{process}.log")) as f:
-        for line in f:
-            if trace_id not in line:
-                continue
-            entry = json.loads(line)
-            if entry.get("traceId") == trace_id and entry.get("message") == message:
-                return entry
-    return None
+    return next((e for e in log_entries(workspace, process)
+                 if e.get("traceId") == trace_id and e.get("message") == message), None)
 
 
 def main():
