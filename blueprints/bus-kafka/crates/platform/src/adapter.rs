@@ -2,8 +2,10 @@
 //! librdkafka 2.0 fails the ApiVersion handshake with some brokers, the bundled 2.x does
 //! not (ADR 0001 in docs/adr). Topics are created on demand and again after a broker comes
 //! back empty; each consuming service is one consumer group and commits offsets only after
-//! a message was applied or dead-lettered. The producer is idempotent; one that keeps
-//! failing is replaced (see [`Bus::publish`]).
+//! a message was applied or dead-lettered; a member left with no partition while messages
+//! wait joins its group again. The producer is idempotent; one that keeps failing is
+//! replaced (see [`Bus::publish`]); a message the broker refuses for good is reported as
+//! such, so the relay parks it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -50,7 +52,22 @@ impl BusConfig {
 }
 
 fn error(e: impl std::fmt::Display) -> BusError {
-    BusError(e.to_string())
+    BusError::new(e.to_string())
+}
+
+/// Whether the broker (or librdkafka, before sending) refused the message itself: larger
+/// than `message.max.bytes`, or malformed. Sending it again cannot succeed.
+fn is_rejection(e: &rdkafka::error::KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
 }
 
 /// The producer side, cheap to clone; also creates topics and subscribers.
@@ -90,14 +107,27 @@ impl Bus {
     }
 
     /// A consumer in `group` subscribed to `topics`, starting from the earliest offset the
-    /// group has not committed.
+    /// group has not committed. It joins again when its group stopped consuming while it holds
+    /// no partition (see `KafkaSubscriber::check_stall`).
     pub fn subscriber(&self, group: &str, topics: &[String]) -> Result<KafkaSubscriber, BusError> {
+        Ok(KafkaSubscriber {
+            consumer: self.group_member(group, topics)?,
+            bus: self.clone(),
+            group: group.to_string(),
+            topics: topics.to_vec(),
+            probe: self.lag_probe(group, topics)?,
+            stall: Stall::default(),
+        })
+    }
+
+    /// A new member of `group`, subscribed to `topics`.
+    fn group_member(&self, group: &str, topics: &[String]) -> Result<StreamConsumer, BusError> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.config.brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
+            .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
             .set("fetch.wait.max.ms", self.config.fetch_wait.as_millis().to_string())
             // Notice re-created topics quickly after a broker restart.
             .set("topic.metadata.refresh.interval.ms", "2000")
@@ -105,9 +135,13 @@ impl Bus {
             .map_err(error)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(error)?;
-        Ok(KafkaSubscriber { consumer })
+        Ok(consumer)
     }
 }
+
+/// How long the group waits for a member that stopped heartbeating (a killed process)
+/// before it hands that member's partitions to the others.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Bus {
     /// Measures how far `group` is behind on `topics`: messages on the broker that the
@@ -199,6 +233,7 @@ impl Publisher for Bus {
                 self.failures.store(0, Ordering::Relaxed);
                 Ok(())
             }
+            Err((e, _)) if is_rejection(&e) => Err(BusError::rejected(e.to_string())),
             Err((e, _)) => {
                 // An idempotent producer whose broker lost its state (a broker rebuilt
                 // empty, or a cluster restored elsewhere) times out on every message for
@@ -233,7 +268,7 @@ impl Publisher for Bus {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((topic, code)) => {
-                    return Err(BusError(format!("cannot create topic {topic}: {code}")));
+                    return Err(BusError::new(format!("cannot create topic {topic}: {code}")));
                 }
             }
         }
@@ -246,11 +281,73 @@ pub type BusSubscriber = KafkaSubscriber;
 
 pub struct KafkaSubscriber {
     consumer: StreamConsumer,
+    bus: Bus,
+    group: String,
+    topics: Vec<String>,
+    probe: LagProbe,
+    stall: Stall,
+}
+
+/// What the stall check saw last time: the group's lag while this member held nothing.
+#[derive(Default)]
+struct Stall {
+    idle_lag: Option<u64>,
+}
+
+impl KafkaSubscriber {
+    /// Called when no message came for a session timeout. A member that holds no
+    /// partition while the group's lag stays put (nobody consumes what waits) joins the
+    /// group again as a new member, which makes the group assign its partitions afresh.
+    ///
+    /// Why: a member killed without leaving (SIGKILL, OOM, a lost node) stays the group's
+    /// leader until its session times out. A member that joined meanwhile can be handed
+    /// an empty assignment that no later rebalance corrects: tansu 0.6 completes the
+    /// rebalance without the dead leader's assignment and considers the group stable
+    /// (see the README's broker notes). Then nobody consumes until a restart. On a broker
+    /// without that fault the check never fires: an idle member of a group whose other
+    /// members consume sees the lag move.
+    async fn check_stall(&mut self) -> Result<(), BusError> {
+        let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        if assigned > 0 {
+            self.stall = Stall::default();
+            return Ok(());
+        }
+        let lag = match self.probe.lag().await {
+            Ok(lag) => lag,
+            // The broker is unreachable: nothing to decide now.
+            Err(_) => return Ok(()),
+        };
+        let stalled = matches!(self.stall.idle_lag, Some(before) if lag > 0 && lag >= before);
+        self.stall.idle_lag = Some(lag);
+        if !stalled {
+            return Ok(());
+        }
+        tracing::warn!(
+            group = %self.group,
+            lag,
+            "no member of the group consumes while messages wait; joining it again"
+        );
+        metrics::counter!(crate::metrics::CONSUMER_REJOINS).increment(1);
+        let fresh = self.bus.group_member(&self.group, &self.topics)?;
+        let stale = std::mem::replace(&mut self.consumer, fresh);
+        // Closing leaves the group; librdkafka's close blocks, so off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(stale)).await;
+        self.stall = Stall::default();
+        Ok(())
+    }
 }
 
 impl Subscriber for KafkaSubscriber {
     async fn next(&mut self) -> Result<Delivery, BusError> {
-        let message = self.consumer.recv().await.map_err(error)?;
+        let message = loop {
+            // Dropping a pending `recv` loses nothing: messages stay in the consumer's queue.
+            match tokio::time::timeout(SESSION_TIMEOUT, self.consumer.recv()).await {
+                // Owned, so the loop does not hold a borrow of the consumer it may replace.
+                Ok(received) => break received.map_err(error)?.detach(),
+                Err(_quiet) => self.check_stall().await?,
+            }
+        };
+        self.stall = Stall::default();
         let mut headers = BTreeMap::new();
         if let Some(received) = message.headers() {
             for header in received.iter() {

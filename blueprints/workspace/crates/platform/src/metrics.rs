@@ -31,8 +31,13 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 pub const HTTP_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const OUTBOX_BACKLOG: &str = "outbox_backlog";
 pub const OUTBOX_PUBLISHED: &str = "outbox_published_total";
+/// Outbox rows parked because the broker refuses them: a gauge, and a counter per topic.
+pub const OUTBOX_PARKED: &str = "outbox_parked";
+pub const OUTBOX_PARKED_TOTAL: &str = "outbox_parked_total";
 pub const MESSAGES_CONSUMED: &str = "bus_messages_consumed_total";
 pub const CONSUMER_LAG: &str = "consumer_lag_messages";
+/// Times a consumer joined its group again because nobody consumed what waited.
+pub const CONSUMER_REJOINS: &str = "bus_consumer_rejoins_total";
 /// Calls a service refused because the spec does not let their caller call it.
 pub const CALLS_DENIED: &str = "service_calls_denied_total";
 
@@ -118,7 +123,7 @@ impl MetricsServer {
     }
 }
 
-/// Refreshes the outbox backlog gauge from the database at each scrape.
+/// Refreshes the outbox backlog and parked gauges from the database at each scrape.
 pub fn outbox_backlog(pool: sqlx::PgPool) -> Refresh {
     Arc::new(move || {
         let pool = pool.clone();
@@ -128,7 +133,10 @@ pub fn outbox_backlog(pool: sqlx::PgPool) -> Refresh {
                 Err(e) => Err(e),
             };
             match backlog {
-                Ok(n) => metrics::gauge!(OUTBOX_BACKLOG).set(n as f64),
+                Ok((waiting, parked)) => {
+                    metrics::gauge!(OUTBOX_BACKLOG).set(waiting as f64);
+                    metrics::gauge!(OUTBOX_PARKED).set(parked as f64);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot read the outbox backlog"),
             }
         })
