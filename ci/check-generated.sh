@@ -124,11 +124,12 @@ for m in orders/migrations/0001_init.sql orders/migrations/0002_bus.sql billing/
     cmp "$root/tests/fixtures/shop-0.1.0/services/$m" "$up/services/$m"
 done
 # The update brought the later versions' own migrations (0003_versions,
-# 0004_ordered_outbox, 0005_scoped_idempotency); the field comes after them.
+# 0004_ordered_outbox, 0005_scoped_idempotency, 0006_parked_outbox); the field comes after them.
 grep -q 'ADD COLUMN "version" BIGINT NOT NULL DEFAULT 1' "$up/services/orders/migrations/0003_versions.sql"
 grep -q 'ADD COLUMN aggregate_version' "$up/services/orders/migrations/0004_ordered_outbox.sql"
 grep -q 'ADD COLUMN scope TEXT' "$up/services/orders/migrations/0005_scoped_idempotency.sql"
-grep -q 'ADD COLUMN "note" TEXT NOT NULL' "$up/services/orders/migrations/0006_add_note.sql"
+grep -q 'ADD COLUMN parked_at' "$up/services/orders/migrations/0006_parked_outbox.sql"
+grep -q 'ADD COLUMN "note" TEXT NOT NULL' "$up/services/orders/migrations/0007_add_note.sql"
 expect_line "$up/services/orders/src/domain/rules.rs" "$rule"
 expect_line "$up/services/billing/src/handlers.rs" "$handler"
 commit_all "$up" "update for the note"
@@ -136,10 +137,10 @@ commit_all "$up" "update for the note"
 check_workspace "$up"
 "$cache/venv/bin/python" "$root/ci/upgrade_migrations.py" --phase new --workspace "$up" \
     --binary "$CARGO_TARGET_DIR/debug/orders" --database "$db_url" --state "$state" \
-    --expect-versions 1,2,3,4,5,6
+    --expect-versions 1,2,3,4,5,6,7
 "$cache/venv/bin/python" "$root/ci/upgrade_migrations.py" --phase rollback --workspace "$up" \
     --binary "$gen/orders-before-field" --database "$db_url" --state "$state" \
-    --expect-versions 1,2,3,4,5,6
+    --expect-versions 1,2,3,4,5,6,7
 psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$upgrade_db\" WITH (FORCE)"
 
 step "upgrade: the 0.3.0 fixture (a ref and calls that generated nothing yet) taken to this version"

@@ -817,10 +817,12 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
         "{up}"
     );
     assert!(!up.contains("SERVICE_AUTH__SECRET"), "{up}");
-    // This version's one schema change arrives as a new migration; the old ones stay.
+    // The later schema changes arrive as new migrations; the old ones stay.
     let mut expected = before.clone();
-    expected.0.push("0005_scoped_idempotency.sql".to_string());
-    expected.1.push("0005_scoped_idempotency.sql".to_string());
+    for later in ["0005_scoped_idempotency.sql", "0006_parked_outbox.sql"] {
+        expected.0.push(later.to_string());
+        expected.1.push(later.to_string());
+    }
     assert_eq!(
         (migrations_before("catalog"), migrations_before("checkout")),
         expected

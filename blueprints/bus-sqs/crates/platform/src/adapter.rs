@@ -99,7 +99,25 @@ impl BusConfig {
 }
 
 fn error(e: impl std::fmt::Display) -> BusError {
-    BusError(e.to_string())
+    BusError::new(e.to_string())
+}
+
+/// Whether SQS refused the message itself: larger than the queue's maximum message size
+/// (`MaximumMessageSize`), or with contents or attributes it does not accept. Sending it
+/// again cannot succeed.
+fn is_rejection<R>(
+    e: &aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::send_message::SendMessageError, R>,
+) -> bool {
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    use aws_sdk_sqs::operation::send_message::SendMessageError;
+    match e.as_service_error() {
+        Some(SendMessageError::InvalidMessageContents(_)) => true,
+        Some(other) => matches!(
+            other.code(),
+            Some("InvalidParameterValue" | "InvalidAttributeValue" | "InvalidAttributeName")
+        ),
+        None => false,
+    }
 }
 
 #[derive(Clone)]
@@ -108,6 +126,9 @@ pub struct Bus {
     client: aws_sdk_sqs::Client,
     /// Queue name → URL, filled as queues are created.
     urls: Arc<Mutex<HashMap<String, String>>>,
+    /// Queue name → its `MaximumMessageSize`, read with its URL: a larger message is
+    /// refused here instead of being uploaded for SQS to refuse.
+    max_sizes: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl Bus {
@@ -140,6 +161,7 @@ impl Bus {
             config: config.clone(),
             client: aws_sdk_sqs::Client::from_conf(builder.build()),
             urls: Arc::default(),
+            max_sizes: Arc::default(),
         })
     }
 
@@ -163,12 +185,24 @@ impl Bus {
             .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
         let url = created
             .queue_url()
-            .ok_or_else(|| BusError(format!("no URL for queue {queue}")))?
+            .ok_or_else(|| BusError::new(format!("no URL for queue {queue}")))?
             .to_string();
         self.urls
             .lock()
             .expect("not poisoned")
             .insert(queue.to_string(), url.clone());
+        let limit = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&url)
+            .attribute_names(QueueAttributeName::MaximumMessageSize)
+            .send()
+            .await
+            .ok()
+            .and_then(|a| a.attributes()?.get(&QueueAttributeName::MaximumMessageSize)?.parse().ok());
+        if let Some(limit) = limit {
+            self.max_sizes.lock().expect("not poisoned").insert(queue.to_string(), limit);
+        }
         Ok(url)
     }
 
@@ -180,7 +214,7 @@ impl Bus {
             .flat_map(|t| self.config.queues(t))
             .next()
             .cloned()
-            .ok_or_else(|| BusError(format!("no queue is routed from {topics:?}")))
+            .ok_or_else(|| BusError::new(format!("no queue is routed from {topics:?}")))
     }
 
     /// Measures how far the consumer of `topics` is behind: the messages waiting in its
@@ -217,14 +251,28 @@ impl Publisher for Bus {
                 .map_err(error)?;
             attributes.insert(key.clone(), value);
         }
+        let body = BASE64.encode(&message.payload);
+        // What SQS counts against a queue's maximum: the body and each attribute's name,
+        // type and value.
+        let size = body.len()
+            + attributes
+                .iter()
+                .map(|(name, value)| name.len() + value.data_type().len() + value.string_value().map_or(0, str::len))
+                .sum::<usize>();
         // A topic nobody subscribes to routes nowhere: SQS has no topic to keep it in.
         for queue in self.config.queues(&message.topic) {
             let url = self.queue_url(queue).await?;
+            let limit = self.max_sizes.lock().expect("not poisoned").get(queue).copied();
+            if let Some(limit) = limit.filter(|limit| size > *limit) {
+                return Err(BusError::rejected(format!(
+                    "a message of {size} bytes is larger than queue {queue} accepts ({limit} bytes)"
+                )));
+            }
             let mut send = self
                 .client
                 .send_message()
                 .queue_url(&url)
-                .message_body(BASE64.encode(&message.payload))
+                .message_body(&body)
                 .set_message_attributes(Some(attributes.clone()));
             if queue.ends_with(".fifo") {
                 // One group per aggregate: ordered within it, parallel across them.
@@ -238,6 +286,11 @@ impl Publisher for Bus {
             }
             let sent = send.send().await;
             if let Err(e) = sent {
+                if is_rejection(&e) {
+                    return Err(BusError::rejected(
+                        aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+                    ));
+                }
                 // The queue may have gone with the endpoint: look it up again next time.
                 self.urls.lock().expect("not poisoned").remove(queue);
                 return Err(error(aws_sdk_sqs::error::DisplayErrorContext(e)));
@@ -280,7 +333,7 @@ impl LagProbe {
             .attributes()
             .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| BusError(format!("{} reported no message count", self.queue)))
+            .ok_or_else(|| BusError::new(format!("{} reported no message count", self.queue)))
     }
 }
 

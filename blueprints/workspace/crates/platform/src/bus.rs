@@ -21,9 +21,27 @@ pub const DEAD_LETTER_REASON: &str = "dead_letter_reason";
 pub const DEAD_LETTER_TOPIC: &str = "dead_letter_source_topic";
 pub const DEAD_LETTER_ATTEMPTS: &str = "dead_letter_attempts";
 
+/// Why a bus operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct BusError(pub String);
+#[error("{message}")]
+pub struct BusError {
+    pub message: String,
+    /// The broker refused this message itself (too large, malformed): sending it again
+    /// cannot succeed. Any other failure (broker down, a timeout) may pass later.
+    pub rejected: bool,
+}
+
+impl BusError {
+    /// A failure that may pass later.
+    pub fn new(message: impl Into<String>) -> Self {
+        BusError { message: message.into(), rejected: false }
+    }
+
+    /// The broker refused this message for good.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        BusError { message: message.into(), rejected: true }
+    }
+}
 
 /// A message to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]

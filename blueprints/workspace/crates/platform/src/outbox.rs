@@ -42,9 +42,13 @@ pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result
     Ok(())
 }
 
-/// Rows not yet published: the outbox backlog.
-pub async fn backlog(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(conn)
-        .await
+/// Rows waiting to be published (the outbox backlog) and rows parked because the broker
+/// refuses them (see `relay`), in one query.
+pub async fn backlog(conn: &mut PgConnection) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL), count(*) FILTER (WHERE parked_at IS NOT NULL) \
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .fetch_one(conn)
+    .await
 }

@@ -9,6 +9,12 @@
 //! later event never overtakes an earlier unsent one. Different aggregates go out
 //! concurrently. When the broker is down, rows wait and the relay retries with exponential
 //! backoff and jitter; writes go on meanwhile.
+//!
+//! A row the broker refuses for good (larger than it accepts, malformed) is parked after
+//! `park_after` refusals: `parked_at` is set, the row is counted in `outbox_parked` (an
+//! alert fires) and kept for an operator, and the relay goes on with the rest, including
+//! the later events of that aggregate, whose consumers then see a version missing. A
+//! refusal never makes the relay back off: it says nothing about the broker.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +25,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::backoff;
 use crate::bus::{AGGREGATE_ID, BusError, EVENT_ID, EVENT_TYPE, OutgoingMessage, Publisher};
+
+/// Refusals after which a row is parked (see the module doc).
+pub const PARK_AFTER: u32 = 5;
 
 /// The advisory lock namespace of relays (the first key of `pg_try_advisory_xact_lock`).
 const RELAY_LOCK_CLASS: i32 = 0x0b0c;
@@ -39,6 +48,8 @@ pub struct RelayConfig {
     /// How long shutdown waits for the batch in flight: its messages may be on the bus
     /// already, and a batch abandoned unmarked is sent again by the next relay.
     pub shutdown_grace: Duration,
+    /// Refusals of one row after which it is parked.
+    pub park_after: u32,
 }
 
 impl RelayConfig {
@@ -52,6 +63,7 @@ impl RelayConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             purge_every: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(5),
+            park_after: PARK_AFTER,
         }
     }
 }
@@ -74,12 +86,17 @@ pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Erro
     Ok(outbox + inbox)
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("publish: {0}")]
-    Publish(#[from] BusError),
+/// What one batch did.
+#[derive(Debug, Default)]
+pub struct Relayed {
+    /// Rows the broker accepted, now marked published.
+    pub published: usize,
+    /// Rows the broker refused (each stops its aggregate for this batch).
+    pub refused: usize,
+    /// Of those, rows refused `park_after` times and parked now.
+    pub parked: usize,
+    /// The first failure that may pass later (the broker down, a timeout).
+    pub unavailable: Option<BusError>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -113,12 +130,13 @@ impl Row {
     }
 }
 
-/// Publishes one batch; returns how many rows were published.
+/// Publishes one batch of at most `limit` rows; parks a row at its `park_after`th refusal.
 pub async fn relay_batch<P: Publisher>(
     pool: &PgPool,
     publisher: &P,
     limit: i64,
-) -> Result<usize, RelayError> {
+    park_after: u32,
+) -> Result<Relayed, sqlx::Error> {
     let mut tx = pool.begin().await?;
     // The aggregates waiting longest that no other relay is publishing right now. Claimed
     // in a statement of its own: the rows are read by the next one, whose snapshot is
@@ -126,7 +144,8 @@ pub async fn relay_batch<P: Publisher>(
     let claimed: Vec<uuid::Uuid> = sqlx::query_scalar(
         "SELECT aggregate_id FROM ( \
              SELECT aggregate_id, min(created_at) AS since FROM outbox \
-             WHERE published_at IS NULL GROUP BY aggregate_id ORDER BY since LIMIT $1 \
+             WHERE published_at IS NULL AND parked_at IS NULL \
+             GROUP BY aggregate_id ORDER BY since LIMIT $1 \
          ) AS pending \
          WHERE pg_try_advisory_xact_lock($2, hashtext(aggregate_id::text))",
     )
@@ -135,11 +154,11 @@ pub async fn relay_batch<P: Publisher>(
     .fetch_all(&mut *tx)
     .await?;
     if claimed.is_empty() {
-        return Ok(0);
+        return Ok(Relayed::default());
     }
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, topic, event_type, aggregate_id, payload, headers FROM outbox \
-         WHERE published_at IS NULL AND aggregate_id = ANY($1) \
+         WHERE published_at IS NULL AND parked_at IS NULL AND aggregate_id = ANY($1) \
          ORDER BY aggregate_id, aggregate_version, created_at, id LIMIT $2",
     )
     .bind(&claimed)
@@ -160,40 +179,61 @@ pub async fn relay_batch<P: Publisher>(
         for row in sequence {
             if let Err(e) = publisher.publish(&row.message()).await {
                 // The rest of this aggregate waits for the failed one.
-                return (sent, Some((row.id, e)));
+                return (sent, Some((row, e)));
             }
             sent.push(row.id);
         }
         (sent, None)
     }))
     .await;
+    let mut relayed = Relayed::default();
     let mut sent = Vec::new();
-    let mut failed = Vec::new();
-    let mut first_error = None;
+    let mut failures = Vec::new();
     for (ids, failure) in outcomes {
         sent.extend(ids);
-        if let Some((id, e)) = failure {
-            failed.push(id);
-            first_error.get_or_insert(e);
-        }
+        failures.extend(failure);
     }
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
         .bind(&sent)
         .execute(&mut *tx)
         .await?;
-    if let Some(e) = &first_error {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $2 WHERE id = ANY($1)")
-            .bind(&failed)
-            .bind(e.to_string())
-            .execute(&mut *tx)
-            .await?;
+    relayed.published = sent.len();
+    for (row, e) in failures {
+        let parked: bool = sqlx::query_scalar(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
+                 parked_at = CASE WHEN $3 AND attempts + 1 >= $4 THEN now() END \
+             WHERE id = $1 RETURNING parked_at IS NOT NULL",
+        )
+        .bind(row.id)
+        .bind(e.to_string())
+        .bind(e.rejected)
+        .bind(i32::try_from(park_after).unwrap_or(i32::MAX))
+        .fetch_one(&mut *tx)
+        .await?;
+        if !e.rejected {
+            relayed.unavailable.get_or_insert(e);
+            continue;
+        }
+        relayed.refused += 1;
+        if parked {
+            relayed.parked += 1;
+            tracing::error!(
+                event_id = %row.id,
+                topic = %row.topic,
+                event_type = %row.event_type,
+                aggregate_id = %row.aggregate_id,
+                error = %e,
+                "outbox row parked: the broker refuses it; later events go on without it"
+            );
+            metrics::counter!(crate::metrics::OUTBOX_PARKED_TOTAL, "topic" => row.topic.clone())
+                .increment(1);
+        } else {
+            tracing::warn!(event_id = %row.id, topic = %row.topic, error = %e, "the broker refused an outbox row");
+        }
     }
     tx.commit().await?;
-    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(sent.len() as u64);
-    match first_error {
-        Some(e) => Err(e.into()),
-        None => Ok(sent.len()),
-    }
+    metrics::counter!(crate::metrics::OUTBOX_PUBLISHED).increment(relayed.published as u64);
+    Ok(relayed)
 }
 
 /// Runs until `stop` turns true. `wake` is notified after a commit that wrote an outbox
@@ -228,7 +268,7 @@ pub async fn run<P: Publisher>(
                     Err(e) => tracing::warn!(error = %e, "relay cannot create its topics yet"),
                 }
             }
-            relay_batch(&pool, &*publisher, config.batch_size).await
+            relay_batch(&pool, &*publisher, config.batch_size, config.park_after).await
         };
         tokio::pin!(work);
         tokio::select! {
@@ -242,21 +282,20 @@ pub async fn run<P: Publisher>(
         }
         };
         let pause = match result {
-            Ok(0) => {
+            // Progress: go on at once, even if some aggregate failed.
+            Ok(relayed) if relayed.published > 0 => {
                 failures = 0;
-                Some(config.idle_poll)
-            }
-            Ok(n) => {
-                failures = 0;
-                tracing::debug!(published = n, "outbox relayed");
+                tracing::debug!(published = relayed.published, "outbox relayed");
                 None
             }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                topics_ready = false;
-                let delay = backoff::full_jitter(config.base_backoff, config.max_backoff, failures);
-                tracing::warn!(error = %e, attempt = failures, retry_in_ms = delay.as_millis() as u64, "outbox relay failed");
-                Some(delay)
+            // Nothing went out and the broker failed: back off.
+            Ok(Relayed { unavailable: Some(e), .. }) => Some(backed_off(&mut failures, &mut topics_ready, &config, &e)),
+            Err(e) => Some(backed_off(&mut failures, &mut topics_ready, &config, &e)),
+            // Nothing to send, or only rows the broker refuses (they wait for their next
+            // attempt like the idle outbox does, or for a new row).
+            Ok(_) => {
+                failures = 0;
+                Some(config.idle_poll)
             }
         };
         if let Some(pause) = pause {
@@ -268,4 +307,18 @@ pub async fn run<P: Publisher>(
         }
     }
     tracing::info!("outbox relay stopped");
+}
+
+/// Counts one more failure in a row and returns how long to wait before the next batch.
+fn backed_off(
+    failures: &mut u32,
+    topics_ready: &mut bool,
+    config: &RelayConfig,
+    e: &dyn std::fmt::Display,
+) -> Duration {
+    *failures = failures.saturating_add(1);
+    *topics_ready = false;
+    let delay = backoff::full_jitter(config.base_backoff, config.max_backoff, *failures);
+    tracing::warn!(error = %e, attempt = *failures, retry_in_ms = delay.as_millis() as u64, "outbox relay failed");
+    delay
 }

@@ -95,7 +95,7 @@ mod tests {
 pub struct MemoryBus {
     pub published: std::sync::Mutex<Vec<crate::bus::OutgoingMessage>>,
     pub down: std::sync::atomic::AtomicBool,
-    /// An event id whose publishing fails, like one message the broker refuses.
+    /// An event id the bus refuses for good, like a message too large for the broker.
     pub refuse: std::sync::Mutex<Option<String>>,
     /// Up to how long a publish takes, like a broker's round trip: each message takes
     /// 0 to 3 thirds of it, fixed by its event id, so concurrent publishes finish out of
@@ -126,7 +126,7 @@ impl MemoryBus {
 impl crate::bus::Publisher for MemoryBus {
     async fn publish(&self, message: &crate::bus::OutgoingMessage) -> Result<(), crate::bus::BusError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(crate::bus::BusError("broker down (test)".into()));
+            return Err(crate::bus::BusError::new("broker down (test)"));
         }
         let latency = *self.latency.lock().unwrap();
         if !latency.is_zero() {
@@ -136,7 +136,7 @@ impl crate::bus::Publisher for MemoryBus {
         }
         let refused = self.refuse.lock().unwrap().clone();
         if refused.is_some() && message.headers.get(crate::bus::EVENT_ID) == refused.as_ref() {
-            return Err(crate::bus::BusError("message refused (test)".into()));
+            return Err(crate::bus::BusError::rejected("message refused (test)"));
         }
         self.published.lock().unwrap().push(message.clone());
         Ok(())
