@@ -5,7 +5,9 @@
 # with its own deploy/local/up.sh, and run ci/e2e.py (services and bus), ci/e2e_metrics.py
 # (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus),
 # ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays)
-# and ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) against it.
+# ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) and
+# ci/e2e_faults.py (a poison outbox row, a killed consumer, a panicking handler, orders
+# killed and PostgreSQL restarted under load) against it.
 # On Kafka the workspace is first evolved as a user would (edits, then `archscaffold add
 # context shipping`), and e2e.py also follows an order to shipping. calls-kafka and calls
 # (SQS) run catalog <- checkout <- shipping, joined by `ref:` fields, and ci/e2e_calls.py
@@ -127,6 +129,26 @@ for bus in ${buses[@]+"${buses[@]}"}; do
         grep -qx '// ours: a rule kept across updates' "$ws/services/orders/src/domain/rules.rs"
         grep -qx '// ours: a handler note kept across updates' "$ws/services/billing/src/handlers.rs"
     fi
+    # A bug in the user's handler that the faults check switches on (E2E_HANDLER_PANICS):
+    # the build that panics and the fixed one are the same binary.
+    python3 - "$ws/services/billing/src/handlers.rs" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+bug = """impl Handlers for BillingHandlers {
+    fn on_orders_order_created(
+        &self,
+        event: &contracts::orders::v1::OrderCreated,
+    ) -> Result<Option<crate::domain::NewBilling>, platform::consumer::HandlerError> {
+        if std::env::var_os("E2E_HANDLER_PANICS").is_some() {
+            panic!("a bug in handlers.rs (switched on by the e2e harness)");
+        }
+        Ok(Some(crate::domain::NewBilling { order_id: event.order_id.clone() }))
+    }
+}"""
+assert text.count("impl Handlers for BillingHandlers {}") == 1, text
+open(path, "w").write(text.replace("impl Handlers for BillingHandlers {}", bug))
+PY
     (cd "$ws" && cargo build --workspace --quiet)
     # An API key, made the way a user would; the harness keeps the clear key to present it.
     "$CARGO_TARGET_DIR/debug/gateway" api-key --name e2e-robot --scope orders:read >"$E2E_STATE/api-key.json"
@@ -173,6 +195,18 @@ for bus in ${buses[@]+"${buses[@]}"}; do
             --orders-db "$(database_url shop_orders)" --billing-db "$(database_url shop_billing)" \
             --billing-timeout-ms 1000 --schemathesis "$schemathesis" || status=$?
         # The breaker check restarted billing: its new pid must be stopped too.
+        record_started "$ws"/.run/*.pid
+    fi
+    if [ $status -eq 0 ]; then
+        # Faults: each bus gets the ones whose outcome depends on it; the bus-neutral
+        # ones run on one bus each (see ci/e2e_faults.py).
+        faults=(poison consumer panic crash)
+        [ "$bus" = sqs ] && faults=(poison consumer database)
+        "$cache/venv/bin/python" ci/e2e_faults.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --billing-bin "$CARGO_TARGET_DIR/debug/billing" \
+            --orders-db "$(database_url shop_orders)" --billing-db "$(database_url shop_billing)" \
+            "${faults[@]}" || status=$?
+        # Billing and orders were restarted: their new pids must be stopped too.
         record_started "$ws"/.run/*.pid
     fi
 
