@@ -445,7 +445,7 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ws.read("services/orders/migrations/0001_init.sql"), init);
     assert_eq!(ws.read("services/orders/migrations/0002_bus.sql"), bus);
-    let added = ws.read("services/orders/migrations/0006_add_note_rush.sql");
+    let added = ws.read("services/orders/migrations/0007_add_note_rush.sql");
     assert!(
         added.ends_with("ALTER TABLE \"orders\" ADD COLUMN \"note\" TEXT NOT NULL DEFAULT '';\nALTER TABLE \"orders\" ADD COLUMN \"rush\" BOOLEAN NOT NULL DEFAULT false;\n"),
         "{added}"
@@ -514,7 +514,7 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
 
     // Done by hand: the user's migration, then the flag.
     ws.write(
-        "services/orders/migrations/0006_contract_note_total.sql",
+        "services/orders/migrations/0008_contract_note_total.sql",
         "ALTER TABLE orders DROP COLUMN note;\nALTER TABLE orders ALTER COLUMN total TYPE INTEGER;\n",
     );
     ws.commit("by hand");
@@ -525,7 +525,7 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
             .contains("orders = { total = \"i32\" }")
     );
     assert!(
-        ws.path("services/orders/migrations/0006_contract_note_total.sql")
+        ws.path("services/orders/migrations/0008_contract_note_total.sql")
             .is_file()
     );
     ws.commit("done");
@@ -540,11 +540,11 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     let out = ws.update(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0007_add_rush.sql")
+        ws.path("services/orders/migrations/0009_add_rush.sql")
             .is_file()
     );
     assert_eq!(
-        ws.read("services/orders/migrations/0006_contract_note_total.sql"),
+        ws.read("services/orders/migrations/0008_contract_note_total.sql"),
         "ALTER TABLE orders DROP COLUMN note;\nALTER TABLE orders ALTER COLUMN total TYPE INTEGER;\n"
     );
     ws.commit("rush added");
@@ -910,16 +910,16 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     );
     ws.commit("a field");
     assert!(ws.update(&[]).status.success());
-    ws.commit("0006 for orders");
+    ws.commit("0007 for orders");
 
-    // A later archscaffold whose blueprints add a migration numbered 0006.
+    // A later archscaffold whose blueprints add a migration numbered 0007.
     let blueprints = ws.path("../blueprints-next");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
         &blueprints,
     );
     fs::write(
-        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0006_audit.sql"),
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0007_audit.sql"),
         "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
     )
     .unwrap();
@@ -927,19 +927,19 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     let out = ws.run(&next);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0006_add_note.sql")
+        ws.path("services/orders/migrations/0007_add_note.sql")
             .is_file()
     );
     assert!(
-        ws.read("services/orders/migrations/0007_audit.sql")
+        ws.read("services/orders/migrations/0008_audit.sql")
             .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
     );
     assert!(
-        ws.path("services/billing/migrations/0006_audit.sql")
+        ws.path("services/billing/migrations/0007_audit.sql")
             .is_file()
     );
     assert!(
-        !ws.path("services/orders/migrations/0006_audit.sql")
+        !ws.path("services/orders/migrations/0007_audit.sql")
             .exists()
     );
     ws.commit("audit");
