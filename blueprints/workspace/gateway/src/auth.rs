@@ -4,7 +4,8 @@
 //! in the future; scopes come from `scope` (space-separated) or `scp` (an array, or a
 //! space-separated string), as real identity providers issue them.
 //!
-//! The JWKS is fetched at start, cached, and fetched again after [`JWKS_TTL`] (so a key
+//! The JWKS is fetched at start, cached, and fetched again after its TTL
+//! (`GATEWAY__AUTH__JWKS_TTL_SECS`, [`JWKS_TTL`] by default; so a key
 //! the issuer removed stops being trusted) or when a token names a key id the cache does
 //! not know (the issuer rotated its keys), at most once per [`JWKS_MIN_REFRESH`] and one
 //! fetch at a time. Only asymmetric algorithms are accepted from a JWKS; a key without
@@ -30,7 +31,7 @@ use crate::problem::Problem;
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const DEV_KEY_ID: &str = "dev";
 const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
-/// How long a fetched JWKS is trusted before it is fetched again.
+/// How long a fetched JWKS is trusted before it is fetched again, unless configured.
 pub const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const LEEWAY_SECS: u64 = 30;
@@ -132,6 +133,8 @@ pub struct DevIssuer {
 pub struct OidcIssuer {
     pub issuer: String,
     pub jwks_url: String,
+    /// How long a fetched JWKS is trusted (at least `JWKS_MIN_REFRESH` in effect).
+    pub jwks_ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -271,7 +274,7 @@ impl Jwks {
             ));
         }
         // Past its TTL, the set is fetched again: a key the issuer removed goes.
-        let expired = needs_refresh(*self.last_fetch.lock().await, Instant::now(), JWKS_TTL);
+        let expired = needs_refresh(*self.last_fetch.lock().await, Instant::now(), self.issuer.jwks_ttl);
         if expired && let Err(e) = self.refresh(false).await {
             tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
         }

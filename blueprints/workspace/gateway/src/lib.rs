@@ -109,7 +109,10 @@ impl Gateway {
         };
         let auth = Authenticator::new(config.auth.clone(), config.api_keys);
         auth.warm_up().await;
-        let bus = config.bus.as_ref().map(Bus::connect).transpose()?;
+        let bus = match &config.bus {
+            Some(bus) => Some(Bus::connect(bus).await?),
+            None => None,
+        };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .map_err(|source| StartupError::Bind {

@@ -1,11 +1,14 @@
 //! Kafka adapter on rdkafka, with librdkafka built from source (`cmake-build`): Debian's
 //! librdkafka 2.0 fails the ApiVersion handshake with some brokers, the bundled 2.x does
 //! not (ADR 0001 in docs/adr). Topics are created on demand and again after a broker comes
-//! back empty; each consuming service is one consumer group and commits offsets only after
-//! a message was applied or dead-lettered; a member left with no partition while messages
-//! wait joins its group again. The producer is idempotent; one that keeps failing is
-//! replaced (see [`Bus::publish`]); a message the broker refuses for good is reported as
-//! such, so the relay parks it.
+//! back empty; each consuming service is one consumer group. A message's offset is
+//! committed right after it was applied or dead-lettered (asynchronously, in order), so
+//! nothing is lost and a crash replays at most the few messages whose commit had not
+//! reached the broker, which the inbox makes no-ops. A member left with no partition while
+//! messages wait joins its group again. Every client shares the brokers' TLS and SASL
+//! settings; topics are created with the configured partitions and replicas. The producer
+//! is idempotent; one that keeps failing is replaced (see [`Bus::publish`]); a message the
+//! broker refuses for good is reported as such, so the relay parks it.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -36,18 +39,172 @@ pub struct BusConfig {
     /// 500 ms default put event p99 past 500 ms. 100 ms keeps it within the 250 ms
     /// target and costs at most 10 empty fetches a second when idle.
     pub fetch_wait: Duration,
+    /// How topics this service creates are laid out.
+    pub topics: TopicLayout,
+    /// How every client connects: TLS, SASL.
+    pub security: Security,
+}
+
+/// Partitions and replicas of the topics a service creates (existing topics are left as
+/// they are). One aggregate's events stay in order in any layout: the aggregate id is
+/// the key, and a key always goes to the same partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicLayout {
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl TopicLayout {
+    /// With acks=all, writes need this many in-sync replicas: one fewer than the
+    /// replicas, so a topic with 3 keeps accepting writes while one broker is down,
+    /// and an acknowledged write is on two brokers.
+    pub fn min_insync_replicas(&self) -> i32 {
+        (self.replication_factor - 1).max(1)
+    }
+}
+
+/// TLS and SASL for every client (producer, consumers, admin).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Security {
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub protocol: String,
+    pub sasl: Option<Sasl>,
+    /// A PEM file of the CAs that sign the brokers' certificates; the system's CAs when
+    /// unset.
+    pub ca_location: Option<String>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Security {
+    // The password must not reach a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Security")
+            .field("protocol", &self.protocol)
+            .field("sasl_mechanism", &self.sasl.as_ref().map(|s| &s.mechanism))
+            .field("sasl_username", &self.sasl.as_ref().map(|s| &s.username))
+            .field("ca_location", &self.ca_location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Security {
+    /// Checks that the settings make sense together; the error says what to change.
+    pub fn new(
+        protocol: &str,
+        mechanism: Option<String>,
+        username: Option<String>,
+        password: Option<String>,
+        ca_location: Option<String>,
+    ) -> Result<Self, String> {
+        let protocol = protocol.to_ascii_lowercase();
+        let uses_sasl = match protocol.as_str() {
+            "plaintext" | "ssl" => false,
+            "sasl_plaintext" | "sasl_ssl" => true,
+            other => {
+                return Err(format!(
+                    "`{other}` is not a security protocol; use plaintext, ssl, sasl_plaintext or sasl_ssl"
+                ));
+            }
+        };
+        let sasl = match (uses_sasl, mechanism, username, password) {
+            (false, None, None, None) => None,
+            (false, ..) => {
+                return Err(format!(
+                    "SASL settings are given but the protocol is {protocol}; use sasl_ssl (or sasl_plaintext on a trusted network)"
+                ));
+            }
+            (true, Some(mechanism), Some(username), Some(password)) => {
+                let mechanism = mechanism.to_ascii_uppercase();
+                if !["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"].contains(&mechanism.as_str()) {
+                    return Err(format!(
+                        "SASL mechanism `{mechanism}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                    ));
+                }
+                Some(Sasl { mechanism, username, password })
+            }
+            (true, ..) => {
+                return Err(format!(
+                    "{protocol} needs KAFKA__SASL__MECHANISM, KAFKA__SASL__USERNAME and KAFKA__SASL__PASSWORD"
+                ));
+            }
+        };
+        Ok(Security { protocol, sasl, ca_location })
+    }
+
+    /// Sets these settings on a client's configuration.
+    fn apply(&self, config: &mut ClientConfig) {
+        config.set("security.protocol", &self.protocol);
+        if let Some(sasl) = &self.sasl {
+            config
+                .set("sasl.mechanism", &sasl.mechanism)
+                .set("sasl.username", &sasl.username)
+                .set("sasl.password", &sasl.password);
+        }
+        if let Some(ca) = &self.ca_location {
+            config.set("ssl.ca.location", ca);
+        }
+    }
 }
 
 impl BusConfig {
     /// `<SERVICE>__KAFKA__BROKERS` (default `127.0.0.1:9092`),
-    /// `<SERVICE>__KAFKA__PUBLISH_TIMEOUT_MS` (default 5000) and
-    /// `<SERVICE>__KAFKA__FETCH_WAIT_MS` (default 100).
+    /// `<SERVICE>__KAFKA__PUBLISH_TIMEOUT_MS` (default 5000),
+    /// `<SERVICE>__KAFKA__FETCH_WAIT_MS` (default 100),
+    /// `<SERVICE>__KAFKA__TOPIC__PARTITIONS` and `__TOPIC__REPLICATION_FACTOR` (default 1
+    /// each: one local broker), `<SERVICE>__KAFKA__SECURITY_PROTOCOL` (default plaintext),
+    /// `<SERVICE>__KAFKA__SASL__MECHANISM`, `__SASL__USERNAME`, `__SASL__PASSWORD` and
+    /// `<SERVICE>__KAFKA__SSL__CA_LOCATION`.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let text = |name: &str| -> Result<Option<String>, ConfigError> {
+            Ok(Some(env.parse_or(name, String::new())?).filter(|v| !v.is_empty()))
+        };
+        let security = Security::new(
+            &env.parse_or("KAFKA__SECURITY_PROTOCOL", "plaintext".to_string())?,
+            text("KAFKA__SASL__MECHANISM")?,
+            text("KAFKA__SASL__USERNAME")?,
+            text("KAFKA__SASL__PASSWORD")?,
+            text("KAFKA__SSL__CA_LOCATION")?,
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            key: env.key("KAFKA__SECURITY_PROTOCOL"),
+            reason,
+        })?;
+        let at_least_one = |name: &str| -> Result<i32, ConfigError> {
+            let value: i32 = env.parse_or(name, 1)?;
+            if value < 1 {
+                return Err(ConfigError::Invalid {
+                    key: env.key(name),
+                    reason: format!("{value}: it must be at least 1"),
+                });
+            }
+            Ok(value)
+        };
         Ok(BusConfig {
             brokers: env.parse_or("KAFKA__BROKERS", "127.0.0.1:9092".to_string())?,
             publish_timeout: Duration::from_millis(env.parse_or("KAFKA__PUBLISH_TIMEOUT_MS", 5000)?),
             fetch_wait: Duration::from_millis(env.parse_or("KAFKA__FETCH_WAIT_MS", 100)?),
+            topics: TopicLayout {
+                partitions: at_least_one("KAFKA__TOPIC__PARTITIONS")?,
+                replication_factor: at_least_one("KAFKA__TOPIC__REPLICATION_FACTOR")?,
+            },
+            security,
         })
+    }
+
+    /// A client configuration with the brokers and the security settings: every client
+    /// starts from it.
+    fn client(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        self.security.apply(&mut config);
+        config
     }
 }
 
@@ -83,8 +240,8 @@ pub struct Bus {
 const REPLACE_AFTER: u32 = 3;
 
 fn new_producer(config: &BusConfig) -> Result<FutureProducer, BusError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    config
+        .client()
         .set("message.timeout.ms", config.publish_timeout.as_millis().to_string())
         .set("acks", "all")
         // Retries never duplicate or reorder a message within a partition, and the
@@ -97,8 +254,9 @@ fn new_producer(config: &BusConfig) -> Result<FutureProducer, BusError> {
 
 impl Bus {
     /// Creates the clients; nothing connects until the first message, so a service starts
-    /// (and accepts writes) while the broker is down.
-    pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
+    /// (and accepts writes) while the broker is down. Async like the SQS adapter's, which
+    /// resolves its AWS configuration.
+    pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
         Ok(Bus {
             config: config.clone(),
             producer: Arc::new(RwLock::new(new_producer(config)?)),
@@ -122,8 +280,9 @@ impl Bus {
 
     /// A new member of `group`, subscribed to `topics`.
     fn group_member(&self, group: &str, topics: &[String]) -> Result<StreamConsumer, BusError> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
+        let consumer: StreamConsumer = self
+            .config
+            .client()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
@@ -147,8 +306,9 @@ impl Bus {
     /// Measures how far `group` is behind on `topics`: messages on the broker that the
     /// group has not committed. Uses a client of its own that never joins the group.
     pub fn lag_probe(&self, group: &str, topics: &[String]) -> Result<LagProbe, BusError> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
+        let consumer: BaseConsumer = self
+            .config
+            .client()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .create()
@@ -255,13 +415,21 @@ impl Publisher for Bus {
     }
 
     async fn ensure_topics(&self, topics: &[String]) -> Result<(), BusError> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.config.brokers)
-            .create()
-            .map_err(error)?;
+        let admin: AdminClient<DefaultClientContext> =
+            self.config.client().create().map_err(error)?;
+        let layout = &self.config.topics;
+        let min_insync = layout.min_insync_replicas().to_string();
         let wanted: Vec<NewTopic> = topics
             .iter()
-            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .map(|t| {
+                let topic = NewTopic::new(t, layout.partitions, TopicReplication::Fixed(layout.replication_factor));
+                // A single broker has no other replica to wait for.
+                if layout.replication_factor > 1 {
+                    topic.set("min.insync.replicas", &min_insync)
+                } else {
+                    topic
+                }
+            })
             .collect();
         let options = AdminOptions::new().operation_timeout(Some(self.config.publish_timeout));
         for result in admin.create_topics(&wanted, &options).await.map_err(error)? {
@@ -387,5 +555,72 @@ impl Subscriber for KafkaSubscriber {
         self.consumer
             .commit(&offsets, CommitMode::Async)
             .map_err(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(security: Security) -> BusConfig {
+        BusConfig {
+            brokers: "127.0.0.1:1".into(),
+            publish_timeout: Duration::from_millis(100),
+            fetch_wait: Duration::from_millis(100),
+            topics: TopicLayout { partitions: 1, replication_factor: 1 },
+            security,
+        }
+    }
+
+    fn some(value: &str) -> Option<String> {
+        Some(value.to_string())
+    }
+
+    #[test]
+    fn security_settings_are_checked_together() {
+        let plain = Security::new("plaintext", None, None, None, None).unwrap();
+        assert!(plain.protocol == "plaintext" && plain.sasl.is_none());
+        let scram = Security::new("SASL_SSL", some("scram-sha-512"), some("u"), some("p"), some("/ca.pem"))
+            .unwrap();
+        assert_eq!(scram.protocol, "sasl_ssl");
+        assert_eq!(scram.sasl.as_ref().unwrap().mechanism, "SCRAM-SHA-512");
+        let refused = [
+            (Security::new("tls", None, None, None, None), "not a security protocol"),
+            (Security::new("sasl_ssl", some("PLAIN"), some("u"), None, None), "needs KAFKA__SASL__MECHANISM"),
+            (Security::new("ssl", some("PLAIN"), some("u"), some("p"), None), "use sasl_ssl"),
+            (Security::new("sasl_ssl", some("GSSAPI"), some("u"), some("p"), None), "not supported"),
+        ];
+        for (result, why) in refused {
+            let error = result.unwrap_err();
+            assert!(error.contains(why), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_password_never_reaches_a_log() {
+        let scram = Security::new("sasl_ssl", some("SCRAM-SHA-256"), some("svc"), some("hunter2-secret"), None)
+            .unwrap();
+        let shown = format!("{:?}", config(scram));
+        assert!(shown.contains("svc") && !shown.contains("hunter2-secret"), "{shown}");
+    }
+
+    #[test]
+    fn clients_with_tls_and_each_sasl_mechanism_can_be_made() {
+        // librdkafka refuses SCRAM (and TLS) at configuration time when it was built
+        // without OpenSSL: this is what the `ssl` feature of rdkafka is for.
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let security = Security::new("sasl_ssl", some(mechanism), some("u"), some("p"), None).unwrap();
+            let _producer = new_producer(&config(security)).unwrap_or_else(|e| panic!("{mechanism}: {e}"));
+        }
+        let tls = Security::new("ssl", None, None, None, None).unwrap();
+        let consumer: Result<BaseConsumer, _> = config(tls).client().set("group.id", "g").create();
+        consumer.unwrap();
+    }
+
+    #[test]
+    fn replicated_topics_survive_one_broker_loss() {
+        let layout = |replication_factor| TopicLayout { partitions: 6, replication_factor };
+        assert_eq!(layout(3).min_insync_replicas(), 2);
+        assert_eq!(layout(1).min_insync_replicas(), 1);
     }
 }

@@ -30,53 +30,25 @@ const RECEIVE_WAIT_SECS: i32 = 10;
 /// while the endpoint hands it messages would hide them for the visibility timeout.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(RECEIVE_WAIT_SECS as u64 + 10);
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BusConfig {
     /// e.g. `http://127.0.0.1:5000` for moto; `None` uses the region's AWS endpoint.
     pub endpoint: Option<String>,
     pub region: String,
-    pub access_key_id: String,
-    pub secret_access_key: String,
     pub publish_timeout: Duration,
     /// Logical topic → the queues its messages go to.
     pub routes: Vec<(String, Vec<String>)>,
 }
 
-impl std::fmt::Debug for BusConfig {
-    // The secret key must not reach a log.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BusConfig")
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("routes", &self.routes)
-            .finish_non_exhaustive()
-    }
-}
-
 impl BusConfig {
-    /// `<SERVICE>__SQS__ENDPOINT`, `<SERVICE>__SQS__REGION` (default `us-east-1`) and the
-    /// standard `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, which may be omitted only
-    /// with an endpoint override (emulators accept any key).
+    /// `<SERVICE>__SQS__ENDPOINT`, `<SERVICE>__SQS__REGION` (default `us-east-1`) and
+    /// `<SERVICE>__SQS__PUBLISH_TIMEOUT_MS`. Credentials are not configuration: they come
+    /// from the AWS default chain (see [`Bus::connect`]).
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let endpoint = env.parse_or("SQS__ENDPOINT", String::new())?;
-        let endpoint = (!endpoint.is_empty()).then_some(endpoint);
-        let aws = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let (access_key_id, secret_access_key) =
-            match (aws("AWS_ACCESS_KEY_ID"), aws("AWS_SECRET_ACCESS_KEY"), &endpoint) {
-                (Some(id), Some(secret), _) => (id, secret),
-                (_, _, Some(_)) => ("local".to_string(), "local".to_string()),
-                _ => {
-                    return Err(ConfigError::Missing {
-                        key: "AWS_ACCESS_KEY_ID".into(),
-                        hint: "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or an SQS endpoint override for an emulator",
-                    });
-                }
-            };
         Ok(BusConfig {
-            endpoint,
+            endpoint: (!endpoint.is_empty()).then_some(endpoint),
             region: env.parse_or("SQS__REGION", "us-east-1".to_string())?,
-            access_key_id,
-            secret_access_key,
             publish_timeout: Duration::from_millis(env.parse_or("SQS__PUBLISH_TIMEOUT_MS", 5000)?),
             routes: Vec::new(),
         })
@@ -100,6 +72,36 @@ impl BusConfig {
 
 fn error(e: impl std::fmt::Display) -> BusError {
     BusError::new(e.to_string())
+}
+
+/// Whether any AWS credential setting is present for the default chain to use.
+fn credentials_configured(is_set: impl Fn(&str) -> bool) -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|name| is_set(name))
+}
+
+/// Whether GetQueueUrl said the queue does not exist (JSON and query-compatible codes).
+fn queue_does_not_exist<R>(
+    e: &aws_sdk_sqs::error::SdkError<aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError, R>,
+) -> bool {
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    use aws_sdk_sqs::operation::get_queue_url::GetQueueUrlError;
+    match e.as_service_error() {
+        Some(GetQueueUrlError::QueueDoesNotExist(_)) => true,
+        Some(other) => matches!(
+            other.code(),
+            Some("QueueDoesNotExist" | "AWS.SimpleQueueService.NonExistentQueue")
+        ),
+        None => false,
+    }
 }
 
 /// Whether SQS refused the message itself: larger than the queue's maximum message size
@@ -134,32 +136,41 @@ pub struct Bus {
 impl Bus {
     /// Creates the client; nothing connects until the first call, so a service starts (and
     /// accepts writes) while the endpoint is down.
-    pub fn connect(config: &BusConfig) -> Result<Self, BusError> {
+    ///
+    /// Credentials come from the AWS SDK's default chain, as on any AWS workload:
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, a profile (`AWS_PROFILE`,
+    /// `AWS_SHARED_CREDENTIALS_FILE`), web identity (EKS service accounts), the ECS
+    /// container endpoint, then EC2 instance metadata; resolved on first use and refreshed
+    /// before they expire. Only with an endpoint override (an emulator) and none of
+    /// those settings present are fixed dummy keys used, since emulators accept any.
+    pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
             .build_https();
-        let mut builder = aws_sdk_sqs::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
-            .credentials_provider(Credentials::new(
-                config.access_key_id.clone(),
-                config.secret_access_key.clone(),
-                None,
-                None,
-                "archscaffold-config",
-            ))
+            .http_client(http)
             .timeout_config(
                 TimeoutConfig::builder()
                     .operation_timeout(config.publish_timeout)
                     .build(),
-            )
-            .http_client(http);
+            );
         if let Some(endpoint) = &config.endpoint {
-            builder = builder.endpoint_url(endpoint);
+            loader = loader.endpoint_url(endpoint);
+            if !credentials_configured(|name| std::env::var_os(name).is_some()) {
+                loader = loader.credentials_provider(Credentials::new(
+                    "local",
+                    "local",
+                    None,
+                    None,
+                    "archscaffold-emulator",
+                ));
+            }
         }
+        let shared = loader.load().await;
         Ok(Bus {
             config: config.clone(),
-            client: aws_sdk_sqs::Client::from_conf(builder.build()),
+            client: aws_sdk_sqs::Client::new(&shared),
             urls: Arc::default(),
             max_sizes: Arc::default(),
         })
@@ -169,24 +180,17 @@ impl Bus {
         if let Some(url) = self.urls.lock().expect("not poisoned").get(queue) {
             return Ok(url.clone());
         }
-        let mut create = self
-            .client
-            .create_queue()
-            .queue_name(queue)
-            // Longer than a message's retries with backoff take, so it is not redelivered
-            // to this consumer while still being worked on.
-            .attributes(QueueAttributeName::VisibilityTimeout, "60");
-        if queue.ends_with(".fifo") {
-            create = create.attributes(QueueAttributeName::FifoQueue, "true");
-        }
-        let created = create
-            .send()
-            .await
-            .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
-        let url = created
-            .queue_url()
-            .ok_or_else(|| BusError::new(format!("no URL for queue {queue}")))?
-            .to_string();
+        // A queue made elsewhere (Terraform, with its own attributes) is used as it is:
+        // CreateQueue would refuse a name that exists with other attributes.
+        let found = match self.client.get_queue_url().queue_name(queue).send().await {
+            Ok(found) => found.queue_url().map(str::to_string),
+            Err(e) if queue_does_not_exist(&e) => None,
+            Err(e) => return Err(error(aws_sdk_sqs::error::DisplayErrorContext(e))),
+        };
+        let url = match found {
+            Some(url) => url,
+            None => self.create_queue(queue).await?,
+        };
         self.urls
             .lock()
             .expect("not poisoned")
@@ -204,6 +208,28 @@ impl Bus {
             self.max_sizes.lock().expect("not poisoned").insert(queue.to_string(), limit);
         }
         Ok(url)
+    }
+
+    /// Creates `queue` as this service needs it and returns its URL.
+    async fn create_queue(&self, queue: &str) -> Result<String, BusError> {
+        let mut create = self
+            .client
+            .create_queue()
+            .queue_name(queue)
+            // Longer than a message's retries with backoff take, so it is not redelivered
+            // to this consumer while still being worked on.
+            .attributes(QueueAttributeName::VisibilityTimeout, "60");
+        if queue.ends_with(".fifo") {
+            create = create.attributes(QueueAttributeName::FifoQueue, "true");
+        }
+        let created = create
+            .send()
+            .await
+            .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))?;
+        Ok(created
+            .queue_url()
+            .ok_or_else(|| BusError::new(format!("no URL for queue {queue}")))?
+            .to_string())
     }
 
     /// A subscriber on the queue that `topics` route to (one queue per consuming service).
@@ -414,5 +440,52 @@ impl Subscriber for SqsSubscriber {
             .await
             .map(|_| ())
             .map_err(|e| error(aws_sdk_sqs::error::DisplayErrorContext(e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_keys_are_needed_to_configure_the_bus_for_aws() {
+        // On Kubernetes the pod's identity provides credentials: configuration must not
+        // insist on AWS_ACCESS_KEY_ID (it did, unless an emulator endpoint was set).
+        let config = BusConfig::from_env(&Env::new("ARCHSCAFFOLD_SQS_CONFIG_TEST")).unwrap();
+        assert_eq!((config.endpoint, config.region.as_str()), (None, "us-east-1"));
+    }
+
+    #[test]
+    fn any_credential_setting_goes_to_the_default_chain() {
+        assert!(!credentials_configured(|_| false), "nothing set: emulator keys");
+        for name in [
+            "AWS_ACCESS_KEY_ID",
+            "AWS_PROFILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        ] {
+            assert!(credentials_configured(|set| set == name), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_is_built_without_reaching_aws() {
+        // Credentials resolve lazily, on the first call: a service starts while the
+        // credential source (or the endpoint) is unreachable.
+        let config = BusConfig {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: "eu-west-1".into(),
+            publish_timeout: Duration::from_millis(200),
+            routes: Vec::new(),
+        };
+        let bus = tokio::time::timeout(Duration::from_secs(5), Bus::connect(&config))
+            .await
+            .expect("connect does not wait for the network")
+            .unwrap();
+        assert_eq!(
+            bus.client.config().region().map(|r| r.as_ref()),
+            Some("eu-west-1")
+        );
     }
 }
