@@ -7,7 +7,8 @@
 # ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays)
 # ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) and
 # ci/e2e_faults.py (a poison outbox row, a killed consumer, a panicking handler, orders
-# killed and PostgreSQL restarted under load) against it.
+# killed and PostgreSQL restarted under load) against it, and on SQS ci/e2e_oidc.py (a
+# second gateway in OIDC mode against oidc-provider: scopes, aud forms, key rotation).
 # On Kafka the workspace is first evolved as a user would (edits, then `archscaffold add
 # context shipping`), and e2e.py also follows an order to shipping. calls-kafka and calls
 # (SQS) run catalog <- checkout <- shipping, joined by `ref:` fields, and ci/e2e_calls.py
@@ -156,6 +157,19 @@ PY
 
     echo "== e2e [$bus]: start broker and system =="
     bash ci/brokers.sh start "$bus"
+    if [ "$bus" = sqs ]; then
+        # As a platform team's Terraform leaves it: billing's queue exists already, with
+        # attributes of its own, which the services must use rather than fail to create
+        # it again. And credentials come from a shared credentials file, which only the
+        # AWS default chain reads.
+        "$cache/venv/bin/python" -c 'import sys; sys.path.insert(0, "ci"); from e2e_common import sqs_client
+sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue": "true", "VisibilityTimeout": "45"})'
+        printf '[default]\naws_access_key_id = e2e-from-file\naws_secret_access_key = e2e-from-file\n' \
+            >"$E2E_STATE/aws-credentials"
+        # Had the chain not found them there, the next in line would be instance
+        # metadata, which is not loopback: off.
+        export AWS_SHARED_CREDENTIALS_FILE="$E2E_STATE/aws-credentials" AWS_EC2_METADATA_DISABLED=true
+    fi
     bash ci/brokers.sh start redis
     start_otlp_receiver "$E2E_STATE/spans-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
@@ -208,6 +222,12 @@ PY
             "${faults[@]}" || status=$?
         # Billing and orders were restarted: their new pids must be stopped too.
         record_started "$ws"/.run/*.pid
+    fi
+    if [ $status -eq 0 ] && [ "$bus" = sqs ]; then
+        # The gateway against a real OpenID provider (bus-neutral, so on one bus; on SQS a
+        # second gateway shares the invalidation queue without a group rebalance).
+        "$cache/venv/bin/python" ci/e2e_oidc.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --oidc-dir "$cache/oidc" || status=$?
     fi
 
     bash "$ws/deploy/local/down.sh"

@@ -8,9 +8,12 @@
 #                     checks), schemathesis (fuzzes the gateway against its OpenAPI) and
 #                     prometheus-client (its parser reads every /metrics) and
 #                     opentelemetry-proto (the OTLP definitions ci/otlp_receiver.py decodes)
+#   oidc/             oidc-provider (npm), the OpenID provider of ci/e2e_oidc.py, beside a
+#                     copy of ci/oidc/provider.mjs (node resolves packages from the script)
 # Prints the cache directory on stdout.
 set -euo pipefail
 
+root=$(cd "$(dirname "$0")/.." && pwd)
 cache="${ARCHSCAFFOLD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold}"
 log() { echo "setup-e2e-tools: $*" >&2; }
 mkdir -p "$cache/tools"
@@ -28,6 +31,19 @@ if [ ! -x "$cache/venv/bin/moto_server" ] || [ ! -x "$cache/venv/bin/schemathesi
         "moto[server]" grpcio grpcio-tools confluent-kafka boto3 pyjwt schemathesis \
         prometheus-client opentelemetry-proto >&2
 fi
+
+oidc="$cache/oidc"
+if ! cmp -s "$root/ci/oidc/package.json" "$oidc/package.json" || [ ! -d "$oidc/node_modules/oidc-provider" ]; then
+    command -v npm >/dev/null || {
+        log "installing Node.js and npm (the OpenID provider runs on it)"
+        apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >&2
+    }
+    log "installing oidc-provider (npm) into $oidc"
+    mkdir -p "$oidc"
+    cp "$root/ci/oidc/package.json" "$oidc/package.json"
+    (cd "$oidc" && npm install --silent --no-audit --no-fund >&2)
+fi
+cp "$root/ci/oidc/provider.mjs" "$oidc/provider.mjs"
 
 command -v redis-server >/dev/null || {
     log "installing redis-server (the gateway's cache)"
