@@ -318,6 +318,13 @@ fn is_transient(status: &Status) -> bool {
 
 /// Turns the stack's errors into gRPC statuses, which tonic passes through unchanged;
 /// transport errors become UNAVAILABLE the way tonic itself maps them.
+/// `error` and its sources, outermost first.
+fn source_chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
+
 fn into_status(error: BoxError) -> Status {
     if let Some(open) = error.downcast_ref::<BreakerOpen>() {
         return Status::unavailable(open.to_string());
@@ -327,6 +334,12 @@ fn into_status(error: BoxError) -> Status {
     }
     if error.is::<Elapsed>() {
         return Status::deadline_exceeded("the call timed out");
+    }
+    // tonic enforces the attempt's `grpc-timeout` on the client too. When the caller's
+    // remaining deadline is that timeout, this timer and the deadline's race, and the
+    // loser's error must not turn an expired deadline into an outage (UNAVAILABLE).
+    if source_chain(&*error).any(|cause| cause.is::<tonic::TimeoutExpired>()) {
+        return Status::deadline_exceeded("the call ran out of its deadline");
     }
     // A refused connection, or one reset under the call (the service was killed): the
     // service is unavailable, which callers may retry, not an unknown failure.
@@ -490,5 +503,34 @@ mod tests {
             into_status(Box::new(Elapsed::new())).code(),
             tonic::Code::DeadlineExceeded
         );
+    }
+
+    /// A transport error caused by tonic's own `grpc-timeout` timer, as tonic wraps it.
+    #[derive(Debug)]
+    struct Wrapped(tonic::TimeoutExpired);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("transport error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_deadline_that_tonics_timer_enforced_is_still_deadline_exceeded() {
+        // The deadline's own timer and tonic's grpc-timeout timer race; whichever fires,
+        // the caller sees DEADLINE_EXCEEDED, never UNAVAILABLE (which it would count as
+        // an outage of the dependency).
+        for error in [
+            Box::new(tonic::TimeoutExpired(())) as BoxError,
+            Box::new(Wrapped(tonic::TimeoutExpired(()))),
+        ] {
+            assert_eq!(into_status(error).code(), tonic::Code::DeadlineExceeded);
+        }
     }
 }
