@@ -133,7 +133,8 @@ class System:
             producer = Producer({"bootstrap.servers": KAFKA})
             producer.produce(ORDER_TOPIC, value=payload, key=key,
                              headers=[(k, v.encode()) for k, v in headers.items()])
-            assert producer.flush(10) == 0, "injected message not delivered"
+            left = producer.flush(10)
+            assert left == 0, f"injected message not delivered: {left} still queued"
         else:
             attributes = {k: {"DataType": "String", "StringValue": v}
                           for k, v in {**headers, "topic": ORDER_TOPIC}.items()}
@@ -217,8 +218,10 @@ def check_duplicate_and_poison(s, order):
     later = s.create_order(f"e2e-{uuid.uuid4()}")
     wait_until(lambda: s.billing_by_order()[later.id] == 1, 15, "billing for an order after the poison")
     wait_until(s.billing_queue_drained, 30, "billing queue drained")
-    assert s.billing_by_order()[order.id] == 1, "a duplicate event created a second billing"
-    assert poison_id in s.dead_letters(20), "the poison message is not in the dead-letter destination"
+    billed = s.billing_by_order()[order.id]
+    assert billed == 1, f"a duplicate event created a second billing: {billed} for the order"
+    dead = s.dead_letters(20)
+    assert poison_id in dead, f"the poison message {poison_id} is not in the dead-letter destination: {dead}"
 
 
 def check_outage(s, bus):

@@ -45,7 +45,17 @@ mkdir -p "$E2E_STATE"
 bin="$root/target/debug/archscaffold"
 export CARGO_TARGET_DIR="${ARCHSCAFFOLD_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold/target}"
 
+# E2E_CPU_HOG=1: a busy loop on one of the two cores for the whole run (at most an hour),
+# to show the checks hold on a loaded machine; each check says which answers it accepts
+# under overload.
+if [ "${E2E_CPU_HOG:-0}" = 1 ]; then
+    timeout 3600 python3 -c 'while True: pass' &
+    echo $! >"$E2E_STATE/cpu-hog.pid"
+    echo "== e2e: a CPU hog runs beside the harness (pid $!) =="
+fi
+
 cleanup() {
+    [ -s "$E2E_STATE/cpu-hog.pid" ] && kill "$(cat "$E2E_STATE/cpu-hog.pid")" 2>/dev/null
     for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls-*; do
         [ -x "$ws/deploy/local/down.sh" ] && bash "$ws/deploy/local/down.sh" || true
     done

@@ -86,12 +86,17 @@ def check_references_and_trace(c):
     wait_until(lambda: all(chain()), 20, f"gateway, checkout and catalog spans of trace {trace_id}")
     g_server, g_client, co_server, co_client, ca_server = chain()
     ids = lambda spans_: {s["spanId"] for s in spans_}
-    expect(g_server[0]["parentSpanId"] == client_span, "the gateway's span continues the client's")
-    expect(any(s["parentSpanId"] in ids(g_server) for s in g_client), "gateway client span under its request")
-    expect(any(s["parentSpanId"] in ids(g_client) for s in co_server), "checkout's span under the gateway's call")
+    shown = lambda spans_: [(s["name"], s["spanId"], s["parentSpanId"]) for s in spans_]
+    expect(g_server[0]["parentSpanId"] == client_span,
+           f"the gateway's span continues the client's {client_span}: {shown(g_server)}")
+    expect(any(s["parentSpanId"] in ids(g_server) for s in g_client),
+           f"gateway client span under its request: {shown(g_client)} under {shown(g_server)}")
+    expect(any(s["parentSpanId"] in ids(g_client) for s in co_server),
+           f"checkout's span under the gateway's call: {shown(co_server)} under {shown(g_client)}")
     expect(any(s["parentSpanId"] in ids(co_server) and s["name"] == "catalog/GetItem" for s in co_client),
-           f"checkout's call to catalog under its own span: {co_client}")
-    expect(any(s["parentSpanId"] in ids(co_client) for s in ca_server), "catalog's span under checkout's call")
+           f"checkout's call to catalog under its own span: {shown(co_client)} under {shown(co_server)}")
+    expect(any(s["parentSpanId"] in ids(co_client) for s in ca_server),
+           f"catalog's span under checkout's call: {shown(ca_server)} under {shown(co_client)}")
     print(f"check 1 passed: cart with a real item 201, unknown item 422 (field item_id), parcel through "
           f"the chain 201; trace {trace_id}: gateway -> checkout -> catalog/GetItem -> catalog, parents intact")
     return cart
@@ -119,18 +124,20 @@ def check_catalog_down(c, cart):
     status, _, read, _ = call("GET", f"/v1/checkout/{cart['id']}", c.token, headers={"Cache-Control": "no-cache"})
     expect(status == 200 and read["id"] == cart["id"], f"reads of carts go on: {status} {read}")
     gateway = scrape(9464)
-    expect(total(gateway, "dependency_breaker_open", caller="gateway", callee="checkout") == 0,
-           "the gateway's breaker for checkout stayed closed: checkout answered, catalog failed")
+    gauge = total(gateway, "dependency_breaker_open", caller="gateway", callee="checkout")
+    expect(gauge == 0, f"the gateway's breaker for checkout stayed closed (checkout answered, catalog "
+                       f"failed): dependency_breaker_open {gauge}")
     checkout = scrape(metrics_port(c.args.workspace, "checkout"))
-    expect(total(checkout, "dependency_breaker_open", caller="checkout", callee="catalog") == 1,
-           "checkout reports its open breaker")
+    gauge = total(checkout, "dependency_breaker_open", caller="checkout", callee="catalog")
+    expect(gauge == 1, f"checkout reports its open breaker: dependency_breaker_open {gauge}")
 
     up_again(c.args.workspace)
     def created():
         status, _, _, _ = c.create("checkout", body)
         return status == 201
     wait_until(created, BREAKER_OPEN_S + 15, "cart creation after catalog restarted")
-    expect(pid_of(c.args.workspace, "checkout") == checkout_pid, "checkout was not restarted")
+    expect(pid_of(c.args.workspace, "checkout") == checkout_pid,
+           f"checkout was not restarted: pid {checkout_pid}, now {pid_of(c.args.workspace, 'checkout')}")
     print(f"check 2 passed: catalog killed: 503 within {budget:.1f} s, then {statistics.median(fast) * 1000:.1f} ms "
           f"(median) with checkout's breaker open; cart reads 200, gateway breaker closed; catalog "
           f"restarted: carts created again by the same checkout")
@@ -188,7 +195,7 @@ def check_admission(c, catalog_pb, catalog_grpc, item_id):
         raise AssertionError("catalog served shipping, which the spec does not let call it")
     except grpc.RpcError as e:
         expect(e.code() == grpc.StatusCode.PERMISSION_DENIED, f"{e.code()} {e.details()}")
-    expect(denied() == before + 1, "the refusal is counted by caller")
+    expect(denied() == before + 1, f"the refusal is counted by caller: {before} before, {denied()} after")
     for caller in ["gateway", "checkout"]:
         token = link_token(link_key(c.args.workspace, caller, "catalog"), caller, "catalog")
         expect(get(token).item.id == item_id, f"{caller} is admitted")

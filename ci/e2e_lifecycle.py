@@ -114,8 +114,10 @@ def check_lifecycle(args, token):
     expect(status == 412, f"a stale delete answers 412: {status}")
     status, _, body = change("DELETE", path, token, if_match='"4"')
     expect(status == 204 and not body, f"DELETE: {status} {body!r}")
-    expect(fetch(token, path)[0] == 404, "a deleted order is not found, cached or not")
-    expect(change("DELETE", path, token)[0] == 204, "a second DELETE is a no-op")
+    gone_status = fetch(token, path)[0]
+    expect(gone_status == 404, f"a deleted order is not found, cached or not: {gone_status}")
+    again = change("DELETE", path, token)[0]
+    expect(again == 204, f"a second DELETE is a no-op: {again}")
 
     events = db_rows(args.orders_db,
                      "SELECT aggregate_version, event_type, headers->>'aggregate_version' FROM outbox "
