@@ -50,12 +50,13 @@ export CARGO_TARGET_DIR="${ARCHSCAFFOLD_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cac
 # under overload.
 if [ "${E2E_CPU_HOG:-0}" = 1 ]; then
     timeout 3600 python3 -c 'while True: pass' &
-    echo $! >"$E2E_STATE/cpu-hog.pid"
+    # Not a *.pid file: the processes the harness must have stopped are recorded from those.
+    echo $! >"$E2E_STATE/cpu-hog"
     echo "== e2e: a CPU hog runs beside the harness (pid $!) =="
 fi
 
 cleanup() {
-    [ -s "$E2E_STATE/cpu-hog.pid" ] && kill "$(cat "$E2E_STATE/cpu-hog.pid")" 2>/dev/null
+    [ -s "$E2E_STATE/cpu-hog" ] && kill "$(cat "$E2E_STATE/cpu-hog")" 2>/dev/null
     for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls-*; do
         [ -x "$ws/deploy/local/down.sh" ] && bash "$ws/deploy/local/down.sh" || true
     done
