@@ -60,6 +60,22 @@ def stop_process(workspace, process, sig, seconds):
     wait_until(lambda: gone(pid), seconds, f"{process} to stop")
 
 
+def environment_of(workspace, process):
+    """The environment of a process up.sh started, to start another with its settings."""
+    with open(f"/proc/{pid_of(workspace, process)}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+def http_ok(url):
+    """Whether a GET of `url` answers 200 (within 2 s)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 def up_again(workspace, env=None):
     """deploy/local/up.sh again, with `env` on top of ours: starts what is not running."""
     restarted = subprocess.run(["bash", os.path.join(workspace, "deploy", "local", "up.sh")],

@@ -33,7 +33,7 @@ import threading
 import time
 import uuid
 
-from e2e_common import gone, pid_of, scrape, stop_process, total, up_again, wait_until
+from e2e_common import environment_of, gone, pid_of, scrape, stop_process, total, up_again, wait_until
 from e2e_gateway import Gateway, call, expect
 
 ORDERS_METRICS = 9465
@@ -139,9 +139,7 @@ def check_consumer_restart(args, token):
 
 
 def check_panic(args, token):
-    with open(f"/proc/{pid_of(args.workspace, 'billing')}/environ", "rb") as f:
-        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    env = {k.decode(): v.decode() for k, v in env.items()}
+    env = environment_of(args.workspace, "billing")
     stop_process(args.workspace, "billing", signal.SIGTERM, 20)
     backlog = [create(token)[0] for _ in range(5)]
     log = open(os.path.join(args.workspace, ".run", "billing-panic.log"), "ab")

@@ -26,7 +26,8 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from e2e_common import dev_token, pid_of, wait_until
+from e2e_common import dev_token, environment_of, http_ok, wait_until
+from e2e_gateway import expect
 
 PROVIDER_PORT = 4455
 ISSUER = f"http://127.0.0.1:{PROVIDER_PORT}"
@@ -34,11 +35,6 @@ GATEWAY = "http://127.0.0.1:8181"
 JWKS_TTL_SECS = 5
 # The gateway fetches the JWKS for an unknown key id at most this often (auth.rs).
 JWKS_MIN_REFRESH_SECS = 10
-
-
-def expect(condition, message):
-    if not condition:
-        raise AssertionError(message)
 
 
 def call(method, path, token, body=None):
@@ -92,15 +88,8 @@ class Provider:
                                         cwd=self.args.oidc_dir, stdout=log, stderr=log)
         with open(os.path.join(self.args.workspace, ".run", "oidc-provider.pid"), "w") as f:
             f.write(str(self.process.pid))
-
-        def discovered():
-            try:
-                with urllib.request.urlopen(f"{ISSUER}/.well-known/openid-configuration", timeout=2) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-
-        wait_until(discovered, 30, "oidc-provider answers discovery")
+        wait_until(lambda: http_ok(f"{ISSUER}/.well-known/openid-configuration"), 30,
+                   "oidc-provider answers discovery")
 
     def stop(self):
         if self.process and self.process.poll() is None:
@@ -119,9 +108,7 @@ class Provider:
 def start_oidc_gateway(args):
     """A second gateway with the first one's settings (its links to the services), in OIDC
     mode against the provider."""
-    with open(f"/proc/{pid_of(args.workspace, 'gateway')}/environ", "rb") as f:
-        env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
-    env = {k.decode(): v.decode() for k, v in env.items()}
+    env = environment_of(args.workspace, "gateway")
     for dev in ("GATEWAY__AUTH__DEV_MODE", "GATEWAY__AUTH__DEV_SECRET"):
         env.pop(dev, None)
     env.update({"GATEWAY__AUTH__ISSUER": ISSUER, "GATEWAY__AUTH__JWKS_URL": f"{ISSUER}/jwks",
@@ -132,15 +119,7 @@ def start_oidc_gateway(args):
     process = subprocess.Popen([args.gateway], env=env, stdout=log, stderr=log)
     with open(os.path.join(args.workspace, ".run", "gateway-oidc.pid"), "w") as f:
         f.write(str(process.pid))
-
-    def ready():
-        try:
-            with urllib.request.urlopen(f"{GATEWAY}/readyz", timeout=2) as r:
-                return r.status == 200
-        except OSError:
-            return False
-
-    wait_until(ready, 30, "the OIDC-mode gateway ready")
+    wait_until(lambda: http_ok(f"{GATEWAY}/readyz"), 30, "the OIDC-mode gateway ready")
     return process
 
 
