@@ -331,18 +331,31 @@ pub struct LagProbe {
     timeout: Duration,
 }
 
+/// Where a group stands: what waits for it, and how far it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Sum over every partition of the high watermark minus the group's position.
+    pub lag: u64,
+    /// Sum over every partition of the group's committed offset (the low watermark where
+    /// it committed nothing: it starts from the earliest). It grows while anyone consumes.
+    pub position: i64,
+}
+
 impl LagProbe {
-    /// Sum over every partition of the high watermark minus the group's committed offset
-    /// (the low watermark where it committed nothing: it starts from the earliest).
+    /// See [`Progress::lag`].
     pub async fn lag(&self) -> Result<u64, BusError> {
+        Ok(self.progress().await?.lag)
+    }
+
+    pub async fn progress(&self) -> Result<Progress, BusError> {
         let probe = self.clone();
         // librdkafka's metadata and offset queries block: keep them off the runtime.
-        tokio::task::spawn_blocking(move || probe.lag_blocking())
+        tokio::task::spawn_blocking(move || probe.progress_blocking())
             .await
             .map_err(error)?
     }
 
-    fn lag_blocking(&self) -> Result<u64, BusError> {
+    fn progress_blocking(&self) -> Result<Progress, BusError> {
         let mut partitions = TopicPartitionList::new();
         let mut watermarks = Vec::new();
         for topic in &self.topics {
@@ -363,14 +376,19 @@ impl LagProbe {
             .consumer
             .committed_offsets(partitions, self.timeout)
             .map_err(error)?;
-        let lag = watermarks.into_iter().map(|(topic, partition, low, high)| {
-            let position = match committed.find_partition(&topic, partition).map(|p| p.offset()) {
+        let (mut lag, mut position) = (0i64, 0i64);
+        for (topic, partition, low, high) in watermarks {
+            let at = match committed.find_partition(&topic, partition).map(|p| p.offset()) {
                 Some(Offset::Offset(offset)) => offset,
                 _ => low,
             };
-            (high - position).max(0)
-        });
-        Ok(lag.sum::<i64>().try_into().unwrap_or(0))
+            lag += (high - at).max(0);
+            position += at;
+        }
+        Ok(Progress {
+            lag: lag.try_into().unwrap_or(0),
+            position,
+        })
     }
 }
 
@@ -456,15 +474,16 @@ pub struct KafkaSubscriber {
     stall: Stall,
 }
 
-/// What the stall check saw last time: the group's lag while this member held nothing.
+/// What the stall check saw last time: the group's position while this member held nothing.
 #[derive(Default)]
 struct Stall {
-    idle_lag: Option<u64>,
+    idle_position: Option<i64>,
 }
 
 impl KafkaSubscriber {
     /// Called when no message came for a session timeout. A member that holds no
-    /// partition while the group's lag stays put (nobody consumes what waits) joins the
+    /// partition while messages wait and the group's committed position stays put (nobody
+    /// consumes them) joins the
     /// group again as a new member, which makes the group assign its partitions afresh.
     ///
     /// Why: a member killed without leaving (SIGKILL, OOM, a lost node) stays the group's
@@ -473,20 +492,23 @@ impl KafkaSubscriber {
     /// rebalance without the dead leader's assignment and considers the group stable
     /// (see the README's broker notes). Then nobody consumes until a restart. On a broker
     /// without that fault the check never fires: an idle member of a group whose other
-    /// members consume sees the lag move.
+    /// members consume sees the position move, even while a backlog grows.
     async fn check_stall(&mut self) -> Result<(), BusError> {
         let assigned = self.consumer.assignment().map(|a| a.count()).unwrap_or(0);
         if assigned > 0 {
             self.stall = Stall::default();
             return Ok(());
         }
-        let lag = match self.probe.lag().await {
-            Ok(lag) => lag,
+        let Progress { lag, position } = match self.probe.progress().await {
+            Ok(progress) => progress,
             // The broker is unreachable: nothing to decide now.
             Err(_) => return Ok(()),
         };
-        let stalled = matches!(self.stall.idle_lag, Some(before) if lag > 0 && lag >= before);
-        self.stall.idle_lag = Some(lag);
+        // Messages wait and nobody committed anything since: no member consumes. (A
+        // replica left idle because another holds the only partition sees the position
+        // move, however long the backlog.)
+        let stalled = lag > 0 && self.stall.idle_position == Some(position);
+        self.stall.idle_position = Some(position);
         if !stalled {
             return Ok(());
         }
