@@ -7,7 +7,8 @@
 # ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays)
 # ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) and
 # ci/e2e_faults.py (a poison outbox row, a killed consumer, a panicking handler, orders
-# killed and PostgreSQL restarted under load) against it, and on SQS ci/e2e_oidc.py (a
+# killed and PostgreSQL restarted under load, a rolling restart of orders' two replicas)
+# against it, and on SQS ci/e2e_oidc.py (a
 # second gateway in OIDC mode against oidc-provider: scopes, aud forms, key rotation).
 # On Kafka the workspace is first evolved as a user would (edits, then `archscaffold add
 # context shipping`), and e2e.py also follows an order to shipping. calls-kafka and calls
@@ -124,11 +125,11 @@ for bus in ${buses[@]+"${buses[@]}"}; do
     # The default chain, with orders that change: a lifecycle and two commands
     # (e2e_lifecycle.py drives them over REST).
     printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.orders]' 'aggregate = "Order"' \
-        'publishes = ["OrderCreated", "OrderUpdated"]' 'states = ["pending", "confirmed", "cancelled"]' '' \
-        '[contexts.orders.commands.confirm]' 'from = ["pending"]' 'to = "confirmed"' '' \
+        'publishes = ["OrderCreated", "OrderUpdated"]' 'states = ["pending", "confirmed", "cancelled"]' \
+        'replicas = 2' '' '[contexts.orders.commands.confirm]' 'from = ["pending"]' 'to = "confirmed"' '' \
         '[contexts.orders.commands.cancel]' 'from = ["pending", "confirmed"]' 'to = "cancelled"' \
         'fields = { reason = "string" }' '' '[contexts.billing]' \
-        'subscribes = ["orders.OrderCreated"]' >"$E2E_STATE/shop.toml"
+        'subscribes = ["orders.OrderCreated"]' 'replicas = 1' >"$E2E_STATE/shop.toml"
     "$bin" new shop --spec "$E2E_STATE/shop.toml" --out "$ws" >/dev/null
     if [ "$bus" = kafka ]; then
         # The workspace as a user evolves it (on one bus: the evolution is bus-neutral):
@@ -225,7 +226,7 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
     if [ $status -eq 0 ]; then
         # Faults: each bus gets the ones whose outcome depends on it; the bus-neutral
         # ones run on one bus each (see ci/e2e_faults.py).
-        faults=(poison consumer panic crash)
+        faults=(poison consumer panic crash rolling)
         [ "$bus" = sqs ] && faults=(poison consumer database)
         "$cache/venv/bin/python" ci/e2e_faults.py --workspace "$ws" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --billing-bin "$CARGO_TARGET_DIR/debug/billing" \
@@ -260,11 +261,12 @@ run_calls() {
         psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
     done
     # checkout's carts refer to catalog items, shipping's parcels to carts: a chain of calls.
+    # One replica each: the checks stop and slow a service as a whole.
     printf '%s\n' 'name = "shop"' "bus = \"$bus\"" '' '[contexts.catalog]' 'aggregate = "Item"' \
-        'fields = { title = "string", price_cents = "i64" }' '' '[contexts.checkout]' \
-        'aggregate = "Cart"' 'fields = { item_id = "ref:catalog", quantity = "i32" }' '' \
+        'fields = { title = "string", price_cents = "i64" }' 'replicas = 1' '' '[contexts.checkout]' \
+        'aggregate = "Cart"' 'fields = { item_id = "ref:catalog", quantity = "i32" }' 'replicas = 1' '' \
         '[contexts.shipping]' 'aggregate = "Parcel"' \
-        'fields = { cart_id = "ref:checkout", address = "string" }' >"$E2E_STATE/calls-$bus.toml"
+        'fields = { cart_id = "ref:checkout", address = "string" }' 'replicas = 1' >"$E2E_STATE/calls-$bus.toml"
     "$bin" new shop --spec "$E2E_STATE/calls-$bus.toml" --out "$ws" >/dev/null
     (cd "$ws" && cargo build --workspace --quiet)
 

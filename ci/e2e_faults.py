@@ -20,6 +20,11 @@ must hold. Only loopback is contacted; every wait and loop is bounded in count a
   database  (SQS; bus-neutral) PostgreSQL restarts while 100 or more creates run (25
             more after it is back): the services reconnect without a restart and no
             acknowledged create is lost.
+  rolling   (Kafka; bus-neutral) orders runs two replicas, and the gateway's calls go to
+            both; under a steady load of creates and reads (no idempotency key, so nothing
+            is retried by the client), each replica in turn gets SIGTERM and is started
+            again by up.sh once the other serves alone: not one request fails, not one
+            attempt of the gateway's calls to orders fails, and both new replicas take calls.
 """
 
 import argparse
@@ -37,6 +42,9 @@ from e2e_common import environment_of, gone, pid_of, scrape, stop_process, total
 from e2e_gateway import Gateway, call, expect
 
 ORDERS_METRICS = 9465
+# orders' second replica (up.sh: the first's ports plus 1000) and the gateway.
+SECOND_ORDERS_METRICS = 10465
+GATEWAY_METRICS = 9464
 ORDER_TOPIC = "shop.orders.order.v1"
 
 
@@ -251,8 +259,85 @@ def check_database(args, token):
           "once; no service restarted")
 
 
+def served(port):
+    """Creates the orders replica whose /metrics is on `port` handled."""
+    return total(scrape(port), "grpc_server_handled_total", grpc_method="CreateOrder")
+
+
+def replicas_served(token, n):
+    """(first, second) replica's share of `n` creates."""
+    before = served(ORDERS_METRICS), served(SECOND_ORDERS_METRICS)
+    for _ in range(n):
+        create(token)
+    return served(ORDERS_METRICS) - before[0], served(SECOND_ORDERS_METRICS) - before[1]
+
+
+def failed_attempts():
+    """Attempts of the gateway's calls to orders that did not answer OK (retries included)."""
+    samples = scrape(GATEWAY_METRICS)
+    return (total(samples, "grpc_client_handled_total", caller="gateway", callee="orders")
+            - total(samples, "grpc_client_handled_total", caller="gateway", callee="orders", grpc_code="OK"))
+
+
+def balanced_replicas():
+    return total(scrape(GATEWAY_METRICS), "dependency_replicas", callee="orders", state="balanced")
+
+
+def check_rolling(args, token):
+    wait_until(lambda: balanced_replicas() == 2, 30, "the gateway to call both orders replicas")
+    first, second = replicas_served(token, 40)
+    expect(first > 0 and second > 0, f"both orders replicas take the gateway's calls: {first} and {second} of 40")
+    failed_before = failed_attempts()
+    outcomes, lock, stop = [], threading.Lock(), threading.Event()
+
+    def steady(worker):
+        # About 10 requests a second per worker, each a create then a read of it.
+        for n in range(2000):  # bounded; the restarts take well under a minute
+            if stop.is_set():
+                return
+            started = time.monotonic()
+            try:
+                status, _, body, _ = call("POST", "/v1/orders", token, {})
+                answers = [status]
+                if status == 201:
+                    answers.append(call("GET", f"/v1/orders/{body['id']}", token)[0])
+            except OSError as e:
+                answers = [type(e).__name__]
+            with lock:
+                outcomes.extend(answers)
+            time.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+
+    steps = []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        load = [pool.submit(steady, w) for w in range(4)]
+        try:
+            time.sleep(2)
+            for replica in ("orders-2", "orders"):
+                stopped_at = time.monotonic()
+                stop_process(args.workspace, replica, signal.SIGTERM, 30)
+                up_again(args.workspace)
+                # As a rollout waits for readiness: the next one stops once this one serves.
+                wait_until(lambda: balanced_replicas() == 2, 30, f"{replica} back in the gateway's balance")
+                steps.append(f"{replica} {time.monotonic() - stopped_at:.1f} s")
+            time.sleep(2)
+        finally:
+            stop.set()
+            for f in load:
+                f.result()
+    failed = [o for o in outcomes if o not in (200, 201)]
+    expect(len(outcomes) > 100, f"the load ran through the restarts: {len(outcomes)} requests")
+    expect(not failed, f"no request failed while orders rolled: {len(failed)} of {len(outcomes)}: {failed[:10]}")
+    attempts = failed_attempts() - failed_before
+    expect(attempts == 0, f"no attempt of the gateway's calls to orders failed: {attempts}")
+    first, second = replicas_served(token, 40)
+    expect(first > 0 and second > 0, f"both restarted replicas take calls: {first} and {second} of 40")
+    print(f"check rolling passed: {len(outcomes)} requests while each orders replica got SIGTERM and "
+          f"was back serving ({', '.join(steps)}); none failed, no failed attempt; afterwards the "
+          f"replicas took {first} and {second} of 40 creates")
+
+
 CHECKS = {"poison": check_poison, "consumer": check_consumer_restart, "panic": check_panic,
-          "crash": check_crash, "database": check_database}
+          "crash": check_crash, "database": check_database, "rolling": check_rolling}
 
 
 def main():

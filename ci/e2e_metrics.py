@@ -3,7 +3,7 @@ official client's parser), and its counters move when traffic is sent.
 
 Traffic: creates and reads through the gateway with a dev token. Expected movement:
 gateway http_requests_total per route and status; orders grpc_server_handled_total per
-method (code OK) and outbox_published_total; billing bus_messages_consumed_total
+method (code OK) and outbox_published_total, summed over its two replicas; billing bus_messages_consumed_total
 (applied), since every order created reaches billing over the bus. Gauges: orders'
 outbox_backlog exists, billing's consumer_lag_messages (read from the broker) comes to 0.
 """
@@ -37,8 +37,17 @@ def main():
     parser.add_argument("--gateway", required=True, help="the gateway binary, for dev-token")
     args = parser.parse_args()
     ports = {"gateway": 9464, "orders": 9465, "billing": 9466}
+    # orders runs two replicas (the second on the first's ports plus 1000): the gateway's
+    # calls and the outbox rows are spread over both, so their counters are summed.
+    replicas = {"orders": [9465, 10465]}
 
-    before = {name: scrape(port) for name, port in ports.items()}
+    def scrape_all(process):
+        return [scrape(port) for port in replicas.get(process, [ports[process]])]
+
+    def summed(samples, metric, **labels):
+        return sum(total(s, metric, **labels) for s in samples)
+
+    before = {name: scrape_all(name) for name in ports}
     token = dev_token(args.gateway, args.workspace, "metrics-check")
     ids = []
     for _ in range(CREATES):
@@ -50,8 +59,8 @@ def main():
         request("GET", f"/v1/orders/{order_id}", token)
 
     def moved(process, metric, at_least, **labels):
-        after = scrape(ports[process])
-        delta = total(after, metric, **labels) - total(before[process], metric, **labels)
+        after = scrape_all(process)
+        delta = summed(after, metric, **labels) - summed(before[process], metric, **labels)
         return delta >= at_least, delta
 
     checks = [

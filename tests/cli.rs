@@ -120,13 +120,19 @@ const CASES: &[Case] = &[
         name: "unknown key",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n\n[contexts.orders]\ncolour = \"red\"\n"),
-        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`, `states`, `crud`, `require_if_match`, `commands`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
+        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`, `states`, `crud`, `require_if_match`, `replicas`, `commands`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
     },
     Case {
         name: "slo latency out of range",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\nslo = { p99_ms = 0 }\n"),
         stderr: "error: contexts.orders.slo.p99_ms: `0` is out of range for p99_ms\n  --> spec.toml:3:18\n  = help: use a whole number of milliseconds from 1 to 60000",
+    },
+    Case {
+        name: "replicas out of range",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\nreplicas = 0\n"),
+        stderr: "error: contexts.orders.replicas: `0` is out of range for replicas\n  --> spec.toml:3:12\n  = help: use a whole number from 1 to 10 (how many processes serve this context)",
     },
     Case {
         name: "slo error rate not a percentage",

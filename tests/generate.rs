@@ -210,6 +210,23 @@ fn three_and_twenty_contexts_plan_one_service_each_with_distinct_ports() {
         let ports: std::collections::BTreeSet<u16> =
             spec.contexts.iter().map(|c| c.grpc_port).collect();
         assert_eq!(ports.len(), n);
+        // Every replica of every service, gRPC and metrics, and the gateway's 8080 and
+        // 9464: no two processes of a local run share a port.
+        let mut every_port = vec![8080, 9464];
+        for c in &spec.contexts {
+            assert_eq!(c.replicas.len(), 2, "two replicas by default");
+            assert_eq!(
+                (c.replicas[0].grpc_port, c.replicas[0].metrics_port),
+                (c.grpc_port, c.metrics_port)
+            );
+            every_port.extend(
+                c.replicas
+                    .iter()
+                    .flat_map(|r| [r.grpc_port, r.metrics_port]),
+            );
+        }
+        let distinct: std::collections::BTreeSet<u16> = every_port.iter().copied().collect();
+        assert_eq!(distinct.len(), every_port.len(), "{every_port:?}");
         let members = String::from_utf8_lossy(&plan.files["Cargo.toml"].contents)
             .matches("\"services/")
             .count();

@@ -1,7 +1,7 @@
 //! Writes a validated spec back as TOML: every default made explicit, in a stable order,
 //! so the generated workspace's `archscaffold.toml` says exactly what was generated.
 
-use super::model::Spec;
+use super::model::{Replica, Spec};
 
 pub fn to_toml(spec: &Spec) -> String {
     let mut out = String::new();
@@ -57,6 +57,9 @@ pub fn to_toml(spec: &Spec) -> String {
         out.push_str(&format!("crud = [{}]\n", crud.join(", ")));
         if ctx.require_if_match {
             out.push_str("require_if_match = true\n");
+        }
+        if ctx.replicas.len() != Replica::DEFAULT_COUNT {
+            out.push_str(&format!("replicas = {}\n", ctx.replicas.len()));
         }
         let slo = &ctx.slo;
         out.push_str(&format!(
@@ -131,6 +134,28 @@ mod tests {
             "{canonical}"
         );
         assert!(canonical.contains("calls = [\"catalog\"]"), "{canonical}");
+        let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
+        assert_eq!(to_toml(&again), canonical);
+    }
+
+    #[test]
+    fn replicas_other_than_the_default_are_written_back() {
+        let text = "name = \"shop\"\n[contexts.orders]\nreplicas = 3\n[contexts.billing]\n";
+        let spec = parse(text, "spec.toml", &Overrides::default()).unwrap();
+        let processes: Vec<&str> = spec.contexts[0]
+            .replicas
+            .iter()
+            .map(|r| r.process.as_str())
+            .collect();
+        assert_eq!(processes, ["orders", "orders-2", "orders-3"]);
+        assert_eq!(
+            spec.contexts[0].replicas[2].grpc_port,
+            spec.contexts[0].grpc_port + 2000
+        );
+        assert_eq!(spec.contexts[1].replicas.len(), 2, "the default");
+        let canonical = to_toml(&spec);
+        assert_eq!(canonical.matches("replicas = ").count(), 1, "{canonical}");
+        assert!(canonical.contains("replicas = 3\n"), "{canonical}");
         let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
         assert_eq!(to_toml(&again), canonical);
     }

@@ -44,6 +44,9 @@ pub struct Context {
     pub grpc_port: u16,
     /// Where `/metrics` listens by default (the gateway's is 9464).
     pub metrics_port: u16,
+    /// The processes that serve it, the first on `grpc_port` and `metrics_port`; callers
+    /// spread their calls over them.
+    pub replicas: Vec<Replica>,
     pub aggregate: Aggregate,
     /// Fields declared in the spec, in spec order.
     pub fields: Vec<Field>,
@@ -93,6 +96,44 @@ pub struct Context {
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
     pub slo: Slo,
+}
+
+/// One process of a context's service, as the local runner starts it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Replica {
+    /// 1 for the first.
+    pub number: usize,
+    /// Its name in `.run/` (pid, log): the service's for the first, `<service>-<n>` after.
+    pub process: String,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+}
+
+impl Replica {
+    /// Replicas by default: two, so one can stop (a rollout, a crash) while the other serves.
+    pub const DEFAULT_COUNT: usize = 2;
+    pub const MAX_COUNT: usize = 10;
+    /// Replica n listens `(n - 1) * PORT_STRIDE` above the first's ports.
+    pub const PORT_STRIDE: u16 = 1000;
+
+    /// The `count` replicas of the service `kebab` whose first replica has these ports.
+    pub fn all(kebab: &str, grpc_port: u16, metrics_port: u16, count: usize) -> Vec<Replica> {
+        (1..=count)
+            .map(|number| {
+                let offset = (number as u16 - 1) * Replica::PORT_STRIDE;
+                Replica {
+                    number,
+                    process: if number == 1 {
+                        kebab.to_string()
+                    } else {
+                        format!("{kebab}-{number}")
+                    },
+                    grpc_port: grpc_port + offset,
+                    metrics_port: metrics_port + offset,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A context another one calls, as its typed client sees it.

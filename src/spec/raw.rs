@@ -38,6 +38,9 @@ pub struct RawContext {
     pub crud: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub require_if_match: Option<Spanned<bool>>,
+    /// How many processes serve it (locally, in compose and on Kubernetes).
+    #[serde(default)]
+    pub replicas: Option<Spanned<i64>>,
     #[serde(default)]
     pub commands: IndexMap<Spanned<String>, Spanned<RawCommand>>,
 }

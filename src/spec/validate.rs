@@ -9,8 +9,8 @@ use toml::Spanned;
 mod lifecycle;
 
 use super::model::{
-    Aggregate, Bus, Command, Context, Dependency, Event, Field, FieldType, Slo, Spec, Subscription,
-    Wire,
+    Aggregate, Bus, Command, Context, Dependency, Event, Field, FieldType, Replica, Slo, Spec,
+    Subscription, Wire,
 };
 use super::names::{
     NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
@@ -650,11 +650,18 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             .slo
             .as_ref()
             .map_or_else(Slo::default, |raw| build_slo(c, &field, raw.get_ref()));
+        let replicas = replica_count(c, &field, p.raw.replicas.as_ref());
         contexts.push(Context {
             name: p.name.clone(),
             index,
             grpc_port: BASE_GRPC_PORT + index as u16,
             metrics_port: BASE_METRICS_PORT + index as u16,
+            replicas: Replica::all(
+                &p.name.kebab,
+                BASE_GRPC_PORT + index as u16,
+                BASE_METRICS_PORT + index as u16,
+                replicas,
+            ),
             aggregate: Aggregate {
                 plural: Names::new(&inflect::plural(&p.aggregate.snake)),
                 name: p.aggregate.clone(),
@@ -744,6 +751,28 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
         );
     }
     contexts
+}
+
+/// `replicas`: from 1 to [`Replica::MAX_COUNT`], [`Replica::DEFAULT_COUNT`] when left out.
+fn replica_count(c: &mut Collector, field: &str, raw: Option<&Spanned<i64>>) -> usize {
+    let Some(value) = raw else {
+        return Replica::DEFAULT_COUNT;
+    };
+    match usize::try_from(*value.get_ref()) {
+        Ok(n) if (1..=Replica::MAX_COUNT).contains(&n) => n,
+        _ => {
+            c.error(
+                format!("{field}.replicas"),
+                value.span(),
+                format!("`{}` is out of range for replicas", value.get_ref()),
+                format!(
+                    "use a whole number from 1 to {} (how many processes serve this context)",
+                    Replica::MAX_COUNT
+                ),
+            );
+            Replica::DEFAULT_COUNT
+        }
+    }
 }
 
 /// The context's objectives, each within a range that makes a meaningful alert; what the

@@ -2,6 +2,8 @@
 //! server span that continues the caller's trace (`traceparent` metadata), the RED metrics
 //! (`grpc_server_handled_total`, `grpc_server_handling_seconds`), and one log line with the
 //! method, status code, duration, caller, end user and the deadline the caller gave.
+//! Health checks leave nothing: every caller asks each replica once a second
+//! (`resilience::replicas`), which would bury the calls that matter.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +49,9 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        if crate::health::is_health_call(&request) {
+            return Box::pin(self.inner.call(request));
+        }
         let (service, method) = split_path(request.uri().path());
         let header = |name: &str| {
             request

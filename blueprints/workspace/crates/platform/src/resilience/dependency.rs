@@ -20,13 +20,13 @@ use crate::config::{ConfigError, Env};
 use crate::service_auth::{LinkKey, Minter};
 use tonic::Status;
 use tracing::Instrument;
-use tonic::transport::{Channel, Endpoint};
 use tower::load_shed::error::Overloaded;
 use tower::timeout::error::Elapsed;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
 use super::breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerOpen, State};
+use super::replicas::{self, Discovery, Replicas, Target};
 
 /// What every call on behalf of one request carries: its correlation id, the deadline every
 /// call must finish by, and the end user, when there is one.
@@ -56,8 +56,11 @@ pub type Stack =
 
 #[derive(Debug, Clone)]
 pub struct DependencyConfig {
-    /// e.g. `http://127.0.0.1:50051`.
+    /// Where its replicas are: `http://host:port`, or several separated by commas (see
+    /// `replicas`).
     pub addr: String,
+    /// How often its names are looked up again and its replicas' health is asked.
+    pub discovery: Discovery,
     /// Longest time one attempt may take.
     pub timeout: Duration,
     /// Extra attempts for idempotent calls.
@@ -75,7 +78,8 @@ pub struct DependencyConfig {
 }
 
 impl DependencyConfig {
-    /// The settings under `<PREFIX>__<name>__...` (`ADDR`, `TIMEOUT_MS`, `RETRIES`,
+    /// The settings under `<PREFIX>__<name>__...` (`ADDR`, `RESOLVE_EVERY_MS`,
+    /// `HEALTH_EVERY_MS`, `TIMEOUT_MS`, `RETRIES`,
     /// `BACKOFF_BASE_MS`, `BACKOFF_MAX_MS`, `BREAKER__FAILURES`, `BREAKER__OPEN_MS`,
     /// `BULKHEAD__MAX_CONCURRENT`), each with its default, and the link's `KEY` (required).
     pub fn from_env(
@@ -90,6 +94,10 @@ impl DependencyConfig {
         };
         Ok(DependencyConfig {
             addr: env.parse_or(&key("ADDR"), default_addr.to_string())?,
+            discovery: Discovery {
+                resolve_every: millis("RESOLVE_EVERY_MS", 5000)?,
+                probe_every: millis("HEALTH_EVERY_MS", 1000)?,
+            },
             timeout: millis("TIMEOUT_MS", 1000)?,
             retries: env.parse_or(&key("RETRIES"), 2)?,
             backoff_base: millis("BACKOFF_BASE_MS", 50)?,
@@ -126,6 +134,7 @@ pub struct Dependency {
     config: DependencyConfig,
     stack: Stack,
     breaker: Breaker,
+    replicas: Replicas,
     credential: Minter,
 }
 
@@ -157,19 +166,20 @@ impl Attempt {
 }
 
 impl Dependency {
-    /// `caller`'s resilient client of `name`, both processes of `system`.
+    /// `caller`'s resilient client of `name`, both processes of `system`; `service` is the
+    /// gRPC service whose health says which replicas take calls. Needs a Tokio runtime (a
+    /// task keeps the replicas current).
     pub fn new(
         system: &str,
         caller: &'static str,
         name: &'static str,
+        service: &'static str,
         config: DependencyConfig,
     ) -> Result<Dependency, String> {
         let credential = Minter::new(&config.key, system, caller, name);
-        let endpoint = Endpoint::from_shared(config.addr.clone())
-            .map_err(|e| format!("`{}` is not a valid URI: {e}", config.addr))?
-            .connect_timeout(config.timeout)
-            .tcp_nodelay(true);
-        let channel: Channel = endpoint.connect_lazy();
+        let targets = Target::parse_list(&config.addr).map_err(|e| format!("the address of {name}: {e}"))?;
+        let (channel, replicas) =
+            replicas::balance(caller, name, service, targets, config.discovery, config.timeout)?;
         let breaker = Breaker::new(caller, name, config.breaker);
         let stack = ServiceBuilder::new()
             .map_err(into_status)
@@ -184,8 +194,14 @@ impl Dependency {
             config,
             stack: BoxCloneSyncService::new(stack),
             breaker,
+            replicas,
             credential,
         })
+    }
+
+    /// Its replicas as this caller sees them.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
     }
 
     pub fn name(&self) -> &'static str {
@@ -257,6 +273,13 @@ impl Dependency {
                 )));
             }
             let timeout = remaining.min(self.config.timeout);
+            if self.replicas.balanced() == 0 {
+                // A name not looked up yet (or never resolved): fail now, not at the timeout.
+                return Err(Status::unavailable(format!(
+                    "no replica of {} is known yet (its address did not resolve)",
+                    self.name
+                )));
+            }
             let outcome = attempt(Attempt {
                 channel: self.stack.clone(),
                 timeout,
@@ -367,6 +390,10 @@ mod tests {
         let config = DependencyConfig {
             // Nothing listens on port 1; the attempts below never use the channel anyway.
             addr: "http://127.0.0.1:1".into(),
+            discovery: Discovery {
+                resolve_every: Duration::from_secs(5),
+                probe_every: Duration::from_secs(1),
+            },
             timeout: Duration::from_millis(200),
             retries,
             backoff_base: Duration::from_millis(1),
@@ -379,7 +406,7 @@ mod tests {
             default_deadline: Duration::from_secs(3),
             key,
         };
-        Dependency::new("shop", "gateway", "orders", config).unwrap()
+        Dependency::new("shop", "gateway", "orders", "shop.orders.v1.OrdersService", config).unwrap()
     }
 
     async fn attempts(dependency: &Dependency, retry: Retry, status: Status) -> (u32, Status) {
