@@ -7,9 +7,11 @@ must hold. Only loopback is contacted; every wait and loop is bounded in count a
             and SQS's maximum message size) is put in orders' outbox: it is parked after
             its refusals, counted in orders' outbox_parked, and 100 creates made meanwhile
             reach billing once each, at the latency 100 creates had just before (10/s).
-  consumer  (both buses) billing is SIGKILLed and started again by up.sh: the next
-            order reaches it. On tansu this needs the Kafka adapter's rejoin (the group
-            otherwise stalls; ci/repro_tansu_dead_leader.py).
+  consumer  (both buses) billing is stopped (SIGTERM) as an event arrives and started
+            again: it gets the event within seconds (on SQS, the stopping consumer hands
+            back what its last long poll brought). Then it is SIGKILLed and started again
+            by up.sh: the next order reaches it. On tansu this needs the Kafka adapter's
+            rejoin (the group otherwise stalls; ci/repro_tansu_dead_leader.py).
   panic     (Kafka; the supervisor is bus-neutral) billing runs a build whose handler
             panics, as a user's bug would: it exits non-zero within seconds; the fixed
             build, started by up.sh, consumes the backlog, each event once.
@@ -135,6 +137,18 @@ def check_poison(args, token):
 
 
 def check_consumer_restart(args, token):
+    # Stopped gracefully while an event arrives: what its last receive brought is handed
+    # back (on SQS a long poll abandoned at exit would hide it for the 60 s visibility
+    # timeout), so the billing started next gets it at once.
+    pid = pid_of(args.workspace, "billing")
+    os.kill(pid, signal.SIGTERM)
+    order, _ = create(token)
+    wait_until(lambda: gone(pid), 20, "billing to stop")
+    up_again(args.workspace)
+    started = time.monotonic()
+    billed_once(args.billing_db, [order], 30, "after billing was stopped while the event arrived")
+    graceful = time.monotonic() - started
+
     stop_process(args.workspace, "billing", signal.SIGKILL, 10)
     up_again(args.workspace)
     started = time.monotonic()
@@ -142,7 +156,8 @@ def check_consumer_restart(args, token):
     # Bounded by SQS's visibility timeout (60 s): a long poll the killed billing had open
     # may be handed the message after it died.
     billed_once(args.billing_db, [order], 120, "after billing was killed and started again")
-    print(f"check consumer passed: billing SIGKILLed, started again by up.sh, billed the next "
+    print(f"check consumer passed: billing stopped (SIGTERM) as an event arrived and started again "
+          f"billed it after {graceful:.1f} s; SIGKILLed and started again by up.sh, it billed the next "
           f"order after {time.monotonic() - started:.1f} s")
 
 

@@ -70,9 +70,12 @@ pub async fn run<S: Subscriber>(
 ) {
     let mut failures = 0u32;
     loop {
-        let next = tokio::select! {
-            _ = stop.wait_for(|stopped| *stopped) => return,
-            next = subscriber.next() => next,
+        let next = match platform::bus::next_or_stop(&mut subscriber, &mut stop, platform::adapter::STOP_GRACE).await {
+            platform::bus::Next::Received(next) => next,
+            platform::bus::Next::Stopped(late) => {
+                subscriber.release(late).await;
+                return;
+            }
         };
         match next {
             Ok(delivery) => {
@@ -87,7 +90,10 @@ pub async fn run<S: Subscriber>(
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, ?delay, "cannot receive events for cache invalidation");
                 tokio::select! {
-                    _ = stop.wait_for(|stopped| *stopped) => return,
+                    () = platform::bus::stopped(&mut stop) => {
+                        subscriber.release(Vec::new()).await;
+                        return;
+                    }
                     _ = tokio::time::sleep(delay) => {}
                 }
             }

@@ -298,6 +298,10 @@ impl Bus {
     }
 }
 
+/// How long a stopping consumer lets a receive in flight finish: none, since a Kafka
+/// receive reads a local queue and what it has not handed out is read again.
+pub const STOP_GRACE: Duration = Duration::ZERO;
+
 /// How long the group waits for a member that stopped heartbeating (a killed process)
 /// before it hands that member's partitions to the others.
 const SESSION_TIMEOUT: Duration = Duration::from_secs(10);

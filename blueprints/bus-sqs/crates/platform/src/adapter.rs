@@ -25,7 +25,12 @@ use crate::config::{ConfigError, Env};
 /// Header that carries the logical topic, since a queue receives several.
 const TOPIC_ATTRIBUTE: &str = "topic";
 /// Long-poll duration of a receive: up to this long an empty queue costs one request.
-const RECEIVE_WAIT_SECS: i32 = 10;
+/// Short enough that a stopping consumer can wait for the poll in flight (see
+/// [`STOP_GRACE`]) within the process's 10 s for its background tasks.
+const RECEIVE_WAIT_SECS: i32 = 5;
+/// How long a stopping consumer lets a long poll in flight finish, so the messages it
+/// brings are handed back rather than hidden for the visibility timeout (60 s).
+pub const STOP_GRACE: Duration = Duration::from_secs(RECEIVE_WAIT_SECS as u64 + 2);
 /// A receive must be allowed to outlive its long poll: a request abandoned by the client
 /// while the endpoint hands it messages would hide them for the visibility timeout.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(RECEIVE_WAIT_SECS as u64 + 10);
@@ -427,6 +432,32 @@ impl Subscriber for SqsSubscriber {
                 });
             }
         }
+    }
+
+    async fn release(&mut self, unprocessed: Vec<Delivery>) {
+        let handed_back: Vec<Delivery> = unprocessed.into_iter().chain(self.buffered.drain(..)).collect();
+        if handed_back.is_empty() {
+            return;
+        }
+        let Ok(url) = self.bus.queue_url(&self.queue).await else {
+            return;
+        };
+        for delivery in &handed_back {
+            // Visible again at once: the next receive, of any consumer, gets it.
+            let released = self
+                .bus
+                .client
+                .change_message_visibility()
+                .queue_url(&url)
+                .receipt_handle(&delivery.receipt.handle)
+                .visibility_timeout(0)
+                .send()
+                .await;
+            if let Err(e) = released {
+                tracing::warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "cannot hand a message back; it reappears after the visibility timeout");
+            }
+        }
+        tracing::info!(messages = handed_back.len(), queue = %self.queue, "handed unprocessed messages back");
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<(), BusError> {

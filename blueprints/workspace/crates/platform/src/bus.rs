@@ -89,4 +89,114 @@ pub trait Subscriber: Send + 'static {
 
     /// Acknowledges a message, so it is not delivered to this consumer group again.
     fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Hands back, on stop, what was received but not processed (`unprocessed`, and
+    /// whatever this subscriber still buffers), so another consumer gets it now rather
+    /// than after a timeout. By default nothing: a Kafka offset that was not committed is
+    /// read again by the group.
+    fn release(&mut self, unprocessed: Vec<Delivery>) -> impl Future<Output = ()> + Send {
+        drop(unprocessed);
+        std::future::ready(())
+    }
+}
+
+/// What [`next_or_stop`] came back with.
+pub enum Next {
+    Received(Result<Delivery, BusError>),
+    /// `stop` turned true; what a receive in flight brought meanwhile, to release.
+    Stopped(Vec<Delivery>),
+}
+
+/// The next message, or the stop. A receive already in flight when the stop comes gets
+/// `grace` to finish: an SQS long poll that is abandoned would still hand its messages to
+/// this consumer, hidden from every other for the visibility timeout, while one that
+/// finishes can give them back ([`Subscriber::release`]).
+pub async fn next_or_stop<S: Subscriber>(
+    subscriber: &mut S,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+) -> Next {
+    let next = subscriber.next();
+    tokio::pin!(next);
+    tokio::select! {
+        received = &mut next => Next::Received(received),
+        () = stopped(stop) => {
+            let late = tokio::time::timeout(grace, &mut next).await;
+            Next::Stopped(late.ok().and_then(Result::ok).into_iter().collect())
+        }
+    }
+}
+
+/// Resolves once `stop` is true (or its sender is gone). Holds no borrow of the value when
+/// it resolves, so the future awaiting it stays `Send`.
+pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A subscriber whose receive takes `receive` and brings one message, like a long
+    /// poll that a message arrives in.
+    struct SlowReceive {
+        receive: Duration,
+    }
+
+    impl Subscriber for SlowReceive {
+        async fn next(&mut self) -> Result<Delivery, BusError> {
+            tokio::time::sleep(self.receive).await;
+            Ok(Delivery {
+                topic: "t".into(),
+                key: "k".into(),
+                payload: Vec::new(),
+                headers: BTreeMap::new(),
+                receipt: Receipt::default(),
+            })
+        }
+
+        async fn ack(&mut self, _delivery: &Delivery) -> Result<(), BusError> {
+            Ok(())
+        }
+    }
+
+    async fn stopped_during_a_receive(receive: Duration, grace: Duration) -> Next {
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let mut subscriber = SlowReceive { receive };
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.send(true).unwrap();
+            stop
+        });
+        let next = next_or_stop(&mut subscriber, &mut stopping, grace).await;
+        drop(stopper.await);
+        next
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_in_flight_at_the_stop_finishes_and_what_it_brought_is_handed_back() {
+        // Dropping the receive instead would leave its message with a process about to exit.
+        match stopped_during_a_receive(Duration::from_millis(300), Duration::from_secs(1)).await {
+            Next::Stopped(late) => assert_eq!(late.len(), 1, "the message the receive brought"),
+            Next::Received(_) => panic!("the stop came first"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_receive_longer_than_the_grace_is_given_up() {
+        match stopped_during_a_receive(Duration::from_secs(5), Duration::from_millis(100)).await {
+            Next::Stopped(late) => assert!(late.is_empty()),
+            Next::Received(_) => panic!("the stop came first"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_stop_the_message_is_received() {
+        let (_stop, mut stopping) = tokio::sync::watch::channel(false);
+        let mut subscriber = SlowReceive { receive: Duration::from_millis(10) };
+        let next = next_or_stop(&mut subscriber, &mut stopping, Duration::ZERO).await;
+        assert!(matches!(next, Next::Received(Ok(_))));
+    }
 }

@@ -226,6 +226,8 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
     all_topics.push(config.dead_letter_topic.clone());
     let mut topics_ready = false;
     let mut failures: u32 = 0;
+    // Received but not processed when the stop came: handed back on the way out.
+    let mut unfinished = Vec::new();
     while !*stop.borrow() {
         if !topics_ready {
             topics_ready = tokio::select! {
@@ -233,9 +235,12 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
                 ready = dead_letters.ensure_topics(&all_topics) => ready.is_ok(),
             };
         }
-        let received = tokio::select! {
-            _ = stop.changed() => break,
-            received = subscriber.next() => received,
+        let received = match crate::bus::next_or_stop(&mut subscriber, &mut stop, crate::adapter::STOP_GRACE).await {
+            crate::bus::Next::Received(received) => received,
+            crate::bus::Next::Stopped(late) => {
+                unfinished = late;
+                break;
+            }
         };
         let delivery = match received {
             Ok(d) => {
@@ -269,6 +274,7 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
             .instrument(span.clone())
             .await;
         if outcome == Outcome::Interrupted {
+            unfinished.push(delivery);
             break;
         }
         let counted = match &outcome {
@@ -295,5 +301,6 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
             tracing::warn!(error = %e, "ack failed; the message may be redelivered");
         }
     }
+    subscriber.release(unfinished).await;
     tracing::info!("consumer stopped");
 }
