@@ -839,6 +839,86 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
 }
 
 #[test]
+fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_migrations() {
+    let ws = Workspace::from_fixture("shop-0.4.0");
+    ws.append("services/orders/src/domain/rules.rs", RULE);
+    ws.append("services/billing/src/handlers.rs", HANDLER);
+    ws.commit("our edits");
+    let migrations = |service: &str| {
+        let mut names: Vec<String> =
+            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    };
+    let before = migrations("orders");
+    assert_eq!(
+        before.last().map(String::as_str),
+        Some("0004_ordered_outbox.sql")
+    );
+
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with(&format!(
+            "updated `shop` from archscaffold 0.4.0 to {VERSION}:\n"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("conflict"), "{report}");
+    // Two replicas of each service by default, and callers given all of them.
+    let up = ws.read("deploy/local/up.sh");
+    assert!(up.contains("start_orders orders-2 127.0.0.1:51051"), "{up}");
+    assert!(
+        up.contains("GATEWAY__ORDERS__ADDR=\"$orders_addrs\""),
+        "{up}"
+    );
+    assert!(
+        ws.read("deploy/local/down.sh")
+            .contains("stop orders-2 orders &")
+    );
+    let manifest = ws.read("deploy/k8s/orders.yaml");
+    assert!(
+        manifest.contains("name: orders-replicas") && manifest.contains("clusterIP: None"),
+        "{manifest}"
+    );
+    assert!(
+        ws.read("deploy/k8s/gateway.yaml")
+            .contains("http://orders-replicas:50051")
+    );
+    assert!(
+        ws.path("docs/adr/0013-client-side-load-balancing-over-healthy-replicas.md")
+            .exists()
+    );
+    assert!(
+        ws.read("crates/platform/src/resilience/replicas.rs")
+            .contains("pub fn balance(")
+    );
+    // The schema changes since arrive as new migrations; the old ones stay as they were.
+    let mut expected = before.clone();
+    expected.extend([
+        "0005_scoped_idempotency.sql".to_string(),
+        "0006_parked_outbox.sql".to_string(),
+    ]);
+    assert_eq!(migrations("orders"), expected);
+    assert_eq!(migrations("billing"), expected);
+    for (file, edit) in [
+        ("services/orders/src/domain/rules.rs", RULE),
+        ("services/billing/src/handlers.rs", HANDLER),
+    ] {
+        assert!(ws.read(file).ends_with(edit), "{file} kept the user's edit");
+    }
+    assert!(
+        ws.read("README.md")
+            .contains("Upgrading from a workspace generated before 0.5.0")
+    );
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
+#[test]
 fn dry_run_lists_the_changes_and_writes_nothing() {
     let ws = Workspace::new("orders,billing");
     ws.replace("archscaffold.toml", "bus = \"kafka\"", "bus = \"sqs\"");

@@ -1,7 +1,7 @@
 //! Writes a validated spec back as TOML: every default made explicit, in a stable order,
 //! so the generated workspace's `archscaffold.toml` says exactly what was generated.
 
-use super::model::{Replica, Spec};
+use super::model::Spec;
 
 pub fn to_toml(spec: &Spec) -> String {
     let mut out = String::new();
@@ -58,9 +58,7 @@ pub fn to_toml(spec: &Spec) -> String {
         if ctx.require_if_match {
             out.push_str("require_if_match = true\n");
         }
-        if ctx.replicas.len() != Replica::DEFAULT_COUNT {
-            out.push_str(&format!("replicas = {}\n", ctx.replicas.len()));
-        }
+        out.push_str(&format!("replicas = {}\n", ctx.replicas.len()));
         let slo = &ctx.slo;
         out.push_str(&format!(
             "slo = {{ p99_ms = {}, error_rate_percent = {:?}, max_outbox_backlog = {}, max_consumer_lag = {} }}\n",
@@ -139,7 +137,7 @@ mod tests {
     }
 
     #[test]
-    fn replicas_other_than_the_default_are_written_back() {
+    fn replicas_are_written_back() {
         let text = "name = \"shop\"\n[contexts.orders]\nreplicas = 3\n[contexts.billing]\n";
         let spec = parse(text, "spec.toml", &Overrides::default()).unwrap();
         let processes: Vec<&str> = spec.contexts[0]
@@ -154,8 +152,11 @@ mod tests {
         );
         assert_eq!(spec.contexts[1].replicas.len(), 2, "the default");
         let canonical = to_toml(&spec);
-        assert_eq!(canonical.matches("replicas = ").count(), 1, "{canonical}");
         assert!(canonical.contains("replicas = 3\n"), "{canonical}");
+        assert!(
+            canonical.contains("replicas = 2\n"),
+            "the default written out: {canonical}"
+        );
         let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
         assert_eq!(to_toml(&again), canonical);
     }
