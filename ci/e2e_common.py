@@ -4,6 +4,7 @@ SQS endpoint (moto) with its queues."""
 
 import json
 import os
+import re
 import subprocess
 import time
 import urllib.request
@@ -92,6 +93,16 @@ def log_entries(workspace, process):
                 yield json.loads(line)
             except ValueError:
                 continue
+
+
+def replicas_log_entries(workspace, process):
+    """The JSON lines of every replica of `process` up.sh started (`orders`, then
+    `orders-2`, ...): a call may have gone to any of them."""
+    run = os.path.join(workspace, ".run")
+    others = sorted(name[:-len(".log")] for name in os.listdir(run)
+                    if re.fullmatch(rf"{re.escape(process)}-\d+\.log", name))
+    for name in [process, *others]:
+        yield from log_entries(workspace, name)
 
 
 def link_key(workspace, caller, callee):

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from e2e_common import dev_token, log_entries
+from e2e_common import dev_token, replicas_log_entries
 
 GATEWAY = "http://127.0.0.1:8080"
 
@@ -28,8 +28,9 @@ def spans(path, trace_id):
 
 
 def log_line(workspace, process, trace_id, message):
-    """The JSON log line `process` wrote with `message` in the trace, or None."""
-    return next((e for e in log_entries(workspace, process)
+    """The JSON log line `process` (any of its replicas) wrote with `message` in the
+    trace, or None."""
+    return next((e for e in replicas_log_entries(workspace, process)
                  if e.get("traceId") == trace_id and e.get("message") == message), None)
 
 

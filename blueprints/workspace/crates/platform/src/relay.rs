@@ -198,22 +198,33 @@ pub async fn relay_batch<P: Publisher>(
         .execute(&mut *tx)
         .await?;
     relayed.published = sent.len();
-    for (row, e) in failures {
+    let (refusals, outages): (Vec<_>, Vec<_>) = failures.into_iter().partition(|(_, e)| e.rejected);
+    if !outages.is_empty() {
+        // An outage fails every aggregate of the batch alike: one statement for all of
+        // them (each row keeps its own error), and an outage never parks anything.
+        let ids: Vec<uuid::Uuid> = outages.iter().map(|(row, _)| row.id).collect();
+        let errors: Vec<String> = outages.iter().map(|(_, e)| e.to_string()).collect();
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = failed.error \
+             FROM unnest($1::uuid[], $2::text[]) AS failed(id, error) WHERE outbox.id = failed.id",
+        )
+        .bind(&ids)
+        .bind(&errors)
+        .execute(&mut *tx)
+        .await?;
+        relayed.unavailable = outages.into_iter().next().map(|(_, e)| e);
+    }
+    for (row, e) in refusals {
         let parked: bool = sqlx::query_scalar(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $2, \
-                 parked_at = CASE WHEN $3 AND attempts + 1 >= $4 THEN now() END \
+                 parked_at = CASE WHEN attempts + 1 >= $3 THEN now() END \
              WHERE id = $1 RETURNING parked_at IS NOT NULL",
         )
         .bind(row.id)
         .bind(e.to_string())
-        .bind(e.rejected)
         .bind(i32::try_from(park_after).unwrap_or(i32::MAX))
         .fetch_one(&mut *tx)
         .await?;
-        if !e.rejected {
-            relayed.unavailable.get_or_insert(e);
-            continue;
-        }
         relayed.refused += 1;
         if parked {
             relayed.parked += 1;

@@ -92,11 +92,22 @@ impl DependencyConfig {
         let millis = |k: &str, default: u64| -> Result<Duration, ConfigError> {
             Ok(Duration::from_millis(env.parse_or(&key(k), default)?))
         };
+        // Intervals of a loop that never ends: 0 would spin.
+        let at_least_10ms = |k: &str, default: u64| -> Result<Duration, ConfigError> {
+            let every = millis(k, default)?;
+            if every < Duration::from_millis(10) {
+                return Err(ConfigError::Invalid {
+                    key: env.key(&key(k)),
+                    reason: format!("{} ms is too often; use 10 or more (default {default})", every.as_millis()),
+                });
+            }
+            Ok(every)
+        };
         Ok(DependencyConfig {
             addr: env.parse_or(&key("ADDR"), default_addr.to_string())?,
             discovery: Discovery {
-                resolve_every: millis("RESOLVE_EVERY_MS", 5000)?,
-                probe_every: millis("HEALTH_EVERY_MS", 1000)?,
+                resolve_every: at_least_10ms("RESOLVE_EVERY_MS", 5000)?,
+                probe_every: at_least_10ms("HEALTH_EVERY_MS", 1000)?,
             },
             timeout: millis("TIMEOUT_MS", 1000)?,
             retries: env.parse_or(&key("RETRIES"), 2)?,
