@@ -12,12 +12,20 @@ wait and loop is bounded.
      are accepted at once, without a gateway restart, and the old key's still are.
   3. The provider drops the old key (restarted with [new]): once the TTL has passed, the
      old key's tokens are refused (401) and the new key's accepted.
+  4. An end user: a web client runs the authorization code flow with PKCE, the user signs
+     in and consents on the provider's pages, and the access token the code is exchanged
+     for reads and creates orders at the gateway as that user (its log names them); the
+     code cannot be exchanged twice, nor without the PKCE verifier.
 """
 
 import argparse
 import base64
+import hashlib
+import http.cookiejar
 import json
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -105,6 +113,80 @@ class Provider:
             return json.load(response)["access_token"]
 
 
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Redirects are followed by hand: the last one goes to the client's redirect URI,
+    where nothing listens, and carries the code."""
+
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+class Browser:
+    """An end user's browser on the provider's pages: cookies kept, redirects one by one."""
+
+    def __init__(self):
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), NoRedirects())
+
+    def go(self, url, form=None):
+        """(status, Location, body) of one request; a form is POSTed."""
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with self.opener.open(urllib.request.Request(url, data=data), timeout=10) as response:
+                return response.status, response.headers.get("Location"), response.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers.get("Location"), e.read().decode(errors="replace")
+
+
+REDIRECT_URI = "http://127.0.0.1:4456/callback"
+
+
+def sign_in(login):
+    """The authorization code flow with PKCE as a browser and a web app run it: returns
+    (code, verifier). The user signs in as `login` and consents to what the app asked."""
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    state = secrets.token_urlsafe(16)
+    query = urllib.parse.urlencode({
+        "client_id": "e2e-web", "response_type": "code", "redirect_uri": REDIRECT_URI,
+        "scope": "openid orders:read orders:write", "resource": "urn:shop-api", "state": state,
+        "code_challenge": challenge, "code_challenge_method": "S256"})
+    browser = Browser()
+    status, location, body = browser.go(f"{ISSUER}/auth?{query}")
+    pages = []
+    for _ in range(10):  # sign-in, consent and the redirects between them
+        expect(status in (302, 303) and location, f"the provider redirects: {status} {body[:200]}")
+        url = urllib.parse.urljoin(ISSUER, location)
+        if url.startswith(REDIRECT_URI):
+            answer = urllib.parse.parse_qs(urllib.parse.urlparse(url).query)
+            expect(answer.get("state") == [state] and "code" in answer, f"the redirect carries the code: {url}")
+            return answer["code"][0], verifier, pages
+        status, location, body = browser.go(url)
+        if status == 200:
+            prompt = re.search(r'name="prompt" value="(\w+)"', body)
+            action = re.search(r'<form[^>]*action="([^"]+)"', body)
+            expect(prompt and action, f"a sign-in or consent form at {url}: {body[:300]}")
+            pages.append(prompt.group(1))
+            form = {"prompt": prompt.group(1)}
+            if prompt.group(1) == "login":
+                form.update({"login": login, "password": "any"})
+            status, location, body = browser.go(urllib.parse.urljoin(ISSUER, action.group(1)), form)
+    raise AssertionError("the authorization flow did not reach the redirect URI in 10 steps")
+
+
+def exchange(code, verifier):
+    """(status, body) of the token request for a code."""
+    data = urllib.parse.urlencode({"grant_type": "authorization_code", "code": code,
+                                   "redirect_uri": REDIRECT_URI, "code_verifier": verifier}).encode()
+    request = urllib.request.Request(f"{ISSUER}/token", data=data, method="POST")
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"e2e-web:e2e-web-secret").decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
 def start_oidc_gateway(args):
     """A second gateway with the first one's settings (its links to the services), in OIDC
     mode against the provider."""
@@ -173,6 +255,39 @@ def check_rotation(provider, first, args, gateway_started):
           f"{took:.1f} s (TTL {JWKS_TTL_SECS} s, at most one fetch per 10 s); the new key's accepted")
 
 
+def check_end_user(args):
+    login = f"e2e-user-{uuid.uuid4().hex[:8]}"
+    code, verifier, pages = sign_in(login)
+    expect(pages == ["login", "consent"], f"the user signed in, then consented: {pages}")
+    status, body = exchange(code, "x" * 50)
+    expect(status == 400 and body.get("error") == "invalid_grant",
+           f"the code is refused without its PKCE verifier: {status} {body}")
+    code, verifier, _ = sign_in(login)
+    status, body = exchange(code, verifier)
+    expect(status == 200 and "access_token" in body, f"the code is exchanged for tokens: {status} {body}")
+    token = body["access_token"]
+    issued = claims(token)
+    expect(issued.get("sub") == login and issued.get("aud") == "shop-api",
+           f"the access token is the user's, for the API: {issued}")
+    answered(200, "GET", "/v1/orders", token, "the user's token reads orders")
+    answered(201, "POST", "/v1/orders", token, "the user's token creates an order", {})
+    again, _ = exchange(code, verifier)
+    expect(again == 400, f"a code is exchanged once only: {again}")
+    logged = []
+    with open(os.path.join(args.workspace, ".run", "gateway-oidc.log")) as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("userId") == login:
+                logged.append(entry.get("status"))
+    expect(200 in logged and 201 in logged, f"the gateway logged the requests as {login}: {logged}")
+    print(f"check 4 passed: {login} signed in and consented on the provider's pages; the code "
+          "(refused without its PKCE verifier, exchanged once only) gave a token that read and "
+          "created orders, logged under the user")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", required=True)
@@ -188,6 +303,7 @@ def main():
         gateway_started = time.monotonic()
         check_tokens(provider, args)
         check_rotation(provider, first, args, gateway_started)
+        check_end_user(args)
     finally:
         if gateway and gateway.poll() is None:
             gateway.send_signal(signal.SIGTERM)

@@ -1,6 +1,7 @@
 // A real OpenID provider for the end-to-end harness: oidc-provider (a certified
 // implementation), on loopback only, issuing JWT access tokens to clients with the
-// client-credentials grant, as a platform's identity provider issues them to machines.
+// client-credentials grant, as a platform's identity provider issues them to machines, and
+// to a web application with the authorization code flow (PKCE) after an end user signs in.
 //
 //   node provider.mjs --new-key                 prints a new RSA signing key (private JWK)
 //   node provider.mjs --port P --keys FILE      serves http://127.0.0.1:P
@@ -10,6 +11,10 @@
 // Clients (secret = id + "-secret"):
 //   e2e-robot      scope "orders:read orders:write"; `aud` is the API ("shop-api")
 //   e2e-multi-aud  the same, with `aud` an array: ["shop-api", "https://reports.example"]
+//   e2e-web        authorization code with PKCE, redirect http://127.0.0.1:4456/callback
+//                  (nothing listens there: the harness reads the code off the redirect);
+//                  the sign-in and consent pages are oidc-provider's development ones,
+//                  which accept any login name and password, and the login becomes `sub`
 // Access tokens carry `scope` as a space-separated string, as oidc-provider issues it.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -41,12 +46,22 @@ const client = (id) => ({
   scope: SCOPES,
 });
 
+const web = {
+  client_id: 'e2e-web',
+  client_secret: 'e2e-web-secret',
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: ['http://127.0.0.1:4456/callback'],
+  scope: `openid ${SCOPES}`,
+};
+
 const provider = new Provider(issuer, {
   jwks: JSON.parse(readFileSync(values.keys, 'utf8')),
-  clients: [client('e2e-robot'), client('e2e-multi-aud')],
+  clients: [client('e2e-robot'), client('e2e-multi-aud'), web],
   scopes: SCOPES.split(' '),
+  pkce: { required: () => true },
   features: {
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
     resourceIndicators: {
       enabled: true,
