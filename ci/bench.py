@@ -20,6 +20,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import socket
 import statistics
@@ -36,10 +37,12 @@ from e2e_common import dev_token, wait_until  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = ("127.0.0.1", 8080)
-PROCESSES = ("gateway", "orders", "billing")
+# Every process up.sh starts: each service runs its default two replicas.
+PROCESSES = ("gateway", "orders", "orders-2", "billing", "billing-2")
 EDITED_FILE = "services/orders/src/domain/rules.rs"
-# The gateway (HTTP, metrics), the two services (gRPC, metrics), tansu and the harness's Redis.
-SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 9092, 6390)
+# The gateway (HTTP, metrics), both replicas of the two services (gRPC, metrics; the second
+# on the first's ports plus 1000), tansu and the harness's Redis.
+SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 51051, 51052, 10465, 10466, 9092, 6390)
 
 
 @dataclass
@@ -230,12 +233,16 @@ def pids_named(name):
 
 
 class CpuMeter:
-    """CPU time by process while a load runs: the system's three processes, tansu, Redis
+    """CPU time by process while a load runs: the system's services (each with its replicas)
+    and gateway, tansu, Redis
     and the PostgreSQL server. PostgreSQL's backends come and go (pgbench opens its own):
     the server's time is that of the live processes plus what the postmaster has reaped."""
 
     def __init__(self, system_pids):
-        self.groups = {name: [pid] for name, pid in system_pids.items()}
+        self.groups = {}
+        for name, pid in system_pids.items():
+            # A service's replicas count as the service (orders and orders-2 are orders).
+            self.groups.setdefault(re.sub(r"-\d+$", "", name), []).append(pid)
         self.groups["tansu"] = pids_named("tansu")
         self.groups["redis"] = pids_named("redis-server")
 
