@@ -478,10 +478,24 @@ pub struct KafkaSubscriber {
     stall: Stall,
 }
 
-/// What the stall check saw last time: the group's position while this member held nothing.
-#[derive(Default)]
+/// What the stall check saw last time, while this member held nothing: the group's
+/// position, if messages were waiting then.
+#[derive(Debug, Default)]
 struct Stall {
-    idle_position: Option<i64>,
+    waiting_at: Option<i64>,
+}
+
+impl Stall {
+    /// Whether the group is stalled, from this check and the last: messages waited at both
+    /// and nobody committed anything in between. One check alone proves nothing: events
+    /// that arrived a moment ago wait, and the position has not moved since a quiet spell.
+    /// (A replica left idle because another holds the only partition sees the position
+    /// move, however long the backlog.)
+    fn observe(&mut self, Progress { lag, position }: Progress) -> bool {
+        let stalled = lag > 0 && self.waiting_at == Some(position);
+        self.waiting_at = (lag > 0).then_some(position);
+        stalled
+    }
 }
 
 impl KafkaSubscriber {
@@ -503,19 +517,15 @@ impl KafkaSubscriber {
             self.stall = Stall::default();
             return Ok(());
         }
-        let Progress { lag, position } = match self.probe.progress().await {
+        let progress = match self.probe.progress().await {
             Ok(progress) => progress,
             // The broker is unreachable: nothing to decide now.
             Err(_) => return Ok(()),
         };
-        // Messages wait and nobody committed anything since: no member consumes. (A
-        // replica left idle because another holds the only partition sees the position
-        // move, however long the backlog.)
-        let stalled = lag > 0 && self.stall.idle_position == Some(position);
-        self.stall.idle_position = Some(position);
-        if !stalled {
+        if !self.stall.observe(progress) {
             return Ok(());
         }
+        let lag = progress.lag;
         tracing::warn!(
             group = %self.group,
             lag,
@@ -587,6 +597,29 @@ impl Subscriber for KafkaSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(lag: u64, position: i64) -> Progress {
+        Progress { lag, position }
+    }
+
+    #[test]
+    fn a_stall_is_messages_waiting_at_two_checks_with_no_commit_between() {
+        let mut stall = Stall::default();
+        // Quiet, then events arrive just before a check: waiting, but nobody had a chance.
+        assert!(!stall.observe(at(0, 100)));
+        assert!(!stall.observe(at(3, 100)), "one check with messages waiting is no stall");
+        // Another member consumes: the position moves, however long the backlog grows.
+        assert!(!stall.observe(at(40, 150)));
+        assert!(!stall.observe(at(90, 230)));
+        // Nobody commits while messages wait: stalled at the second check that sees it.
+        assert!(!stall.observe(at(5, 300)));
+        assert!(stall.observe(at(5, 300)));
+        // Caught up in between: the next wait starts over.
+        let mut stall = Stall::default();
+        assert!(!stall.observe(at(2, 10)));
+        assert!(!stall.observe(at(0, 10)));
+        assert!(!stall.observe(at(1, 10)), "after a quiet check, the first wait proves nothing");
+    }
 
     fn config(security: Security) -> BusConfig {
         BusConfig {
