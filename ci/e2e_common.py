@@ -12,6 +12,11 @@ import urllib.request
 from prometheus_client.parser import text_string_to_metric_families
 
 
+# Where orders' replicas serve /metrics: up.sh starts the second on the first's ports plus
+# 1000 (the harness's shop runs orders with replicas = 2).
+ORDERS_REPLICA_METRICS = (9465, 10465)
+
+
 def wait_until(predicate, seconds, what):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -40,12 +40,11 @@ import threading
 import time
 import uuid
 
-from e2e_common import environment_of, gone, pid_of, scrape, stop_process, total, up_again, wait_until
+from e2e_common import (ORDERS_REPLICA_METRICS, environment_of, gone, pid_of, scrape, stop_process, total,
+                        up_again, wait_until)
 from e2e_gateway import Gateway, call, expect
 
-ORDERS_METRICS = 9465
-# orders' second replica (up.sh: the first's ports plus 1000) and the gateway.
-SECOND_ORDERS_METRICS = 10465
+ORDERS_METRICS, SECOND_ORDERS_METRICS = ORDERS_REPLICA_METRICS
 GATEWAY_METRICS = 9464
 ORDER_TOPIC = "shop.orders.order.v1"
 

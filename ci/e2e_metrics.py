@@ -14,7 +14,7 @@ import sys
 import time
 import urllib.request
 
-from e2e_common import dev_token, scrape, total
+from e2e_common import ORDERS_REPLICA_METRICS, dev_token, scrape, total
 
 GATEWAY = "http://127.0.0.1:8080"
 CREATES = 5
@@ -37,9 +37,9 @@ def main():
     parser.add_argument("--gateway", required=True, help="the gateway binary, for dev-token")
     args = parser.parse_args()
     ports = {"gateway": 9464, "orders": 9465, "billing": 9466}
-    # orders runs two replicas (the second on the first's ports plus 1000): the gateway's
-    # calls and the outbox rows are spread over both, so their counters are summed.
-    replicas = {"orders": [9465, 10465]}
+    # orders runs two replicas: the gateway's calls and the outbox rows are spread over
+    # both, so their counters are summed.
+    replicas = {"orders": ORDERS_REPLICA_METRICS}
 
     def scrape_all(process):
         return [scrape(port) for port in replicas.get(process, [ports[process]])]

@@ -105,12 +105,9 @@ class Provider:
             self.process.wait(timeout=10)
 
     def token(self, client="e2e-robot", scope="orders:read orders:write"):
-        data = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": scope}).encode()
-        request = urllib.request.Request(f"{ISSUER}/token", data=data, method="POST")
-        basic = base64.b64encode(f"{client}:{client}-secret".encode()).decode()
-        request.add_header("Authorization", f"Basic {basic}")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)["access_token"]
+        status, body = token_request(client, {"grant_type": "client_credentials", "scope": scope})
+        expect(status == 200, f"the provider issues {client} a token: {status} {body}")
+        return body["access_token"]
 
 
 class NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -174,17 +171,22 @@ def sign_in(login):
     raise AssertionError("the authorization flow did not reach the redirect URI in 10 steps")
 
 
-def exchange(code, verifier):
-    """(status, body) of the token request for a code."""
-    data = urllib.parse.urlencode({"grant_type": "authorization_code", "code": code,
-                                   "redirect_uri": REDIRECT_URI, "code_verifier": verifier}).encode()
-    request = urllib.request.Request(f"{ISSUER}/token", data=data, method="POST")
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"e2e-web:e2e-web-secret").decode())
+def token_request(client, form):
+    """(status, body) of a request to the provider's token endpoint as `client` (secret
+    `<client>-secret`, HTTP Basic)."""
+    request = urllib.request.Request(f"{ISSUER}/token", data=urllib.parse.urlencode(form).encode(), method="POST")
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"{client}:{client}-secret".encode()).decode())
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read() or b"{}")
+
+
+def exchange(code, verifier):
+    """(status, body) of the token request for a code."""
+    return token_request("e2e-web", {"grant_type": "authorization_code", "code": code,
+                                     "redirect_uri": REDIRECT_URI, "code_verifier": verifier})
 
 
 def start_oidc_gateway(args):

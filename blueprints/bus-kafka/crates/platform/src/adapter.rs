@@ -501,8 +501,8 @@ impl Stall {
 impl KafkaSubscriber {
     /// Called when no message came for a session timeout. A member that holds no
     /// partition while messages wait and the group's committed position stays put (nobody
-    /// consumes them) joins the
-    /// group again as a new member, which makes the group assign its partitions afresh.
+    /// consumes them; see [`Stall::observe`]) joins the group again as a new member, which
+    /// makes the group assign its partitions afresh.
     ///
     /// Why: a member killed without leaving (SIGKILL, OOM, a lost node) stays the group's
     /// leader until its session times out. A member that joined meanwhile can be handed

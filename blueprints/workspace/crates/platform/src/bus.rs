@@ -130,7 +130,7 @@ pub async fn next_or_stop<S: Subscriber>(
 /// Resolves once `stop` is true (or its sender is gone). Holds no borrow of the value when
 /// it resolves, so the future awaiting it stays `Send`.
 pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+    let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
 #[cfg(test)]
