@@ -111,6 +111,16 @@ assert_all_stopped() {
     return $left
 }
 
+# The warnings and errors every process of a failed scenario logged: what went wrong is
+# rarely in the last lines of one log.
+show_warnings() {
+    local log
+    for log in "$1"/.run/*.log; do
+        echo "==> $log: last warnings and errors <==" >&2
+        grep -h '"level":"\(WARN\|ERROR\)"' "$log" | tail -n 8 | cut -c1-400 >&2 || true
+    done
+}
+
 database_url() {
     local base="${DATABASE_URL%%\?*}"
     echo "${base%/*}/$1"
@@ -249,6 +259,7 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
     if [ $status -ne 0 ]; then
         echo "== e2e [$bus] failed; last log lines ==" >&2
         tail -n 30 "$ws/.run/orders.log" "$ws/.run/billing.log" "$ws/.run/gateway.log" >&2 || true
+        show_warnings "$ws"
         exit $status
     fi
 done
@@ -294,6 +305,7 @@ run_calls() {
     if [ $status -ne 0 ]; then
         echo "== e2e [calls, $bus] failed; last log lines ==" >&2
         tail -n 30 "$ws/.run/catalog.log" "$ws/.run/checkout.log" "$ws/.run/gateway.log" >&2 || true
+        show_warnings "$ws"
         exit $status
     fi
 }

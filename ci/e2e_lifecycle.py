@@ -72,7 +72,14 @@ def check_lifecycle(args, token):
     # The creation event evicts the order from the gateway's cache once it arrives; wait for
     # that (else it may evict what the next lines cache), then fill the cache and
     # revalidate: 304 without a body, from the cache.
-    wait_until(lambda: invalidated(args.workspace, order["id"]), 10, "the creation event at the gateway")
+    try:
+        wait_until(lambda: invalidated(args.workspace, order["id"]), 10, "the creation event at the gateway")
+    except AssertionError:
+        # Say where it is: still in the outbox (the relay), or published (the consumer).
+        row = db_rows(args.orders_db, "SELECT published_at, attempts, last_error FROM outbox "
+                      f"WHERE aggregate_id = '{order['id']}'")
+        raise AssertionError(f"the creation event at the gateway: not within 10 s; its outbox row "
+                             f"(published_at, attempts, last_error): {row}") from None
     wait_until(lambda: fetch(token, path)[1].get("x-cache") == "hit", 10, "the order cached")
     status, head, body, _ = fetch(token, path, **{"If-None-Match": '"1"'})
     expect(status == 304 and not body and head.get("etag") == '"1"', f"If-None-Match: {status} {head} {body!r}")

@@ -11,8 +11,7 @@
 //! broker refuses for good is reported as such, so the relay parks it.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -231,13 +230,71 @@ fn is_rejection(e: &rdkafka::error::KafkaError) -> bool {
 #[derive(Clone)]
 pub struct Bus {
     config: BusConfig,
-    producer: Arc<RwLock<FutureProducer>>,
-    /// Publishes that failed in a row; past `REPLACE_AFTER`, the producer is replaced.
-    failures: Arc<AtomicU32>,
+    producer: Arc<Replaceable<FutureProducer>>,
 }
 
 /// Consecutive failed publishes after which the producer is replaced by a new one.
 const REPLACE_AFTER: u32 = 3;
+
+/// The producer in use, its generation, and how many of its publishes failed in a row.
+/// A failure counts against the producer that sent it: when the broker goes away, every
+/// message in flight on the old producer fails after it was replaced, and those must not
+/// replace its successor too (one outage replaced the producer once per message in
+/// flight, each new one starting over with the broker).
+struct Replaceable<P> {
+    current: Mutex<Generation<P>>,
+}
+
+struct Generation<P> {
+    producer: P,
+    number: u64,
+    failures: u32,
+}
+
+impl<P: Clone> Replaceable<P> {
+    fn new(producer: P) -> Self {
+        Replaceable {
+            current: Mutex::new(Generation {
+                producer,
+                number: 0,
+                failures: 0,
+            }),
+        }
+    }
+
+    /// The producer to send with, and its generation to report the outcome against.
+    fn get(&self) -> (P, u64) {
+        let current = self.current.lock().expect("not poisoned");
+        (current.producer.clone(), current.number)
+    }
+
+    fn succeeded(&self, generation: u64) {
+        let mut current = self.current.lock().expect("not poisoned");
+        if current.number == generation {
+            current.failures = 0;
+        }
+    }
+
+    /// Counts a failure of `generation`; at the `REPLACE_AFTER`th in a row of the current
+    /// producer, replaces it with `fresh()` and returns true.
+    fn failed<E>(&self, generation: u64, fresh: impl FnOnce() -> Result<P, E>) -> Result<bool, E> {
+        let mut current = self.current.lock().expect("not poisoned");
+        if current.number != generation {
+            return Ok(false);
+        }
+        current.failures += 1;
+        if current.failures < REPLACE_AFTER {
+            return Ok(false);
+        }
+        // Creating a producer connects nothing: quick enough under the lock.
+        *current = Generation {
+            producer: fresh()?,
+            number: generation + 1,
+            failures: 0,
+        };
+        Ok(true)
+    }
+}
 
 fn new_producer(config: &BusConfig) -> Result<FutureProducer, BusError> {
     config
@@ -259,8 +316,7 @@ impl Bus {
     pub async fn connect(config: &BusConfig) -> Result<Self, BusError> {
         Ok(Bus {
             config: config.clone(),
-            producer: Arc::new(RwLock::new(new_producer(config)?)),
-            failures: Arc::default(),
+            producer: Arc::new(Replaceable::new(new_producer(config)?)),
         })
     }
 
@@ -409,10 +465,10 @@ impl Publisher for Bus {
             .key(&message.key)
             .payload(&message.payload)
             .headers(headers);
-        let producer = self.producer.read().expect("not poisoned").clone();
+        let (producer, generation) = self.producer.get();
         match producer.send(record, self.config.publish_timeout).await {
             Ok(_) => {
-                self.failures.store(0, Ordering::Relaxed);
+                self.producer.succeeded(generation);
                 Ok(())
             }
             Err((e, _)) if is_rejection(&e) => Err(BusError::rejected(e.to_string())),
@@ -421,15 +477,10 @@ impl Publisher for Bus {
                 // empty, or a cluster restored elsewhere) times out on every message for
                 // good. A new producer gets a new producer id and starts over; the relay
                 // sends the failed message again (consumers deduplicate).
-                if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= REPLACE_AFTER {
-                    match new_producer(&self.config) {
-                        Ok(fresh) => {
-                            *self.producer.write().expect("not poisoned") = fresh;
-                            self.failures.store(0, Ordering::Relaxed);
-                            tracing::warn!("replaced the Kafka producer after {REPLACE_AFTER} failed publishes");
-                        }
-                        Err(e) => tracing::warn!(error = %e, "cannot replace the Kafka producer"),
-                    }
+                match self.producer.failed(generation, || new_producer(&self.config)) {
+                    Ok(true) => tracing::warn!("replaced the Kafka producer after {REPLACE_AFTER} failed publishes"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot replace the Kafka producer"),
                 }
                 Err(error(e))
             }
@@ -597,6 +648,34 @@ impl Subscriber for KafkaSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_of_a_replaced_producer_do_not_replace_its_successor() {
+        let made = std::cell::Cell::new(0u32);
+        let fresh = || -> Result<u32, ()> {
+            made.set(made.get() + 1);
+            Ok(made.get())
+        };
+        let producers = Replaceable::new(0u32);
+        let (_, first) = producers.get();
+        // Ten messages in flight on the first producer when the broker went away.
+        let replaced: Vec<bool> = (0..10).map(|_| producers.failed(first, fresh).unwrap()).collect();
+        assert_eq!(replaced.iter().filter(|r| **r).count(), 1, "{replaced:?}");
+        assert_eq!(producers.get(), (1, 1));
+        // The new producer's own failures count from zero; a success resets them.
+        assert!(!producers.failed(1, fresh).unwrap());
+        assert!(!producers.failed(1, fresh).unwrap());
+        producers.succeeded(1);
+        assert!(!producers.failed(1, fresh).unwrap());
+        assert!(!producers.failed(1, fresh).unwrap());
+        assert!(producers.failed(1, fresh).unwrap());
+        assert_eq!(producers.get(), (2, 2));
+        // A late success of an old producer does not reset the current one's count.
+        assert!(!producers.failed(2, fresh).unwrap());
+        producers.succeeded(1);
+        assert!(!producers.failed(2, fresh).unwrap());
+        assert!(producers.failed(2, fresh).unwrap());
+    }
 
     fn at(lag: u64, position: i64) -> Progress {
         Progress { lag, position }
