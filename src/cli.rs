@@ -213,6 +213,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 spec.contexts.len(),
                 context_list(&spec)
             );
+            for saga in &spec.sagas {
+                let steps: Vec<&str> = saga.steps.iter().map(|s| s.label.as_str()).collect();
+                println!(
+                    "  saga `{}` in {} on {}: {}",
+                    saga.name.raw,
+                    saga.owner.raw,
+                    saga.start.raw,
+                    steps.join(", then ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
@@ -336,12 +346,19 @@ pub enum Example {
     /// Orders with a lifecycle (pending, confirmed, cancelled) and commands; invoices
     /// opened by orders' events and paid.
     Shop,
+    /// A checkout saga: a payment, an inventory reservation and a shipment, compensated
+    /// in reverse when one is refused.
+    Checkout,
 }
 
 impl Example {
     fn spec(self) -> (&'static str, &'static str) {
         match self {
             Example::Shop => ("examples/shop.toml", include_str!("../examples/shop.toml")),
+            Example::Checkout => (
+                "examples/checkout.toml",
+                include_str!("../examples/checkout.toml"),
+            ),
         }
     }
 }

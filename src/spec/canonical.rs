@@ -91,6 +91,40 @@ pub fn to_toml(spec: &Spec) -> String {
             out.push_str(&format!("emits = {}\n", quote(&cmd.event.raw)));
         }
     }
+    for saga in &spec.sagas {
+        out.push_str(&format!("\n[sagas.{}]\n", saga.name.raw));
+        out.push_str(&format!("owner = {}\n", quote(&saga.owner.raw)));
+        out.push_str(&format!(
+            "start = {}\n",
+            quote(&format!("{}.{}", saga.owner.raw, saga.start.raw))
+        ));
+        out.push_str(&format!("timeout = {}\n", quote(&saga.timeout)));
+        out.push_str("steps = [\n");
+        for step in &saga.steps {
+            let mut parts = Vec::new();
+            match (&step.forward.command, &step.on) {
+                (Some(command), Some(on)) => {
+                    let target = format!("{}.{}", step.forward.context.raw, command.raw);
+                    parts.push(format!("command = {}", quote(&target)));
+                    parts.push(format!("on = {}", quote(on)));
+                }
+                _ => parts.push(format!("create = {}", quote(&step.forward.context.raw))),
+            }
+            if let Some(command) = step.compensate.as_ref().and_then(|c| c.command.as_ref()) {
+                parts.push(format!("compensate = {}", quote(&command.raw)));
+            }
+            out.push_str(&format!("  {{ {} }},\n", parts.join(", ")));
+        }
+        out.push_str("]\n");
+        for (key, call) in [
+            ("on_success", &saga.on_success),
+            ("on_failure", &saga.on_failure),
+        ] {
+            if let Some(command) = call.as_ref().and_then(|c| c.command.as_ref()) {
+                out.push_str(&format!("{key} = {}\n", quote(&command.raw)));
+            }
+        }
+    }
     out
 }
 

@@ -34,6 +34,7 @@ pub struct Spec {
     pub system: Names,
     pub bus: Bus,
     pub contexts: Vec<Context>,
+    pub sagas: Vec<Saga>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,6 +97,77 @@ pub struct Context {
     /// This service's names on the bus when it consumes events.
     pub wire: Wire,
     pub slo: Slo,
+    /// The sagas this context runs (it is their `owner`).
+    pub sagas: Vec<Saga>,
+    /// Whether it runs a consumer: it subscribes to events, or its own events start sagas.
+    pub consumes: bool,
+}
+
+/// A saga: steps in other contexts that its owner runs one after another for one of its
+/// aggregates (the subject), compensated in reverse order when one is refused or time
+/// runs out. Its state lives in the owner's database (`saga` table).
+#[derive(Debug, Clone, Serialize)]
+pub struct Saga {
+    pub name: Names,
+    /// The owning context and its aggregate, the subject of every instance.
+    pub owner: Names,
+    pub subject: Names,
+    /// The owner's event that starts one instance per aggregate.
+    pub start: Names,
+    pub start_event_type: String,
+    /// How long an instance may run before compensation starts.
+    pub timeout_ms: u64,
+    /// The same as written back to the spec (`30s`).
+    pub timeout: String,
+    pub steps: Vec<SagaStep>,
+    /// The owner's commands once every step succeeded, or once compensation is done.
+    pub on_success: Option<SagaCall>,
+    pub on_failure: Option<SagaCall>,
+}
+
+impl Saga {
+    /// Instances run this long at most before they are compensated, unless `timeout` says.
+    pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+    pub const MAX_STEPS: usize = 20;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaStep {
+    /// Its place, from 0, as stored in the saga table and in idempotency keys.
+    pub index: usize,
+    /// How docs, logs and metrics name it: `create payments`, `inventory.reserve`.
+    pub label: String,
+    /// True for a create (its result is the new aggregate's id), false for a command.
+    pub creates: bool,
+    /// The subject's field that holds the id of the aggregate a command runs on.
+    pub on: Option<String>,
+    pub forward: SagaCall,
+    pub compensate: Option<SagaCall>,
+}
+
+/// One RPC a saga makes: a create or a command of `context`'s aggregate.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaCall {
+    pub context: Names,
+    pub aggregate: Names,
+    /// None for a create.
+    pub command: Option<Names>,
+    /// `CreatePayment`, `ReserveItem`.
+    pub rpc: Names,
+    pub inputs: Vec<SagaInput>,
+}
+
+/// A request field of a saga's call and where its value comes from.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaInput {
+    pub field: String,
+    pub kind: FieldType,
+    /// The subject's field of the same name, when it has one.
+    pub subject_field: Option<String>,
+    /// The subject's id (the link a created aggregate carries to it).
+    pub subject_id: bool,
+    /// A string the subject cannot fill: the saga's outcome in words (why it failed).
+    pub reason: bool,
 }
 
 /// One process of a context's service, as the local runner starts it.

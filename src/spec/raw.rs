@@ -13,6 +13,40 @@ pub struct RawSpec {
     pub bus: Option<Spanned<String>>,
     #[serde(default)]
     pub contexts: Option<Spanned<IndexMap<Spanned<String>, Spanned<RawContext>>>>,
+    #[serde(default)]
+    pub sagas: IndexMap<Spanned<String>, Spanned<RawSaga>>,
+}
+
+/// A saga: steps in other contexts, run by its owner, compensated in reverse on failure.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSaga {
+    /// The context that runs it and keeps its state.
+    pub owner: Spanned<String>,
+    /// `<context>.<Event>`: one instance per such event.
+    pub start: Spanned<String>,
+    /// `30s`, `2m`, `1500ms`.
+    #[serde(default)]
+    pub timeout: Option<Spanned<String>>,
+    pub steps: Spanned<Vec<Spanned<RawStep>>>,
+    #[serde(default)]
+    pub on_success: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on_failure: Option<Spanned<String>>,
+}
+
+/// One step: `create = "<context>"`, or `command = "<context>.<command>"` with `on`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    #[serde(default)]
+    pub create: Option<Spanned<String>>,
+    #[serde(default)]
+    pub command: Option<Spanned<String>>,
+    #[serde(default)]
+    pub on: Option<Spanned<String>>,
+    #[serde(default)]
+    pub compensate: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

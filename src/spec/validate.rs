@@ -7,6 +7,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 mod lifecycle;
+mod sagas;
 
 use super::model::{
     Aggregate, Bus, Command, Context, Dependency, Event, Field, FieldType, Replica, Slo, Spec,
@@ -163,7 +164,12 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     let system_names = system
         .clone()
         .unwrap_or_else(|| Names::new(raw.name.get_ref()));
-    let built = second_pass(&mut c, &system_names, &partials);
+    let implied = sagas::implied(&partials, &raw.sagas);
+    let mut built = second_pass(&mut c, &system_names, &partials, &implied);
+    let sagas = sagas::build(&mut c, &partials, &mut built, &raw.sagas);
+    for context in &mut built {
+        context.consumes = !context.subscribes.is_empty() || !context.sagas.is_empty();
+    }
 
     if !c.diagnostics.is_empty() {
         return Err(c.diagnostics);
@@ -172,6 +178,7 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
         system: system.expect("checked above"),
         bus: bus.expect("checked above"),
         contexts: built,
+        sagas,
     })
 }
 
@@ -399,7 +406,12 @@ fn link_calls(contexts: &mut [Context]) {
 }
 
 /// Resolves references between contexts: subscriptions, calls, and their cycles.
-fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<Context> {
+fn second_pass(
+    c: &mut Collector,
+    system: &Names,
+    partials: &[Partial],
+    implied: &sagas::Implied,
+) -> Vec<Context> {
     let find = |name: &str| {
         partials
             .iter()
@@ -545,7 +557,21 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             }
         }
 
-        let mut all_fields = build_fields(c, &field, p, &subscribes);
+        // A saga's owner calls each of its participants.
+        for (_, dep, span) in implied.calls.iter().filter(|(owner, _, _)| *owner == index) {
+            if !call_edges[index].iter().any(|(d, _)| d == dep) {
+                call_edges[index].push((*dep, span.clone()));
+                calls.push(partials[*dep].name.clone());
+            }
+        }
+        // An aggregate a saga creates carries the id of the saga's subject.
+        let saga_links: Vec<String> = implied
+            .links
+            .iter()
+            .filter(|(participant, _)| *participant == index)
+            .map(|(_, owner)| format!("{}_id", partials[*owner].aggregate.snake))
+            .collect();
+        let mut all_fields = build_fields(c, &field, p, &subscribes, &saga_links);
         for f in &mut all_fields {
             if let Some((_, dep)) = references.iter().find(|(name, _)| *name == f.name) {
                 f.reference = Some(partials[*dep].name.clone());
@@ -685,9 +711,13 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
             commands,
             updated_event,
             deleted_event,
-            topic,
+            topic: topic.clone(),
             subscribed_topics: {
                 let mut topics: Vec<String> = Vec::new();
+                // An owner consumes its own events: some of them start its sagas.
+                if implied.owners.contains(&index) {
+                    topics.push(topic.clone());
+                }
                 for s in &subscribes {
                     if !topics.contains(&s.topic) {
                         topics.push(s.topic.clone());
@@ -707,6 +737,8 @@ fn second_pass(c: &mut Collector, system: &Names, partials: &[Partial]) -> Vec<C
                 dead_letter_queue: naming::dead_letter_queue(system, &p.name),
             },
             slo,
+            sagas: Vec::new(),
+            consumes: false,
         });
     }
 
@@ -842,6 +874,7 @@ fn build_fields(
     field: &str,
     p: &Partial,
     subscribes: &[Subscription],
+    saga_links: &[String],
 ) -> Vec<Field> {
     let mut out: Vec<Field> = p
         .fields
@@ -885,6 +918,22 @@ fn build_fields(
                 format!("declare `{} = \"string\"` or remove it", f.name),
             ),
             None => out.push(make_field(&s.link_field, FieldType::String, true, false)),
+        }
+    }
+    for link in saga_links {
+        if seen_links.contains(link) {
+            continue;
+        }
+        seen_links.push(link.clone());
+        match out.iter_mut().find(|f| &f.name == link) {
+            Some(f) if f.kind == FieldType::String && f.reference.is_none() => f.link = true,
+            Some(f) => c.error(
+                format!("{field}.fields.{}", f.name),
+                p.key.span(),
+                format!("`{}` must be a plain string: a saga creates this aggregate and links it to its subject by that field", f.name),
+                format!("declare `{} = \"string\"` or remove it", f.name),
+            ),
+            None => out.push(make_field(link, FieldType::String, true, false)),
         }
     }
     for (i, f) in out.iter_mut().enumerate() {
