@@ -5,6 +5,8 @@
 #   handlers.rs, then `add context shipping` (the edits must survive);
 # - a spec with every field type, calls and a reference (`market`, on SQS);
 # - the lifecycle example (examples/shop.toml: states, commands, update, delete);
+# - the checkout example (examples/checkout.toml: a saga; its owner's tests run it against
+#   its participants in-process);
 # - the upgrade: tests/fixtures/shop-0.1.0 (what archscaffold 0.1.0 generated) with user
 #   edits, taken to this version by `update`, then a field added by `update`; the orders
 #   binary built from the 0.1.0 tree migrates a database first, the new one migrates it
@@ -92,6 +94,11 @@ step "generate the lifecycle example (states, commands, require_if_match; exampl
 "$bin" new lifecycle --spec "$root/examples/shop.toml" --out "$gen/lifecycle" --no-git
 check_workspace "$gen/lifecycle"
 
+# On SQS: the end-to-end saga scenarios build it on Kafka (ci/e2e.sh sagas).
+step "generate the checkout example (a saga over three participants; examples/checkout.toml, sqs)"
+"$bin" new checkout --spec "$root/examples/checkout.toml" --bus sqs --out "$gen/checkout" --no-git
+check_workspace "$gen/checkout"
+
 step "upgrade: the 0.1.0 fixture with user edits, its orders binary migrates a database"
 up="$gen/upgrade"
 from_fixture 0.1.0 "$up"
@@ -124,12 +131,14 @@ for m in orders/migrations/0001_init.sql orders/migrations/0002_bus.sql billing/
     cmp "$root/tests/fixtures/shop-0.1.0/services/$m" "$up/services/$m"
 done
 # The update brought the later versions' own migrations (0003_versions,
-# 0004_ordered_outbox, 0005_scoped_idempotency, 0006_parked_outbox); the field comes after them.
+# 0004_ordered_outbox, 0005_scoped_idempotency, 0006_parked_outbox, 0007_sagas); the field
+# comes after them.
 grep -q 'ADD COLUMN "version" BIGINT NOT NULL DEFAULT 1' "$up/services/orders/migrations/0003_versions.sql"
 grep -q 'ADD COLUMN aggregate_version' "$up/services/orders/migrations/0004_ordered_outbox.sql"
 grep -q 'ADD COLUMN scope TEXT' "$up/services/orders/migrations/0005_scoped_idempotency.sql"
 grep -q 'ADD COLUMN parked_at' "$up/services/orders/migrations/0006_parked_outbox.sql"
-grep -q 'ADD COLUMN "note" TEXT NOT NULL' "$up/services/orders/migrations/0007_add_note.sql"
+grep -q 'CREATE TABLE saga' "$up/services/orders/migrations/0007_sagas.sql"
+grep -q 'ADD COLUMN "note" TEXT NOT NULL' "$up/services/orders/migrations/0008_add_note.sql"
 expect_line "$up/services/orders/src/domain/rules.rs" "$rule"
 expect_line "$up/services/billing/src/handlers.rs" "$handler"
 commit_all "$up" "update for the note"
@@ -137,10 +146,10 @@ commit_all "$up" "update for the note"
 check_workspace "$up"
 "$cache/venv/bin/python" "$root/ci/upgrade_migrations.py" --phase new --workspace "$up" \
     --binary "$CARGO_TARGET_DIR/debug/orders" --database "$db_url" --state "$state" \
-    --expect-versions 1,2,3,4,5,6,7
+    --expect-versions 1,2,3,4,5,6,7,8
 "$cache/venv/bin/python" "$root/ci/upgrade_migrations.py" --phase rollback --workspace "$up" \
     --binary "$gen/orders-before-field" --database "$db_url" --state "$state" \
-    --expect-versions 1,2,3,4,5,6,7
+    --expect-versions 1,2,3,4,5,6,7,8
 psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$upgrade_db\" WITH (FORCE)"
 
 step "upgrade: the 0.3.0 fixture (a ref and calls that generated nothing yet) taken to this version"

@@ -23,16 +23,22 @@ cd "$root"
 # Scenarios: kafka and sqs (the shop above on each bus); calls-kafka and calls (synchronous
 # calls between services, ci/e2e_calls.py, on Kafka and on SQS). The calls never touch the
 # bus, but the services they run in do, and a second run costs under a minute once built.
+# sagas-kafka and sagas (SQS): the checkout saga of examples/checkout.toml, ci/e2e_sagas.py;
+# on both buses, since the saga starts from its owner's own event, which each bus routes
+# differently (a topic the owner consumes; the owner's own queue).
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kafka sqs calls-kafka calls)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kafka sqs calls-kafka calls sagas-kafka sagas)
 buses=()
 calls_buses=()
+saga_buses=()
 for s in "${scenarios[@]}"; do
     case "$s" in
         kafka|sqs) buses+=("$s") ;;
         calls) calls_buses+=(sqs) ;;
         calls-kafka) calls_buses+=(kafka) ;;
-        *) echo "e2e.sh: unknown scenario '$s' (kafka, sqs, calls, calls-kafka)" >&2; exit 2 ;;
+        sagas) saga_buses+=(sqs) ;;
+        sagas-kafka) saga_buses+=(kafka) ;;
+        *) echo "e2e.sh: unknown scenario '$s' (kafka, sqs, calls, calls-kafka, sagas, sagas-kafka)" >&2; exit 2 ;;
     esac
 done
 
@@ -311,6 +317,121 @@ run_calls() {
 }
 for bus in ${calls_buses[@]+"${calls_buses[@]}"}; do
     run_calls "$bus"
+done
+
+# The rules a team would write, put in the user-owned rules.rs of three participants of
+# the checkout saga before building (ci/e2e_sagas.py says what each is for).
+edit_saga_rules() {
+    local ws=$1
+    cat >"$ws/services/inventory/src/domain/rules.rs" <<'RULES'
+//! Business rules for Item: at most 10 units per reservation.
+
+use super::{DomainError, Item, ItemCommand, Rules};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ItemRules;
+
+impl Rules for ItemRules {
+    fn check_command(&self, _current: &Item, command: &ItemCommand) -> Result<(), DomainError> {
+        match command {
+            ItemCommand::Reserve { quantity } if *quantity > 10 => Err(DomainError::Invalid {
+                field: "quantity",
+                reason: format!("at most 10 units per reservation, not {quantity}"),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+RULES
+    cat >"$ws/services/shipping/src/domain/rules.rs" <<'RULES'
+//! Business rules for Shipment: never 7 units (the carrier's oddity).
+
+use super::{DomainError, NewShipment, Rules};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShipmentRules;
+
+impl Rules for ShipmentRules {
+    fn check_new(&self, new: &NewShipment) -> Result<(), DomainError> {
+        if new.quantity == 7 {
+            return Err(DomainError::Invalid {
+                field: "quantity",
+                reason: "the carrier takes no parcels of 7".into(),
+            });
+        }
+        Ok(())
+    }
+}
+RULES
+    cat >"$ws/services/payments/src/domain/rules.rs" <<'RULES'
+//! Business rules for Payment: while PAYMENTS_E2E_VOID_BROKEN is set, the card network
+//! refuses to void payments of 13 cents (a cause an operator can fix).
+
+use super::{DomainError, Payment, PaymentCommand, Rules};
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PaymentRules;
+
+impl Rules for PaymentRules {
+    fn check_command(&self, current: &Payment, command: &PaymentCommand) -> Result<(), DomainError> {
+        match command {
+            PaymentCommand::Void { .. }
+                if current.amount_cents == 13 && std::env::var_os("PAYMENTS_E2E_VOID_BROKEN").is_some() =>
+            {
+                Err(DomainError::Invalid {
+                    field: "amount_cents",
+                    reason: "the card network refuses to void this payment".into(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+RULES
+}
+
+# The saga scenario on `bus` (ci/e2e_sagas.py).
+run_sagas() {
+    local bus=$1 ws="$E2E_STATE/sagas-$1" status=0
+    echo "== e2e [sagas, $bus]: generate and build =="
+    for db in shop_orders shop_payments shop_inventory shop_shipping; do
+        psql "$DATABASE_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
+    done
+    # One replica each: the checks stop and restart a service as a whole.
+    sed 's/^\(\[contexts\.[a-z]*\]\)$/\1\nreplicas = 1/' examples/checkout.toml >"$E2E_STATE/sagas-$bus.toml"
+    "$bin" new shop --spec "$E2E_STATE/sagas-$bus.toml" --bus "$bus" --out "$ws" >/dev/null
+    edit_saga_rules "$ws"
+    (cd "$ws" && cargo build --workspace --quiet)
+
+    echo "== e2e [sagas, $bus]: start broker and system =="
+    bash ci/brokers.sh start "$bus"
+    record_started "$E2E_STATE"/*.pid
+    # Exported: e2e_sagas.py runs up.sh again to restart orders and payments. A short lease
+    # and backoff, so the crash and outage checks take seconds; no Redis.
+    export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
+        RUST_LOG=info ORDERS__SAGA__LEASE_MS=4000 ORDERS__SAGA__STEP_TIMEOUT_MS=2000 ORDERS__SAGA__POLL_MS=200 \
+        ORDERS__SAGA__BACKOFF_MAX_MS=1000 ORDERS__SAGA__COMPENSATION_ATTEMPTS=4 \
+        ORDERS__DEPS__PAYMENTS__BREAKER__OPEN_MS=1000
+    unset REDIS_URL
+    bash "$ws/deploy/local/up.sh"
+    record_started "$ws"/.run/*.pid
+
+    echo "== e2e [sagas, $bus]: assertions =="
+    "$cache/venv/bin/python" ci/e2e_sagas.py --workspace "$ws" --gateway "$CARGO_TARGET_DIR/debug/gateway" \
+        --database "$DATABASE_URL" --bus "$bus" || status=$?
+    # orders and payments were restarted: their new pids must be stopped too.
+    record_started "$ws"/.run/*.pid
+    bash "$ws/deploy/local/down.sh"
+    bash ci/brokers.sh stop "$bus"
+    if [ $status -ne 0 ]; then
+        echo "== e2e [sagas, $bus] failed; last log lines ==" >&2
+        tail -n 30 "$ws/.run/orders.log" "$ws/.run/payments.log" "$ws/.run/gateway.log" >&2 || true
+        show_warnings "$ws"
+        exit $status
+    fi
+}
+for bus in ${saga_buses[@]+"${saga_buses[@]}"}; do
+    run_sagas "$bus"
 done
 
 assert_all_stopped

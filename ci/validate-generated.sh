@@ -26,6 +26,7 @@ gen="$root/target/debug/archscaffold"
 "$gen" new shop --contexts orders,billing --out "$work/shop" --no-git >/dev/null
 "$gen" new market --spec tests/specs/rich.toml --out "$work/market" --no-git >/dev/null
 "$gen" new lifecycle --spec examples/shop.toml --out "$work/lifecycle" --no-git >/dev/null
+"$gen" new checkout --spec examples/checkout.toml --out "$work/checkout" --no-git >/dev/null
 
 compose() { "$bin/check-jsonschema" --builtin-schema vendor.compose-spec "$1/deploy/docker-compose.yml"; }
 k8s() { "$bin/kubernetes-validate" --strict --kubernetes-version 1.37.0 "$1"/deploy/k8s/*.yaml; }
@@ -34,14 +35,15 @@ workflow() {
         "$bin/check-jsonschema" --builtin-schema vendor.github-workflows "$1/.github/workflows/ci.yml"
 }
 rules() { promtool check rules "$1/deploy/alerts.yml" && promtool check config "$1/deploy/prometheus.yml"; }
-# The rules do what they say: promtool unit tests (ci/alerts-shop.test.yml) feed synthetic
-# series to shop's rules; SLO breaches must fire, the rest must not.
+# The rules do what they say: promtool unit tests (ci/alerts-<ws>.test.yml) feed synthetic
+# series to shop's and checkout's rules; SLO breaches and a saga waiting for an operator
+# must fire, the rest must not.
 rules_fire() {
-    local dir="$work/alerts-test-$(basename "$1")"
+    local dir="$work/alerts-test-$(basename "$1")" tests="ci/alerts-$(basename "$1").test.yml"
     rm -rf "$dir"
     mkdir -p "$dir"
-    cp "$1/deploy/alerts.yml" ci/alerts-shop.test.yml "$dir/"
-    promtool test rules "$dir/alerts-shop.test.yml"
+    cp "$1/deploy/alerts.yml" "$tests" "$dir/"
+    promtool test rules "$dir/$(basename "$tests")"
 }
 mermaid() { node "$cache/node/mermaid-parse.mjs" "$1"/docs/*.md; }
 # deploy/compose-env.sh writes every variable docker-compose.yml requires (`${VAR:?...}`),
@@ -100,7 +102,7 @@ must_reject mermaid mermaid "sed -i 's/    clients -->|/    clients -->|| -->/' 
 # itself holds none.
 must_reject secrets secrets "echo 'aws_access_key_id = AKIA''Q3ZP7WJ2M5XK8RNV' >>deploy/compose-env.sh"
 
-for ws in shop market lifecycle; do
+for ws in shop market lifecycle checkout; do
     dir="$work/$ws"
     step "$ws: docker-compose.yml against the Compose specification schema"
     compose "$dir"
@@ -112,8 +114,8 @@ for ws in shop market lifecycle; do
     workflow "$dir"
     step "$ws: alerting rules and Prometheus config (promtool)"
     rules "$dir"
-    if [ "$ws" = shop ]; then
-        step "shop: the alerting rules fire on SLO breaches and only then (promtool test rules)"
+    if [ -f "ci/alerts-$ws.test.yml" ]; then
+        step "$ws: the alerting rules fire when they should and only then (promtool test rules)"
         rules_fire "$dir"
     fi
     step "$ws: Mermaid diagrams"
@@ -121,6 +123,10 @@ for ws in shop market lifecycle; do
     if [ "$ws" = lifecycle ]; then
         # Both aggregates with states get their lifecycle diagram.
         [ "$(grep -c ' stateDiagram' "$dir.mermaid.log")" = 2 ] || { echo "FAIL: expected 2 state diagrams" >&2; exit 1; }
+    fi
+    if [ "$ws" = checkout ]; then
+        # The saga's sequence diagram parses, beside the lifecycles'.
+        grep -q ' sequence' "$dir.mermaid.log" || { echo "FAIL: no sequence diagram parsed" >&2; exit 1; }
     fi
     step "$ws: no secret values (detect-secrets)"
     secrets "$dir"

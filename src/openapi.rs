@@ -53,6 +53,19 @@ pub fn document(spec: &Spec) -> Value {
                 json!({ "post": command_operation(context, &names, command, body.as_deref()) }),
             );
         }
+        if !context.sagas.is_empty() {
+            schemas.insert("SagaList".into(), saga_schemas()["SagaList"].clone());
+            schemas.insert("Saga".into(), saga_schemas()["Saga"].clone());
+            schemas.insert("SagaStep".into(), saga_schemas()["SagaStep"].clone());
+            paths.insert(
+                format!("{base}/{{id}}/sagas"),
+                json!({ "get": sagas_operation(context) }),
+            );
+            paths.insert(
+                format!("{base}/{{id}}/sagas/{{saga}}/retry"),
+                json!({ "post": retry_saga_operation(context) }),
+            );
+        }
         tags.push(json!({
             "name": context.name.kebab,
             "description": format!("{} resources of the {} service", context.aggregate.name.pascal, context.name.raw),
@@ -392,6 +405,84 @@ fn get_operation(context: &Context, names: &SchemaNames) -> Value {
             },
         ],
         "responses": all,
+    })
+}
+
+/// The saga resources every owner's routes share.
+fn saga_schemas() -> Value {
+    let text = json!({ "type": "string" });
+    let optional = json!({ "type": "string", "nullable": true });
+    json!({
+        "SagaList": {
+            "type": "object",
+            "required": ["items"],
+            "properties": { "items": { "type": "array", "items": schema_ref("Saga") } },
+        },
+        "Saga": {
+            "type": "object",
+            "required": ["id", "saga", "state", "steps", "reason", "attempts", "last_error", "created_at", "updated_at"],
+            "properties": {
+                "id": { "type": "string", "format": "uuid" },
+                "saga": { "type": "string", "description": "Its name in the spec." },
+                "state": {
+                    "type": "string",
+                    "enum": ["running", "completing", "compensating", "failing", "completed", "compensated", "compensation_failed"],
+                },
+                "steps": { "type": "array", "items": schema_ref("SagaStep") },
+                "reason": { "type": "string", "nullable": true, "description": "Why it compensates." },
+                "attempts": { "type": "integer", "format": "int32", "description": "Failed attempts of the current step." },
+                "last_error": optional.clone(),
+                "created_at": { "type": "string", "format": "date-time" },
+                "updated_at": { "type": "string", "format": "date-time" },
+            },
+        },
+        "SagaStep": {
+            "type": "object",
+            "required": ["name", "status", "result", "error"],
+            "properties": {
+                "name": text,
+                "status": { "type": "string", "enum": ["pending", "trying", "done", "refused", "compensated"] },
+                "result": { "type": "string", "nullable": true, "description": "A create's result: the id of what it created." },
+                "error": optional,
+            },
+        },
+    })
+}
+
+fn sagas_operation(context: &Context) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    let names: Vec<&str> = context.sagas.iter().map(|s| s.name.raw.as_str()).collect();
+    json!({
+        "operationId": format!("list{aggregate}Sagas"),
+        "tags": [context.name.kebab],
+        "summary": format!("The sagas of one {aggregate}"),
+        "description": format!(
+            "Needs scope `{}:read`. Each saga whose subject is this {aggregate} ({}), oldest first, with the status of each step. Never cached.",
+            context.name.kebab,
+            names.join(", ")
+        ),
+        "parameters": [id_parameter()],
+        "responses": responses(
+            ("200", json!({ "description": "Its sagas.", "content": json_content(schema_ref("SagaList")) })),
+            &["400"],
+        ),
+    })
+}
+
+fn retry_saga_operation(context: &Context) -> Value {
+    json!({
+        "operationId": format!("retry{}Saga", context.aggregate.name.pascal),
+        "tags": [context.name.kebab],
+        "summary": "Retry a saga whose compensation kept failing",
+        "description": format!(
+            "Needs scope `{}:admin`. For an operator, once the cause is fixed: a saga in compensation_failed compensates again from where it stopped. 409 in any other state.",
+            context.name.kebab
+        ),
+        "parameters": [
+            id_parameter(),
+            { "name": "saga", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
+        ],
+        "responses": responses(("204", json!({ "description": "Retrying." })), &["400", "404", "409"]),
     })
 }
 

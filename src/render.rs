@@ -79,6 +79,7 @@ struct SharedGlobals<'a> {
     system: &'a crate::inflect::Names,
     bus: &'static str,
     contexts: &'a [Context],
+    sagas: &'a [crate::spec::model::Saga],
     /// The gateway's names on the bus: it consumes every event to invalidate its cache.
     gateway: GatewayWire,
 }
@@ -102,6 +103,7 @@ impl Globals {
             system: &spec.system,
             bus: spec.bus.as_str(),
             contexts: &spec.contexts,
+            sagas: &spec.sagas,
             gateway: GatewayWire {
                 group: naming::consumer_group(&spec.system, &gateway),
                 queue: naming::queue(&spec.system, &gateway),

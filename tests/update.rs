@@ -445,7 +445,7 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ws.read("services/orders/migrations/0001_init.sql"), init);
     assert_eq!(ws.read("services/orders/migrations/0002_bus.sql"), bus);
-    let added = ws.read("services/orders/migrations/0007_add_note_rush.sql");
+    let added = ws.read("services/orders/migrations/0008_add_note_rush.sql");
     assert!(
         added.ends_with("ALTER TABLE \"orders\" ADD COLUMN \"note\" TEXT NOT NULL DEFAULT '';\nALTER TABLE \"orders\" ADD COLUMN \"rush\" BOOLEAN NOT NULL DEFAULT false;\n"),
         "{added}"
@@ -819,7 +819,11 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
     assert!(!up.contains("SERVICE_AUTH__SECRET"), "{up}");
     // The later schema changes arrive as new migrations; the old ones stay.
     let mut expected = before.clone();
-    for later in ["0005_scoped_idempotency.sql", "0006_parked_outbox.sql"] {
+    for later in [
+        "0005_scoped_idempotency.sql",
+        "0006_parked_outbox.sql",
+        "0007_sagas.sql",
+    ] {
         expected.0.push(later.to_string());
         expected.1.push(later.to_string());
     }
@@ -902,6 +906,7 @@ fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_mig
     expected.extend([
         "0005_scoped_idempotency.sql".to_string(),
         "0006_parked_outbox.sql".to_string(),
+        "0007_sagas.sql".to_string(),
     ]);
     assert_eq!(migrations("orders"), expected);
     assert_eq!(migrations("billing"), expected);
@@ -990,16 +995,16 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     );
     ws.commit("a field");
     assert!(ws.update(&[]).status.success());
-    ws.commit("0007 for orders");
+    ws.commit("0008 for orders");
 
-    // A later archscaffold whose blueprints add a migration numbered 0007.
+    // A later archscaffold whose blueprints add a migration numbered 0008.
     let blueprints = ws.path("../blueprints-next");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
         &blueprints,
     );
     fs::write(
-        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0007_audit.sql"),
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0008_audit.sql"),
         "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
     )
     .unwrap();
@@ -1007,19 +1012,19 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     let out = ws.run(&next);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0007_add_note.sql")
+        ws.path("services/orders/migrations/0008_add_note.sql")
             .is_file()
     );
     assert!(
-        ws.read("services/orders/migrations/0008_audit.sql")
+        ws.read("services/orders/migrations/0009_audit.sql")
             .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
     );
     assert!(
-        ws.path("services/billing/migrations/0007_audit.sql")
+        ws.path("services/billing/migrations/0008_audit.sql")
             .is_file()
     );
     assert!(
-        !ws.path("services/orders/migrations/0007_audit.sql")
+        !ws.path("services/orders/migrations/0008_audit.sql")
             .exists()
     );
     ws.commit("audit");

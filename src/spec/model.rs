@@ -123,6 +123,27 @@ pub struct Saga {
     /// The owner's commands once every step succeeded, or once compensation is done.
     pub on_success: Option<SagaCall>,
     pub on_failure: Option<SagaCall>,
+    /// Every call above once, as the owner's code makes it.
+    pub calls: Vec<SagaCallSite>,
+}
+
+/// One call of a saga in the owner's code: a step forward or back, or a finish.
+#[derive(Debug, Clone, Serialize)]
+pub struct SagaCallSite {
+    /// `forward`, `compensate`, `on_success` or `on_failure`.
+    pub role: String,
+    /// The step, for `forward` and `compensate`.
+    pub step: Option<usize>,
+    /// The name of the function that makes it: `place_order_1_compensate`.
+    pub function: String,
+    /// A command of the owner's own aggregate (`on_success`, `on_failure`).
+    pub local: bool,
+    /// A command's target: the subject's ref field that names it, or (compensating a
+    /// create) the id the create returned when this is None.
+    pub target_field: Option<String>,
+    /// Whether it reads the subject (a field, its id, or its ref to the target).
+    pub uses_subject: bool,
+    pub call: SagaCall,
 }
 
 impl Saga {
@@ -168,6 +189,8 @@ pub struct SagaInput {
     pub subject_id: bool,
     /// A string the subject cannot fill: the saga's outcome in words (why it failed).
     pub reason: bool,
+    /// Another upstream's link on a created aggregate: empty, as in a create through the API.
+    pub empty: bool,
 }
 
 /// One process of a context's service, as the local runner starts it.

@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::{Collector, Partial, known};
 use crate::inflect::Names;
-use crate::spec::model::{Context, FieldType, Saga, SagaCall, SagaInput, SagaStep};
+use crate::spec::model::{Context, FieldType, Saga, SagaCall, SagaCallSite, SagaInput, SagaStep};
 use crate::spec::names::check_field_name;
 use crate::spec::raw::{RawSaga, RawStep};
 
@@ -176,6 +176,7 @@ impl Checker<'_, '_, '_> {
                     subject_field: Some(f.name.clone()),
                     subject_id: false,
                     reason: false,
+                    empty: false,
                 }),
                 Some(f) => {
                     self.c.error(
@@ -199,6 +200,7 @@ impl Checker<'_, '_, '_> {
                     subject_field: None,
                     subject_id: false,
                     reason: true,
+                    empty: false,
                 }),
                 None => {
                     self.c.error(
@@ -245,11 +247,20 @@ impl Checker<'_, '_, '_> {
                     subject_field: None,
                     subject_id: true,
                     reason: false,
+                    empty: false,
                 });
                 continue;
             }
             if field.link {
                 // Another upstream's link: empty, as for a create through the API.
+                inputs.push(SagaInput {
+                    field: field.name.clone(),
+                    kind: field.kind,
+                    subject_field: None,
+                    subject_id: false,
+                    reason: false,
+                    empty: true,
+                });
                 continue;
             }
             match subject.all_fields.iter().find(|f| f.name == field.name) {
@@ -259,6 +270,7 @@ impl Checker<'_, '_, '_> {
                     subject_field: Some(f.name.clone()),
                     subject_id: false,
                     reason: false,
+                    empty: false,
                 }),
                 found => {
                     ok = false;
@@ -455,6 +467,56 @@ impl Checker<'_, '_, '_> {
     }
 }
 
+fn reads_subject(call: &SagaCall) -> bool {
+    call.inputs
+        .iter()
+        .any(|i| i.subject_field.is_some() || i.subject_id)
+}
+
+/// Every call of a saga once, with the name of the function that makes it.
+fn call_sites(
+    name: &Names,
+    steps: &[SagaStep],
+    on_success: Option<&SagaCall>,
+    on_failure: Option<&SagaCall>,
+) -> Vec<SagaCallSite> {
+    let mut sites = Vec::new();
+    for step in steps {
+        let directions = [
+            ("forward", Some(&step.forward)),
+            ("compensate", step.compensate.as_ref()),
+        ];
+        for (role, call) in directions {
+            let Some(call) = call else { continue };
+            let target_field = if step.creates { None } else { step.on.clone() };
+            sites.push(SagaCallSite {
+                uses_subject: target_field.is_some() || reads_subject(call),
+                role: role.to_string(),
+                step: Some(step.index),
+                function: format!("{}_{}_{role}", name.snake, step.index),
+                local: false,
+                // A create's compensation runs on what it created.
+                target_field,
+                call: call.clone(),
+            });
+        }
+    }
+    for (role, call) in [("on_success", on_success), ("on_failure", on_failure)] {
+        if let Some(call) = call {
+            sites.push(SagaCallSite {
+                uses_subject: reads_subject(call),
+                role: role.to_string(),
+                step: None,
+                function: format!("{}_{role}", name.snake),
+                local: true,
+                target_field: None,
+                call: call.clone(),
+            });
+        }
+    }
+    sites
+}
+
 /// Checks every saga against the built contexts; each valid one is also given to its owner.
 pub fn build(
     c: &mut Collector,
@@ -607,7 +669,9 @@ pub fn build(
         if c.diagnostics.len() > errors {
             continue;
         }
+        let calls = call_sites(&name, &steps, on_success.as_ref(), on_failure.as_ref());
         built.push(Saga {
+            calls,
             name,
             owner: subject.name.clone(),
             subject: subject.aggregate.name.clone(),

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod observe;
 pub mod outbox;
 pub mod relay;
+pub mod saga;
 pub mod resilience;
 pub mod service_auth;
 pub mod shutdown;
