@@ -14,6 +14,8 @@
 #   field still starts on that database (a rollback; ci/upgrade_migrations.py);
 # - the upgrade from 0.3.0 (tests/fixtures/shop-0.3.0: a ref to another context), which
 #   must then build, lint clean and pass its tests, its reference checks included;
+# - the upgrade from 0.5.0 (tests/fixtures/shop-0.5.0: the checkout contexts without a
+#   saga), then the saga added to its spec: it must build, lint clean and pass its tests;
 # and 3- and 20-context systems must build. Every workspace shares one CARGO_TARGET_DIR,
 # so dependencies compile once. Needs DATABASE_URL (ci/test sets it).
 set -euo pipefail
@@ -165,6 +167,24 @@ grep -q 'pub const CALLERS: &\[&str\] = &\["gateway", "checkout"\];' "$calls/ser
 commit_all "$calls" "archscaffold update"
 (cd "$calls" && "$bin" check)
 check_workspace "$calls"
+
+step "upgrade: the 0.5.0 fixture (the checkout contexts, no saga) taken to this version, then given the saga"
+saga="$gen/upgrade-saga"
+from_fixture 0.5.0 "$saga"
+user_edit "$saga/services/inventory/src/domain/rules.rs" "$rule"
+commit_all "$saga" "our rules"
+(cd "$saga" && "$bin" update)
+grep -q 'CREATE TABLE saga' "$saga/services/orders/migrations/0007_sagas.sql"
+commit_all "$saga" "archscaffold update"
+sed -n '/^\[sagas\.place_order\]/,$p' "$root/examples/checkout.toml" | sed '1s/^/\n/' >>"$saga/archscaffold.toml"
+commit_all "$saga" "place orders with a saga"
+(cd "$saga" && "$bin" update)
+expect_line "$saga/services/inventory/src/domain/rules.rs" "$rule"
+grep -q 'ADD COLUMN "order_id"' "$saga/services/payments/migrations/0008_add_order_id.sql"
+commit_all "$saga" "archscaffold update for the saga"
+(cd "$saga" && "$bin" check)
+# Its orders tests run the saga against payments, inventory and shipping in-process.
+check_workspace "$saga"
 
 for n in 3 20; do
     names=$(seq -f "ctx%g" 1 "$n" | paste -sd, -)

@@ -923,6 +923,103 @@ fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_mig
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
 
+/// The saga of examples/checkout.toml, as a team would add it to its spec.
+const SAGA: &str = "
+[sagas.place_order]
+owner = \"orders\"
+start = \"orders.OrderCreated\"
+timeout = \"30s\"
+steps = [
+  { create = \"payments\", compensate = \"void\" },
+  { command = \"inventory.reserve\", on = \"item_id\", compensate = \"release\" },
+  { create = \"shipping\" },
+]
+on_success = \"confirm\"
+on_failure = \"cancel\"
+";
+
+#[test]
+fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_spec() {
+    let ws = Workspace::from_fixture("shop-0.5.0");
+    ws.append("services/inventory/src/domain/rules.rs", RULE);
+    ws.commit("our edits");
+    let migrations = |service: &str| {
+        let mut names: Vec<String> =
+            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        migrations("orders").last().map(String::as_str),
+        Some("0006_parked_outbox.sql")
+    );
+
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with(&format!(
+            "updated `shop` from archscaffold 0.5.0 to {VERSION}:\n"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("conflict"), "{report}");
+    for service in ["orders", "payments", "inventory", "shipping"] {
+        assert_eq!(
+            migrations(service).last().map(String::as_str),
+            Some("0007_sagas.sql"),
+            "{service}"
+        );
+    }
+    assert!(
+        ws.read("crates/platform/src/saga.rs")
+            .contains("FOR UPDATE SKIP LOCKED")
+    );
+    assert!(!ws.path("services/orders/src/sagas.rs").exists());
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+    ws.commit("archscaffold update");
+
+    // The team adds the saga: its owner gets the runner, its created participants a link.
+    ws.append("archscaffold.toml", SAGA);
+    ws.commit("place orders with a saga");
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        ws.read("services/orders/src/sagas.rs")
+            .contains("pub const PLACE_ORDER: Definition")
+    );
+    assert!(
+        ws.read("services/orders/src/lib.rs")
+            .contains("platform::saga::run(")
+    );
+    for participant in ["payments", "shipping"] {
+        let added = ws.read(&format!(
+            "services/{participant}/migrations/0008_add_order_id.sql"
+        ));
+        assert!(
+            added.contains("ADD COLUMN \"order_id\" TEXT NOT NULL DEFAULT ''"),
+            "{participant}: {added}"
+        );
+    }
+    assert_eq!(
+        migrations("inventory").last().map(String::as_str),
+        Some("0007_sagas.sql"),
+        "a participant the saga only commands keeps its schema"
+    );
+    assert!(
+        ws.read("docs/architecture.md")
+            .contains("### `place_order` (owner `orders`, timeout 30s)")
+    );
+    assert!(
+        ws.read("services/inventory/src/domain/rules.rs")
+            .ends_with(RULE)
+    );
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
 #[test]
 fn dry_run_lists_the_changes_and_writes_nothing() {
     let ws = Workspace::new("orders,billing");
