@@ -187,19 +187,24 @@ def check_crash(c):
 
 def check_outage(c):
     item = c.item(stock=1000)
+    # Its consumer runs (a restarted orders may take a rejoin first, see the README's
+    # broker notes): one saga through.
+    expect(c.settled(c.place(item))["state"] == "completed", "a saga completes before the outage")
     stop_process(c.args.workspace, "payments", signal.SIGTERM, 20)
     stopped = time.monotonic()
     orders = [c.place(item) for _ in range(20)]
+    wait_until(lambda: all(c.sagas(o) for o in orders), 20, "the 20 sagas to start")
     time.sleep(max(0.0, 15 - (time.monotonic() - stopped)))
     running = [s for o in orders for s in c.sagas(o) if s["state"] == "running"]
     expect(len(running) == 20, f"all 20 wait for payments: {len(running)} running")
+    expect(all(s["steps"][0]["status"] == "trying" for s in running), "each retries its payment")
     up_again(c.args.workspace)
     back = time.monotonic()
     for order in orders:
         saga = c.settled(order)
         expect(saga["state"] == "completed", f"completed after the outage: {saga}")
         expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", f"one payment, one shipment: {order}")
-    expect(c.item_events(item) == ["ItemCreated"] + ["ItemReserved"] * 20, "20 reservations")
+    expect(c.item_events(item) == ["ItemCreated"] + ["ItemReserved"] * 21, "one reservation per order")
     print(f"check 4 passed: payments down 15 s during 20 sagas; all completed {time.monotonic() - back:.1f} s "
           "after it returned, one payment and one shipment each")
 
@@ -279,14 +284,19 @@ def redeliver_starts(c, order_ids):
 
 def check_duplicates(c, happy_order, happy_item):
     orders = [happy_order]
+
+    def duplicates():
+        return total(scrape(ORDERS_METRICS), "bus_messages_consumed_total", outcome="duplicate")
+    before = duplicates()
     redeliver_starts(c, orders)
-    # The copies are consumed (the inbox records nothing new), and no second saga starts.
-    time.sleep(3)
+    # The copy is consumed and recognised by its event id (the inbox); no second saga starts.
+    wait_until(lambda: duplicates() >= before + len(orders), 30, "orders to consume the copies as duplicates")
     expect(c.sql("orders", f"SELECT count(*) FROM saga WHERE aggregate_id = '{happy_order}'")[0][0] == "1",
            "one saga per order, whatever the redeliveries")
     # Every call made again: the instance rewound to its first step.
     version = c.order(happy_order)["version"]
     c.sql("orders", "UPDATE saga SET state = 'running', step = 0, next_attempt_at = now(), version = version + 1, "
+          f"deadline = now() + interval '{SAGA_TIMEOUT_S} seconds', "
           "steps = '[{\"status\":\"pending\"},{\"status\":\"pending\"},{\"status\":\"pending\"}]' "
           f"WHERE aggregate_id = '{happy_order}' RETURNING id")
     saga = c.settled(happy_order, states=("completed",))
