@@ -334,24 +334,27 @@ run_sagas() {
 
     echo "== e2e [sagas, $bus]: start broker and system =="
     bash ci/brokers.sh start "$bus"
+    start_otlp_receiver "$E2E_STATE/spans-sagas-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # Exported: e2e_sagas.py runs up.sh again to restart orders and payments. A short lease
     # and backoff, so the crash and outage checks take seconds; no Redis.
     export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
         RUST_LOG=info ORDERS__SAGA__LEASE_MS=4000 ORDERS__SAGA__STEP_TIMEOUT_MS=2000 ORDERS__SAGA__POLL_MS=200 \
         ORDERS__SAGA__BACKOFF_MAX_MS=1000 ORDERS__SAGA__COMPENSATION_ATTEMPTS=4 \
-        ORDERS__DEPS__PAYMENTS__BREAKER__OPEN_MS=1000
+        ORDERS__DEPS__PAYMENTS__BREAKER__OPEN_MS=1000 \
+        OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
     unset REDIS_URL
     bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
     echo "== e2e [sagas, $bus]: assertions =="
     "$cache/venv/bin/python" ci/e2e_sagas.py --workspace "$ws" --gateway "$CARGO_TARGET_DIR/debug/gateway" \
-        --database "$DATABASE_URL" --bus "$bus" || status=$?
+        --database "$DATABASE_URL" --bus "$bus" --spans "$E2E_STATE/spans-sagas-$bus.jsonl" || status=$?
     # orders and payments were restarted: their new pids must be stopped too.
     record_started "$ws"/.run/*.pid
     bash "$ws/deploy/local/down.sh"
     bash ci/brokers.sh stop "$bus"
+    stop_otlp_receiver
     if [ $status -ne 0 ]; then
         echo "== e2e [sagas, $bus] failed; last log lines ==" >&2
         tail -n 30 "$ws/.run/orders.log" "$ws/.run/payments.log" "$ws/.run/gateway.log" >&2 || true

@@ -12,16 +12,16 @@ refuses to void a payment of 13 cents while PAYMENTS_E2E_VOID_BROKEN is set.
   2. refusals: (a) a retired item, (b) inventory's rule; both void the payment once and
      cancel the order; (c) shipping refuses the last step: the reservation is released,
      then the payment voided (reverse order), each once
-  3. crash: orders dies (a test-only fault hook aborts it) right after the reservation
-     succeeded, before the saga recorded it; restarted by up.sh, the saga completes and
-     the item holds one reservation
-  4. outage: payments stopped for 15 s while 20 sagas start; all 20 complete once it is
+  3. outage: payments stopped for 15 s while 20 sagas start; all 20 complete once it is
      back, one payment each
-  5. a compensation that keeps failing: the saga ends in compensation_failed, the metric
-     says so, other sagas complete meanwhile; once the cause is fixed, the admin retry
-     compensates it
-  6. duplicates: every saga's starting event is delivered again, and every step's call is
+  4. a compensation that keeps failing: the saga ends in compensation_failed, the metric
+     says so, other sagas complete meanwhile; a token without orders:admin cannot retry
+     it; once the cause is fixed, the admin retry compensates it
+  5. duplicates: every saga's starting event is delivered again, and every step's call is
      made again (the instance rewound): no second effect anywhere
+  6. crash (run last): orders dies (a test-only fault hook aborts it) right after the
+     reservation succeeded, before the saga recorded it; restarted by up.sh, the saga
+     completes and the item holds one reservation
 """
 
 import argparse
@@ -34,6 +34,7 @@ import uuid
 
 from e2e_common import dev_token, gone, pid_of, scrape, stop_process, total, up_again, wait_until
 from e2e_gateway import call, expect
+from e2e_traces import spans
 
 ORDERS_METRICS = 9465
 SAGA_TIMEOUT_S = 30
@@ -59,9 +60,11 @@ class Checkout:
         expect(status == 201, f"create an item: {status} {item}")
         return item["id"]
 
-    def place(self, item_id, quantity=1, amount_cents=500):
-        status, _, order, _ = self.post("/v1/orders", {"customer_id": "c-1", "item_id": item_id,
-                                                       "quantity": quantity, "amount_cents": amount_cents})
+    def place(self, item_id, quantity=1, amount_cents=500, headers=None):
+        status, _, order, _ = call("POST", "/v1/orders", self.token,
+                                   {"customer_id": "c-1", "item_id": item_id, "quantity": quantity,
+                                    "amount_cents": amount_cents},
+                                   {"Idempotency-Key": str(uuid.uuid4()), **(headers or {})})
         expect(status == 201 and order["state"] == "pending", f"place an order: {status} {order}")
         return order["id"]
 
@@ -109,9 +112,19 @@ def statuses(saga):
     return [s["status"] for s in saga["steps"]]
 
 
+def saga_metrics():
+    samples = scrape(ORDERS_METRICS)
+    return (total(samples, "saga_started_total", saga="place_order"),
+            total(samples, "saga_completed_total", saga="place_order", outcome="completed"),
+            total(samples, "saga_step_duration_seconds_count", saga="place_order", direction="forward",
+                  outcome="ok"))
+
+
 def check_happy(c):
     item = c.item()
-    order = c.place(item, quantity=2)
+    started, completed, steps = saga_metrics()
+    trace_id = os.urandom(16).hex()
+    order = c.place(item, quantity=2, headers={"traceparent": f"00-{trace_id}-{os.urandom(8).hex()}-01"})
     saga = c.settled(order)
     expect(saga["state"] == "completed" and statuses(saga) == ["done", "done", "done"], f"completed: {saga}")
     expect(c.order(order)["state"] == "confirmed", "the order is confirmed")
@@ -120,7 +133,20 @@ def check_happy(c):
     expect(c.shipments(order) == "1", "one shipment")
     expect(saga["steps"][0]["result"] == c.sql("payments", f"SELECT id FROM payments WHERE order_id = '{order}'")[0][0],
            "the create step recorded the payment's id")
-    print("check 1 passed: payment, reservation, shipment once each; the order confirmed")
+    # Counted, and a span per step in the trace of the request that placed the order.
+    wait_until(lambda: saga_metrics() == (started + 1, completed + 1, steps + 3), 10,
+               f"saga metrics to count it (before {started, completed, steps}, now {saga_metrics()})")
+    wanted = {f"saga place_order {label} {direction}" for label, direction in
+              [("create payments", "forward"), ("inventory.reserve", "forward"),
+               ("create shipping", "forward"), ("on_success", "on_success")]}
+    names = set()
+
+    def traced():
+        names.update(span["name"] for span in spans(c.args.spans, trace_id) if span["service"] == "orders")
+        return wanted <= names
+    wait_until(traced, 15, f"the steps' spans in the order's trace (have {sorted(names)})")
+    print("check 1 passed: payment, reservation, shipment once each; the order confirmed; counted, and "
+          "each step a span in the order's trace")
     return order, item
 
 
@@ -181,7 +207,7 @@ def check_crash(c):
     expect(saga["state"] == "completed", f"completed after the restart: {saga}")
     expect(c.item_events(item) == ["ItemCreated", "ItemReserved"], f"still one reservation: {c.item_events(item)}")
     expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", "one payment, one shipment")
-    print(f"check 3 passed: orders died between the reservation and its record; restarted, the saga "
+    print(f"check 6 passed: orders died between the reservation and its record; restarted, the saga "
           f"completed {time.monotonic() - started:.1f} s later with one reservation")
 
 
@@ -205,7 +231,7 @@ def check_outage(c):
         expect(saga["state"] == "completed", f"completed after the outage: {saga}")
         expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", f"one payment, one shipment: {order}")
     expect(c.item_events(item) == ["ItemCreated"] + ["ItemReserved"] * 21, "one reservation per order")
-    print(f"check 4 passed: payments down 15 s during 20 sagas; all completed {time.monotonic() - back:.1f} s "
+    print(f"check 3 passed: payments down 15 s during 20 sagas; all completed {time.monotonic() - back:.1f} s "
           "after it returned, one payment and one shipment each")
 
 
@@ -227,6 +253,13 @@ def check_failing_compensation(c):
     expect(c.settled(other)["state"] == "completed", "another saga completes meanwhile")
     status, _, problem, _ = c.post(f"/v1/orders/{other}/sagas/{c.sagas(other)[0]['id']}/retry")
     expect(status == 409, f"a completed saga is not retried: {status} {problem}")
+    # Retrying is an operator's: a token without orders:admin is refused.
+    plain = subprocess.run([c.args.gateway, "dev-token", "--sub", "not-an-operator", "--scope", "orders:read",
+                            "--scope", "orders:write", "--secret-file",
+                            os.path.join(c.args.workspace, ".run", "dev-issuer.secret")],
+                           check=True, capture_output=True, text=True).stdout.strip()
+    status, _, problem, _ = call("POST", f"/v1/orders/{stuck}/sagas/{saga['id']}/retry", plain)
+    expect(status == 403 and "orders:admin" in problem["detail"], f"retry without the scope: {status} {problem}")
     # The cause fixed (payments restarted without the fault), the operator retries.
     stop_process(c.args.workspace, "payments", signal.SIGTERM, 20)
     up_again(c.args.workspace)
@@ -237,7 +270,7 @@ def check_failing_compensation(c):
     expect(c.payments(stuck) == [["voided", "2"]], f"voided once: {c.payments(stuck)}")
     expect(c.order(stuck)["state"] == "cancelled", "cancelled")
     wait_until(lambda: failed_gauge() == 0, 10, "saga_compensation_failed back to 0")
-    print("check 5 passed: a void that kept failing left the saga in compensation_failed (gauge 1) while "
+    print("check 4 passed: a void that kept failing left the saga in compensation_failed (gauge 1) while "
           "others completed; fixed and retried, it was voided once and the order cancelled")
 
 
@@ -305,7 +338,7 @@ def check_duplicates(c, happy_order, happy_item):
     expect(c.item_events(happy_item) == ["ItemCreated", "ItemReserved"], f"still one reservation: {c.item_events(happy_item)}")
     expect(c.shipments(happy_order) == "1", "still one shipment")
     expect(c.order(happy_order)["version"] == version, "the confirm was not applied twice")
-    print("check 6 passed: the starting event delivered again and every step called again with its key: "
+    print("check 5 passed: the starting event delivered again and every step called again with its key: "
           "no second saga, payment, reservation, shipment or confirm")
 
 
@@ -315,10 +348,14 @@ def main():
     parser.add_argument("--gateway", required=True)
     parser.add_argument("--database", required=True, help="the admin URL; the services' databases are beside it")
     parser.add_argument("--bus", required=True, choices=["kafka", "sqs"])
+    parser.add_argument("--spans", required=True, help="the OTLP receiver's output file")
     parser.add_argument("--only", help="comma-separated check names")
     args = parser.parse_args()
     c = Checkout(args)
-    checks = ["happy", "refusals", "crash", "outage", "compensation", "duplicates"]
+    # The crash last: after a process dies outright, the messages its last long poll was
+    # handed stay hidden for the queue's visibility timeout on SQS (60 s), which would
+    # only slow the checks after it.
+    checks = ["happy", "refusals", "outage", "compensation", "duplicates", "crash"]
     only = args.only.split(",") if args.only else checks
     happy = None
     failed = 0

@@ -137,6 +137,21 @@ impl Checker<'_, '_, '_> {
         }
     }
 
+    /// The subject's `ref:` fields to `target`, as a list for a message.
+    fn refs_to(&self, subject: &Context, target: &Context) -> String {
+        self.names(
+            subject
+                .references
+                .iter()
+                .filter(|f| {
+                    f.reference
+                        .as_ref()
+                        .is_some_and(|r| r.snake == target.name.snake)
+                })
+                .map(|f| f.name.clone()),
+        )
+    }
+
     /// The request fields of `command` on `target`, each filled from the subject's field of
     /// the same name or, for a string the subject lacks, with the saga's reason.
     fn command_call(
@@ -382,17 +397,7 @@ impl Checker<'_, '_, '_> {
         } else {
             let (name, command_span) = command_name.expect("a command step");
             let Some(field) = &step.on else {
-                let refs = self.names(
-                    subject
-                        .references
-                        .iter()
-                        .filter(|f| {
-                            f.reference
-                                .as_ref()
-                                .is_some_and(|r| r.snake == target_ctx.name.snake)
-                        })
-                        .map(|f| f.name.clone()),
-                );
+                let refs = self.refs_to(subject, target_ctx);
                 self.c.error(
                     &at,
                     command_span,
@@ -416,17 +421,7 @@ impl Checker<'_, '_, '_> {
             match is_ref {
                 Some(Some(r)) if r == target_ctx.name.snake => {}
                 _ => {
-                    let refs = self.names(
-                        subject
-                            .references
-                            .iter()
-                            .filter(|f| {
-                                f.reference
-                                    .as_ref()
-                                    .is_some_and(|r| r.snake == target_ctx.name.snake)
-                            })
-                            .map(|f| f.name.clone()),
-                    );
+                    let refs = self.refs_to(subject, target_ctx);
                     self.c.error(
                         format!("{at}.on"),
                         field.span(),
