@@ -19,7 +19,7 @@ use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::bus::{BusError, Delivery, EVENT_ID, OutgoingMessage, Publisher, Receipt, Subscriber};
+use crate::bus::{BusError, Delivery, EVENT_ID, OutgoingMessage, PollGate, Publisher, Receipt, Subscriber};
 use crate::config::{ConfigError, Env};
 
 /// Header that carries the logical topic, since a queue receives several.
@@ -263,6 +263,7 @@ impl Bus {
             bus: self.clone(),
             queue,
             buffered: VecDeque::new(),
+            gate: PollGate::default(),
         })
     }
 }
@@ -375,6 +376,8 @@ pub struct SqsSubscriber {
     bus: Bus,
     queue: String,
     buffered: VecDeque<Delivery>,
+    /// Closed on stop: the long poll in flight ends, no other starts.
+    gate: PollGate,
 }
 
 impl Subscriber for SqsSubscriber {
@@ -382,6 +385,11 @@ impl Subscriber for SqsSubscriber {
         loop {
             if let Some(delivery) = self.buffered.pop_front() {
                 return Ok(delivery);
+            }
+            // A long poll started now and abandoned at exit would go on at SQS for its
+            // wait time and take messages for nobody, hidden for the visibility timeout.
+            if self.gate.is_closed() {
+                return Err(BusError::new("stopping: no further receive"));
             }
             let url = self.bus.queue_url(&self.queue).await?;
             let received = self
@@ -432,6 +440,10 @@ impl Subscriber for SqsSubscriber {
                 });
             }
         }
+    }
+
+    fn poll_gate(&self) -> PollGate {
+        self.gate.clone()
     }
 
     async fn release(&mut self, unprocessed: Vec<Delivery>) {

@@ -98,6 +98,27 @@ pub trait Subscriber: Send + 'static {
         drop(unprocessed);
         std::future::ready(())
     }
+
+    /// The gate [`next_or_stop`] closes when the stop comes, so that a `next` in flight
+    /// finishes the receive it is in and starts no other. By default one nobody reads: a
+    /// Kafka fetch leaves nothing behind at the broker.
+    fn poll_gate(&self) -> PollGate {
+        PollGate::default()
+    }
+}
+
+/// Whether a subscriber may start another receive (see [`Subscriber::poll_gate`]).
+#[derive(Debug, Clone, Default)]
+pub struct PollGate(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl PollGate {
+    pub fn close(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// What [`next_or_stop`] came back with.
@@ -116,11 +137,15 @@ pub async fn next_or_stop<S: Subscriber>(
     stop: &mut tokio::sync::watch::Receiver<bool>,
     grace: std::time::Duration,
 ) -> Next {
+    let gate = subscriber.poll_gate();
     let next = subscriber.next();
     tokio::pin!(next);
     tokio::select! {
         received = &mut next => Next::Received(received),
         () = stopped(stop) => {
+            // A receive abandoned by the timeout below would live on at the broker and
+            // could still take messages after this process is gone: start none.
+            gate.close();
             let late = tokio::time::timeout(grace, &mut next).await;
             Next::Stopped(late.ok().and_then(Result::ok).into_iter().collect())
         }
@@ -190,6 +215,58 @@ mod tests {
             Next::Stopped(late) => assert!(late.is_empty()),
             Next::Received(_) => panic!("the stop came first"),
         }
+    }
+
+    /// A queue that stays empty: each receive is a long poll that brings nothing, and
+    /// `next` polls again until the gate closes, like the SQS subscriber.
+    struct EmptyPolls {
+        poll: Duration,
+        started: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        gate: PollGate,
+    }
+
+    impl Subscriber for EmptyPolls {
+        async fn next(&mut self) -> Result<Delivery, BusError> {
+            loop {
+                if self.gate.is_closed() {
+                    return Err(BusError::new("stopping: no further receive"));
+                }
+                self.started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::time::sleep(self.poll).await;
+            }
+        }
+
+        async fn ack(&mut self, _delivery: &Delivery) -> Result<(), BusError> {
+            Ok(())
+        }
+
+        fn poll_gate(&self) -> PollGate {
+            self.gate.clone()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_receive_starts_after_the_stop() {
+        // One abandoned at the end of the grace would live on at the broker and could take
+        // messages after the process exited, hidden for the visibility timeout.
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let started = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut subscriber = EmptyPolls {
+            poll: Duration::from_millis(300),
+            started: started.clone(),
+            gate: PollGate::default(),
+        };
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            stop.send(true).unwrap();
+            stop
+        });
+        let began = tokio::time::Instant::now();
+        let next = next_or_stop(&mut subscriber, &mut stopping, Duration::from_secs(1)).await;
+        drop(stopper.await);
+        assert!(matches!(next, Next::Stopped(late) if late.is_empty()));
+        assert_eq!(started.load(std::sync::atomic::Ordering::SeqCst), 1, "only the receive in flight");
+        assert_eq!(began.elapsed(), Duration::from_millis(300), "stopped when that receive ended");
     }
 
     #[tokio::test(start_paused = true)]
