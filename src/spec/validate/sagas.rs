@@ -553,6 +553,32 @@ pub fn build(
             continue;
         };
         let subject = &view[owner];
+        // The owner's contract gains these messages (ListSagas, RetrySaga).
+        let taken = [
+            "Saga",
+            "SagaStep",
+            "ListSagasRequest",
+            "ListSagasResponse",
+            "RetrySagaRequest",
+            "RetrySagaResponse",
+        ];
+        let clash = std::iter::once(&subject.aggregate.name)
+            .chain(subject.events.iter().map(|e| &e.name))
+            .find(|n| taken.contains(&n.pascal.as_str()));
+        if let Some(clash) = clash {
+            c.error(
+                format!("{field}.owner"),
+                saga.owner.span(),
+                format!(
+                    "`{}` owns a saga, so its contract gets the messages {}, and its `{}` would be one of them",
+                    subject.name.raw,
+                    taken.join(", "),
+                    clash.pascal
+                ),
+                format!("rename the aggregate or event of `{}`", subject.name.raw),
+            );
+            continue;
+        }
         let Some((start_context, start_event)) = saga.start.get_ref().split_once('.') else {
             c.error(
                 format!("{field}.start"),
@@ -857,6 +883,11 @@ mod tests {
             problems("timeout = \"30s\"", "timeout = \"30\""),
             "`30` is not a timeout from 1s to 24h",
         );
+        let clash: Vec<String> = problems("aggregate = \"Order\"", "aggregate = \"Saga\"")
+            .into_iter()
+            .filter(|p| p.starts_with("sagas."))
+            .collect();
+        assert_one(clash, "its `Saga` would be one of them");
         let twice = format!(
             "{CHECKOUT}\n[sagas.again]\nowner = \"orders\"\nstart = \"orders.OrderCreated\"\nsteps = [{{ create = \"shipping\" }}]\n"
         );
