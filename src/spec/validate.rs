@@ -412,11 +412,7 @@ fn second_pass(
     partials: &[Partial],
     implied: &sagas::Implied,
 ) -> Vec<Context> {
-    let find = |name: &str| {
-        partials
-            .iter()
-            .position(|p| p.key.get_ref() == name || p.name.snake == Names::new(name).snake)
-    };
+    let find = |name: &str| context_index(partials, name);
     let mut contexts = Vec::new();
     let mut call_edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); partials.len()];
 
@@ -964,6 +960,15 @@ fn make_field(name: &str, kind: FieldType, link: bool, declared: bool) -> Field 
         reference: None,
         reference_aggregate: None,
     }
+}
+
+/// The context a spec names, by its key or by any spelling of it (`order-items`,
+/// `order_items`).
+fn context_index(partials: &[Partial], name: &str) -> Option<usize> {
+    let snake = Names::new(name).snake;
+    partials
+        .iter()
+        .position(|p| p.key.get_ref() == name || p.name.snake == snake)
 }
 
 fn known(partials: &[Partial]) -> String {

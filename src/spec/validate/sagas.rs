@@ -9,7 +9,7 @@ use std::ops::Range;
 use indexmap::IndexMap;
 use toml::Spanned;
 
-use super::{Collector, Partial, known};
+use super::{Collector, Partial, context_index, known};
 use crate::inflect::Names;
 use crate::spec::model::{Context, FieldType, Saga, SagaCall, SagaCallSite, SagaInput, SagaStep};
 use crate::spec::names::check_field_name;
@@ -30,22 +30,16 @@ pub struct Implied {
 /// The context a step names: by context name, or by its aggregate's plural
 /// (`create = "payments"` for a context `billing` whose aggregate is `Payment`).
 fn participant(partials: &[Partial], name: &str) -> Option<usize> {
-    let snake = Names::new(name).snake;
-    partials
-        .iter()
-        .position(|p| p.key.get_ref() == name || p.name.snake == snake)
-        .or_else(|| {
-            partials
-                .iter()
-                .position(|p| crate::inflect::plural(&p.aggregate.snake) == snake)
-        })
+    context_index(partials, name).or_else(|| {
+        let snake = Names::new(name).snake;
+        partials
+            .iter()
+            .position(|p| crate::inflect::plural(&p.aggregate.snake) == snake)
+    })
 }
 
 fn owner(partials: &[Partial], saga: &RawSaga) -> Option<usize> {
-    let name = saga.owner.get_ref();
-    partials
-        .iter()
-        .position(|p| p.key.get_ref() == name || p.name.snake == Names::new(name).snake)
+    context_index(partials, saga.owner.get_ref())
 }
 
 /// The context of a step, and its span: `create`'s, or the part of `command` before the dot.
@@ -120,6 +114,28 @@ pub fn format_timeout(ms: u64) -> String {
     }
 }
 
+/// Where a request field's value comes from (one of `SagaInput`'s flags).
+enum Source {
+    Subject(String),
+    SubjectId,
+    Reason,
+    Empty,
+}
+
+fn saga_input(field: String, kind: FieldType, source: Source) -> SagaInput {
+    SagaInput {
+        field,
+        kind,
+        subject_id: matches!(source, Source::SubjectId),
+        reason: matches!(source, Source::Reason),
+        empty: matches!(source, Source::Empty),
+        subject_field: match source {
+            Source::Subject(name) => Some(name),
+            _ => None,
+        },
+    }
+}
+
 struct Checker<'c, 's, 'a> {
     c: &'c mut Collector<'s, 'a>,
     partials: &'c [Partial<'c>],
@@ -185,14 +201,11 @@ impl Checker<'_, '_, '_> {
         let mut inputs = Vec::new();
         for input in &cmd.inputs {
             match subject.all_fields.iter().find(|f| f.name == input.name) {
-                Some(f) if f.kind == input.kind => inputs.push(SagaInput {
-                    field: input.name.clone(),
-                    kind: input.kind,
-                    subject_field: Some(f.name.clone()),
-                    subject_id: false,
-                    reason: false,
-                    empty: false,
-                }),
+                Some(f) if f.kind == input.kind => inputs.push(saga_input(
+                    input.name.clone(),
+                    input.kind,
+                    Source::Subject(f.name.clone()),
+                )),
                 Some(f) => {
                     self.c.error(
                         at,
@@ -209,14 +222,9 @@ impl Checker<'_, '_, '_> {
                         "give both the same type, or rename one of them",
                     );
                 }
-                None if input.kind == FieldType::String => inputs.push(SagaInput {
-                    field: input.name.clone(),
-                    kind: input.kind,
-                    subject_field: None,
-                    subject_id: false,
-                    reason: true,
-                    empty: false,
-                }),
+                None if input.kind == FieldType::String => {
+                    inputs.push(saga_input(input.name.clone(), input.kind, Source::Reason))
+                }
                 None => {
                     self.c.error(
                         at,
@@ -256,37 +264,24 @@ impl Checker<'_, '_, '_> {
         let mut ok = true;
         for field in &target.all_fields {
             if field.name == link {
-                inputs.push(SagaInput {
-                    field: field.name.clone(),
-                    kind: field.kind,
-                    subject_field: None,
-                    subject_id: true,
-                    reason: false,
-                    empty: false,
-                });
+                inputs.push(saga_input(
+                    field.name.clone(),
+                    field.kind,
+                    Source::SubjectId,
+                ));
                 continue;
             }
             if field.link {
                 // Another upstream's link: empty, as for a create through the API.
-                inputs.push(SagaInput {
-                    field: field.name.clone(),
-                    kind: field.kind,
-                    subject_field: None,
-                    subject_id: false,
-                    reason: false,
-                    empty: true,
-                });
+                inputs.push(saga_input(field.name.clone(), field.kind, Source::Empty));
                 continue;
             }
             match subject.all_fields.iter().find(|f| f.name == field.name) {
-                Some(f) if f.kind == field.kind => inputs.push(SagaInput {
-                    field: field.name.clone(),
-                    kind: field.kind,
-                    subject_field: Some(f.name.clone()),
-                    subject_id: false,
-                    reason: false,
-                    empty: false,
-                }),
+                Some(f) if f.kind == field.kind => inputs.push(saga_input(
+                    field.name.clone(),
+                    field.kind,
+                    Source::Subject(f.name.clone()),
+                )),
                 found => {
                     ok = false;
                     let why = match found {
