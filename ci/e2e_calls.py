@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -29,7 +28,7 @@ import uuid
 import grpc
 
 from e2e import compile_protos_of
-from e2e_common import (link_key, link_token, log_entries, pid_of, scrape, stop_process, total,
+from e2e_common import (dev_token, link_key, link_token, log_entries, pid_of, scrape, stop_process, total,
                         up_again, wait_until)
 from e2e_gateway import call, expect
 from e2e_traces import spans
@@ -51,10 +50,7 @@ def kill(workspace, process):
 class Calls:
     def __init__(self, args):
         self.args = args
-        self.token = subprocess.run(
-            [args.gateway, "dev-token", "--sub", "calls-check", "--secret-file",
-             os.path.join(args.workspace, ".run", "dev-issuer.secret")],
-            check=True, capture_output=True, text=True).stdout.strip()
+        self.token = dev_token(args.gateway, args.workspace, "calls-check")
 
     def create(self, context, body, headers=None):
         return call("POST", f"/v1/{context}", self.token, body,

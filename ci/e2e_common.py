@@ -135,10 +135,12 @@ def service_credential(workspace, callee, caller="gateway"):
     return ("authorization", f"Bearer {token}")
 
 
-def dev_token(gateway, workspace, sub):
-    """A token from `gateway dev-token`, as a user of the generated system gets one."""
+def dev_token(gateway, workspace, sub, scopes=()):
+    """A token from `gateway dev-token`, as a user of the generated system gets one: with
+    `scopes`, or every scope when there are none."""
+    granted = [arg for scope in scopes for arg in ("--scope", scope)]
     return subprocess.run(
-        [gateway, "dev-token", "--sub", sub, "--secret-file", f"{workspace}/.run/dev-issuer.secret"],
+        [gateway, "dev-token", "--sub", sub, *granted, "--secret-file", f"{workspace}/.run/dev-issuer.secret"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()
 

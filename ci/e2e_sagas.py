@@ -254,10 +254,7 @@ def check_failing_compensation(c):
     status, _, problem, _ = c.post(f"/v1/orders/{other}/sagas/{c.sagas(other)[0]['id']}/retry")
     expect(status == 409, f"a completed saga is not retried: {status} {problem}")
     # Retrying is an operator's: a token without orders:admin is refused.
-    plain = subprocess.run([c.args.gateway, "dev-token", "--sub", "not-an-operator", "--scope", "orders:read",
-                            "--scope", "orders:write", "--secret-file",
-                            os.path.join(c.args.workspace, ".run", "dev-issuer.secret")],
-                           check=True, capture_output=True, text=True).stdout.strip()
+    plain = dev_token(c.args.gateway, c.args.workspace, "not-an-operator", ["orders:read", "orders:write"])
     status, _, problem, _ = call("POST", f"/v1/orders/{stuck}/sagas/{saga['id']}/retry", plain)
     expect(status == 403 and "orders:admin" in problem["detail"], f"retry without the scope: {status} {problem}")
     # The cause fixed (payments restarted without the fault), the operator retries.
