@@ -48,6 +48,10 @@ impl Plan {
             files: BTreeMap::new(),
             formatted: Formatted::Yes,
         };
+        // Templates are parsed once each, then every (template, view) pair is rendered;
+        // both on every core: parsing is most of a small workspace's generation, and
+        // rendering of a large one's (besides rustfmt).
+        let mut sources = Vec::new();
         for set in &blueprint.manifest.sets {
             if set.bus.as_deref().is_some_and(|b| b != spec.bus.as_str()) {
                 continue;
@@ -60,17 +64,30 @@ impl Plan {
             };
             for template in blueprint.templates.iter().filter(|t| t.set == set.folder) {
                 let name = format!("{}/{}", set.folder, template.path);
-                let prepared = Prepared::new(&renderer, &name, template)?;
-                for view in &views {
-                    let (path, contents) = prepared.render(&name, view)?;
-                    // A rendered template that comes out blank is how a blueprint leaves a
-                    // file out for some specs.
-                    let Some(contents) = contents else { continue };
-                    let owner = ownership::owner_of(&path, &blueprint.manifest.owners.user);
-                    let contents = ownership::with_header(&path, &contents, owner);
-                    plan.insert(&name, path, PlannedFile { contents, owner })?;
-                }
+                sources.push((name, template, views.clone()));
             }
+        }
+        let prepared = on_every_core(&sources, |(name, template, views)| {
+            Ok((
+                name.clone(),
+                Prepared::new(&renderer, name, template)?,
+                views.clone(),
+            ))
+        })?;
+        let jobs: Vec<(&str, &Prepared<'_>, &View<'_>)> = prepared
+            .iter()
+            .flat_map(|(name, parsed, views)| views.iter().map(move |v| (name.as_str(), parsed, v)))
+            .collect();
+        let rendered = on_every_core(&jobs, |(name, prepared, view)| {
+            Ok((*name, prepared.render(name, view)?))
+        })?;
+        for (name, (path, contents)) in rendered {
+            // A rendered template that comes out blank is how a blueprint leaves a file
+            // out for some specs.
+            let Some(contents) = contents else { continue };
+            let owner = ownership::owner_of(&path, &blueprint.manifest.owners.user);
+            let contents = ownership::with_header(&path, &contents, owner);
+            plan.insert(name, path, PlannedFile { contents, owner })?;
         }
         plan.insert_openapi(spec)?;
         plan.formatted = format::rust_files(&mut plan.files)?;
@@ -145,6 +162,34 @@ impl Plan {
 
 /// A blueprint file with its Liquid parsed once: a per-context file is rendered once per
 /// context, and parsing is most of the cost of rendering.
+/// `work` on each item, on as many threads as there are cores; the results keep the
+/// items' order, so the plan is the same however the work was split.
+fn on_every_core<T: Sync, R: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<R> + Sync,
+) -> Result<Vec<R>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(workers).max(1);
+    let work = &work;
+    let parts: Vec<Result<Vec<R>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(work).collect::<Result<Vec<R>>>()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a generation thread panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(items.len());
+    for part in parts {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
 struct Prepared<'a> {
     path: OutputPath,
     /// `None` for a file copied verbatim.
