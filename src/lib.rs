@@ -12,6 +12,7 @@ pub mod blueprint;
 pub mod cli;
 pub mod error;
 pub mod format;
+pub mod git_pack;
 pub mod inflect;
 pub mod lock;
 pub mod merge;

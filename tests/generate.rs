@@ -188,6 +188,41 @@ fn the_first_commit_holds_exactly_the_generated_files() {
         repo.statuses(None).unwrap().is_empty(),
         "work tree clean after generation"
     );
+    for (path, bytes) in tree(&root) {
+        let blob = head_tree
+            .get_path(Path::new(&path))
+            .unwrap()
+            .to_object(&repo)
+            .unwrap();
+        assert_eq!(
+            blob.as_blob().unwrap().content(),
+            bytes.as_slice(),
+            "{path} as committed"
+        );
+    }
+    // git itself, where it is installed, finds the pack and its index sound and the
+    // work tree clean (the index holds each file's stat data).
+    if let Ok(fsck) = std::process::Command::new("git")
+        .args(["fsck", "--strict", "--full"])
+        .current_dir(&root)
+        .output()
+    {
+        assert!(
+            fsck.status.success(),
+            "git fsck: {}",
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+        let status = std::process::Command::new("git")
+            .args(["status", "--porcelain"])
+            .current_dir(&root)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&status.stdout),
+            "",
+            "git status is clean"
+        );
+    }
 }
 
 #[test]
