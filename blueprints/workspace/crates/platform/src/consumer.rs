@@ -53,6 +53,14 @@ pub trait Handler: Send + Sync + 'static {
         delivery: &Delivery,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
+    /// Whether an event of this type does anything here. An aggregate's topic carries all
+    /// of its events; the ones nobody handles pass by without a transaction (there is no
+    /// effect to deduplicate, so no inbox row either). By default every event is handled.
+    fn handles(&self, event_type: &str) -> bool {
+        let _ = event_type;
+        true
+    }
+
     /// Called after the transaction committed, e.g. to wake the outbox relay.
     fn committed(&self) {}
 }
@@ -85,6 +93,8 @@ pub enum Outcome {
     Applied,
     /// Its event id was in the inbox already.
     Duplicate,
+    /// No handler for its type here ([`Handler::handles`]): acknowledged without a write.
+    PassedBy,
     DeadLettered { reason: String, attempts: u32 },
     /// Shutdown came first; the message is not acknowledged and will be redelivered.
     Interrupted,
@@ -148,6 +158,9 @@ async fn apply_with_retries<H: Handler>(
     else {
         return Err(("missing or malformed event_id header".into(), 1));
     };
+    if !handler.handles(delivery.headers.get(EVENT_TYPE).map_or("", String::as_str)) {
+        return Ok(Outcome::PassedBy);
+    }
     let max = config.max_attempts.max(1);
     let mut attempt = 1;
     let mut outage: u32 = 0;
@@ -280,6 +293,7 @@ pub async fn run<S: Subscriber, P: Publisher, H: Handler>(
         let counted = match &outcome {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
+            Outcome::PassedBy => "passed_by",
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Interrupted => "interrupted",
         };

@@ -12,6 +12,7 @@ pub mod error;
 pub mod faults;
 pub mod health;
 pub mod idempotency;
+pub mod keyed_write;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;

@@ -15,6 +15,12 @@
 //! alert fires) and kept for an operator, and the relay goes on with the rest, including
 //! the later events of that aggregate, whose consumers then see a version missing. A
 //! refusal never makes the relay back off: it says nothing about the broker.
+//!
+//! A batch commits asynchronously (`synchronous_commit = off` for its transaction alone):
+//! the server may lose its last marks in a crash, and then publishes those rows again,
+//! which at-least-once delivery allows and consumers' inboxes absorb. WAL is replayed in
+//! order, so what is lost is always the latest marks, never an earlier one behind a later
+//! one. Writes of state (creates, changes, the consumers' inbox) keep synchronous commits.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +37,10 @@ pub const PARK_AFTER: u32 = 5;
 
 /// The advisory lock namespace of relays (the first key of `pg_try_advisory_xact_lock`).
 const RELAY_LOCK_CLASS: i32 = 0x0b0c;
+
+/// How a batch's transaction begins: in the same round trip as BEGIN, its commit is made
+/// asynchronous (see the module doc).
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -97,6 +107,8 @@ pub struct Relayed {
     pub parked: usize,
     /// The first failure that may pass later (the broker down, a timeout).
     pub unavailable: Option<BusError>,
+    /// The batch was full: more rows may be waiting already.
+    pub full: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -137,7 +149,7 @@ pub async fn relay_batch<P: Publisher>(
     limit: i64,
     park_after: u32,
 ) -> Result<Relayed, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with(BEGIN_BATCH).await?;
     // The aggregates waiting longest that no other relay is publishing right now. Claimed
     // in a statement of its own: the rows are read by the next one, whose snapshot is
     // taken after the locks, so it sees what a relay that held one before committed.
@@ -165,6 +177,7 @@ pub async fn relay_batch<P: Publisher>(
     .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
+    let full = claimed.len() as i64 >= limit || rows.len() as i64 >= limit;
     // One sequence per aggregate, in version order; the sequences run concurrently.
     let mut sequences: Vec<&[Row]> = Vec::new();
     let mut rest = rows.as_slice();
@@ -186,7 +199,10 @@ pub async fn relay_batch<P: Publisher>(
         (sent, None)
     }))
     .await;
-    let mut relayed = Relayed::default();
+    let mut relayed = Relayed {
+        full,
+        ..Relayed::default()
+    };
     let mut sent = Vec::new();
     let mut failures = Vec::new();
     for (ids, failure) in outcomes {
@@ -293,11 +309,14 @@ pub async fn run<P: Publisher>(
         }
         };
         let pause = match result {
-            // Progress: go on at once, even if some aggregate failed.
+            // Progress: go on at once while batches come full, even if some aggregate
+            // failed. After a partial batch there is nothing more unless a new row was
+            // written since, and a writer in this process has notified `wake` then: a
+            // query to find that out would be a round trip for nothing on every event.
             Ok(relayed) if relayed.published > 0 => {
                 failures = 0;
                 tracing::debug!(published = relayed.published, "outbox relayed");
-                None
+                (!relayed.full).then_some(config.idle_poll)
             }
             // Nothing went out and the broker failed: back off.
             Ok(Relayed { unavailable: Some(e), .. }) => Some(backed_off(&mut failures, &mut topics_ready, &config, &e)),
