@@ -6,16 +6,22 @@ table and draws the plot from them.
 Phases:
   generation  `archscaffold new` for 2..200 contexts, median of several runs, peak RSS
   build       cold and incremental `cargo build` of the 2-context workspace, crates compiled
-  system      the generated system on Kafka (tansu), PostgreSQL and Redis, all on loopback:
+  system      the example shop (examples/shop.toml: orders with a lifecycle, billing opening
+              an invoice per order) on Kafka (tansu), PostgreSQL and Redis, all on loopback:
               idle RSS; end-to-end event latency at a steady rate (commit timestamps of the
-              order and of billing's aggregate); wrk on POST, cached GET and uncached GET
-              at several concurrencies; pgbench's single-row insert at the same
-              concurrencies against the same server; RSS under load
+              order and of billing's invoice); wrk on POST, a command (change_note), cached
+              GET and uncached GET at several concurrencies; RSS under load
+  limit       the same SQL in pgbench, at the same concurrencies against the same server:
+              ci/bench_sql/post.sql is one POST's pipeline statement for statement (the
+              create, orders' relay, billing's consumer, billing's relay), command.sql one
+              command's; and which statements the services actually sent per POST
+              (pg_stat_statements), so the script can be checked against them
 
 Every load run is bounded by time and by a request count, and only loopback is targeted.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -40,6 +46,10 @@ GATEWAY = ("127.0.0.1", 8080)
 # Every process up.sh starts: each service runs its default two replicas.
 PROCESSES = ("gateway", "orders", "orders-2", "billing", "billing-2")
 EDITED_FILE = "services/orders/src/domain/rules.rs"
+SQL = os.path.join(ROOT, "ci", "bench_sql")
+# The orders a command's load runs on, through the gateway and in pgbench alike.
+COMMAND_ORDERS = 200
+ORDER_BODY = json.dumps({"customer_id": "customer-1", "total_cents": 1250, "note": "bench"})
 # The gateway (HTTP, metrics), both replicas of the two services (gRPC, metrics; the second
 # on the first's ports plus 1000), tansu and the harness's Redis.
 SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 51051, 51052, 10465, 10466, 9092, 6390)
@@ -54,18 +64,20 @@ class Settings:
     profile: str
     concurrencies: list
     load_seconds: int
+    # Each load is run this many times; the run with the median throughput is kept.
+    load_runs: int
     max_requests: int
     event_rate: int
     event_seconds: int
 
 
 FULL = Settings(gen_sizes=[2, 10, 50, 200], gen_runs=5, cold_build=True, incremental_runs=3,
-                profile="release", concurrencies=[1, 4, 16, 32], load_seconds=10,
+                profile="release", concurrencies=[1, 4, 16], load_seconds=10, load_runs=3,
                 max_requests=300_000, event_rate=20, event_seconds=15)
 # What .ci/run measures, so the benchmark cannot rot: every phase, smaller and on the
 # debug build the tests already made.
 QUICK = Settings(gen_sizes=[2, 10, 50], gen_runs=3, cold_build=False, incremental_runs=2,
-                 profile="debug", concurrencies=[1, 8], load_seconds=3,
+                 profile="debug", concurrencies=[1, 8], load_seconds=3, load_runs=1,
                  max_requests=30_000, event_rate=10, event_seconds=5)
 
 
@@ -100,33 +112,52 @@ def count_files(tree):
     return total
 
 
+def generate_once(generator, n, names, out, cache):
+    """(seconds, peak RSS in MB) of one `archscaffold new` with its formatting cache in
+    `cache`."""
+    shutil.rmtree(out, ignore_errors=True)
+    env = dict(os.environ, ARCHSCAFFOLD_CACHE_DIR=cache)
+    with tempfile.TemporaryFile() as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen([generator, "new", "bench", "--contexts", names, "--out", out],
+                                 stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+        # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+        if os.waitstatus_to_exitcode(status) != 0:
+            stderr.seek(0)
+            raise BenchError(f"archscaffold new with {n} contexts failed:\n{stderr.read().decode()}")
+    return elapsed, usage.ru_maxrss / 1024
+
+
 def bench_generation(generator, settings, work):
+    """Each size cold (an empty formatting cache: rustfmt formats everything, as on a first
+    run) and warm (the cache holds what the same spec needed, as for a team generating the
+    same services again, or `update` re-rendering a workspace)."""
     rows = []
     for n in settings.gen_sizes:
         names = ",".join(f"ctx{i:03d}" for i in range(n))
-        times, peaks, files = [], [], 0
+        out = os.path.join(work, f"gen-{n}")
+        caches = os.path.join(work, f"gen-cache-{n}")
+        cold, warm, peaks, files = [], [], [], 0
         for attempt in range(settings.gen_runs):
-            out = os.path.join(work, f"gen-{n}")
-            shutil.rmtree(out, ignore_errors=True)
-            with tempfile.TemporaryFile() as stderr:
-                started = time.perf_counter()
-                child = subprocess.Popen([generator, "new", "bench", "--contexts", names, "--out", out],
-                                         stdout=subprocess.DEVNULL, stderr=stderr)
-                # wait4 gives this child's own peak RSS (ru_maxrss, KiB on Linux).
-                _, status, usage = os.wait4(child.pid, 0)
-                elapsed = time.perf_counter() - started
-                child.returncode = os.waitstatus_to_exitcode(status)
-                if child.returncode != 0:
-                    stderr.seek(0)
-                    raise BenchError(f"archscaffold new with {n} contexts failed:\n{stderr.read().decode()}")
-            times.append(elapsed)
-            peaks.append(usage.ru_maxrss / 1024)
+            shutil.rmtree(caches, ignore_errors=True)
+            elapsed, peak = generate_once(generator, n, names, out, os.path.join(caches, "cold"))
+            cold.append(elapsed)
+            peaks.append(peak)
             if attempt == 0:
                 files = count_files(out)
-            shutil.rmtree(out)
-        rows.append({"contexts": n, "median_s": statistics.median(times), "min_s": min(times),
-                     "max_s": max(times), "runs": len(times), "peak_rss_mb": max(peaks), "files": files})
-        log(f"generation, {n} contexts: median {statistics.median(times) * 1000:.0f} ms over {len(times)} runs")
+        for attempt in range(settings.gen_runs):
+            elapsed, peak = generate_once(generator, n, names, out, os.path.join(caches, "cold"))
+            warm.append(elapsed)
+            peaks.append(peak)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(caches, ignore_errors=True)
+        rows.append({"contexts": n, "median_s": statistics.median(cold), "min_s": min(cold),
+                     "max_s": max(cold), "warm_median_s": statistics.median(warm), "runs": len(cold),
+                     "peak_rss_mb": max(peaks), "files": files})
+        log(f"generation, {n} contexts: median {statistics.median(cold) * 1000:.0f} ms cold, "
+            f"{statistics.median(warm) * 1000:.0f} ms warm, over {len(cold)} runs each")
     return rows
 
 
@@ -191,8 +222,8 @@ def database_url(admin_url, name):
     return base.rsplit("/", 1)[0] + "/" + name
 
 
-def psql(url, sql):
-    return run(["psql", url, "-XAtqc", sql], stdout=subprocess.PIPE, text=True).stdout.strip()
+def psql(url, sql, separator="|"):
+    return run(["psql", url, "-XAtqc", sql, "-F", separator], stdout=subprocess.PIPE, text=True).stdout.strip()
 
 
 def rss_mb(pid):
@@ -297,8 +328,8 @@ class RssSampler:
 
 
 class System:
-    """The generated shop, started with its own deploy/local/up.sh on Kafka (tansu),
-    PostgreSQL and Redis; stopped, with the brokers, by stop()."""
+    """The example shop (examples/shop.toml), started with its own deploy/local/up.sh on
+    Kafka (tansu), PostgreSQL and Redis; stopped, with the brokers, by stop()."""
 
     def __init__(self, generator, settings, work, admin_url, shared_target):
         self.settings = settings
@@ -306,7 +337,7 @@ class System:
         self.admin_url = admin_url
         self.target = shared_target
         shutil.rmtree(os.path.dirname(self.workspace), ignore_errors=True)
-        run([generator, "new", "shop", "--contexts", "orders,billing", "--bus", "kafka",
+        run([generator, "new", "shop", "--example", "shop", "--bus", "kafka",
              "--out", self.workspace, "--no-git"], stdout=subprocess.DEVNULL)
         self.orders_db = database_url(admin_url, "shop_orders")
         self.billing_db = database_url(admin_url, "shop_billing")
@@ -356,7 +387,7 @@ class System:
         return response.status, response.read()
 
     def create_order(self, connection):
-        status, raw = self.request(connection, "POST", "/v1/orders", body="{}")
+        status, raw = self.request(connection, "POST", "/v1/orders", body=ORDER_BODY)
         if status != 201:
             raise BenchError(f"POST /v1/orders answered {status}: {raw[:300]!r}")
         return json.loads(raw)["id"]
@@ -365,7 +396,7 @@ class System:
         """(unpublished outbox rows, orders billing has not recorded yet)."""
         unpublished = int(psql(self.orders_db, "SELECT count(*) FROM outbox WHERE published_at IS NULL"))
         orders = int(psql(self.orders_db, "SELECT count(*) FROM orders"))
-        billed = int(psql(self.billing_db, "SELECT count(DISTINCT order_id) FROM billing"))
+        billed = int(psql(self.billing_db, "SELECT count(DISTINCT order_id) FROM invoices"))
         return unpublished, orders - billed
 
     def drain(self, seconds):
@@ -384,7 +415,7 @@ def settle(system, connection, seconds=60):
         order = system.create_order(connection)
         sent = time.monotonic()
         while time.monotonic() - sent < 5 and not psql(
-                system.billing_db, f"SELECT 1 FROM billing WHERE order_id = '{order}'").strip():
+                system.billing_db, f"SELECT 1 FROM invoices WHERE order_id = '{order}'").strip():
             time.sleep(0.05)
         if time.monotonic() - sent < 0.5:
             return
@@ -414,7 +445,7 @@ def bench_events(system, settings):
         "SELECT id, extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM orders "
         f"WHERE id = ANY({listed}::uuid[])")).splitlines())
     billed = dict(line.split("|") for line in psql(system.billing_db, (
-        "SELECT order_id, min(extract(epoch FROM pg_xact_commit_timestamp(xmin))) FROM billing "
+        "SELECT order_id, min(extract(epoch FROM pg_xact_commit_timestamp(xmin))) FROM invoices "
         f"WHERE order_id = ANY({listed}::text[]) GROUP BY order_id")).splitlines())
     missing = [i for i in ids if not committed.get(i) or not billed.get(i)]
     if missing:
@@ -428,10 +459,12 @@ def bench_events(system, settings):
     return result
 
 
-def wrk(settings, token, method, path, concurrency, work, body="", header=""):
+def wrk(settings, token, method, path, concurrency, work, body="", header="", paths=()):
+    """wrk on `path`, or on each of `paths` in turn."""
     threads = min(concurrency, 2)
     out = os.path.join(work, "wrk.json")
     env = dict(os.environ, BENCH_METHOD=method, BENCH_PATH=path, BENCH_TOKEN=token, BENCH_BODY=body,
+               BENCH_PATHS=",".join(paths),
                BENCH_HEADER=header, BENCH_OUT=out,
                BENCH_MAX_PER_THREAD=str(settings.max_requests // threads))
     run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{settings.load_seconds}s",
@@ -449,22 +482,48 @@ def wrk(settings, token, method, path, concurrency, work, body="", header=""):
             "p99_ms": latency["p99"] / 1000}
 
 
-def pgbench(settings, admin_url, concurrency, work):
-    """pgbench with one single-row INSERT a transaction, into a table shaped like orders."""
-    url = database_url(admin_url, "bench_pgbench")
-    if psql(admin_url, "SELECT 1 FROM pg_database WHERE datname = 'bench_pgbench'") != "1":
-        psql(admin_url, "CREATE DATABASE bench_pgbench")
-    psql(url, "DROP TABLE IF EXISTS bench_orders; "
-              "CREATE TABLE bench_orders (id UUID PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL)")
-    script = os.path.join(work, "insert.sql")
-    with open(script, "w") as f:
-        f.write("INSERT INTO bench_orders (id, created_at) VALUES (gen_random_uuid(), now());\n")
+class Pipeline:
+    """One database holding both services' tables, in the schemas `orders` and `billing`
+    made by the workspace's own migrations, with the orders a command runs on: what the
+    pgbench scripts of ci/bench_sql run against."""
+
+    NAME = "bench_pipeline"
+
+    def __init__(self, admin_url, workspace):
+        self.url = database_url(admin_url, self.NAME)
+        psql(admin_url, f'DROP DATABASE IF EXISTS "{self.NAME}" WITH (FORCE)')
+        psql(admin_url, f'CREATE DATABASE "{self.NAME}"')
+        for service in ("orders", "billing"):
+            psql(self.url, f"CREATE SCHEMA {service}")
+            directory = os.path.join(workspace, "services", service, "migrations")
+            env = dict(os.environ, PGOPTIONS=f"-c search_path={service}")
+            for name in sorted(os.listdir(directory)):
+                run(["psql", self.url, "-XAtq", "-v", "ON_ERROR_STOP=1", "-f", os.path.join(directory, name)],
+                    env=env, stdout=subprocess.DEVNULL)
+        psql(self.url, "INSERT INTO orders.orders (id, customer_id, total_cents, note, created_at, version, state) "
+                       "SELECT md5('seed-' || i)::uuid, 'customer-1', 1250, 'bench', now(), 1, 'pending' "
+                       f"FROM generate_series(1, {COMMAND_ORDERS}) AS i")
+
+
+def script_statements(script):
+    """The statements a pgbench script sends the services would send too: all but its
+    `SET search_path` (the services each have a database of their own)."""
+    with open(script) as f:
+        lines = [line.strip() for line in f]
+    return sum(1 for line in lines if line and not line.startswith(("--", "\\", "SET search_path")))
+
+
+def pgbench(settings, url, script, concurrency, work, defines=()):
+    """pgbench running `script` (one transaction of the pipeline a request causes) on
+    `concurrency` clients."""
     logs = os.path.join(work, "pgbench-log")
     shutil.rmtree(logs, ignore_errors=True)
     os.makedirs(logs)
     done = run(["pgbench", "-n", "-M", "prepared", "-c", str(concurrency), "-j", str(min(concurrency, 2)),
                 "-T", str(settings.load_seconds), "-f", script, "-l", "--log-prefix", os.path.join(logs, "tx"),
-                url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                # The scope of the bench user's idempotency keys ("user:bench"): a pgbench
+                # variable, since pgbench would read ":bench" in a literal as one.
+                "-Dscope=user:bench", *(f"-D{d}" for d in defines), url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     tps = next(float(line.split()[2]) for line in done.stdout.splitlines() if line.startswith("tps ="))
     latencies = []
     for name in os.listdir(logs):
@@ -474,9 +533,41 @@ def pgbench(settings, admin_url, concurrency, work):
     failed = sum(1 for line in done.stdout.splitlines() if line.startswith("number of failed transactions")
                  and not line.split(":")[1].strip().startswith("0"))
     if not latencies or failed:
-        raise BenchError(f"pgbench at concurrency {concurrency} failed:\n{done.stdout}")
+        raise BenchError(f"pgbench {os.path.basename(script)} at concurrency {concurrency} failed:\n{done.stdout}")
     return {"concurrency": concurrency, "rps": tps, "requests": len(latencies), "errors": 0,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "statements": script_statements(script)}
+
+
+def median_run(runs, measure):
+    """The run with the median throughput of `runs` calls of `measure`."""
+    results = sorted((measure() for _ in range(runs)), key=lambda r: r["rps"])
+    return results[len(results) // 2]
+
+
+class StatementProfile:
+    """What the services sent PostgreSQL while a load ran, from pg_stat_statements:
+    statements by normalised text, with their calls per request."""
+
+    def __init__(self, admin_url, databases):
+        self.admin_url = admin_url
+        self.databases = databases
+        psql(admin_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+
+    def reset(self):
+        psql(self.admin_url, "SELECT pg_stat_statements_reset()")
+
+    def per_request(self, requests):
+        listed = ", ".join(f"'{d}'" for d in self.databases)
+        rows = psql(self.admin_url, (
+            "SELECT d.datname, sum(s.calls), regexp_replace(s.query, '\\s+', ' ', 'g') "
+            "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
+            f"WHERE d.datname IN ({listed}) GROUP BY 1, 3 ORDER BY 2 DESC"), separator="\x1f")
+        statements = []
+        for line in rows.splitlines():
+            database, calls, query = line.split("\x1f", 2)
+            statements.append({"database": database, "per_request": int(calls) / requests, "query": query})
+        return statements
 
 
 def bench_system(generator, settings, work, admin_url, shared_target):
@@ -498,27 +589,51 @@ def bench_system(generator, settings, work, admin_url, shared_target):
             raise BenchError(f"GET {item} answered {status}")
         system.drain(60)
 
-        load = {"post": [], "get_cached": [], "get_uncached": [], "pgbench_insert": [], "drain_s": [],
-                "post_cpu_ms": [], "pgbench_cpu_ms": []}
+        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+        commanded = [f"/v1/orders/{system.create_order(connection)}/change_note" for _ in range(COMMAND_ORDERS)]
+        connection.close()
+        system.drain(60)
+        pipeline = Pipeline(admin_url, system.workspace)
+        profile = StatementProfile(admin_url, ["shop_orders", "shop_billing"])
         cpu = CpuMeter(system.pids)
+
+        def loaded(measure, requests_of=lambda figures: figures["requests"]):
+            """`measure`, then the drain of what it queued (outbox rows, billing's
+            consumption: its CPU and statements count for the requests), with the CPU and
+            statements per request."""
+            profile.reset()
+            before = cpu.snapshot()
+            figures = measure()
+            figures["drain_s"] = system.drain(300)
+            requests = requests_of(figures)
+            figures["cpu_ms"] = CpuMeter.per_request_ms(before, cpu.snapshot(), requests)
+            figures["sent"] = profile.per_request(requests)
+            return figures
+
+        load = {name: [] for name in ("get_cached", "get_uncached", "post", "limit_post", "command", "limit_command")}
+        note = json.dumps({"note": "bench"})
         with RssSampler(system.pids) as sampler:
             for c in settings.concurrencies:
                 log(f"load at concurrency {c}")
-                load["get_cached"].append(wrk(settings, system.token, "GET", item, c, work))
-                load["get_uncached"].append(wrk(settings, system.token, "GET", item, c, work,
-                                                header="Cache-Control: no-cache"))
-                before = cpu.snapshot()
-                load["pgbench_insert"].append(pgbench(settings, admin_url, c, work))
-                after = cpu.snapshot()
-                load["pgbench_cpu_ms"].append(
-                    CpuMeter.per_request_ms(before, after, load["pgbench_insert"][-1]["requests"])["postgres"])
-                before = cpu.snapshot()
-                load["post"].append(wrk(settings, system.token, "POST", "/v1/orders", c, work, body="{}"))
-                # What the POSTs queued (outbox rows, billing's consumption) must be done
-                # before the next run measures anything; its CPU counts for the POSTs.
-                load["drain_s"].append(system.drain(300))
-                after = cpu.snapshot()
-                load["post_cpu_ms"].append(CpuMeter.per_request_ms(before, after, load["post"][-1]["requests"]))
+                runs = settings.load_runs
+                load["get_cached"].append(median_run(runs, lambda: wrk(settings, system.token, "GET", item, c, work)))
+                load["get_uncached"].append(median_run(runs, lambda: wrk(
+                    settings, system.token, "GET", item, c, work, header="Cache-Control: no-cache")))
+                load["limit_post"].append(median_run(runs, lambda: loaded(lambda: pgbench(
+                    settings, pipeline.url, os.path.join(SQL, "post.sql"), c, work))))
+                load["post"].append(median_run(runs, lambda: loaded(lambda: wrk(
+                    settings, system.token, "POST", "/v1/orders", c, work, body=ORDER_BODY))))
+                load["limit_command"].append(median_run(runs, lambda: loaded(lambda: pgbench(
+                    settings, pipeline.url, os.path.join(SQL, "command.sql"), c, work,
+                    defines=[f"orders={COMMAND_ORDERS}"]))))
+                load["command"].append(median_run(runs, lambda: loaded(lambda: wrk(
+                    settings, system.token, "POST", commanded[0], c, work, body=note, paths=commanded))))
+                for name in ("post", "command"):
+                    f, limit = load[name][-1], load[f"limit_{name}"][-1]
+                    sent = sum(s["per_request"] for s in f["sent"])
+                    log(f"{name} at c={c}: {f['rps']:.0f}/s against the same SQL's {limit['rps']:.0f}/s "
+                        f"({f['rps'] / limit['rps']:.0%}); {sent:.1f} statements sent per request, "
+                        f"{limit['statements']} in the script")
         return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,
                 "events": events, "load": load}
     finally:
@@ -547,8 +662,20 @@ def main():
     parser.add_argument("--generator", required=True, help="the archscaffold binary to measure")
     parser.add_argument("--out", required=True, help="directory for results.json")
     parser.add_argument("--target-dir", required=True, help="the shared CARGO_TARGET_DIR")
+    parser.add_argument("--phases", default="generation,build,system",
+                        help="comma-separated phases to run (to measure one change quickly)")
+    parser.add_argument("--profile", choices=["debug", "release"], help="the system's build profile")
+    parser.add_argument("--runs", type=int, help="runs per load (the median-throughput one is kept)")
     args = parser.parse_args()
     settings = QUICK if args.quick else FULL
+    if args.profile:
+        settings = dataclasses.replace(settings, profile=args.profile)
+    if args.runs:
+        settings = dataclasses.replace(settings, load_runs=args.runs)
+    phases = set(args.phases.split(","))
+    unknown = phases - {"generation", "build", "system"}
+    if unknown:
+        raise BenchError(f"unknown phases {sorted(unknown)}: choose among generation, build, system")
     admin_url = os.environ["DATABASE_URL"]
     if psql(admin_url, "SHOW track_commit_timestamp") != "on":
         raise BenchError("track_commit_timestamp is off: ci/setup-bench-tools.sh turns it on")
@@ -559,9 +686,12 @@ def main():
     results = {"version": 1, "mode": "quick" if args.quick else "full",
                "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
                "settings": asdict(settings)}
-    results["generation"] = bench_generation(args.generator, settings, work)
-    results["build"] = bench_build(args.generator, settings, work, args.target_dir)
-    results["system"] = bench_system(args.generator, settings, work, admin_url, args.target_dir)
+    if "generation" in phases:
+        results["generation"] = bench_generation(args.generator, settings, work)
+    if "build" in phases:
+        results["build"] = bench_build(args.generator, settings, work, args.target_dir)
+    if "system" in phases:
+        results["system"] = bench_system(args.generator, settings, work, admin_url, args.target_dir)
     results["elapsed_s"] = time.time() - started
     path = os.path.join(args.out, "results.json")
     with open(path, "w") as f:
