@@ -683,7 +683,9 @@ def main():
     work = os.path.join(ROOT, ".work", "bench")
     os.makedirs(work, exist_ok=True)
     started = time.time()
-    results = {"version": 1, "mode": "quick" if args.quick else "full",
+    whole = phases == {"generation", "build", "system"} and not args.profile and not args.runs
+    mode = "quick" if args.quick else "full" if whole else "partial"
+    results = {"version": 1, "mode": mode,
                "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
                "settings": asdict(settings)}
     if "generation" in phases:
