@@ -10,7 +10,7 @@ use sqlx::Postgres;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
 
-use crate::outbox::OutboxMessage;
+use crate::outbox::{self, OutboxMessage};
 
 /// The idempotency key a write claims, with the response the caller is about to give.
 #[derive(Debug, Clone, Copy)]
@@ -37,11 +37,11 @@ pub fn statement(insert_row: &str, row_parameters: usize) -> String {
          ), created AS (\
              {insert_row} WHERE EXISTS (SELECT 1 FROM claimed)\
          ), recorded AS (\
-             INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, payload, headers) \
+             INSERT INTO outbox ({}) \
              SELECT {}, {}, {}, {}, {}, {}, {}, {} WHERE EXISTS (SELECT 1 FROM claimed)\
          ) \
          SELECT count(*) FROM claimed",
-        p(1), p(2), p(3), p(4), p(5), p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13)
+        p(1), p(2), p(3), p(4), p(5), outbox::COLUMNS, p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13)
     )
 }
 
@@ -52,20 +52,13 @@ pub fn bind<'q>(
     claim: &KeyClaim<'q>,
     event: &'q OutboxMessage,
 ) -> Query<'q, Postgres, PgArguments> {
-    query
+    let query = query
         .bind(claim.operation)
         .bind(claim.scope)
         .bind(claim.key)
         .bind(claim.fingerprint)
-        .bind(claim.response)
-        .bind(event.event_id)
-        .bind(&event.topic)
-        .bind(&event.event_type)
-        .bind(&event.aggregate_type)
-        .bind(event.aggregate_id)
-        .bind(event.aggregate_version)
-        .bind(&event.payload)
-        .bind(&event.headers)
+        .bind(claim.response);
+    outbox::bind(query, event)
 }
 
 #[cfg(test)]

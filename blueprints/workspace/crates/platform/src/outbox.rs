@@ -2,7 +2,11 @@
 //! transaction as the state change that caused it, so the two commit or fail together.
 //! A relay publishes unsent rows to the bus afterwards (at least once).
 
-use sqlx::PgConnection;
+use std::sync::LazyLock;
+
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
+use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -24,21 +28,33 @@ pub struct OutboxMessage {
     pub headers: serde_json::Value,
 }
 
+/// The outbox's columns, in the order [`bind`] binds a message's values.
+pub const COLUMNS: &str =
+    "id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, payload, headers";
+
+/// Binds `message`'s values, in the order of [`COLUMNS`], after those bound already.
+pub fn bind<'q>(
+    query: Query<'q, Postgres, PgArguments>,
+    message: &'q OutboxMessage,
+) -> Query<'q, Postgres, PgArguments> {
+    query
+        .bind(message.event_id)
+        .bind(&message.topic)
+        .bind(&message.event_type)
+        .bind(&message.aggregate_type)
+        .bind(message.aggregate_id)
+        .bind(message.aggregate_version)
+        .bind(&message.payload)
+        .bind(&message.headers)
+}
+
 pub async fn enqueue(conn: &mut PgConnection, message: &OutboxMessage) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, payload, headers) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(message.event_id)
-    .bind(&message.topic)
-    .bind(&message.event_type)
-    .bind(&message.aggregate_type)
-    .bind(message.aggregate_id)
-    .bind(message.aggregate_version)
-    .bind(&message.payload)
-    .bind(&message.headers)
-    .execute(conn)
-    .await?;
+    static STATEMENT: LazyLock<String> = LazyLock::new(|| {
+        format!("INSERT INTO outbox ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
+    });
+    bind(sqlx::query(STATEMENT.as_str()), message)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
