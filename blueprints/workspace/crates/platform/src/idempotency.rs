@@ -81,10 +81,7 @@ pub async fn claim(
     .bind(key)
     .fetch_one(&mut *conn)
     .await?;
-    match stored {
-        Some(stored) if stored_fingerprint == fingerprint => Ok(Claim::Replay(stored)),
-        _ => Ok(Claim::Mismatch),
-    }
+    Ok(judge(&stored_fingerprint, stored, fingerprint))
 }
 
 /// What an earlier request with `key` stored, without claiming it: a change looks first,
@@ -105,10 +102,16 @@ pub async fn lookup(
     .bind(key)
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(stored.map(|(stored_fingerprint, response)| match response {
+    Ok(stored.map(|(stored, response)| judge(&stored, response, fingerprint)))
+}
+
+/// What a stored key means for a request with `fingerprint`: its answer if it was stored
+/// for the same request, else a mismatch.
+pub fn judge(stored_fingerprint: &[u8], response: Option<Vec<u8>>, fingerprint: &[u8]) -> Claim {
+    match response {
         Some(response) if stored_fingerprint == fingerprint => Claim::Replay(response),
         _ => Claim::Mismatch,
-    }))
+    }
 }
 
 /// How long keys are kept, and how the purge goes about it.
