@@ -222,7 +222,7 @@ impl FormatCache {
             .chain_update([0u8])
             .chain_update(text)
             .finalize();
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::lower(&digest);
         self.dir.join(&hex[..2]).join(&hex[2..])
     }
 

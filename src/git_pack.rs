@@ -25,7 +25,7 @@ pub struct ObjectId(pub [u8; 20]);
 
 impl ObjectId {
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::hex::lower(&self.0)
     }
 }
 

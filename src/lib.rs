@@ -13,6 +13,7 @@ pub mod cli;
 pub mod error;
 pub mod format;
 pub mod git_pack;
+pub mod hex;
 pub mod inflect;
 pub mod lock;
 pub mod merge;

@@ -21,10 +21,7 @@ pub const LOCK_FILE: &str = "archscaffold.lock";
 pub const LOCK_FORMAT: u32 = 2;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::hex::lower(&Sha256::digest(bytes))
 }
 
 /// The columns of one service's aggregate table besides `id` and `created_at`, in order.
