@@ -16,6 +16,9 @@ Phases:
               create, orders' relay, billing's consumer, billing's relay), command.sql one
               command's; and which statements the services actually sent per POST
               (pg_stat_statements), so the script can be checked against them
+  peer        Loco, what a user would generate instead (ci/bench_peer.py): its generation,
+              cold build, create and get by id under the same loads, memory; not in --quick
+              (installing and building it takes longer than the CI budget allows)
 
 Every load run is bounded by time and by a request count, and only loopback is targeted.
 """
@@ -23,26 +26,28 @@ Every load run is bounded by time and by a request count, and only loopback is t
 import argparse
 import dataclasses
 import json
-import math
 import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import http.client
 from dataclasses import dataclass, asdict
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_common import dev_token, wait_until  # noqa: E402
+from bench_common import (  # noqa: E402
+    ROOT, BenchError, RssSampler, StatementProfile, cargo_build, database_url, log, median_run, percentile, port_in_use, psql,
+    rss_mb, run, wrk,
+)
+from bench_peer import bench_peer  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GATEWAY = ("127.0.0.1", 8080)
+GATEWAY_URL = f"http://{GATEWAY[0]}:{GATEWAY[1]}"
 # Every process up.sh starts: each service runs its default two replicas.
 PROCESSES = ("gateway", "orders", "orders-2", "billing", "billing-2")
 EDITED_FILE = "services/orders/src/domain/rules.rs"
@@ -79,26 +84,6 @@ FULL = Settings(gen_sizes=[2, 10, 50, 200], gen_runs=5, cold_build=True, increme
 QUICK = Settings(gen_sizes=[2, 10, 50], gen_runs=3, cold_build=False, incremental_runs=2,
                  profile="debug", concurrencies=[1, 8], load_seconds=3, load_runs=1,
                  max_requests=30_000, event_rate=10, event_seconds=5)
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(message):
-    print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def percentile(values, p):
-    """Nearest-rank percentile of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def run(cmd, **kwargs):
-    kwargs.setdefault("check", True)
-    return subprocess.run(cmd, **kwargs)
 
 
 # --- generation -------------------------------------------------------------------------
@@ -163,23 +148,6 @@ def bench_generation(generator, settings, work):
 
 # --- build ------------------------------------------------------------------------------
 
-def cargo_build(workspace, target_dir, release=False):
-    """(seconds, packages compiled) of one `cargo build --workspace`."""
-    cmd = ["cargo", "build", "--workspace", "--message-format=json-render-diagnostics"]
-    if release:
-        cmd.append("--release")
-    env = dict(os.environ, CARGO_TARGET_DIR=target_dir)
-    started = time.perf_counter()
-    done = run(cmd, cwd=workspace, env=env, stdout=subprocess.PIPE, text=True)
-    elapsed = time.perf_counter() - started
-    compiled = set()
-    for line in done.stdout.splitlines():
-        message = json.loads(line)
-        if message.get("reason") == "compiler-artifact" and not message.get("fresh"):
-            compiled.add(message["package_id"])
-    return elapsed, len(compiled)
-
-
 def bench_build(generator, settings, work, shared_target):
     workspace = os.path.join(work, "build", "shop")
     shutil.rmtree(os.path.dirname(workspace), ignore_errors=True)
@@ -216,26 +184,6 @@ def bench_build(generator, settings, work, shared_target):
 
 
 # --- the running system -----------------------------------------------------------------
-
-def database_url(admin_url, name):
-    base = admin_url.split("?")[0]
-    return base.rsplit("/", 1)[0] + "/" + name
-
-
-def psql(url, sql, separator="|"):
-    return run(["psql", url, "-XAtqc", sql, "-F", separator], stdout=subprocess.PIPE, text=True).stdout.strip()
-
-
-def rss_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
 
 def proc_stat(pid):
     """Fields 3 and on of /proc/<pid>/stat (proc(5)), or None once the process is gone."""
@@ -288,43 +236,6 @@ class CpuMeter:
     @staticmethod
     def per_request_ms(before, after, requests):
         return {name: (after[name] - before[name]) * 1000 / requests for name in after}
-
-
-def port_in_use(port):
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
-class RssSampler:
-    """Samples the resident memory of the system's processes every 200 ms in a thread,
-    keeping each one's peak, while a load runs."""
-
-    def __init__(self, pids):
-        self.pids = pids
-        self.peak = {name: 0.0 for name in pids}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self):
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(0.2)
-
-    def sample(self):
-        for name, pid in self.pids.items():
-            value = rss_mb(pid)
-            if value is not None:
-                self.peak[name] = max(self.peak[name], value)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self.sample()
 
 
 class System:
@@ -459,29 +370,6 @@ def bench_events(system, settings):
     return result
 
 
-def wrk(settings, token, method, path, concurrency, work, body="", header="", paths=()):
-    """wrk on `path`, or on each of `paths` in turn."""
-    threads = min(concurrency, 2)
-    out = os.path.join(work, "wrk.json")
-    env = dict(os.environ, BENCH_METHOD=method, BENCH_PATH=path, BENCH_TOKEN=token, BENCH_BODY=body,
-               BENCH_PATHS=",".join(paths),
-               BENCH_HEADER=header, BENCH_OUT=out,
-               BENCH_MAX_PER_THREAD=str(settings.max_requests // threads))
-    run(["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{settings.load_seconds}s",
-         "--timeout", "5s", "-s", os.path.join(ROOT, "ci", "bench_load.lua"),
-         f"http://{GATEWAY[0]}:{GATEWAY[1]}"], env=env, stdout=subprocess.DEVNULL)
-    with open(out) as f:
-        figures = json.load(f)
-    errors = sum(figures["errors"].values())
-    if figures["requests"] == 0 or errors > 0.01 * figures["requests"]:
-        raise BenchError(f"{method} {path} at concurrency {concurrency}: {errors} errors in "
-                         f"{figures['requests']} requests {figures['errors']}")
-    latency = figures["latency_us"]
-    return {"concurrency": concurrency, "rps": figures["requests"] / (figures["duration_us"] / 1e6),
-            "requests": figures["requests"], "errors": errors, "p50_ms": latency["p50"] / 1000,
-            "p99_ms": latency["p99"] / 1000}
-
-
 class Pipeline:
     """One database holding both services' tables, in the schemas `orders` and `billing`
     made by the workspace's own migrations, with the orders a command runs on: what the
@@ -539,37 +427,6 @@ def pgbench(settings, url, script, concurrency, work, defines=()):
             "statements": script_statements(script)}
 
 
-def median_run(runs, measure):
-    """The run with the median throughput of `runs` calls of `measure`."""
-    results = sorted((measure() for _ in range(runs)), key=lambda r: r["rps"])
-    return results[len(results) // 2]
-
-
-class StatementProfile:
-    """What the services sent PostgreSQL while a load ran, from pg_stat_statements:
-    statements by normalised text, with their calls per request."""
-
-    def __init__(self, admin_url, databases):
-        self.admin_url = admin_url
-        self.databases = databases
-        psql(admin_url, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-
-    def reset(self):
-        psql(self.admin_url, "SELECT pg_stat_statements_reset()")
-
-    def per_request(self, requests):
-        listed = ", ".join(f"'{d}'" for d in self.databases)
-        rows = psql(self.admin_url, (
-            "SELECT d.datname, sum(s.calls), regexp_replace(s.query, '\\s+', ' ', 'g') "
-            "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-            f"WHERE d.datname IN ({listed}) GROUP BY 1, 3 ORDER BY 2 DESC"), separator="\x1f")
-        statements = []
-        for line in rows.splitlines():
-            database, calls, query = line.split("\x1f", 2)
-            statements.append({"database": database, "per_request": int(calls) / requests, "query": query})
-        return statements
-
-
 def bench_system(generator, settings, work, admin_url, shared_target):
     system = System(generator, settings, work, admin_url, shared_target)
     try:
@@ -616,18 +473,18 @@ def bench_system(generator, settings, work, admin_url, shared_target):
             for c in settings.concurrencies:
                 log(f"load at concurrency {c}")
                 runs = settings.load_runs
-                load["get_cached"].append(median_run(runs, lambda: wrk(settings, system.token, "GET", item, c, work)))
+                load["get_cached"].append(median_run(runs, lambda: wrk(settings, GATEWAY_URL, system.token, "GET", item, c, work)))
                 load["get_uncached"].append(median_run(runs, lambda: wrk(
-                    settings, system.token, "GET", item, c, work, header="Cache-Control: no-cache")))
+                    settings, GATEWAY_URL, system.token, "GET", item, c, work, header="Cache-Control: no-cache")))
                 load["limit_post"].append(median_run(runs, lambda: loaded(lambda: pgbench(
                     settings, pipeline.url, os.path.join(SQL, "post.sql"), c, work))))
                 load["post"].append(median_run(runs, lambda: loaded(lambda: wrk(
-                    settings, system.token, "POST", "/v1/orders", c, work, body=ORDER_BODY))))
+                    settings, GATEWAY_URL, system.token, "POST", "/v1/orders", c, work, body=ORDER_BODY))))
                 load["limit_command"].append(median_run(runs, lambda: loaded(lambda: pgbench(
                     settings, pipeline.url, os.path.join(SQL, "command.sql"), c, work,
                     defines=[f"orders={COMMAND_ORDERS}"]))))
                 load["command"].append(median_run(runs, lambda: loaded(lambda: wrk(
-                    settings, system.token, "POST", commanded[0], c, work, body=note, paths=commanded))))
+                    settings, GATEWAY_URL, system.token, "POST", commanded[0], c, work, body=note, paths=commanded))))
                 for name in ("post", "command"):
                     f, limit = load[name][-1], load[f"limit_{name}"][-1]
                     sent = sum(s["per_request"] for s in f["sent"])
@@ -662,8 +519,9 @@ def main():
     parser.add_argument("--generator", required=True, help="the archscaffold binary to measure")
     parser.add_argument("--out", required=True, help="directory for results.json")
     parser.add_argument("--target-dir", required=True, help="the shared CARGO_TARGET_DIR")
-    parser.add_argument("--phases", default="generation,build,system",
-                        help="comma-separated phases to run (to measure one change quickly)")
+    parser.add_argument("--phases", help="comma-separated phases to run (to measure one change quickly); "
+                        "all but peer with --quick, else all")
+    parser.add_argument("--peer-tools", help="the directory with loco and sea-orm-cli (ci/setup-peer-tools.sh)")
     parser.add_argument("--profile", choices=["debug", "release"], help="the system's build profile")
     parser.add_argument("--runs", type=int, help="runs per load (the median-throughput one is kept)")
     args = parser.parse_args()
@@ -672,10 +530,12 @@ def main():
         settings = dataclasses.replace(settings, profile=args.profile)
     if args.runs:
         settings = dataclasses.replace(settings, load_runs=args.runs)
-    phases = set(args.phases.split(","))
-    unknown = phases - {"generation", "build", "system"}
-    if unknown:
-        raise BenchError(f"unknown phases {sorted(unknown)}: choose among generation, build, system")
+    every = {"generation", "build", "system", "peer"}
+    phases = set(args.phases.split(",")) if args.phases else every - ({"peer"} if args.quick else set())
+    if phases - every:
+        raise BenchError(f"unknown phases {sorted(phases - every)}: choose among {', '.join(sorted(every))}")
+    if "peer" in phases and not args.peer_tools:
+        raise BenchError("the peer phase needs --peer-tools (ci/bench passes it)")
     admin_url = os.environ["DATABASE_URL"]
     if psql(admin_url, "SHOW track_commit_timestamp") != "on":
         raise BenchError("track_commit_timestamp is off: ci/setup-bench-tools.sh turns it on")
@@ -683,7 +543,7 @@ def main():
     work = os.path.join(ROOT, ".work", "bench")
     os.makedirs(work, exist_ok=True)
     started = time.time()
-    whole = phases == {"generation", "build", "system"} and not args.profile and not args.runs
+    whole = phases == every and not args.profile and not args.runs
     mode = "quick" if args.quick else "full" if whole else "partial"
     results = {"version": 1, "mode": mode,
                "date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
@@ -694,6 +554,11 @@ def main():
         results["build"] = bench_build(args.generator, settings, work, args.target_dir)
     if "system" in phases:
         results["system"] = bench_system(args.generator, settings, work, admin_url, args.target_dir)
+    if "peer" in phases:
+        # Its release build keeps a target directory of its own beside the shared one, so
+        # only its first run compiles its dependencies.
+        results["peer"] = bench_peer(settings, work, admin_url, args.peer_tools,
+                                     os.path.join(os.path.dirname(args.target_dir), "target-peer"))
     results["elapsed_s"] = time.time() - started
     path = os.path.join(args.out, "results.json")
     with open(path, "w") as f:

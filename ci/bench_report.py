@@ -54,6 +54,13 @@ def targets(results):
     rows.append(("cached GET p99 < 2 ms at concurrency 4",
                  ", ".join(f"{g['p99_ms']:.2f} ms (c={g['concurrency']})" for g in cached),
                  verdict(all(g["p99_ms"] < 2 for g in cached))))
+    peer = results.get("peer")
+    if peer:
+        ours, theirs = load["post"][0], peer["load"]["post"][0]
+        rows.append((f"POST p50 within 1.5x of {peer['name']}'s create at concurrency {ours['concurrency']}",
+                     f"{ours['p50_ms']:.2f} ms against {theirs['p50_ms']:.2f} ms "
+                     f"({ours['p50_ms'] / theirs['p50_ms']:.1f}x)",
+                     verdict(ours["p50_ms"] <= 1.5 * theirs["p50_ms"])))
     events = results["system"]["events"]
     rows.append(("event p99 < 250 ms (order committed -> billing committed)",
                  f"{events['p99_ms']:.0f} ms", verdict(events["p99_ms"] < 250)))
@@ -83,6 +90,8 @@ def table(results):
         lines += build_table(results["build"])
     if "system" in results:
         lines += system_tables(results)
+    if "system" in results and "peer" in results:
+        lines += peer_table(results)
     return "\n".join(lines) + "\n"
 
 
@@ -165,6 +174,56 @@ def system_tables(results):
     return lines
 
 
+def peer_table(results):
+    """Ours beside the peer's scaffold, with what each does per request."""
+    peer, system = results["peer"], results["system"]
+    ours, theirs = system["load"], peer["load"]
+    name = f"{peer['name']} {peer['version']}"
+
+    def cell(f):
+        return f"{f['rps']:.0f}/s, p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms"
+
+    lines = ["", f"Beside {name} (`loco new`, then `cargo loco generate scaffold order customer_id:string "
+             "total_cents:big_int note:string --api`, built release, production environment, same PostgreSQL, "
+             "same wrk script). What a request does differs, and the table says so:", "",
+             f"| | archscaffold (example shop) | {name} (scaffold) |", "|---|---|---|",
+             "| a create does | gateway: JWT, rate limits; gRPC hop to orders; one statement writing the "
+             "idempotency key, the row and the outbox event; then the relay publishes the event and billing "
+             "consumes it (inbox, its own row and event) | JWT check; one INSERT |",
+             "| a get by id does | gateway: JWT, rate limits, Redis cache (cached) or a gRPC hop and one SELECT "
+             "(uncached) | JWT check; one SELECT |"]
+    sent = sum(s["per_request"] for s in theirs["post"][0]["sent"])
+    ours_sent = sum(s["per_request"] for s in ours["post"][0]["sent"])
+    lines.append(f"| statements per create, c={ours['post'][0]['concurrency']} | {ours_sent:.1f} | {sent:.1f} |")
+    by_c = {f["concurrency"]: f for f in theirs["post"]}
+    for f in ours["post"]:
+        if f["concurrency"] in by_c:
+            lines.append(f"| create, c={f['concurrency']} | {cell(f)} | {cell(by_c[f['concurrency']])} |")
+    gets = {f["concurrency"]: f for f in theirs["get"]}
+    for i, f in enumerate(ours["get_uncached"]):
+        c = f["concurrency"]
+        if c in gets:
+            lines.append(f"| get by id, c={c} | uncached {cell(f)}; cached {cell(ours['get_cached'][i])} "
+                         f"| {cell(gets[c])} |")
+    idle = system["idle_rss_mb"]
+    peak = system["load_peak_rss_mb"]
+    lines.append(f"| idle RSS | {sum(idle.values()):.0f} MB in {len(idle)} processes (gateway, two replicas "
+                 f"of each service) | {peer['idle_rss_mb']:.0f} MB in 1 |")
+    lines.append(f"| peak RSS under load | {sum(peak.values()):.0f} MB | {peer['load_peak_rss_mb']:.0f} MB |")
+    gen = {r["contexts"]: r for r in results.get("generation", [])}
+    if 2 in gen:
+        g = peer["generation"]
+        lines.append(f"| generation | {gen[2]['median_s']:.2f} s (`archscaffold new`, 2 contexts, first run) "
+                     f"| {g['new_s']:.2f} s (`loco new`) + {g['scaffold_s']:.0f} s (scaffold: compiles the app, "
+                     "migrates a live database, generates the entities from it) |")
+    build = results.get("build", {})
+    if "cold_s" in build:
+        lines.append(f"| cold debug build | {build['cold_s']:.0f} s, {build['cold_crates']} crates (2-context "
+                     f"workspace) | {peer['build']['cold_s']:.0f} s, {peer['build']['cold_crates']} crates "
+                     "(the app as `loco new` writes it) |")
+    return lines
+
+
 def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -186,9 +245,15 @@ def plot(results, path):
     series = [("post", "POST /v1/orders"), ("limit_post", "POST's SQL in pgbench"),
               ("command", "command"), ("limit_command", "command's SQL in pgbench"),
               ("get_cached", "GET, cached"), ("get_uncached", "GET, uncached")]
+    peer = results.get("peer")
     for ax, key, label in ((axes[0][1], "rps", "requests / s"), (axes[1][0], "p99_ms", "p99 ms")):
         for name, title in series:
             ax.plot(cs, [f[key] for f in load[name]], "o-", label=title)
+        if peer:
+            for name, title in (("post", "create"), ("get", "get by id")):
+                figures = peer["load"][name]
+                ax.plot([f["concurrency"] for f in figures], [f[key] for f in figures], "s--",
+                        label=f"{peer['name']}: {title}")
         ax.set(xscale="log", xlabel="concurrency", ylabel=label)
         ax.set_xticks(cs, [str(c) for c in cs])
         ax.legend()
