@@ -65,19 +65,35 @@ pub struct KeyClaim<'a> {
 /// after them. It returns one column, the number of keys claimed: 1 when everything was
 /// written, 0 when the key existed and nothing was.
 pub fn statement(insert_row: &str, row_parameters: usize) -> String {
-    let p = |n: usize| format!("${}", row_parameters + n);
     format!(
         "WITH claimed AS (\
-             INSERT INTO idempotency_keys (operation, scope, key, request_sha256, response) \
-             VALUES ({}, {}, {}, {}, {}) ON CONFLICT (operation, scope, key) DO NOTHING RETURNING 1\
+             INSERT INTO idempotency_keys ({KEY_COLUMNS}) \
+             VALUES ({}) ON CONFLICT (operation, scope, key) DO NOTHING RETURNING 1\
          ), created AS (\
              {insert_row} WHERE EXISTS (SELECT 1 FROM claimed)\
-         ), recorded AS (\
-             INSERT INTO outbox ({}) \
-             SELECT {}, {}, {}, {}, {}, {}, {}, {} WHERE EXISTS (SELECT 1 FROM claimed)\
-         ) \
+         ), recorded AS ({}) \
          SELECT count(*) FROM claimed",
-        p(1), p(2), p(3), p(4), p(5), outbox::COLUMNS, p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13)
+        parameters(row_parameters + 1, KEY_PARAMETERS),
+        insert_event(row_parameters + KEY_PARAMETERS + 1, "claimed"),
+    )
+}
+
+/// The idempotency key's columns, in the order [`bind`] binds a claim's values.
+const KEY_COLUMNS: &str = "operation, scope, key, request_sha256, response";
+const KEY_PARAMETERS: usize = 5;
+
+/// `$<first>` and the `count - 1` parameters after it, comma-separated.
+fn parameters(first: usize, count: usize) -> String {
+    (first..first + count).map(|n| format!("${n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The outbox insert of a keyed write's event, from the parameters `$<first>` on, which
+/// writes the event only if the CTE `gate` returned a row.
+fn insert_event(first: usize, gate: &str) -> String {
+    format!(
+        "INSERT INTO outbox ({}) SELECT {} WHERE EXISTS (SELECT 1 FROM {gate})",
+        outbox::COLUMNS,
+        parameters(first, outbox::COLUMNS.split(',').count())
     )
 }
 
@@ -103,18 +119,14 @@ pub fn bind<'q>(
 /// returns the number of rows written; [`bind`] binds the key and the event after the
 /// write's own parameters, as for a create.
 pub fn change_statement(write: &str, write_parameters: usize) -> String {
-    let p = |n: usize| format!("${}", write_parameters + n);
     format!(
-        "WITH changed AS ({write}), \
-         recorded AS (\
-             INSERT INTO outbox ({}) \
-             SELECT {}, {}, {}, {}, {}, {}, {}, {} WHERE EXISTS (SELECT 1 FROM changed)\
-         ), claimed AS (\
-             INSERT INTO idempotency_keys (operation, scope, key, request_sha256, response) \
-             SELECT {}, {}, {}, {}, {} WHERE EXISTS (SELECT 1 FROM changed)\
+        "WITH changed AS ({write}), recorded AS ({}), claimed AS (\
+             INSERT INTO idempotency_keys ({KEY_COLUMNS}) \
+             SELECT {} WHERE EXISTS (SELECT 1 FROM changed)\
          ) \
          SELECT count(*) FROM changed",
-        outbox::COLUMNS, p(6), p(7), p(8), p(9), p(10), p(11), p(12), p(13), p(1), p(2), p(3), p(4), p(5)
+        insert_event(write_parameters + KEY_PARAMETERS + 1, "changed"),
+        parameters(write_parameters + 1, KEY_PARAMETERS),
     )
 }
 
