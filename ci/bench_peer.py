@@ -59,8 +59,7 @@ class Loco:
     """The generated Loco app: made and built by `make`, run by `start`, stopped by
     `stop`."""
 
-    def __init__(self, settings, work, admin_url, tools, release_target):
-        self.settings = settings
+    def __init__(self, work, admin_url, tools, release_target):
         self.work = os.path.join(work, "peer")
         self.app = os.path.join(self.work, "peer")
         self.db_url = database_url(admin_url, DATABASE)
@@ -143,7 +142,7 @@ class Loco:
 def bench_peer(settings, work, admin_url, tools, release_target):
     """Loco beside ours: its generation and cold build, then its create and get by id under
     the same loads, with its memory and what it sent PostgreSQL per create."""
-    loco = Loco(settings, work, admin_url, tools, release_target)
+    loco = Loco(work, admin_url, tools, release_target)
     generation, build = loco.make()
     log(f"peer: loco new {generation['new_s']:.1f} s, scaffold {generation['scaffold_s']:.0f} s, "
         f"cold debug build {build['cold_s']:.0f} s ({build['cold_crates']} crates)")
