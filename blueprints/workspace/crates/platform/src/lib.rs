@@ -24,5 +24,9 @@ pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
 
+/// The allocator every binary of the system declares as its global one (ADR 0015):
+/// `#[global_allocator] static ALLOCATOR: platform::Allocator = platform::Allocator;`
+pub use mimalloc::MiMalloc as Allocator;
+
 #[cfg(feature = "test-support")]
 pub mod test_support;

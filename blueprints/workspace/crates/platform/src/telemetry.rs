@@ -5,12 +5,18 @@
 //!   OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
 //!   set; without one, spans are only used for ids and nothing is exported.
 //!
+//! A line is formatted where it is logged, but written to stdout by a thread of its own
+//! (`tracing-appender`), so a request never waits on the write, nor on a log collector that
+//! reads stdout slowly. Nothing is dropped: past 128k lines waiting, a logger waits too.
+//! The [`Telemetry`] that `init` returns writes out what is waiting when it is dropped, so a
+//! process holds it in `main` for as long as it runs.
+//!
 //! The service name is the spans' `service.name`. A trace crosses processes as a W3C
 //! `traceparent`: in gRPC metadata, in HTTP headers, and in every outbox row and bus message.
 //! Safe to call more than once (tests do): later calls are no-ops.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::io::Write as _;
 
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
@@ -18,9 +24,9 @@ use opentelemetry::trace::{
 use opentelemetry::Context;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
-use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::{OpenTelemetrySpanExt, OtelData};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -30,14 +36,30 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-
 const ENDPOINT_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
-pub fn init(service: &'static str) {
+/// The process's telemetry, from [`init`]. Dropping it exports the spans still buffered and
+/// writes out the log lines still waiting: hold it until `main` returns, and log nothing
+/// after it is gone (such lines are lost).
+#[must_use = "dropping the telemetry guard stops writing logs; hold it until main returns"]
+pub struct Telemetry {
+    /// Declared first, so spans are exported before the log writer stops.
+    provider: Option<SdkTracerProvider>,
+    _log_writer: Option<WorkerGuard>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+pub fn init(service: &'static str) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let endpoint = ENDPOINT_VARS
         .iter()
@@ -53,25 +75,33 @@ pub fn init(service: &'static str) {
         }
     }
     let provider = provider.build();
+    let (stdout, log_writer) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer(service)))
-        .with(tracing_subscriber::fmt::layer().event_format(JsonLines { service }))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines { service })
+                .with_writer(stdout),
+        )
         .try_init()
         .is_ok();
-    if installed {
-        let _ = PROVIDER.set(provider);
-        match export_error {
-            Some(error) => tracing::error!(service, error, "cannot export traces; they stay local"),
-            None => tracing::info!(service, otlp = endpoint.as_deref(), "telemetry initialised"),
-        }
+    if !installed {
+        return Telemetry {
+            provider: None,
+            _log_writer: None,
+        };
     }
-}
-
-/// Exports the spans still buffered; call before the process exits.
-pub fn shutdown() {
-    if let Some(provider) = PROVIDER.get() {
-        let _ = provider.shutdown();
+    match export_error {
+        Some(error) => tracing::error!(service, error, "cannot export traces; they stay local"),
+        None => tracing::info!(service, otlp = endpoint.as_deref(), "telemetry initialised"),
+    }
+    Telemetry {
+        provider: Some(provider),
+        _log_writer: Some(log_writer),
     }
 }
 
@@ -123,10 +153,15 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
 }
 
 /// One JSON object per line: timestamp, level, service, target, traceId, spanId, then the
-/// event's own fields (its message as `message`).
+/// event's own fields (its message as `message`). Written straight into the line, with no
+/// map in between: this runs for every request. An event field named like one of the
+/// line's own keys comes as `field.<name>`, so no key appears twice.
 struct JsonLines {
     service: &'static str,
 }
+
+/// The keys every line starts with.
+const LINE_KEYS: [&str; 6] = ["timestamp", "level", "service", "target", "traceId", "spanId"];
 
 impl<S, N> FormatEvent<S, N> for JsonLines
 where
@@ -141,51 +176,89 @@ where
     ) -> fmt::Result {
         let mut timestamp = String::new();
         SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
-        let mut line = Map::new();
-        line.insert("timestamp".into(), timestamp.into());
-        line.insert("level".into(), event.metadata().level().as_str().into());
-        line.insert("service".into(), self.service.into());
-        line.insert("target".into(), event.metadata().target().into());
+        let mut line = Vec::with_capacity(256);
+        line.extend_from_slice(b"{\"timestamp\":");
+        push_json_str(&mut line, &timestamp);
+        line.extend_from_slice(b",\"level\":");
+        push_json_str(&mut line, event.metadata().level().as_str());
+        line.extend_from_slice(b",\"service\":");
+        push_json_str(&mut line, self.service);
+        line.extend_from_slice(b",\"target\":");
+        push_json_str(&mut line, event.metadata().target());
         if let Some(span) = ctx.lookup_current() {
             let extensions = span.extensions();
             if let Some(otel) = extensions.get::<OtelData>()
                 && let (Some(trace), Some(id)) = (otel.trace_id(), otel.span_id())
             {
-                line.insert("traceId".into(), trace.to_string().into());
-                line.insert("spanId".into(), id.to_string().into());
+                // Ids are lower-case hex: nothing to escape.
+                let _ = write!(line, ",\"traceId\":\"{trace}\",\"spanId\":\"{id}\"");
             }
         }
         event.record(&mut Fields(&mut line));
-        writeln!(writer, "{}", Value::Object(line))
+        line.extend_from_slice(b"}\n");
+        // Only whole UTF-8 strings and ASCII went in.
+        writer.write_str(std::str::from_utf8(&line).map_err(|_| fmt::Error)?)
     }
 }
 
-struct Fields<'a>(&'a mut Map<String, Value>);
+/// `value` as a JSON string, quoted and escaped by serde_json, at the end of `line`.
+fn push_json_str(line: &mut Vec<u8>, value: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(line, value);
+}
+
+/// Writes each field of an event as `,"<name>":<value>`.
+struct Fields<'a>(&'a mut Vec<u8>);
+
+impl Fields<'_> {
+    fn key(&mut self, field: &Field) {
+        self.0.push(b',');
+        let name = field.name();
+        if LINE_KEYS.contains(&name) {
+            push_json_str(self.0, &format!("field.{name}"));
+        } else {
+            push_json_str(self.0, name);
+        }
+        self.0.push(b':');
+    }
+
+    /// A number as JSON has it: a non-finite float is not a JSON number, so it is `null`
+    /// (as serde_json writes it).
+    fn number(&mut self, field: &Field, value: impl fmt::Display) {
+        self.key(field);
+        let _ = write!(self.0, "{value}");
+    }
+}
 
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), value.into());
+        self.key(field);
+        push_json_str(self.0, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), value.into());
+        self.number(field, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), value.into());
+        self.number(field, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.0.insert(field.name().into(), value.into());
+        if value.is_finite() {
+            self.number(field, value);
+        } else {
+            self.number(field, "null");
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), value.into());
+        self.number(field, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0
-            .insert(field.name().into(), format!("{value:?}").into());
+        self.key(field);
+        push_json_str(self.0, &format!("{value:?}"));
     }
 }
 
@@ -213,6 +286,81 @@ mod tests {
         ] {
             assert!(remote_parent(bad).is_none(), "{bad}");
         }
+    }
+
+    /// The lines `log` writes through [`JsonLines`], each parsed as JSON.
+    fn lines_of(log: impl FnOnce()) -> Vec<serde_json::Value> {
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Clone)]
+        struct Capture(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let captured = Capture(Arc::new(Mutex::new(Vec::new())));
+        let writer = captured.clone();
+        let tracer = SdkTracerProvider::builder().build().tracer("test");
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(tracer))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(JsonLines { service: "orders" })
+                    .with_writer(move || writer.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
+    }
+
+    #[test]
+    fn a_log_line_is_one_json_object_with_the_span_ids_and_the_event_fields() {
+        let lines = lines_of(|| {
+            tracing::info_span!("http").in_scope(|| {
+                tracing::warn!(
+                    status = 201u64,
+                    delta = -3i64,
+                    duration_ms = 1.5,
+                    ok = true,
+                    infinite = f64::INFINITY,
+                    user = "a \"quoted\"\n\\ name\u{1}",
+                    level = "shadowed",
+                    "request {}",
+                    "done"
+                )
+            });
+            tracing::info!("outside any span");
+        });
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let line = lines[0].as_object().unwrap();
+        assert_eq!(line["level"], "WARN");
+        assert_eq!(line["service"], "orders");
+        assert_eq!(line["target"], module_path!());
+        assert!(line["timestamp"].as_str().unwrap().starts_with("20"));
+        let hex = |v: &serde_json::Value, n: usize| {
+            v.as_str().is_some_and(|s| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        assert!(hex(&line["traceId"], 32) && hex(&line["spanId"], 16), "{line:?}");
+        assert_eq!(line["message"], "request done");
+        assert_eq!(line["status"], 201);
+        assert_eq!(line["delta"], -3);
+        assert_eq!(line["duration_ms"], 1.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["infinite"], serde_json::Value::Null);
+        assert_eq!(line["user"], "a \"quoted\"\n\\ name\u{1}");
+        // An event's field never replaces one of the line's own keys.
+        assert_eq!(line["field.level"], "shadowed");
+        let outside = lines[1].as_object().unwrap();
+        assert_eq!(outside["message"], "outside any span");
+        assert!(!outside.contains_key("traceId"));
     }
 
     #[test]
