@@ -13,6 +13,7 @@ pub mod faults;
 pub mod health;
 pub mod idempotency;
 pub mod keyed_write;
+pub mod log_writer;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;

@@ -5,11 +5,11 @@
 //!   OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is
 //!   set; without one, spans are only used for ids and nothing is exported.
 //!
-//! A line is formatted where it is logged, but written to stdout by a thread of its own
-//! (`tracing-appender`), so a request never waits on the write, nor on a log collector that
-//! reads stdout slowly. Nothing is dropped: past 128k lines waiting, a logger waits too.
-//! The [`Telemetry`] that `init` returns writes out what is waiting when it is dropped, so a
-//! process holds it in `main` for as long as it runs.
+//! A line is formatted where it is logged, but written to stdout in batches by a thread of
+//! its own ([`crate::log_writer`]), so a request never waits on the write, nor on a log
+//! collector that reads stdout slowly. The [`Telemetry`] that `init` returns writes out
+//! what is waiting when it is dropped, so a process holds it in `main` for as long as it
+//! runs.
 //!
 //! The service name is the spans' `service.name`. A trace crosses processes as a W3C
 //! `traceparent`: in gRPC metadata, in HTTP headers, and in every outbox row and bus message.
@@ -26,7 +26,6 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_opentelemetry::{OpenTelemetrySpanExt, OtelData};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -36,19 +35,20 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
+use crate::log_writer;
+
 const ENDPOINT_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
 /// The process's telemetry, from [`init`]. Dropping it exports the spans still buffered and
-/// writes out the log lines still waiting: hold it until `main` returns, and log nothing
-/// after it is gone (such lines are lost).
+/// writes out the log lines still waiting: hold it until `main` returns.
 #[must_use = "dropping the telemetry guard stops writing logs; hold it until main returns"]
 pub struct Telemetry {
-    /// Declared first, so spans are exported before the log writer stops.
     provider: Option<SdkTracerProvider>,
-    _log_writer: Option<WorkerGuard>,
+    /// Dropped after `drop` exported the spans, so their last log lines are written too.
+    _log_writer: Option<log_writer::Flusher>,
 }
 
 impl Drop for Telemetry {
@@ -75,10 +75,7 @@ pub fn init(service: &'static str) -> Telemetry {
         }
     }
     let provider = provider.build();
-    let (stdout, log_writer) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::stdout());
+    let (stdout, log_writer) = log_writer::stdout();
     let installed = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer(service)))
