@@ -1020,6 +1020,71 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
 
+/// A team's own line in a file the generator owns, which `update` merges three ways.
+const MAIN_NOTE: &str = "\n// Our note: orders also serves the partner feed.\n";
+
+#[test]
+fn a_workspace_from_version_0_6_0_takes_the_fewer_statements_mimalloc_and_the_log_writer() {
+    let ws = Workspace::from_fixture("shop-0.6.0");
+    ws.append("services/orders/src/domain/rules.rs", RULE);
+    ws.append("services/orders/src/main.rs", MAIN_NOTE);
+    ws.commit("our edits");
+    let migrations = |service: &str| {
+        let mut names: Vec<String> =
+            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    };
+    let before = (migrations("orders"), migrations("billing"));
+    assert!(!ws.path("crates/platform/src/keyed_write.rs").exists());
+
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.starts_with(&format!(
+            "updated `shop` from archscaffold 0.6.0 to {VERSION}:\n"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("conflict"), "{report}");
+    // Nothing in these changes touches a schema: no migration comes or goes.
+    assert_eq!((migrations("orders"), migrations("billing")), before);
+    assert!(
+        ws.read("crates/platform/src/keyed_write.rs")
+            .contains("pub fn change_statement(")
+    );
+    for main in [
+        "services/orders/src/main.rs",
+        "services/billing/src/main.rs",
+        "gateway/src/main.rs",
+    ] {
+        let text = ws.read(main);
+        assert!(
+            text.contains("static ALLOCATOR: platform::Allocator = platform::Allocator;"),
+            "{main}"
+        );
+        assert!(
+            text.contains("let _telemetry = platform::telemetry::init("),
+            "{main}"
+        );
+        assert!(!text.contains("telemetry::shutdown()"), "{main}");
+    }
+    assert!(ws.read("services/orders/src/main.rs").ends_with(MAIN_NOTE));
+    assert!(
+        ws.read("services/orders/src/domain/rules.rs")
+            .ends_with(RULE)
+    );
+    assert!(
+        ws.read("README.md")
+            .contains("Upgrading from a workspace generated before 0.7.0")
+    );
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
 #[test]
 fn dry_run_lists_the_changes_and_writes_nothing() {
     let ws = Workspace::new("orders,billing");
