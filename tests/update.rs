@@ -103,6 +103,17 @@ impl Workspace {
         self.write(rel, &contents.replacen(from, to, 1));
     }
 
+    /// The names of a service's migrations, in order.
+    fn migrations(&self, service: &str) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(self.path(&format!("services/{service}/migrations")))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+        names.sort();
+        names
+    }
+
     /// Every file, `.git` left out.
     fn tree(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
@@ -765,16 +776,7 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
     let ws = Workspace::from_fixture("shop-0.3.0");
     ws.append("services/checkout/src/domain/rules.rs", RULE);
     ws.commit("our edits");
-    let migrations_before = |service: &str| {
-        let mut names: Vec<String> =
-            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-        names.sort();
-        names
-    };
-    let before = (migrations_before("catalog"), migrations_before("checkout"));
+    let before = (ws.migrations("catalog"), ws.migrations("checkout"));
 
     let out = ws.update(&[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -828,7 +830,7 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
         expected.1.push(later.to_string());
     }
     assert_eq!(
-        (migrations_before("catalog"), migrations_before("checkout")),
+        (ws.migrations("catalog"), ws.migrations("checkout")),
         expected
     );
     assert!(
@@ -848,16 +850,7 @@ fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_mig
     ws.append("services/orders/src/domain/rules.rs", RULE);
     ws.append("services/billing/src/handlers.rs", HANDLER);
     ws.commit("our edits");
-    let migrations = |service: &str| {
-        let mut names: Vec<String> =
-            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-        names.sort();
-        names
-    };
-    let before = migrations("orders");
+    let before = ws.migrations("orders");
     assert_eq!(
         before.last().map(String::as_str),
         Some("0004_ordered_outbox.sql")
@@ -908,8 +901,8 @@ fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_mig
         "0006_parked_outbox.sql".to_string(),
         "0007_sagas.sql".to_string(),
     ]);
-    assert_eq!(migrations("orders"), expected);
-    assert_eq!(migrations("billing"), expected);
+    assert_eq!(ws.migrations("orders"), expected);
+    assert_eq!(ws.migrations("billing"), expected);
     for (file, edit) in [
         ("services/orders/src/domain/rules.rs", RULE),
         ("services/billing/src/handlers.rs", HANDLER),
@@ -943,17 +936,8 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     let ws = Workspace::from_fixture("shop-0.5.0");
     ws.append("services/inventory/src/domain/rules.rs", RULE);
     ws.commit("our edits");
-    let migrations = |service: &str| {
-        let mut names: Vec<String> =
-            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-        names.sort();
-        names
-    };
     assert_eq!(
-        migrations("orders").last().map(String::as_str),
+        ws.migrations("orders").last().map(String::as_str),
         Some("0006_parked_outbox.sql")
     );
 
@@ -969,7 +953,7 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     assert!(!report.contains("conflict"), "{report}");
     for service in ["orders", "payments", "inventory", "shipping"] {
         assert_eq!(
-            migrations(service).last().map(String::as_str),
+            ws.migrations(service).last().map(String::as_str),
             Some("0007_sagas.sql"),
             "{service}"
         );
@@ -1005,7 +989,7 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
         );
     }
     assert_eq!(
-        migrations("inventory").last().map(String::as_str),
+        ws.migrations("inventory").last().map(String::as_str),
         Some("0007_sagas.sql"),
         "a participant the saga only commands keeps its schema"
     );
@@ -1029,16 +1013,7 @@ fn a_workspace_from_version_0_6_0_takes_the_fewer_statements_mimalloc_and_the_lo
     ws.append("services/orders/src/domain/rules.rs", RULE);
     ws.append("services/orders/src/main.rs", MAIN_NOTE);
     ws.commit("our edits");
-    let migrations = |service: &str| {
-        let mut names: Vec<String> =
-            fs::read_dir(ws.path(&format!("services/{service}/migrations")))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-        names.sort();
-        names
-    };
-    let before = (migrations("orders"), migrations("billing"));
+    let before = (ws.migrations("orders"), ws.migrations("billing"));
     assert!(!ws.path("crates/platform/src/keyed_write.rs").exists());
 
     let out = ws.update(&[]);
@@ -1052,7 +1027,7 @@ fn a_workspace_from_version_0_6_0_takes_the_fewer_statements_mimalloc_and_the_lo
     );
     assert!(!report.contains("conflict"), "{report}");
     // Nothing in these changes touches a schema: no migration comes or goes.
-    assert_eq!((migrations("orders"), migrations("billing")), before);
+    assert_eq!((ws.migrations("orders"), ws.migrations("billing")), before);
     assert!(
         ws.read("crates/platform/src/keyed_write.rs")
             .contains("pub fn change_statement(")

@@ -44,7 +44,7 @@ const ENDPOINT_VARS: [&str; 2] = [
 
 /// The process's telemetry, from [`init`]. Dropping it exports the spans still buffered and
 /// writes out the log lines still waiting: hold it until `main` returns.
-#[must_use = "dropping the telemetry guard stops writing logs; hold it until main returns"]
+#[must_use = "hold the telemetry guard until main returns: dropping it stops batching log lines"]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
     /// Dropped after `drop` exported the spans, so their last log lines are written too.
