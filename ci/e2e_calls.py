@@ -28,8 +28,8 @@ import uuid
 import grpc
 
 from e2e import compile_protos_of
-from e2e_common import (dev_token, link_key, link_token, log_entries, pid_of, scrape, stop_process, total,
-                        up_again, wait_until)
+from e2e_common import (dev_token, link_key, link_token, log_entries, logged, pid_of, scrape, stop_process,
+                        total, up_again, wait_until)
 from e2e_gateway import call, expect
 from e2e_traces import spans
 
@@ -143,11 +143,10 @@ def check_deadline(c, cart, checkout_pb, checkout_grpc):
     kill(c.args.workspace, "catalog")
     up_again(c.args.workspace, {"CATALOG__FAULTS__DELAY_MS": "1000"})
 
-    def seen():
-        return [l for l in log_entries(c.args.workspace, "catalog")
-                if l.get("message") == "rpc" and l.get("rpc.method") == "GetItem"
-                and l.get("caller") == "checkout" and l.get("deadline_ms") is not None]
-    earlier = len(seen())
+    def slowed_get_item(l):
+        return (l.get("message") == "rpc" and l.get("rpc.method") == "GetItem"
+                and l.get("caller") == "checkout" and l.get("deadline_ms") is not None)
+    earlier = len([l for l in log_entries(c.args.workspace, "catalog") if slowed_get_item(l)])
     stub = checkout_grpc.CheckoutServiceStub(grpc.insecure_channel("127.0.0.1:50052"))
     token = link_token(link_key(c.args.workspace, "gateway", "checkout"), "gateway", "checkout")
     request = checkout_pb.CreateCartRequest(idempotency_key=str(uuid.uuid4()),
@@ -161,13 +160,14 @@ def check_deadline(c, cart, checkout_pb, checkout_grpc):
         expect(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED, f"{e.code()} {e.details()}")
     expect(elapsed < 0.45, f"DEADLINE_EXCEEDED after {elapsed:.3f} s, not about 300 ms")
 
-    wait_until(lambda: len(seen()) > earlier, 5, "catalog's log line for the slowed GetItem")
-    deadline_ms = seen()[-1]["deadline_ms"]
+    deadline_ms = logged(c.args.workspace, "catalog", slowed_get_item, "catalog's line for the slowed GetItem",
+                         enough=lambda found: len(found) > earlier)[-1]["deadline_ms"]
     expect(0 < deadline_ms < 290, f"catalog saw a deadline of {deadline_ms} ms, not the shortened one")
-    checkout = [l for l in log_entries(c.args.workspace, "checkout")
-                if l.get("message") == "rpc" and l.get("rpc.method") == "CreateCart"
-                and l.get("deadline_ms") is not None and l["deadline_ms"] <= 300]
-    expect(checkout and checkout[-1]["status"] == "DeadlineExceeded", f"checkout's line: {checkout[-1:]}")
+    checkout = logged(c.args.workspace, "checkout",
+                      lambda l: l.get("message") == "rpc" and l.get("rpc.method") == "CreateCart"
+                      and l.get("deadline_ms") is not None and l["deadline_ms"] <= 300,
+                      "checkout's line for the CreateCart with a 300 ms deadline")
+    expect(checkout[-1]["status"] == "DeadlineExceeded", f"checkout's line: {checkout[-1:]}")
     kill(c.args.workspace, "catalog")
     up_again(c.args.workspace)
     print(f"check 3 passed: CreateCart with a 300 ms deadline, catalog slowed by 1 s: DEADLINE_EXCEEDED "

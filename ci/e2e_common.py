@@ -100,6 +100,28 @@ def log_entries(workspace, process):
                 continue
 
 
+# How long a check waits for a log line: the generated services write their lines in
+# batches (platform::log_writer, ADR 0015), 20 ms after a batch's first line, so the line
+# about a request reaches the file shortly after its answer, not with it.
+LOG_LINE_SECS = 5
+
+
+def logged(workspace, process, matches, what, enough=bool, replicas=False, seconds=LOG_LINE_SECS):
+    """The entries of `process`'s log (every replica's with `replicas`) that `matches`,
+    read again until `enough` of them are there (at least one by default). Raises with the
+    ones found if they are not within `seconds`."""
+    read = replicas_log_entries if replicas else log_entries
+    deadline = time.monotonic() + seconds
+    while True:
+        found = [e for e in read(workspace, process) if matches(e)]
+        if enough(found):
+            return found
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not in {process}'s log within {seconds} s; "
+                                 f"the matching lines: {found[-5:]}")
+        time.sleep(0.05)
+
+
 def replicas_log_entries(workspace, process):
     """The JSON lines of every replica of `process` up.sh started (`orders`, then
     `orders-2`, ...): a call may have gone to any of them."""

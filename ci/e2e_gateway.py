@@ -30,7 +30,7 @@ import uuid
 
 import jwt
 
-from e2e_common import pid_of, scrape, stop_process, up_again, wait_until
+from e2e_common import logged, pid_of, scrape, stop_process, up_again, wait_until
 
 BASE = "http://127.0.0.1:8080"
 
@@ -257,10 +257,9 @@ def check_cache(gw, token, order, orders_db):
     path = f"/v1/orders/{order['id']}"
     wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "hit", 10,
                "a repeated GET served from Redis")
-    with open(os.path.join(gw.run, "gateway.log")) as f:
-        logged = [json.loads(line) for line in f if '"cache":"hit"' in line]
-    expect(any(e.get("http.route") == "/v1/orders/{id}" for e in logged),
-           f"no log line with cache=hit for /v1/orders/{{id}}: {[e.get('http.route') for e in logged][-5:]}")
+    logged(gw.args.workspace, "gateway",
+           lambda e: e.get("cache") == "hit" and e.get("http.route") == "/v1/orders/{id}",
+           "a line with cache=hit for /v1/orders/{id}")
     fresh = call("GET", path, token, headers={"Cache-Control": "no-cache"})
     expect(fresh[0] == 200 and fresh[1].get("x-cache") == "bypass" and fresh[2]["id"] == order["id"],
            f"Cache-Control: no-cache must skip the cache: {fresh[:3]}")

@@ -34,7 +34,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
-from e2e_common import dev_token, environment_of, http_ok, wait_until
+from e2e_common import dev_token, environment_of, http_ok, logged, wait_until
 from e2e_gateway import expect
 
 PROVIDER_PORT = 4455
@@ -275,16 +275,9 @@ def check_end_user(args):
     answered(201, "POST", "/v1/orders", token, "the user's token creates an order", {})
     again, _ = exchange(code, verifier)
     expect(again == 400, f"a code is exchanged once only: {again}")
-    logged = []
-    with open(os.path.join(args.workspace, ".run", "gateway-oidc.log")) as f:
-        for line in f:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("userId") == login:
-                logged.append(entry.get("status"))
-    expect(200 in logged and 201 in logged, f"the gateway logged the requests as {login}: {logged}")
+    logged(args.workspace, "gateway-oidc", lambda e: e.get("userId") == login,
+           f"the gateway's lines for the read (200) and the create (201) as {login}",
+           enough=lambda found: {200, 201} <= {e.get("status") for e in found})
     print(f"check 4 passed: {login} signed in and consented on the provider's pages; the code "
           "(refused without its PKCE verifier, exchanged once only) gave a token that read and "
           "created orders, logged under the user")

@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 
-from e2e_common import dev_token, replicas_log_entries
+from e2e_common import dev_token, logged
 
 GATEWAY = "http://127.0.0.1:8080"
 
@@ -29,9 +29,13 @@ def spans(path, trace_id):
 
 def log_line(workspace, process, trace_id, message):
     """The JSON log line `process` (any of its replicas) wrote with `message` in the
-    trace, or None."""
-    return next((e for e in replicas_log_entries(workspace, process)
-                 if e.get("traceId") == trace_id and e.get("message") == message), None)
+    trace, or None once it has had time to reach the file."""
+    try:
+        return logged(workspace, process,
+                      lambda e: e.get("traceId") == trace_id and e.get("message") == message,
+                      f"`{message}` in trace {trace_id}", replicas=True)[0]
+    except AssertionError:
+        return None
 
 
 def main():
