@@ -124,6 +124,12 @@ fn the_lock_file_records_version_spec_hash_and_every_file_as_written() {
                 first_lines.contains(marker),
                 "{path} ({owner}) starts with {first_lines:?}"
             );
+            // A blueprint file that carries a header itself would get a second one.
+            let headers = text
+                .lines()
+                .filter(|l| (l.starts_with("//") || l.starts_with("--")) && l.contains(marker))
+                .count();
+            assert_eq!(headers, 1, "{path} has {headers} ownership headers");
         }
     }
     assert_eq!(
