@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 
-from e2e_common import (SQS, link_key, log_entries, queue_empty, service_credential, sqs_client,
+from e2e_common import (SQS, link_key, logged, queue_empty, service_credential, sqs_client,
                         stop_process, up_again, wait_until)
 from e2e_gateway import Gateway, call, expect
 
@@ -43,12 +43,6 @@ def db_rows(orders_db, sql):
     out = subprocess.run(["psql", orders_db, "-At", "-F", "|", "-c", sql],
                          check=True, capture_output=True, text=True).stdout
     return [line.split("|") for line in out.strip().splitlines() if line]
-
-
-def invalidated(workspace, aggregate_id):
-    """Whether the gateway logged the eviction of `aggregate_id` for one of its events."""
-    return any(e.get("message") == "cache entry invalidated" and e.get("id") == aggregate_id
-               for e in log_entries(workspace, "gateway"))
 
 
 def fetch(token, path, **headers):
@@ -73,7 +67,9 @@ def check_lifecycle(args, token):
     # that (else it may evict what the next lines cache), then fill the cache and
     # revalidate: 304 without a body, from the cache.
     try:
-        wait_until(lambda: invalidated(args.workspace, order["id"]), 10, "the creation event at the gateway")
+        logged(args.workspace, "gateway",
+               lambda e: e.get("message") == "cache entry invalidated" and e.get("id") == order["id"],
+               "the creation event's eviction at the gateway", seconds=10)
     except AssertionError:
         # Say where it is: still in the outbox (the relay), or published (the consumer).
         row = db_rows(args.orders_db, "SELECT published_at, attempts, last_error FROM outbox "
