@@ -5,21 +5,32 @@
 //! An instance is started by its owner's event, consumed through the inbox (so one event
 //! starts one instance; `(saga_type, aggregate_id)` is unique too), with the subject as the
 //! event carried it. A runner in every replica claims runnable instances with
-//! `FOR UPDATE SKIP LOCKED` and leases them (`next_attempt_at` moves past the lease), so
-//! two runners never advance one instance, and one that dies mid-step leaves it to the
-//! next once the lease ends. Each step is a call with the idempotency key
+//! `FOR UPDATE SKIP LOCKED` and leases them (`next_attempt_at` moves past the lease). The
+//! runner keeps the lease while it advances an instance: every record renews it, and it is
+//! released only when the instance waits (a backoff), ends or waits for an operator; so no
+//! two runners call a step of one instance at once, and one that dies mid-step leaves it
+//! to the next once the lease ends. Every transition is recorded by one conditional UPDATE
+//! on `version`, which a claim bumps too: a runner whose lease was taken over learns it at
+//! its next record (the fence) and stops. Each step is a call with the idempotency key
 //! `saga:<id>:<step>:<forward|compensate>`: a step retried after a crash, a lost reply or
-//! an expired lease has no second effect. Every outcome is recorded by one conditional
-//! UPDATE (`version`), and only then does the instance go on.
+//! an expired lease has no second effect.
+//!
+//! A forward call is made only after its step is recorded as `trying` (may have been
+//! sent): a runner that takes an instance over, before or after its deadline, finds every
+//! step whose call may have reached a participant marked so, and settles it before
+//! compensating (see below). A step still `pending` was never sent.
 //!
 //! States: `running` (forward steps) → `completing` (`on_success`) → `completed`; or, once
 //! a step is refused or the deadline passes, `compensating` (completed steps compensated
 //! in reverse) → `failing` (`on_failure`) → `compensated`. A compensation is retried with
 //! backoff; after `compensation_attempts` failures the instance is `compensation_failed`
 //! and waits for an operator (the `RetrySaga` RPC) without holding anything up. A step
-//! whose outcome is unknown (its call failed with UNAVAILABLE or a deadline) is settled
-//! before it is compensated: its forward call is sent again with the same key, which
-//! replays what was done, or does it, or is refused (then there is nothing to undo).
+//! whose outcome is unknown (`trying`: sent, but no answer recorded) is settled before it
+//! is compensated: its forward call is sent again with the same key, which replays what
+//! was done, or does it, or is refused (then there is nothing to undo). An instance whose
+//! recorded steps no longer match its saga's definition (a spec change removed or renamed
+//! steps while it was in flight) is `parked`: listed, counted and alerted on, never run
+//! against steps it did not record.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,6 +52,7 @@ pub const SAGA_STARTED: &str = "saga_started_total";
 pub const SAGA_COMPLETED: &str = "saga_completed_total";
 pub const SAGA_IN_FLIGHT: &str = "saga_in_flight";
 pub const SAGA_COMPENSATION_FAILED: &str = "saga_compensation_failed";
+pub const SAGA_PARKED: &str = "saga_parked";
 pub const SAGA_STEP_DURATION: &str = "saga_step_duration_seconds";
 
 /// Instances claimed per round, at most; they advance concurrently.
@@ -58,6 +70,8 @@ pub enum State {
     Completed,
     Compensated,
     CompensationFailed,
+    /// Its recorded steps do not match its definition any more: waits for an operator.
+    Parked,
 }
 
 impl State {
@@ -72,6 +86,7 @@ impl State {
             State::Completed => "completed",
             State::Compensated => "compensated",
             State::CompensationFailed => "compensation_failed",
+            State::Parked => "parked",
         }
     }
 
@@ -84,6 +99,7 @@ impl State {
             "completed" => State::Completed,
             "compensated" => State::Compensated,
             "compensation_failed" => State::CompensationFailed,
+            "parked" => State::Parked,
             _ => return None,
         })
     }
@@ -92,9 +108,10 @@ impl State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
-    /// Not called yet.
+    /// Never called.
     Pending,
-    /// Called, outcome unknown (the call failed without an answer); retried.
+    /// May have been called, outcome unknown: recorded before every forward call, and kept
+    /// when a call fails without an answer. Retried forward, or settled before compensating.
     Trying,
     Done,
     /// The participant said no: nothing happened there.
@@ -118,6 +135,10 @@ impl StepStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub status: StepStatus,
+    /// The step's label when the instance started, to tell a changed definition (absent
+    /// in instances started before 0.8.0: only the number of steps is compared then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// A create's result: the new aggregate's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
@@ -126,9 +147,10 @@ pub struct StepRecord {
 }
 
 impl StepRecord {
-    fn pending() -> Self {
+    fn pending(label: &str) -> Self {
         StepRecord {
             status: StepStatus::Pending,
+            label: Some(label.to_string()),
             result: None,
             error: None,
         }
@@ -141,6 +163,30 @@ pub struct Definition {
     pub name: &'static str,
     pub steps: &'static [StepInfo],
     pub timeout: Duration,
+}
+
+impl Definition {
+    /// Why an instance's recorded steps cannot be run by this definition, if they cannot:
+    /// another number of steps, or a step recorded under another label.
+    pub fn mismatch(&self, steps: &[StepRecord]) -> Option<String> {
+        if steps.len() != self.steps.len() {
+            return Some(format!(
+                "the saga's definition changed while it ran: it recorded {} steps, the definition has {}",
+                steps.len(),
+                self.steps.len()
+            ));
+        }
+        let changed = steps.iter().zip(self.steps).enumerate().find(|(_, (recorded, info))| {
+            recorded.label.as_deref().is_some_and(|label| label != info.label)
+        })?;
+        let (index, (recorded, info)) = changed;
+        Some(format!(
+            "the saga's definition changed while it ran: step {} was `{}`, it is `{}` now",
+            index + 1,
+            recorded.label.as_deref().unwrap_or_default(),
+            info.label
+        ))
+    }
 }
 
 #[derive(Debug)]
@@ -332,7 +378,7 @@ pub async fn start(
     subject: &[u8],
     context: &MessageContext,
 ) -> Result<bool, sqlx::Error> {
-    let steps = Json(vec![StepRecord::pending(); definition.steps.len()]);
+    let steps = Json(definition.steps.iter().map(|s| StepRecord::pending(s.label)).collect::<Vec<_>>());
     let inserted = sqlx::query(
         "INSERT INTO saga (id, saga_type, aggregate_id, state, step, steps, subject, deadline, correlation_id, traceparent) \
          VALUES ($1, $2, $3, 'running', 0, $4, $5, now() + $6 * interval '1 millisecond', $7, $8) \
@@ -413,13 +459,20 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Ins
     rows.into_iter().map(instance).collect()
 }
 
-/// Stores `next` if nobody changed the instance since `expected` (its version when read);
-/// returns the new version, or None when another runner got there first.
-async fn record(pool: &PgPool, next: &Instance, expected: i64, wait: Duration) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
+/// Stores `next` if nobody changed the instance since `expected` (its version when read),
+/// with its next attempt `next_attempt_in` from now (the renewed lease while the runner
+/// goes on, see [`lease_after`]); returns the new version and whether the deadline has
+/// passed, or None when another runner took the instance over.
+async fn record(
+    pool: &PgPool,
+    next: &Instance,
+    expected: i64,
+    next_attempt_in: Duration,
+) -> Result<Option<(i64, bool)>, sqlx::Error> {
+    sqlx::query_as(
         "UPDATE saga SET state = $3, step = $4, steps = $5, reason = $6, attempts = $7, last_error = $8, \
              next_attempt_at = now() + $9 * interval '1 millisecond', updated_at = now(), version = version + 1 \
-         WHERE id = $1 AND version = $2 RETURNING version",
+         WHERE id = $1 AND version = $2 RETURNING version, deadline <= now()",
     )
     .bind(next.id)
     .bind(expected)
@@ -429,57 +482,88 @@ async fn record(pool: &PgPool, next: &Instance, expected: i64, wait: Duration) -
     .bind(&next.reason)
     .bind(next.attempts)
     .bind(&next.last_error)
-    .bind(wait.as_millis() as i64)
+    .bind(next_attempt_in.as_millis() as i64)
     .fetch_optional(pool)
     .await
+}
+
+/// Gives up the lease on an instance this runner still holds at `version` (it made as many
+/// transitions as one claim may): any runner may claim it at once.
+async fn release(pool: &PgPool, id: uuid::Uuid, version: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE saga SET next_attempt_at = now(), version = version + 1 WHERE id = $1 AND version = $2")
+        .bind(id)
+        .bind(version)
+        .execute(pool)
+        .await
+        .map(drop)
 }
 
 /// What the runner does next with an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// Records the step as `trying` before its forward call is made (no call).
+    Begin(usize),
     Forward(usize),
     /// Sends an unknown step's forward call again to learn its outcome.
     Settle(usize),
     Compensate(usize),
     Finish { success: bool },
-    /// The deadline passed while running: compensation starts.
+    /// The deadline passed while running: compensation starts (no call).
     Expire,
     /// Nothing: the instance is final or waits for an operator.
     None,
+}
+
+impl Action {
+    /// Whether the action calls a participant (or the subject); `Begin` and `Expire` only
+    /// record.
+    pub fn calls(self) -> bool {
+        matches!(self, Action::Forward(_) | Action::Settle(_) | Action::Compensate(_) | Action::Finish { .. })
+    }
 }
 
 /// The next action for `instance` (normalized, see [`normalize`]).
 pub fn action(instance: &Instance) -> Action {
     match instance.state {
         State::Running if instance.expired => Action::Expire,
-        State::Running => Action::Forward(instance.step as usize),
+        State::Running => {
+            let step = instance.step as usize;
+            match instance.steps.get(step).map(|s| s.status) {
+                Some(StepStatus::Pending) => Action::Begin(step),
+                Some(_) => Action::Forward(step),
+                None => Action::None,
+            }
+        }
         State::Completing => Action::Finish { success: true },
         State::Failing => Action::Finish { success: false },
         State::Compensating => {
             let step = instance.step as usize;
-            match instance.steps[step].status {
-                StepStatus::Trying => Action::Settle(step),
-                _ => Action::Compensate(step),
+            match instance.steps.get(step).map(|s| s.status) {
+                Some(StepStatus::Trying) => Action::Settle(step),
+                Some(_) => Action::Compensate(step),
+                None => Action::None,
             }
         }
-        State::Completed | State::Compensated | State::CompensationFailed => Action::None,
+        State::Completed | State::Compensated | State::CompensationFailed | State::Parked => Action::None,
     }
 }
 
 /// Moves the cursor past what needs no call: forward past the last step (`completing`);
 /// while compensating, down past steps that never happened, were compensated or have no
-/// compensation, to `failing` below the first.
+/// compensation, to `failing` below the first. A step that may have been sent (`trying`)
+/// always stops it: it is settled first.
 pub fn normalize(instance: &mut Instance, definition: &Definition) {
     if instance.state == State::Running && instance.step as usize >= instance.steps.len() {
         instance.state = State::Completing;
     }
     if instance.state == State::Compensating {
+        instance.step = instance.step.min(instance.steps.len() as i32 - 1);
         while instance.step >= 0 {
             let step = instance.step as usize;
             let record = &instance.steps[step];
             let needs_call = match record.status {
                 StepStatus::Trying => true,
-                StepStatus::Done => definition.steps[step].compensable,
+                StepStatus::Done => definition.steps.get(step).is_some_and(|s| s.compensable),
                 StepStatus::Pending | StepStatus::Refused | StepStatus::Compensated => false,
             };
             if needs_call {
@@ -502,7 +586,7 @@ pub type Outcome = Result<Option<String>, StepError>;
 pub fn apply(instance: &Instance, definition: &Definition, action: Action, outcome: Outcome, config: &SagaConfig) -> (Instance, Duration) {
     let mut next = instance.clone();
     let mut wait = Duration::ZERO;
-    let label = |step: usize| definition.steps[step].label;
+    let label = |step: usize| definition.steps.get(step).map_or("?", |s| s.label);
     let mut failed = |next: &mut Instance, error: String, compensating: bool| {
         next.attempts += 1;
         next.last_error = Some(error);
@@ -518,19 +602,20 @@ pub fn apply(instance: &Instance, definition: &Definition, action: Action, outco
     };
     match (action, outcome) {
         (Action::None, _) => {}
+        (Action::Begin(step), _) => next.steps[step].status = StepStatus::Trying,
         (Action::Expire, _) => {
             next.reason = Some(format!("timed out after {} ms", definition.timeout.as_millis()));
             next.state = State::Compensating;
             succeeded(&mut next);
         }
         (Action::Forward(step), Ok(result)) => {
-            next.steps[step] = StepRecord { status: StepStatus::Done, result, error: None };
+            next.steps[step] = StepRecord { status: StepStatus::Done, result, error: None, ..next.steps[step].clone() };
             next.step += 1;
             succeeded(&mut next);
         }
         (Action::Forward(step), Err(StepError::Refused(e))) => {
             next.reason = Some(format!("step {} ({}) refused: {e}", step + 1, label(step)));
-            next.steps[step] = StepRecord { status: StepStatus::Refused, result: None, error: Some(e) };
+            next.steps[step] = StepRecord { status: StepStatus::Refused, result: None, error: Some(e), ..next.steps[step].clone() };
             next.state = State::Compensating;
             next.step = step as i32 - 1;
             succeeded(&mut next);
@@ -541,11 +626,11 @@ pub fn apply(instance: &Instance, definition: &Definition, action: Action, outco
             failed(&mut next, e, false);
         }
         (Action::Settle(step), Ok(result)) => {
-            next.steps[step] = StepRecord { status: StepStatus::Done, result, error: None };
+            next.steps[step] = StepRecord { status: StepStatus::Done, result, error: None, ..next.steps[step].clone() };
             succeeded(&mut next);
         }
         (Action::Settle(step), Err(StepError::Refused(e))) => {
-            next.steps[step] = StepRecord { status: StepStatus::Refused, result: None, error: Some(e) };
+            next.steps[step] = StepRecord { status: StepStatus::Refused, result: None, error: Some(e), ..next.steps[step].clone() };
             next.step -= 1;
             succeeded(&mut next);
         }
@@ -581,11 +666,43 @@ pub fn apply(instance: &Instance, definition: &Definition, action: Action, outco
     (next, wait)
 }
 
+/// What recording a transition does with the runner's lease on the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The instance's next attempt, from now: a renewed lease while this runner goes on.
+    pub next_attempt_in: Duration,
+    /// Whether this runner goes on with the instance after the record.
+    pub keep: bool,
+}
+
+/// The lease after a transition to `next` that waits `wait`: kept (renewed for a whole
+/// `lease`, so no other runner claims the instance between two of this runner's calls)
+/// while there is more to do at once; released when it waits (the backoff is its next
+/// attempt), ends or waits for an operator.
+pub fn lease_after(next: &Instance, wait: Duration, config: &SagaConfig) -> Lease {
+    if action(next) == Action::None {
+        Lease { next_attempt_in: Duration::ZERO, keep: false }
+    } else if !wait.is_zero() {
+        Lease { next_attempt_in: wait, keep: false }
+    } else {
+        Lease { next_attempt_in: config.lease, keep: true }
+    }
+}
+
+/// Whether a lease with `remaining` time left covers a whole call: a runner that was held
+/// up since its last record (a paused process, a slow database) does not start a call that
+/// could outlive its lease, and so run beside the runner that claims the instance next.
+pub fn lease_covers_call(remaining: Duration, config: &SagaConfig) -> bool {
+    remaining > config.step_timeout
+}
+
 /// Runs the owner's sagas until `stop` turns true; `wake` is notified when an instance
 /// starts or an operator retries one.
 pub async fn run<S: Sagas>(pool: PgPool, sagas: Arc<S>, config: SagaConfig, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let mut failures = 0u32;
     while !*stop.borrow() {
+        // A lease is counted from before the claim was sent: never later than the database's.
+        let claimed_at = Instant::now();
         let pause = match claim(&pool, BATCH, config.lease).await {
             Ok(claimed) if claimed.is_empty() => {
                 failures = 0;
@@ -593,7 +710,7 @@ pub async fn run<S: Sagas>(pool: PgPool, sagas: Arc<S>, config: SagaConfig, wake
             }
             Ok(claimed) => {
                 failures = 0;
-                let work = futures_util::future::join_all(claimed.into_iter().map(|i| advance(&pool, &*sagas, &config, i)));
+                let work = futures_util::future::join_all(claimed.into_iter().map(|i| advance(&pool, &*sagas, &config, i, claimed_at)));
                 tokio::select! {
                     _ = work => {}
                     // Calls in flight are dropped: their instances are leased and resume
@@ -618,19 +735,41 @@ pub async fn run<S: Sagas>(pool: PgPool, sagas: Arc<S>, config: SagaConfig, wake
     tracing::info!("saga runner stopped");
 }
 
-/// Moves one claimed instance on until it waits (backoff), finishes, or another runner
-/// took it over.
-async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut instance: Instance) {
-    let Some(definition) = sagas.definitions().iter().find(|d| d.name == instance.saga_type) else {
-        tracing::error!(saga = %instance.saga_type, id = %instance.id, "no such saga in this service; left as it is");
-        return;
+/// Parks an instance its definition cannot run any more (or that has no definition here),
+/// with the reason; it waits for an operator and is never claimed again.
+async fn park(pool: &PgPool, instance: &Instance, why: String) {
+    tracing::error!(saga = %instance.saga_type, id = %instance.id, aggregate_id = %instance.aggregate_id, reason = %why, "saga parked: it waits for an operator");
+    let parked = Instance {
+        state: State::Parked,
+        last_error: Some(why),
+        ..instance.clone()
     };
+    if let Err(e) = record(pool, &parked, instance.version, Duration::ZERO).await {
+        tracing::warn!(error = %e, saga = %instance.saga_type, id = %instance.id, "cannot park a saga");
+    }
+}
+
+/// Moves one claimed instance on until it waits (backoff), finishes, or another runner
+/// took it over. The lease is renewed at every record and released when it stops.
+async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut instance: Instance, claimed_at: Instant) {
+    let Some(definition) = sagas.definitions().iter().find(|d| d.name == instance.saga_type) else {
+        return park(pool, &instance, format!("this service runs no saga `{}` any more", instance.saga_type)).await;
+    };
+    if let Some(why) = definition.mismatch(&instance.steps) {
+        return park(pool, &instance, why).await;
+    }
+    let mut held_until = claimed_at + config.lease;
     for _ in 0..MAX_TRANSITIONS {
         let action = action(&instance);
         if action == Action::None {
             return;
         }
+        if action.calls() && !lease_covers_call(held_until.saturating_duration_since(Instant::now()), config) {
+            tracing::warn!(saga = definition.name, id = %instance.id, "the lease is too short for another call; leaving the saga to the next claim");
+            return;
+        }
         let (step, direction) = match action {
+            Action::Begin(s) => (Some(s), "begin"),
             Action::Forward(s) | Action::Settle(s) => (Some(s), "forward"),
             Action::Compensate(s) => (Some(s), "compensate"),
             Action::Finish { success: true } => (None, "on_success"),
@@ -649,27 +788,34 @@ async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut in
         );
         crate::telemetry::continue_trace(&span, Some(&instance.traceparent));
         let started = Instant::now();
-        // The calls' correlation id and budget (no request is being served here).
-        let call = CallContext::new(instance.correlation_id.clone(), config.step_timeout);
-        let outcome: Outcome = deadline::scope(call, async {
-            match action {
-                Action::Forward(s) | Action::Settle(s) => sagas.forward(&instance, s).await,
-                Action::Compensate(s) => {
-                    let result = instance.steps[s].result.clone();
-                    sagas.compensate(&instance, s, result.as_deref()).await.map(|()| None)
+        let outcome: Outcome = if action.calls() {
+            // The calls' correlation id and budget (no request is being served here); the
+            // timeout drops a call that outlives it, so a call never outlives the lease.
+            let call = CallContext::new(instance.correlation_id.clone(), config.step_timeout);
+            let made = deadline::scope(call, async {
+                match action {
+                    Action::Forward(s) | Action::Settle(s) => sagas.forward(&instance, s).await,
+                    Action::Compensate(s) => {
+                        let result = instance.steps[s].result.clone();
+                        sagas.compensate(&instance, s, result.as_deref()).await.map(|()| None)
+                    }
+                    Action::Finish { success } => sagas.finish(&instance, success).await.map(|()| None),
+                    Action::Begin(_) | Action::Expire | Action::None => Ok(None),
                 }
-                Action::Finish { success } => sagas.finish(&instance, success).await.map(|()| None),
-                Action::Expire | Action::None => Ok(None),
-            }
-        })
-        .instrument(span.clone())
-        .await;
+            });
+            tokio::time::timeout(config.step_timeout, made)
+                .instrument(span.clone())
+                .await
+                .unwrap_or_else(|_| Err(StepError::Failed(format!("deadline: no answer within {} ms", config.step_timeout.as_millis()))))
+        } else {
+            Ok(None)
+        };
         let result = match &outcome {
             Ok(_) => "ok",
             Err(StepError::Refused(_)) => "refused",
             Err(StepError::Failed(_)) => "failed",
         };
-        if step.is_some() || matches!(action, Action::Finish { .. }) {
+        if action.calls() {
             metrics::histogram!(SAGA_STEP_DURATION, "saga" => definition.name, "step" => label, "direction" => direction, "outcome" => result)
                 .record(started.elapsed().as_secs_f64());
         }
@@ -678,14 +824,21 @@ async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut in
             std::process::abort();
         }
         let (next, wait) = apply(&instance, definition, action, outcome.clone(), config);
-        match &outcome {
-            Ok(_) => tracing::info!(parent: &span, saga = definition.name, id = %instance.id, step = label, direction, state = next.state.as_str(), "saga step done"),
-            Err(e) => tracing::warn!(parent: &span, saga = definition.name, id = %instance.id, step = label, direction, error = %e, attempts = next.attempts, state = next.state.as_str(), "saga step did not succeed"),
+        if action.calls() {
+            match &outcome {
+                Ok(_) => tracing::info!(parent: &span, saga = definition.name, id = %instance.id, step = label, direction, state = next.state.as_str(), "saga step done"),
+                Err(e) => tracing::warn!(parent: &span, saga = definition.name, id = %instance.id, step = label, direction, error = %e, attempts = next.attempts, state = next.state.as_str(), "saga step did not succeed"),
+            }
         }
-        match record(pool, &next, instance.version, wait).await {
-            Ok(Some(version)) => instance = Instance { version, ..next },
+        let lease = lease_after(&next, wait, config);
+        let recording = Instant::now();
+        match record(pool, &next, instance.version, lease.next_attempt_in).await {
+            Ok(Some((version, expired))) => {
+                instance = Instance { version, expired, ..next };
+                held_until = recording + config.lease;
+            }
             Ok(None) => {
-                tracing::warn!(saga = definition.name, id = %instance.id, "another runner advanced this saga meanwhile; leaving it to it");
+                tracing::warn!(saga = definition.name, id = %instance.id, "another runner took this saga over (its lease had ended); leaving it to it");
                 return;
             }
             Err(e) => {
@@ -709,9 +862,13 @@ async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut in
                 );
                 return;
             }
-            _ if !wait.is_zero() => return,
+            _ if !lease.keep => return,
             _ => {}
         }
+    }
+    // As many transitions as one claim may make: back to the queue, for any runner.
+    if let Err(e) = release(pool, instance.id, instance.version).await {
+        tracing::warn!(error = %e, saga = definition.name, id = %instance.id, "cannot release a saga");
     }
 }
 
@@ -757,14 +914,19 @@ pub async fn list(pool: &PgPool, aggregate_id: uuid::Uuid) -> Result<Vec<Summary
 }
 
 /// The operator's retry: a `compensation_failed` instance compensates again from where it
-/// stopped, with fresh attempts. NOT_FOUND when there is no such instance, FAILED_PRECONDITION
-/// when it is in another state.
+/// stopped, with fresh attempts; a `parked` one (its definition changed while it ran) is
+/// compensated from its last step, once its recorded steps match the definition again
+/// (else it is parked again). NOT_FOUND when there is no such instance, FAILED_PRECONDITION
+/// when it is in another state. An instance in another state is left exactly as it is: its
+/// version unchanged, so the runner holding it is not fenced off.
 pub async fn retry(pool: &PgPool, id: uuid::Uuid) -> Result<(), AppError> {
     let state: Option<String> = sqlx::query_scalar(
-        "UPDATE saga s SET state = CASE WHEN s.state = 'compensation_failed' THEN 'compensating' ELSE s.state END, \
-             attempts = CASE WHEN s.state = 'compensation_failed' THEN 0 ELSE s.attempts END, \
-             next_attempt_at = CASE WHEN s.state = 'compensation_failed' THEN now() ELSE s.next_attempt_at END, \
-             version = s.version + 1, updated_at = now() \
+        "UPDATE saga s SET state = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN 'compensating' ELSE s.state END, \
+             step = CASE WHEN s.state = 'parked' THEN jsonb_array_length(s.steps) - 1 ELSE s.step END, \
+             attempts = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN 0 ELSE s.attempts END, \
+             next_attempt_at = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN now() ELSE s.next_attempt_at END, \
+             version = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN s.version + 1 ELSE s.version END, \
+             updated_at = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN now() ELSE s.updated_at END \
          FROM saga before WHERE s.id = $1 AND before.id = s.id RETURNING before.state",
     )
     .bind(id)
@@ -772,26 +934,27 @@ pub async fn retry(pool: &PgPool, id: uuid::Uuid) -> Result<(), AppError> {
     .await?;
     match state.as_deref() {
         None => Err(AppError::NotFound(format!("no saga {id}"))),
-        Some("compensation_failed") => {
-            tracing::info!(%id, "saga retried by an operator");
+        Some(state @ ("compensation_failed" | "parked")) => {
+            tracing::info!(%id, state, "saga retried by an operator");
             Ok(())
         }
         Some(other) => Err(AppError::Conflict(format!(
-            "saga {id} is {other}; only a compensation_failed saga can be retried"
+            "saga {id} is {other}; only a compensation_failed or parked saga can be retried"
         ))),
     }
 }
 
-/// Refreshes `saga_in_flight` and `saga_compensation_failed` per saga from the database
-/// at each scrape.
+/// Refreshes `saga_in_flight`, `saga_compensation_failed` and `saga_parked` per saga from
+/// the database at each scrape. Parked instances are reported under their own saga's name
+/// even when this service no longer defines it (the spec removed it while they ran).
 pub fn gauges(pool: PgPool, sagas: &'static [Definition]) -> crate::metrics::Refresh {
     Arc::new(move || {
         let pool = pool.clone();
         Box::pin(async move {
-            let counts: Result<Vec<(String, i64, i64)>, sqlx::Error> = sqlx::query_as(
+            let counts: Result<Vec<(String, i64, i64, i64)>, sqlx::Error> = sqlx::query_as(
                 "SELECT saga_type, count(*) FILTER (WHERE state = ANY($1)), \
-                     count(*) FILTER (WHERE state = 'compensation_failed') \
-                 FROM saga WHERE state = ANY($1) OR state = 'compensation_failed' GROUP BY saga_type",
+                     count(*) FILTER (WHERE state = 'compensation_failed'), count(*) FILTER (WHERE state = 'parked') \
+                 FROM saga WHERE state = ANY($1) OR state IN ('compensation_failed', 'parked') GROUP BY saga_type",
             )
             .bind(State::RUNNABLE.as_slice())
             .fetch_all(&pool)
@@ -800,12 +963,18 @@ pub fn gauges(pool: PgPool, sagas: &'static [Definition]) -> crate::metrics::Ref
                 Ok(counts) => {
                     // Every saga is reported, at 0 when it has no such instance.
                     for definition in sagas {
-                        let (running, failed) = counts
+                        let (running, failed, parked) = counts
                             .iter()
-                            .find(|(name, _, _)| name == definition.name)
-                            .map_or((0, 0), |(_, r, f)| (*r, *f));
+                            .find(|(name, ..)| name == definition.name)
+                            .map_or((0, 0, 0), |(_, r, f, p)| (*r, *f, *p));
                         metrics::gauge!(SAGA_IN_FLIGHT, "saga" => definition.name).set(running as f64);
                         metrics::gauge!(SAGA_COMPENSATION_FAILED, "saga" => definition.name).set(failed as f64);
+                        metrics::gauge!(SAGA_PARKED, "saga" => definition.name).set(parked as f64);
+                    }
+                    for (name, _, _, parked) in &counts {
+                        if sagas.iter().all(|d| d.name != name) {
+                            metrics::gauge!(SAGA_PARKED, "saga" => name.clone()).set(*parked as f64);
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot count sagas"),
@@ -815,21 +984,24 @@ pub fn gauges(pool: PgPool, sagas: &'static [Definition]) -> crate::metrics::Ref
 }
 
 #[cfg(test)]
+mod simulation;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    const STEPS: &[StepInfo] = &[
+    pub(super) const STEPS: &[StepInfo] = &[
         StepInfo { label: "create payments", compensable: true },
         StepInfo { label: "inventory.reserve", compensable: true },
         StepInfo { label: "create shipping", compensable: false },
     ];
-    const DEFINITION: Definition = Definition {
+    pub(super) const DEFINITION: Definition = Definition {
         name: "place_order",
         steps: STEPS,
         timeout: Duration::from_secs(30),
     };
 
-    fn config() -> SagaConfig {
+    pub(super) fn config() -> SagaConfig {
         SagaConfig {
             lease: Duration::from_secs(30),
             step_timeout: Duration::from_secs(10),
@@ -841,14 +1013,14 @@ mod tests {
         }
     }
 
-    fn fresh() -> Instance {
+    pub(super) fn fresh(definition: &Definition) -> Instance {
         Instance {
             id: uuid::Uuid::nil(),
-            saga_type: "place_order".into(),
+            saga_type: definition.name.into(),
             aggregate_id: uuid::Uuid::nil(),
             state: State::Running,
             step: 0,
-            steps: vec![StepRecord::pending(); 3],
+            steps: definition.steps.iter().map(|s| StepRecord::pending(s.label)).collect(),
             subject: Vec::new(),
             reason: None,
             attempts: 0,
@@ -860,11 +1032,23 @@ mod tests {
         }
     }
 
-    /// Runs actions with the given outcomes and returns the actions taken.
+    /// Runs actions with the given outcomes for the calls they make (`Begin` and `Expire`
+    /// make none and take no outcome) and returns every action taken.
     fn drive(mut instance: Instance, outcomes: Vec<Outcome>) -> (Instance, Vec<Action>) {
         let mut taken = Vec::new();
-        for outcome in outcomes {
+        let mut outcomes = outcomes.into_iter();
+        loop {
             let action = action(&instance);
+            let outcome = if action.calls() {
+                match outcomes.next() {
+                    Some(outcome) => outcome,
+                    None => break,
+                }
+            } else if action == Action::None {
+                break;
+            } else {
+                Ok(None)
+            };
             taken.push(action);
             instance = apply(&instance, &DEFINITION, action, outcome, &config()).0;
         }
@@ -881,19 +1065,42 @@ mod tests {
 
     #[test]
     fn every_step_then_on_success() {
-        let (done, taken) = drive(fresh(), vec![Ok(Some("p1".into())), Ok(None), Ok(Some("s1".into())), Ok(None)]);
-        assert_eq!(taken, [Action::Forward(0), Action::Forward(1), Action::Forward(2), Action::Finish { success: true }]);
+        let (done, taken) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), Ok(None), Ok(Some("s1".into())), Ok(None)]);
+        assert_eq!(
+            taken,
+            [
+                Action::Begin(0),
+                Action::Forward(0),
+                Action::Begin(1),
+                Action::Forward(1),
+                Action::Begin(2),
+                Action::Forward(2),
+                Action::Finish { success: true }
+            ]
+        );
         assert_eq!(done.state, State::Completed);
         assert_eq!(done.steps[0].result.as_deref(), Some("p1"));
+        assert_eq!(done.steps[0].label.as_deref(), Some("create payments"));
         assert_eq!(action(&done), Action::None);
     }
 
     #[test]
+    fn a_forward_call_is_made_only_after_its_step_is_recorded_as_trying() {
+        let instance = fresh(&DEFINITION);
+        assert_eq!(action(&instance), Action::Begin(0));
+        assert!(!Action::Begin(0).calls());
+        let (begun, wait) = apply(&instance, &DEFINITION, Action::Begin(0), Ok(None), &config());
+        assert_eq!((begun.steps[0].status, wait), (StepStatus::Trying, Duration::ZERO));
+        assert_eq!(action(&begun), Action::Forward(0));
+    }
+
+    #[test]
     fn a_refusal_compensates_the_completed_steps_in_reverse_then_on_failure() {
-        let (instance, taken) = drive(fresh(), vec![Ok(Some("p1".into())), Ok(None), refused(), Ok(None), Ok(None), Ok(None)]);
+        let (instance, taken) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), Ok(None), refused(), Ok(None), Ok(None), Ok(None)]);
         // The shipment was refused: the reservation, then the payment, are undone.
+        let calls: Vec<Action> = taken.into_iter().filter(|a| a.calls()).collect();
         assert_eq!(
-            taken,
+            calls,
             [Action::Forward(0), Action::Forward(1), Action::Forward(2), Action::Compensate(1), Action::Compensate(0), Action::Finish { success: false }]
         );
         assert_eq!(instance.state, State::Compensated);
@@ -904,16 +1111,17 @@ mod tests {
 
     #[test]
     fn a_refused_first_step_has_nothing_to_undo() {
-        let (instance, taken) = drive(fresh(), vec![refused(), Ok(None)]);
-        assert_eq!(taken, [Action::Forward(0), Action::Finish { success: false }]);
+        let (instance, taken) = drive(fresh(&DEFINITION), vec![refused(), Ok(None)]);
+        assert_eq!(taken, [Action::Begin(0), Action::Forward(0), Action::Finish { success: false }]);
         assert_eq!(instance.state, State::Compensated);
     }
 
     #[test]
     fn an_outage_retries_the_same_step_with_backoff() {
-        let mut instance = fresh();
+        let mut instance = apply(&fresh(&DEFINITION), &DEFINITION, Action::Begin(0), Ok(None), &config()).0;
         let mut waits = Vec::new();
         for _ in 0..3 {
+            assert_eq!(action(&instance), Action::Forward(0));
             let (next, wait) = apply(&instance, &DEFINITION, action(&instance), down(), &config());
             waits.push(wait);
             instance = next;
@@ -927,11 +1135,11 @@ mod tests {
 
     #[test]
     fn a_timeout_settles_the_step_in_doubt_before_compensating() {
-        let (mut instance, _) = drive(fresh(), vec![Ok(Some("p1".into())), down()]);
+        let (mut instance, _) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), down()]);
         instance.expired = true;
         // Expire, settle the reservation whose answer was lost (it had happened), undo it
         // and the payment, then on_failure.
-        let (instance, taken) = drive(instance, vec![Ok(None), Ok(None), Ok(None), Ok(None), Ok(None)]);
+        let (instance, taken) = drive(instance, vec![Ok(None), Ok(None), Ok(None), Ok(None)]);
         assert_eq!(
             taken,
             [Action::Expire, Action::Settle(1), Action::Compensate(1), Action::Compensate(0), Action::Finish { success: false }]
@@ -940,18 +1148,48 @@ mod tests {
         assert_eq!(instance.reason.as_deref(), Some("timed out after 30000 ms"));
     }
 
+    /// Issue 27, bug 1: the runner died (or lost its lease) after step 2's call succeeded
+    /// and before it recorded the outcome; the deadline passed before another runner
+    /// claimed the instance. The step was recorded as `trying` before its call, so it is
+    /// settled and compensated before the earlier step.
+    #[test]
+    fn an_expired_instance_with_an_unrecorded_current_step_settles_it_then_compensates_it_and_the_earlier_steps() {
+        let (mut instance, taken) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into()))]);
+        assert_eq!(taken.last(), Some(&Action::Begin(1)), "recorded before the call: {taken:?}");
+        // Forward(1) was called here and succeeded; the runner died before recording it.
+        instance.expired = true;
+        let (instance, taken) = drive(instance, vec![Ok(None), Ok(None), Ok(None), Ok(None)]);
+        assert_eq!(
+            taken,
+            [Action::Expire, Action::Settle(1), Action::Compensate(1), Action::Compensate(0), Action::Finish { success: false }]
+        );
+        let statuses: Vec<StepStatus> = instance.steps.iter().map(|s| s.status).collect();
+        assert_eq!(statuses, [StepStatus::Compensated, StepStatus::Compensated, StepStatus::Pending]);
+    }
+
+    #[test]
+    fn a_step_never_sent_is_neither_settled_nor_compensated_after_the_deadline() {
+        let (mut instance, _) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into()))]);
+        // The deadline passed after step 1 was recorded and before step 2 was begun.
+        instance.steps[1].status = StepStatus::Pending;
+        instance.expired = true;
+        let (instance, taken) = drive(instance, vec![Ok(None), Ok(None)]);
+        assert_eq!(taken, [Action::Expire, Action::Compensate(0), Action::Finish { success: false }]);
+        assert_eq!(instance.steps[1].status, StepStatus::Pending);
+    }
+
     #[test]
     fn a_step_in_doubt_that_turns_out_refused_is_not_compensated() {
-        let (mut instance, _) = drive(fresh(), vec![Ok(Some("p1".into())), down()]);
+        let (mut instance, _) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), down()]);
         instance.expired = true;
-        let (instance, taken) = drive(instance, vec![Ok(None), refused(), Ok(None), Ok(None)]);
+        let (instance, taken) = drive(instance, vec![refused(), Ok(None), Ok(None)]);
         assert_eq!(taken, [Action::Expire, Action::Settle(1), Action::Compensate(0), Action::Finish { success: false }]);
         assert_eq!(instance.steps[1].status, StepStatus::Refused);
     }
 
     #[test]
     fn a_compensation_that_keeps_failing_waits_for_an_operator() {
-        let (instance, _) = drive(fresh(), vec![Ok(Some("p1".into())), refused()]);
+        let (instance, _) = drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), refused()]);
         assert_eq!(action(&instance), Action::Compensate(0));
         let (instance, _) = drive(instance, vec![down(), refused(), down()]);
         assert_eq!(instance.state, State::CompensationFailed);
@@ -965,12 +1203,63 @@ mod tests {
 
     #[test]
     fn a_subject_that_refuses_on_success_has_its_steps_undone() {
-        let (instance, taken) = drive(fresh(), vec![Ok(Some("p1".into())), Ok(None), Ok(Some("s1".into())), refused(), Ok(None), Ok(None), Ok(None)]);
+        let (instance, taken) =
+            drive(fresh(&DEFINITION), vec![Ok(Some("p1".into())), Ok(None), Ok(Some("s1".into())), refused(), Ok(None), Ok(None), Ok(None)]);
+        let calls: Vec<Action> = taken.into_iter().filter(|a| a.calls()).collect();
         assert_eq!(
-            taken[3..],
+            calls[3..],
             [Action::Finish { success: true }, Action::Compensate(1), Action::Compensate(0), Action::Finish { success: false }]
         );
         assert_eq!(instance.state, State::Compensated);
+    }
+
+    /// Issue 27, bug 2: a success used to release the lease (next attempt now) while the
+    /// runner went on, so another replica claimed the instance and called the same step.
+    #[test]
+    fn the_lease_is_kept_while_the_runner_goes_on_and_released_when_it_stops() {
+        let config = config();
+        let begun = apply(&fresh(&DEFINITION), &DEFINITION, Action::Begin(0), Ok(None), &config).0;
+        let (after_success, wait) = apply(&begun, &DEFINITION, Action::Forward(0), Ok(None), &config);
+        assert_eq!(lease_after(&after_success, wait, &config), Lease { next_attempt_in: config.lease, keep: true });
+        let (after_outage, wait) = apply(&begun, &DEFINITION, Action::Forward(0), down(), &config);
+        assert!(!wait.is_zero());
+        assert_eq!(lease_after(&after_outage, wait, &config), Lease { next_attempt_in: wait, keep: false });
+        let (done, _) = drive(fresh(&DEFINITION), vec![Ok(None), Ok(None), Ok(None), Ok(None)]);
+        assert!(!lease_after(&done, Duration::ZERO, &config).keep);
+    }
+
+    #[test]
+    fn an_instance_whose_definition_changed_is_told_apart() {
+        let instance = fresh(&DEFINITION);
+        assert_eq!(DEFINITION.mismatch(&instance.steps), None);
+        let shorter = Definition { name: "place_order", steps: &STEPS[..2], timeout: Duration::from_secs(30) };
+        let why = shorter.mismatch(&instance.steps).expect("a removed step is a change");
+        assert!(why.contains("recorded 3 steps, the definition has 2"), "{why}");
+        const RENAMED: &[StepInfo] = &[
+            StepInfo { label: "create payments", compensable: true },
+            StepInfo { label: "inventory.hold", compensable: true },
+            StepInfo { label: "create shipping", compensable: false },
+        ];
+        let renamed = Definition { name: "place_order", steps: RENAMED, timeout: Duration::from_secs(30) };
+        let why = renamed.mismatch(&instance.steps).expect("a renamed step is a change");
+        assert!(why.contains("step 2 was `inventory.reserve`, it is `inventory.hold` now"), "{why}");
+        // Instances started before steps carried their labels: only the count is compared.
+        let unlabelled: Vec<StepRecord> = instance.steps.iter().map(|s| StepRecord { label: None, ..s.clone() }).collect();
+        assert_eq!(renamed.mismatch(&unlabelled), None);
+        let stored: Vec<StepRecord> = serde_json::from_str(r#"[{"status":"done","result":"p1"},{"status":"pending"}]"#).unwrap();
+        assert!(DEFINITION.mismatch(&stored).is_some());
+    }
+
+    #[test]
+    fn a_cursor_past_the_recorded_steps_does_not_panic() {
+        let mut instance = fresh(&DEFINITION);
+        instance.state = State::Compensating;
+        instance.step = 7;
+        normalize(&mut instance, &DEFINITION);
+        assert_eq!(instance.state, State::Failing);
+        instance.state = State::Running;
+        instance.step = 9;
+        assert_eq!(action(&instance), Action::None);
     }
 
     #[test]
