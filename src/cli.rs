@@ -326,6 +326,9 @@ fn print_update(update: &update::Update, dry_run: bool) {
     if update.changes.is_empty() {
         let _ = writeln!(out, "  nothing to change");
     }
+    for warning in &update.warnings {
+        eprintln!("warning: {warning}");
+    }
     let conflicts = update.conflicts().count();
     if conflicts > 0 {
         let _ = writeln!(

@@ -22,6 +22,7 @@ pub mod openapi;
 pub mod ownership;
 pub mod plan;
 pub mod render;
+pub mod saga_steps;
 pub mod spec;
 pub mod tags;
 pub mod update;

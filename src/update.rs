@@ -109,6 +109,8 @@ pub struct Update {
     pub previous_version: String,
     /// A new `archscaffold.toml` to write (from `add context`).
     pub spec_text: Option<String>,
+    /// What the update does that the running system will feel (a saga whose steps change).
+    pub warnings: Vec<String>,
     /// The lock and the base folder are not what this render records.
     bookkeeping_stale: bool,
 }
@@ -233,6 +235,9 @@ pub fn prepare(
         .collect();
     tags::keep(&mut spec, &previous_protos);
 
+    let warnings = crate::saga_steps::warnings(&spec, |path| {
+        Some(String::from_utf8_lossy(&base.or_disk(root, path)?).into_owned())
+    });
     let mut plan = Plan::render(&spec, blueprint)?;
     // Unformatted Rust would differ from every file generated before: each one would be
     // rewritten or conflict. A new workspace can do without rustfmt; an update cannot.
@@ -274,6 +279,7 @@ pub fn prepare(
         previous_version: lock.version().to_string(),
         plan,
         spec_text,
+        warnings,
         bookkeeping_stale: stale_lock || stale_base,
     })
 }

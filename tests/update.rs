@@ -1004,6 +1004,53 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
 
+#[test]
+fn a_saga_whose_steps_change_under_its_name_is_warned_of() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = archscaffold(dir.path(), &["new", "shop", "--example", "checkout"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let ws = Workspace {
+        root: dir.path().join("shop"),
+        _dir: dir,
+    };
+    // A change that leaves the saga's steps alone warns of nothing.
+    ws.replace(
+        "archscaffold.toml",
+        "timeout = \"30s\"",
+        "timeout = \"45s\"",
+    );
+    ws.commit("a longer saga");
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        text(&out)
+    );
+    ws.commit("archscaffold update");
+
+    // The reservation is no longer a step: instances in flight would be parked.
+    ws.replace(
+        "archscaffold.toml",
+        "  { command = \"inventory.reserve\", on = \"item_id\", compensate = \"release\" },\n",
+        "",
+    );
+    ws.commit("reserve outside the saga");
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: saga `place_order` of orders keeps its name but its steps change (create payments, inventory.reserve, create shipping -> create payments, create shipping)"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        stderr.contains("alert `OrdersSagaParked`"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// A team's own line in a file the generator owns, which `update` merges three ways.
 const MAIN_NOTE: &str = "\n// Our note: orders also serves the partner feed.\n";
 
