@@ -17,22 +17,30 @@ refuses to void a payment of 13 cents while PAYMENTS_E2E_VOID_BROKEN is set.
   4. a compensation that keeps failing: the saga ends in compensation_failed, the metric
      says so, other sagas complete meanwhile; a token without orders:admin cannot retry
      it; once the cause is fixed, the admin retry compensates it
-  5. duplicates: every saga's starting event is delivered again, and every step's call is
-     made again (the instance rewound): no second effect anywhere
-  6. crash (run last): orders dies (a test-only fault hook aborts it) right after the
-     reservation succeeded, before the saga recorded it; restarted by up.sh, the saga
-     completes and the item holds one reservation
+  5. duplicates: the starting events of four completed sagas are delivered again, and every
+     step's call of one is made again (the instance rewound): no second effect anywhere
+  6. two replicas: a second orders process runs the sagas beside the first while
+     inventory answers after 600 ms; each saga's reservation is called once in all
+     (counted by both replicas' saga_step_duration_seconds), never by both runners
+  7. crash: orders dies (a test-only fault hook aborts it) right after the reservation
+     succeeded, before the saga recorded it (the step was recorded as trying before its
+     call); restarted by up.sh, the saga completes and the item holds one reservation
+  8. deadline (run last): orders dies the same way, and is restarted only once the saga's
+     real deadline has passed: the reservation in doubt is settled and released, the
+     payment voided, the order cancelled
 """
 
 import argparse
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 
-from e2e_common import dev_token, gone, pid_of, scrape, stop_process, total, up_again, wait_until
+from e2e_common import (dev_token, environment_of, gone, http_ok, pid_of, scrape, stop_process, total, up_again,
+                        wait_until)
 from e2e_gateway import call, expect
 from e2e_traces import spans
 
@@ -191,24 +199,114 @@ def check_refusals(c):
           "and cancel the order, compensations in reverse order, each once")
 
 
-def check_crash(c):
+# How long a restarted orders may take to consume its first event on Kafka: when the group
+# member that led it is gone, tansu stalls the group until the adapter rejoins, after two
+# session timeouts (20 s; the README's broker notes).
+REJOIN_S = 25
+
+
+def die_after_the_reservation(c, seconds=20 + REJOIN_S):
+    """orders restarted with the fault hook; an order placed: orders dies right after the
+    reservation succeeded, before the saga recorded its outcome. Returns (order, item)."""
     item = c.item()
     stop_process(c.args.workspace, "orders", signal.SIGTERM, 20)
     up_again(c.args.workspace, {"ORDERS__FAULTS__SAGA_DIE_AFTER_STEP": "1"})
     pid = pid_of(c.args.workspace, "orders")
     order = c.place(item)
-    wait_until(lambda: gone(pid), 20, "orders to die right after the reservation")
+    wait_until(lambda: gone(pid), seconds, "orders to die right after the reservation")
     expect(c.item_events(item) == ["ItemCreated", "ItemReserved"], f"reserved before the crash: {c.item_events(item)}")
+    # Recorded as in flight before the call was made: whoever takes the saga over settles it.
     recorded = c.sql("orders", f"SELECT steps->1->>'status' FROM saga WHERE aggregate_id = '{order}'")[0][0]
-    expect(recorded == "pending", f"the reservation was not recorded when orders died: {recorded}")
+    expect(recorded == "trying", f"the reservation was marked in flight, its outcome unrecorded: {recorded}")
+    return order, item
+
+
+def check_crash(c):
+    order, item = die_after_the_reservation(c)
     started = time.monotonic()
     up_again(c.args.workspace)
     saga = c.settled(order)
     expect(saga["state"] == "completed", f"completed after the restart: {saga}")
     expect(c.item_events(item) == ["ItemCreated", "ItemReserved"], f"still one reservation: {c.item_events(item)}")
     expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", "one payment, one shipment")
-    print(f"check 6 passed: orders died between the reservation and its record; restarted, the saga "
+    print(f"check 7 passed: orders died between the reservation and its record; restarted, the saga "
           f"completed {time.monotonic() - started:.1f} s later with one reservation")
+
+
+def check_deadline(c):
+    # On SQS the last long poll of an orders that died in an earlier check may hide this
+    # order's start for the queue's visibility timeout (60 s): orders may die that late.
+    order, item = die_after_the_reservation(c, seconds=20 + (60 if c.args.bus == "sqs" else REJOIN_S))
+    # The saga's own deadline passes while no runner is up (no test sets it by hand).
+    wait_until(lambda: c.sql("orders", f"SELECT deadline < now() FROM saga WHERE aggregate_id = '{order}'")[0][0] == "t",
+               SAGA_TIMEOUT_S + 5, "the saga's deadline to pass")
+    up_again(c.args.workspace)
+    saga = c.settled(order)
+    expect(saga["state"] == "compensated" and saga["reason"].startswith("timed out"), f"compensated after the deadline: {saga}")
+    expect(statuses(saga) == ["compensated", "compensated", "pending"], f"the reservation in doubt undone: {statuses(saga)}")
+    expect(c.item_events(item) == ["ItemCreated", "ItemReserved", "ItemReleased"],
+           f"the reservation made before the crash was released once: {c.item_events(item)}")
+    expect(c.payments(order) == [["voided", "2"]], f"the payment voided once: {c.payments(order)}")
+    expect(c.shipments(order) == "0", "no shipment")
+    expect(c.order(order)["state"] == "cancelled", "the order is cancelled")
+    print("check 8 passed: orders died between the reservation and its record and came back after the saga's "
+          "deadline: the reservation was settled and released, the payment voided, the order cancelled")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reserve_calls(metrics_ports):
+    """Reservation calls the sagas made, whatever their outcome, summed over replicas."""
+    return sum(total(scrape(port), "saga_step_duration_seconds_count", saga="place_order", step="inventory.reserve",
+                     direction="forward") for port in metrics_ports)
+
+
+def check_replicas(c):
+    ws = c.args.workspace
+    # inventory answers every call after 600 ms: a runner that let go of its lease after
+    # the payment would leave the reservation to the other runner as well.
+    stop_process(ws, "inventory", signal.SIGTERM, 20)
+    up_again(ws, {"INVENTORY__FAULTS__DELAY_MS": "600"})
+    env = environment_of(ws, "orders")
+    binary = os.readlink(f"/proc/{pid_of(ws, 'orders')}/exe")
+    metrics = free_port()
+    env.update({"ORDERS__GRPC__ADDR": f"127.0.0.1:{free_port()}", "ORDERS__METRICS__ADDR": f"127.0.0.1:{metrics}"})
+    run = os.path.join(ws, ".run")
+    with open(os.path.join(run, "orders-extra.log"), "ab") as log:
+        second = subprocess.Popen([binary], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # Recorded where the harness looks, so it checks this process was stopped too.
+    with open(os.path.join(run, "orders-extra.pid"), "w") as f:
+        f.write(f"{second.pid}\n")
+    try:
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{metrics}/metrics"), 30, "a second orders replica to serve")
+        ports = (ORDERS_METRICS, metrics)
+        before = reserve_calls(ports)
+        items = [c.item() for _ in range(3)]
+        orders = [c.place(item) for item in items]
+        for order, item in zip(orders, items):
+            saga = c.settled(order)
+            expect(saga["state"] == "completed", f"completed with two runners: {saga}")
+            expect(c.item_events(item) == ["ItemCreated", "ItemReserved"], f"one reservation: {c.item_events(item)}")
+            expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", "one payment, one shipment")
+        wait_until(lambda: reserve_calls(ports) >= before + 3, 10, "both replicas to count the reservations")
+        time.sleep(1)
+        calls = reserve_calls(ports) - before
+        expect(calls == 3, f"3 sagas made {calls} reservation calls between them (one each, not one per runner)")
+        print(f"check 6 passed: two orders replicas ran 3 sagas against a 600 ms inventory: {calls:.0f} reservation "
+              "calls, one per saga")
+    finally:
+        second.send_signal(signal.SIGTERM)
+        try:
+            second.wait(20)
+        except subprocess.TimeoutExpired:
+            second.kill()
+            second.wait(5)
+        stop_process(ws, "inventory", signal.SIGTERM, 20)
+        up_again(ws)
 
 
 def check_outage(c):
@@ -313,16 +411,24 @@ def redeliver_starts(c, order_ids):
 
 
 def check_duplicates(c, happy_order, happy_item):
-    orders = [happy_order]
+    # The happy path's order and three more, each saga completed: every start delivered again.
+    more = [(c.place(item), item) for item in (c.item() for _ in range(3))]
+    for order, _ in more:
+        expect(c.settled(order)["state"] == "completed", f"completed before the copies: {order}")
+    orders = [happy_order] + [order for order, _ in more]
 
     def duplicates():
         return total(scrape(ORDERS_METRICS), "bus_messages_consumed_total", outcome="duplicate")
     before = duplicates()
     redeliver_starts(c, orders)
-    # The copy is consumed and recognised by its event id (the inbox); no second saga starts.
+    # Each copy is consumed and recognised by its event id (the inbox); no second saga starts.
     wait_until(lambda: duplicates() >= before + len(orders), 30, "orders to consume the copies as duplicates")
-    expect(c.sql("orders", f"SELECT count(*) FROM saga WHERE aggregate_id = '{happy_order}'")[0][0] == "1",
-           "one saga per order, whatever the redeliveries")
+    for order in orders:
+        expect(c.sql("orders", f"SELECT count(*) FROM saga WHERE aggregate_id = '{order}'")[0][0] == "1",
+               f"one saga per order, whatever the redeliveries: {order}")
+    for order, item in more:
+        expect(c.payments(order) == [["captured", "1"]] and c.shipments(order) == "1", f"one payment, one shipment: {order}")
+        expect(c.item_events(item) == ["ItemCreated", "ItemReserved"], f"one reservation: {c.item_events(item)}")
     # Every call made again: the instance rewound to its first step.
     version = c.order(happy_order)["version"]
     c.sql("orders", "UPDATE saga SET state = 'running', step = 0, next_attempt_at = now(), version = version + 1, "
@@ -335,8 +441,8 @@ def check_duplicates(c, happy_order, happy_item):
     expect(c.item_events(happy_item) == ["ItemCreated", "ItemReserved"], f"still one reservation: {c.item_events(happy_item)}")
     expect(c.shipments(happy_order) == "1", "still one shipment")
     expect(c.order(happy_order)["version"] == version, "the confirm was not applied twice")
-    print("check 5 passed: the starting event delivered again and every step called again with its key: "
-          "no second saga, payment, reservation, shipment or confirm")
+    print(f"check 5 passed: the starting events of {len(orders)} sagas delivered again and every step of one called "
+          "again with its key: no second saga, payment, reservation, shipment or confirm")
 
 
 def main():
@@ -349,10 +455,10 @@ def main():
     parser.add_argument("--only", help="comma-separated check names")
     args = parser.parse_args()
     c = Checkout(args)
-    # The crash last: after a process dies outright, the messages its last long poll was
-    # handed stay hidden for the queue's visibility timeout on SQS (60 s), which would
-    # only slow the checks after it.
-    checks = ["happy", "refusals", "outage", "compensation", "duplicates", "crash"]
+    # The two deaths last: after a process dies outright, the messages its last long poll
+    # was handed stay hidden for the queue's visibility timeout on SQS (60 s), which would
+    # only slow the checks after it (the deadline check allows for it after the crash).
+    checks = ["happy", "refusals", "outage", "compensation", "duplicates", "replicas", "crash", "deadline"]
     only = args.only.split(",") if args.only else checks
     happy = None
     failed = 0
@@ -367,6 +473,10 @@ def main():
                 check_refusals(c)
             elif name == "crash":
                 check_crash(c)
+            elif name == "deadline":
+                check_deadline(c)
+            elif name == "replicas":
+                check_replicas(c)
             elif name == "outage":
                 check_outage(c)
             elif name == "compensation":
