@@ -216,18 +216,36 @@ pub fn record_grpc_client(caller: &str, callee: &str, method: &str, code: &'stat
     .record(elapsed.as_secs_f64());
 }
 
+/// The `method` label of an HTTP request: a standard method as it is, any other `OTHER`.
+/// A client may send any token as its method, and each would be a series of its own.
+pub fn http_method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Counts one HTTP request and observes its duration (the gateway's access log calls it).
 pub fn record_http(method: &str, route: &str, status: u16, elapsed: Duration) {
+    let method = http_method_label(method);
     metrics::counter!(
         HTTP_REQUESTS,
-        "method" => method.to_string(),
+        "method" => method,
         "route" => route.to_string(),
         "status" => status.to_string()
     )
     .increment(1);
     metrics::histogram!(
         HTTP_DURATION_SECONDS,
-        "method" => method.to_string(),
+        "method" => method,
         "route" => route.to_string()
     )
     .record(elapsed.as_secs_f64());
@@ -246,6 +264,21 @@ pub fn record_denied(service: &str, caller: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unknown_http_method_is_counted_as_other_not_as_a_series_of_its_own() {
+        let handle = handle();
+        record_http("RND123", "/v1/cardinality-test", 405, Duration::from_millis(1));
+        record_http("GET", "/v1/cardinality-test", 200, Duration::from_millis(1));
+        let rendered = handle.render();
+        assert!(!rendered.contains("RND123"), "{rendered}");
+        let methods: Vec<&str> = rendered
+            .lines()
+            .filter(|l| l.starts_with(HTTP_REQUESTS) && l.contains("/v1/cardinality-test"))
+            .collect();
+        assert!(methods.iter().any(|l| l.contains("method=\"OTHER\"")), "{rendered}");
+        assert!(methods.iter().any(|l| l.contains("method=\"GET\"")), "{rendered}");
+    }
 
     #[test]
     fn grpc_codes_have_their_go_grpc_prometheus_names() {

@@ -114,7 +114,13 @@ impl Outcome {
     fn record(&mut self, code: &'static str) {
         self.recorded = true;
         let elapsed = self.started.elapsed();
-        record_grpc(&self.service, &self.method, code, elapsed);
+        // tonic answers a path it does not route with UNIMPLEMENTED: such calls share one
+        // series, or every made-up path would be a series of its own (the log keeps it).
+        if code == "Unimplemented" {
+            record_grpc("unknown", "unknown", code, elapsed);
+        } else {
+            record_grpc(&self.service, &self.method, code, elapsed);
+        }
         let facts = self.facts.0.get().cloned().unwrap_or_default();
         let _in_span = self.span.enter();
         tracing::info!(
@@ -176,6 +182,29 @@ mod tests {
             rendered.lines().any(|l| l.starts_with("grpc_server_handled_total{")
                 && l.contains("grpc_method=\"Dropped\"")
                 && l.contains("grpc_code=\"Cancelled\"")),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn a_call_to_a_path_nobody_serves_is_counted_as_unknown() {
+        let handle = crate::metrics::handle();
+        let (service, method) = split_path("/made.Up/RandomMethod42");
+        let mut outcome = Outcome {
+            service,
+            method,
+            started: Instant::now(),
+            facts: FactsSlot::default(),
+            span: tracing::Span::none(),
+            recorded: false,
+        };
+        outcome.record("Unimplemented");
+        let rendered = handle.render();
+        assert!(!rendered.contains("RandomMethod42"), "{rendered}");
+        assert!(
+            rendered.lines().any(|l| l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_method=\"unknown\"")
+                && l.contains("grpc_code=\"Unimplemented\"")),
             "{rendered}"
         );
     }
