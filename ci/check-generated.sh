@@ -120,7 +120,10 @@ state="$gen/upgrade-state.json"
     --binary "$gen/orders-0.1.0" --database "$db_url" --state "$state" --expect-versions 1,2
 
 step "upgrade: archscaffold update to this version, then a field added to orders"
-(cd "$up" && "$bin" check) && { echo "FAIL: check passed on a 0.1.0 workspace" >&2; exit 1; }
+# `check` says "out of date" with exit 1; any other code (2 for an error, a crash) fails here.
+status=0
+(cd "$up" && "$bin" check) || status=$?
+[ "$status" = 1 ] || { echo "FAIL: check on a 0.1.0 workspace exited $status, not 1 (out of date)" >&2; exit 1; }
 (cd "$up" && "$bin" update)
 commit_all "$up" "archscaffold update"
 (cd "$up" && cargo build --workspace --quiet)

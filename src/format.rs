@@ -444,10 +444,11 @@ mod tests {
     #[test]
     fn a_crate_the_cache_knows_is_not_formatted_again_and_new_ones_are_kept() {
         let rustfmt = std::env::var_os("RUSTFMT").unwrap_or_else(|| "rustfmt".into());
-        let Some(version) = rustfmt_version(&rustfmt).unwrap() else {
-            eprintln!("no rustfmt here: nothing to test");
-            return;
-        };
+        // The generator's tests run where rustfmt is (CI installs it with the toolchain):
+        // without it this test would prove nothing, so it fails instead of passing.
+        let version = rustfmt_version(&rustfmt)
+            .unwrap()
+            .expect("rustfmt is needed for this test: `rustup component add rustfmt`");
         let dir = TempDir::new("fmt-cache");
         let cache = FormatCache {
             dir: dir.0.clone(),

@@ -278,7 +278,7 @@ fn error_responses() -> Value {
         "404": problem("No such resource.", json!({})),
         "409": problem("The Idempotency-Key was used for a different request, or the resource's state does not allow the command (`current_state` and `allowed_commands` say why).", json!({})),
         "412": problem("If-Match names a version that is not the current one: read the resource again.", json!({})),
-        "428": problem("This resource is only changed with If-Match.", json!({})),
+        "428": problem("This resource is only changed with If-Match naming a version (not `*`).", json!({})),
         "413": problem("The body is larger than 64 KiB.", json!({})),
         "415": problem("The body must be application/json.", json!({})),
         "422": problem("A field refers to something that does not exist in another context; `field` names it.", json!({})),

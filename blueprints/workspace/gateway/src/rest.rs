@@ -113,20 +113,25 @@ impl IfMatch {
 
 /// Reads `If-Match` (RFC 9110 13.1.1). The API's ETags are strong and quoted decimal
 /// versions, so anything else (a weak tag, a list of them, garbage) can never match: 412
-/// at once, without asking the service. `required` answers a missing header with 428.
+/// at once, without asking the service. `required` answers a missing header with 428, and
+/// `*` too: it matches whatever version is current, so it would make the condition the
+/// context requires (`require_if_match`) say nothing.
 pub fn if_match(headers: &HeaderMap, required: bool) -> Result<IfMatch, Problem> {
+    let required_problem = || {
+        Problem::new(
+            StatusCode::PRECONDITION_REQUIRED,
+            "this resource is only changed conditionally: send If-Match with the ETag of your last read",
+        )
+    };
     let Some(value) = headers.get(header::IF_MATCH) else {
         if required {
-            return Err(Problem::new(
-                StatusCode::PRECONDITION_REQUIRED,
-                "this resource is only changed conditionally: send If-Match with the ETag of your last read",
-            ));
+            return Err(required_problem());
         }
         return Ok(IfMatch::Absent);
     };
     let value = value.to_str().unwrap_or_default().trim();
     if value == "*" {
-        return Ok(IfMatch::Any);
+        return if required { Err(required_problem()) } else { Ok(IfMatch::Any) };
     }
     value
         .strip_prefix('"')
@@ -275,6 +280,15 @@ mod tests {
         }
         assert_eq!(if_match(&HeaderMap::new(), false).unwrap(), IfMatch::Absent);
         assert_eq!(if_match(&HeaderMap::new(), true).unwrap_err().status, 428);
+    }
+
+    #[test]
+    fn where_if_match_is_required_a_wildcard_is_not_enough() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::IF_MATCH, "*".parse().unwrap());
+        assert_eq!(if_match(&headers, true).unwrap_err().status, 428);
+        headers.insert(header::IF_MATCH, "\"3\"".parse().unwrap());
+        assert_eq!(if_match(&headers, true).unwrap(), IfMatch::Version(3));
     }
 
     #[test]
