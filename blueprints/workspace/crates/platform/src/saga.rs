@@ -136,7 +136,7 @@ impl StepStatus {
 pub struct StepRecord {
     pub status: StepStatus,
     /// The step's label when the instance started, to tell a changed definition (absent
-    /// in instances started before 0.8.0: only the number of steps is compared then).
+    /// in instances an earlier runner started: only the number of steps is compared then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
     /// A create's result: the new aggregate's id.
