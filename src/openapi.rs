@@ -426,7 +426,7 @@ fn saga_schemas() -> Value {
                 "saga": { "type": "string", "description": "Its name in the spec." },
                 "state": {
                     "type": "string",
-                    "enum": ["running", "completing", "compensating", "failing", "completed", "compensated", "compensation_failed"],
+                    "enum": ["running", "completing", "compensating", "failing", "completed", "compensated", "compensation_failed", "parked"],
                 },
                 "steps": { "type": "array", "items": schema_ref("SagaStep") },
                 "reason": { "type": "string", "nullable": true, "description": "Why it compensates." },
@@ -475,14 +475,17 @@ fn retry_saga_operation(context: &Context) -> Value {
         "tags": [context.name.kebab],
         "summary": "Retry a saga whose compensation kept failing",
         "description": format!(
-            "Needs scope `{}:admin`. For an operator, once the cause is fixed: a saga in compensation_failed compensates again from where it stopped. 409 in any other state.",
+            "Needs scope `{}:admin`. For an operator, once the cause is fixed: a saga in compensation_failed compensates again from where it stopped; a parked saga (its steps changed while it ran) is compensated. Answers the saga as it is then, also when the retry is sent again (nothing more is done). 404 for a saga this resource does not have; 409 for one running or completed.",
             context.name.kebab
         ),
         "parameters": [
             id_parameter(),
             { "name": "saga", "in": "path", "required": true, "schema": { "type": "string", "format": "uuid" } },
         ],
-        "responses": responses(("204", json!({ "description": "Retrying." })), &["400", "404", "409"]),
+        "responses": responses(
+            ("200", json!({ "description": "The saga, retried or as a retry left it.", "content": json_content(schema_ref("Saga")) })),
+            &["400", "404", "409"],
+        ),
     })
 }
 

@@ -256,7 +256,9 @@ impl Direction {
     }
 }
 
-/// Why a call did not succeed.
+/// Why a call did not succeed. What it says is what `ListSagas` shows (the instance's
+/// `last_error`, a step's `error`): a category, or a refusal in the participant's own
+/// words, never the transport's details (addresses, connection errors), which are logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StepError {
     /// A business refusal (FAILED_PRECONDITION, INVALID_ARGUMENT, NOT_FOUND,
@@ -268,15 +270,37 @@ pub enum StepError {
     Failed(String),
 }
 
+/// The category a failed call is shown under: `unavailable`, `deadline`, or the status
+/// code's name in snake case.
+pub fn failure_category(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Unavailable => "unavailable",
+        Code::DeadlineExceeded | Code::Cancelled => "deadline",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::Aborted => "aborted",
+        Code::Internal => "internal",
+        Code::Unauthenticated => "unauthenticated",
+        Code::PermissionDenied => "permission_denied",
+        Code::Unimplemented => "unimplemented",
+        Code::DataLoss => "data_loss",
+        _ => "unknown",
+    }
+}
+
 impl From<tonic::Status> for StepError {
     fn from(status: tonic::Status) -> Self {
         use tonic::Code;
-        let text = format!("{:?}: {}", status.code(), status.message());
         match status.code() {
             Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound | Code::AlreadyExists | Code::OutOfRange => {
-                StepError::Refused(text)
+                StepError::Refused(status.message().to_string())
             }
-            _ => StepError::Failed(text),
+            code => {
+                let category = failure_category(code);
+                // The details stay here, in the step's span: the API shows the category.
+                tracing::warn!(code = ?code, detail = status.message(), category, "a saga's call failed");
+                StepError::Failed(category.to_string())
+            }
         }
     }
 }
@@ -806,7 +830,10 @@ async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut in
             tokio::time::timeout(config.step_timeout, made)
                 .instrument(span.clone())
                 .await
-                .unwrap_or_else(|_| Err(StepError::Failed(format!("deadline: no answer within {} ms", config.step_timeout.as_millis()))))
+                .unwrap_or_else(|_| {
+                    tracing::warn!(parent: &span, timeout_ms = config.step_timeout.as_millis() as u64, "a saga's call had no answer within the step timeout");
+                    Err(StepError::Failed(failure_category(tonic::Code::DeadlineExceeded).to_string()))
+                })
         } else {
             Ok(None)
         };
@@ -913,35 +940,58 @@ pub async fn list(pool: &PgPool, aggregate_id: uuid::Uuid) -> Result<Vec<Summary
         .collect())
 }
 
-/// The operator's retry: a `compensation_failed` instance compensates again from where it
-/// stopped, with fresh attempts; a `parked` one (its definition changed while it ran) is
-/// compensated from its last step, once its recorded steps match the definition again
-/// (else it is parked again). NOT_FOUND when there is no such instance, FAILED_PRECONDITION
-/// when it is in another state. An instance in another state is left exactly as it is: its
-/// version unchanged, so the runner holding it is not fenced off.
-pub async fn retry(pool: &PgPool, id: uuid::Uuid) -> Result<(), AppError> {
-    let state: Option<String> = sqlx::query_scalar(
+/// Who may retry a saga: only the gateway, which admits an operator with the owner's
+/// `<ctx>:admin` scope. The services the spec lets call this one may not: they are
+/// admitted for their own calls, not to decide what an operator decides.
+pub fn may_retry(caller: Option<&crate::service_auth::Verified>) -> Result<(), tonic::Status> {
+    match caller {
+        Some(verified) if verified.caller == "gateway" => Ok(()),
+        Some(verified) => Err(tonic::Status::permission_denied(format!(
+            "RetrySaga is an operator's: `{}` may not call it, only the gateway (scope <owner>:admin)",
+            verified.caller
+        ))),
+        None => Err(tonic::Status::permission_denied("RetrySaga is an operator's: only the gateway may call it")),
+    }
+}
+
+/// The operator's retry of the instance `id` of the subject `aggregate_id`: a
+/// `compensation_failed` one compensates again from where it stopped, with fresh attempts;
+/// a `parked` one (its definition changed while it ran) is compensated from its last step,
+/// once its recorded steps match the definition again (else it is parked again). Answers
+/// the instance as it is then. A retry of an instance already compensating, or compensated
+/// (a retry sent again after its answer was lost), changes nothing and answers it as it is.
+/// NOT_FOUND when the subject has no such instance; FAILED_PRECONDITION for one that is
+/// running or completed, which has nothing to compensate. An instance that is not retried
+/// keeps its version, so the runner holding it is not fenced off.
+pub async fn retry(pool: &PgPool, id: uuid::Uuid, aggregate_id: uuid::Uuid) -> Result<Summary, AppError> {
+    let before: Option<String> = sqlx::query_scalar(
         "UPDATE saga s SET state = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN 'compensating' ELSE s.state END, \
              step = CASE WHEN s.state = 'parked' THEN jsonb_array_length(s.steps) - 1 ELSE s.step END, \
              attempts = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN 0 ELSE s.attempts END, \
              next_attempt_at = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN now() ELSE s.next_attempt_at END, \
              version = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN s.version + 1 ELSE s.version END, \
              updated_at = CASE WHEN s.state IN ('compensation_failed', 'parked') THEN now() ELSE s.updated_at END \
-         FROM saga before WHERE s.id = $1 AND before.id = s.id RETURNING before.state",
+         FROM saga before WHERE s.id = $1 AND s.aggregate_id = $2 AND before.id = s.id RETURNING before.state",
     )
     .bind(id)
+    .bind(aggregate_id)
     .fetch_optional(pool)
     .await?;
-    match state.as_deref() {
-        None => Err(AppError::NotFound(format!("no saga {id}"))),
-        Some(state @ ("compensation_failed" | "parked")) => {
-            tracing::info!(%id, state, "saga retried by an operator");
-            Ok(())
+    match before.as_deref() {
+        None => return Err(AppError::NotFound(format!("no saga {id} of {aggregate_id}"))),
+        Some(state @ ("compensation_failed" | "parked")) => tracing::info!(%id, state, "saga retried by an operator"),
+        Some("compensating" | "failing" | "compensated") => {}
+        Some(other) => {
+            return Err(AppError::Conflict(format!(
+                "saga {id} is {other}; only a compensation_failed or parked saga can be retried"
+            )));
         }
-        Some(other) => Err(AppError::Conflict(format!(
-            "saga {id} is {other}; only a compensation_failed or parked saga can be retried"
-        ))),
     }
+    let listed = list(pool, aggregate_id).await?;
+    listed
+        .into_iter()
+        .find(|s| s.id == id)
+        .ok_or_else(|| AppError::NotFound(format!("no saga {id} of {aggregate_id}")))
 }
 
 /// Refreshes `saga_in_flight`, `saga_compensation_failed` and `saga_parked` per saga from
@@ -1260,6 +1310,34 @@ mod tests {
         instance.state = State::Running;
         instance.step = 9;
         assert_eq!(action(&instance), Action::None);
+    }
+
+    /// What `ListSagas` shows: a category, or the participant's own words for a refusal;
+    /// never the transport's chain (it named the participant's address).
+    #[test]
+    fn a_failed_call_shows_its_category_and_a_refusal_its_participants_words() {
+        use tonic::Status;
+        let down = StepError::from(Status::unavailable("error trying to connect: tcp connect error: 127.0.0.1:50051: Connection refused"));
+        assert_eq!(down.to_string(), "unavailable");
+        let late = StepError::from(Status::deadline_exceeded("Timeout expired after 2000 ms at 10.1.2.3"));
+        assert_eq!(late.to_string(), "deadline");
+        let refused = StepError::from(Status::failed_precondition("at most 10 units per reservation, not 11"));
+        assert_eq!(refused.to_string(), "refused: at most 10 units per reservation, not 11");
+        // As recorded on the instance.
+        let begun = apply(&fresh(&DEFINITION), &DEFINITION, Action::Begin(0), Ok(None), &config()).0;
+        let (failed, _) = apply(&begun, &DEFINITION, Action::Forward(0), Err(down), &config());
+        assert_eq!(failed.last_error.as_deref(), Some("unavailable"));
+        assert_eq!(failed.steps[0].error.as_deref(), Some("unavailable"));
+    }
+
+    #[test]
+    fn only_the_gateway_may_retry_a_saga() {
+        use crate::service_auth::Verified;
+        let gateway = Verified { caller: "gateway".into(), user: Some("operator".into()) };
+        assert!(may_retry(Some(&gateway)).is_ok());
+        let participant = Verified { caller: "payments".into(), user: None };
+        assert_eq!(may_retry(Some(&participant)).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(may_retry(None).unwrap_err().code(), tonic::Code::PermissionDenied);
     }
 
     #[test]
