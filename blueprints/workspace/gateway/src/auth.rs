@@ -8,14 +8,17 @@
 //! (`GATEWAY__AUTH__JWKS_TTL_SECS`, [`JWKS_TTL`] by default; so a key
 //! the issuer removed stops being trusted) or when a token names a key id the cache does
 //! not know (the issuer rotated its keys), at most once per [`JWKS_MIN_REFRESH`] and one
-//! fetch at a time. Only asymmetric algorithms are accepted from a JWKS; a key without
+//! fetch at a time. A fetch never holds up a token whose key is known: past the TTL the set
+//! is fetched in the background while the keys in hand go on verifying, and only a token
+//! with an unknown key id waits for the fetch it asked for. Only asymmetric algorithms are
+//! accepted from a JWKS; a key without
 //! `alg` is accepted where its type and curve fix the algorithm (or, for RSA, its family).
 //!
 //! Dev mode adds a local issuer: tokens signed with HS256 under `GATEWAY__AUTH__DEV_SECRET`,
 //! key id `dev`, which `gateway dev-token` prints. It is off unless configured.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
@@ -23,7 +26,6 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use platform::service_auth::now_secs;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, RwLock};
 
 use crate::api_keys::ApiKeys;
 use crate::problem::Problem;
@@ -62,7 +64,10 @@ pub enum Via {
 }
 
 impl Principal {
-    /// The key rate limits are counted under.
+    /// Who this is, with the kind of credential: what rate limits are counted under, and
+    /// the end user the services are told of (the link token's `act`), so that an API key
+    /// named `alice` and a token whose subject is `alice` are two callers to them (their
+    /// idempotency keys, their log lines).
     pub fn identity(&self) -> String {
         match self.via {
             Via::Token => format!("token:{}", self.subject),
@@ -145,9 +150,12 @@ pub struct AuthConfig {
 }
 
 struct Jwks {
-    /// Each key with the algorithms it may verify.
+    /// Each key with the algorithms it may verify. Locked for a lookup or a swap only.
     keys: RwLock<HashMap<String, (DecodingKey, Vec<Algorithm>)>>,
+    /// When the last fetch started. Locked for a read or a write only.
     last_fetch: Mutex<Option<Instant>>,
+    /// Held for a whole fetch: one at a time.
+    fetching: tokio::sync::Mutex<()>,
     http: reqwest::Client,
     issuer: OidcIssuer,
 }
@@ -155,21 +163,13 @@ struct Jwks {
 pub struct Authenticator {
     audience: String,
     dev: Option<(DevIssuer, DecodingKey)>,
-    jwks: Option<Jwks>,
+    jwks: Option<Arc<Jwks>>,
     api_keys: ApiKeys,
 }
 
 impl Authenticator {
     pub fn new(config: AuthConfig, api_keys: ApiKeys) -> Authenticator {
-        let jwks = config.oidc.map(|issuer| Jwks {
-            keys: RwLock::new(HashMap::new()),
-            last_fetch: Mutex::new(None),
-            http: reqwest::Client::builder()
-                .timeout(JWKS_FETCH_TIMEOUT)
-                .build()
-                .expect("an HTTP client with default TLS roots"),
-            issuer,
-        });
+        let jwks = config.oidc.map(|issuer| Arc::new(Jwks::new(issuer)));
         if config.dev.is_some() {
             tracing::warn!(
                 "DEV MODE (GATEWAY__AUTH__DEV_MODE=true): tokens from the local dev issuer, which anyone holding its secret can mint, are accepted; never run it so in production"
@@ -267,26 +267,44 @@ impl Authenticator {
 }
 
 impl Jwks {
-    async fn key(&self, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), Problem> {
+    fn new(issuer: OidcIssuer) -> Jwks {
+        Jwks {
+            keys: RwLock::new(HashMap::new()),
+            last_fetch: Mutex::new(None),
+            fetching: tokio::sync::Mutex::new(()),
+            http: reqwest::Client::builder()
+                .timeout(JWKS_FETCH_TIMEOUT)
+                .build()
+                .expect("an HTTP client with default TLS roots"),
+            issuer,
+        }
+    }
+
+    fn known(&self, kid: &str) -> Option<(DecodingKey, Vec<Algorithm>)> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+    }
+
+    async fn key(self: &Arc<Self>, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), Problem> {
         if !ASYMMETRIC.contains(&alg) {
             return Err(Problem::unauthorized(
                 "the access token must be signed with an asymmetric algorithm",
             ));
         }
-        // Past its TTL, the set is fetched again: a key the issuer removed goes.
-        let expired = needs_refresh(*self.last_fetch.lock().await, Instant::now(), self.issuer.jwks_ttl);
-        if expired && let Err(e) = self.refresh(false).await {
-            tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
+        // Past its TTL, the set is fetched again (a key the issuer removed goes), in the
+        // background: the keys in hand serve meanwhile.
+        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        if needs_refresh(last, Instant::now(), self.issuer.jwks_ttl) {
+            self.refresh_in_background();
         }
-        let known = self.keys.read().await.get(kid).cloned();
-        let (key, algorithms) = match known {
+        let (key, algorithms) = match self.known(kid) {
             Some(found) => found,
             None => {
-                // An unknown key id: the issuer may have rotated its keys.
+                // An unknown key id: the issuer may have rotated its keys. This token waits
+                // for a fetch (at most one per JWKS_MIN_REFRESH, one at a time); no other does.
                 if let Err(e) = self.refresh(false).await {
                     tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
                 }
-                self.keys.read().await.get(kid).cloned().ok_or_else(|| {
+                self.known(kid).ok_or_else(|| {
                     Problem::unauthorized("the access token's signing key is not in the issuer's JWKS")
                 })?
             }
@@ -299,12 +317,28 @@ impl Jwks {
         Ok((key, alg))
     }
 
-    async fn refresh(&self, force: bool) -> Result<(), String> {
-        let mut last = self.last_fetch.lock().await;
-        if !force && last.is_some_and(|at| at.elapsed() < JWKS_MIN_REFRESH) {
-            return Ok(());
+    /// Starts a fetch in the background unless one is running.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.fetching.try_lock().is_err() {
+            return;
         }
-        *last = Some(Instant::now());
+        let jwks = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = jwks.refresh(false).await {
+                tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
+            }
+        });
+    }
+
+    async fn refresh(&self, force: bool) -> Result<(), String> {
+        let _one_at_a_time = self.fetching.lock().await;
+        {
+            let mut last = self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && last.is_some_and(|at| at.elapsed() < JWKS_MIN_REFRESH) {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
         let set: JwkSet = self
             .http
             .get(&self.issuer.jwks_url)
@@ -329,7 +363,7 @@ impl Jwks {
             }
         }
         tracing::info!(keys = keys.len(), url = %self.issuer.jwks_url, "fetched the issuer's JWKS");
-        *self.keys.write().await = keys;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
         Ok(())
     }
 }
@@ -520,6 +554,13 @@ mod tests {
     }
 
     #[test]
+    fn an_api_key_and_a_token_user_of_one_name_are_two_identities() {
+        let principal = |via| Principal { subject: "alice".into(), scopes: BTreeSet::new(), via };
+        assert_eq!(principal(Via::Token).identity(), "token:alice");
+        assert_eq!(principal(Via::ApiKey).identity(), "api-key:alice");
+    }
+
+    #[test]
     fn a_jwk_without_alg_is_used_where_its_type_and_curve_fix_the_algorithm() {
         let jwk = |json: serde_json::Value| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(json).unwrap();
         // Only the key type, curve and alg matter here: the key material is a placeholder.
@@ -534,6 +575,58 @@ mod tests {
         let fixed = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k4", "alg": "ES256",
             "x": "AA", "y": "AA"}));
         assert_eq!(algorithms_of(&fixed), vec![Algorithm::ES256]);
+    }
+
+    /// A JWKS that takes 4 s to fetch: tokens whose key is known are verified at once all
+    /// along, while tokens with made-up key ids (each asking for a fetch) wait for it.
+    #[tokio::test]
+    async fn a_slow_jwks_fetch_holds_up_no_token_whose_key_is_known() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            // Bounded: a few fetches at most (one at a time, and none within 10 s of another).
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                tokio::spawn(async move {
+                    let mut request = [0u8; 4096];
+                    let _ = stream.read(&mut request).await;
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                    let body = r#"{"keys":[]}"#;
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        let jwks = Arc::new(Jwks::new(OidcIssuer {
+            issuer: "https://issuer.example".into(),
+            jwks_url: url,
+            jwks_ttl: JWKS_TTL,
+        }));
+        // A key in hand, fetched 20 s ago: within its TTL, past the minimum refresh.
+        jwks.keys.write().unwrap().insert("known".into(), (DecodingKey::from_secret(b"placeholder"), vec![Algorithm::ES256]));
+        *jwks.last_fetch.lock().unwrap() = Instant::now().checked_sub(Duration::from_secs(20));
+        let unknown: Vec<_> = (0..5)
+            .map(|i| {
+                let jwks = jwks.clone();
+                tokio::spawn(async move { jwks.key(&format!("made-up-{i}"), Algorithm::ES256).await.map(drop) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let started = Instant::now();
+            jwks.key("known", Algorithm::ES256).await.expect("the known key serves");
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // The fetch takes 4 s; a lookup that waited for it would take seconds.
+        assert!(slowest < Duration::from_secs(1), "a known key waited {slowest:?} for the fetch");
+        for lookup in unknown {
+            let refused = lookup.await.unwrap().unwrap_err();
+            assert_eq!(refused.status, 401);
+        }
+        server.abort();
     }
 
     #[test]
