@@ -180,7 +180,7 @@ open(path, "w").write(text.replace("impl Handlers for BillingHandlers {}", bug))
 PY
     (cd "$ws" && cargo build --workspace --quiet)
     # An API key, made the way a user would; the harness keeps the clear key to present it.
-    "$CARGO_TARGET_DIR/debug/gateway" api-key --name e2e-robot --scope orders:read >"$E2E_STATE/api-key.json"
+    "$CARGO_TARGET_DIR/debug/gateway" api-key --name e2e-robot --scope orders:read --scope orders:write >"$E2E_STATE/api-key.json"
     api_key_record=$("$cache/venv/bin/python" -c 'import json,sys; print(json.dumps([json.load(sys.stdin)["record"]]))' <"$E2E_STATE/api-key.json")
 
     echo "== e2e [$bus]: start broker and system =="
@@ -205,7 +205,7 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
     export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
         REDIS_URL=redis://127.0.0.1:6390 RUST_LOG=info \
         GATEWAY__AUTH__API_KEYS="$api_key_record" \
-        GATEWAY__RATE_LIMIT__PER_SECOND=100 GATEWAY__RATE_LIMIT__BURST=50 \
+        GATEWAY__RATE_LIMIT__PER_SECOND=100 GATEWAY__RATE_LIMIT__BURST=50 GATEWAY__TRUSTED_PROXIES=127.0.0.1/32 \
         GATEWAY__BILLING__TIMEOUT_MS=1000 GATEWAY__BILLING__BREAKER__OPEN_MS=2000 \
         OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
     bash "$ws/deploy/local/up.sh"

@@ -6,8 +6,11 @@ HTTP to 127.0.0.1 only; every wait is bounded.
   1. create, read back and page through orders; the billing aggregate appears via the bus
   2. no token, expired, wrong audience, bad signature: 401; missing scope: 403; an API key
      works and its clear value is stored nowhere (gateway env and logs, Redis, both DBs)
-  3. past the rate limit: 429 with Retry-After
-  4. two POSTs with one Idempotency-Key: one aggregate, the same response
+  3. past the rate limit: 429 with Retry-After; past 20 failed authentications a minute
+     from one client address (X-Forwarded-For from the trusted proxy): 429 for it, not
+     for another
+  4. two POSTs with one Idempotency-Key: one aggregate, the same response; one key from an
+     API key and from a token user of the same name: two aggregates
   5. billing killed: 503 within the timeout, then < 50 ms once the breaker is open; orders
      keeps working; billing restarted: calls succeed again, gateway untouched
   6. a second GET is a cache hit (header and log field); an event about the order
@@ -206,7 +209,41 @@ def check_rate_limit(gw):
           f"{seen[200]} answered 200{overload}{after}")
 
 
-def check_idempotency(token, orders_db):
+def check_failed_authentication(gw):
+    """Guessing credentials is throttled per client address, apart from the general limits.
+    The gateway trusts 127.0.0.1 as its proxy here (GATEWAY__TRUSTED_PROXIES), so each
+    X-Forwarded-For below is a client of its own."""
+    def failures():
+        samples = scrape(9464)
+        return (sum(v for (name, _), v in samples.items() if name == "auth_failures_total"),
+                sum(v for (name, _), v in samples.items() if name == "auth_throttled_total"))
+    failed_before, throttled_before = failures()
+    guesser = {"X-Forwarded-For": "198.51.100.7"}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: call("GET", "/v1/orders", "not-a-jwt", headers=guesser), range(40)))
+    seen = collections.Counter(r[0] for r in results)
+    expect(set(seen) == {401, 429}, f"a guesser gets 401, then 429: {dict(seen)}")
+    # 20 a minute; a few more while 8 run at once, each checked before the others counted.
+    expect(20 <= seen[401] <= 28, f"{seen[401]} failures answered before the address was throttled: {dict(seen)}")
+    retry_after = next(r[1].get("retry-after", "") for r in results if r[0] == 429)
+    expect(retry_after.isdigit() and 1 <= int(retry_after) <= 60, f"Retry-After: {retry_after!r}")
+    # Throttled whatever it sends now, a valid token too, until its minute is over.
+    reader = gw.token("reader", ["orders:read"])
+    status = call("GET", "/v1/orders?limit=1", reader, headers=guesser)[0]
+    expect(status == 429, f"the throttled address with a valid token: {status}")
+    # Another client, behind the same proxy, is not.
+    other = {"X-Forwarded-For": "198.51.100.8"}
+    expect(call("GET", "/v1/orders?limit=1", reader, headers=other)[0] == 200, "another client reads")
+    expect(call("GET", "/v1/orders", "not-a-jwt", headers=other)[0] == 401, "another client's bad token is a 401")
+    failed, throttled = failures()
+    expect(failed - failed_before >= seen[401] and throttled - throttled_before >= seen[429] + 1,
+           f"counted: {failed - failed_before} failures, {throttled - throttled_before} throttled")
+    print(f"check 3b passed: 40 bad tokens from one client: {seen[401]} x 401, then {seen[429]} x 429 "
+          f"(Retry-After {retry_after}), a valid token from it 429 too; another client behind the same proxy "
+          "unaffected; counted")
+
+
+def check_idempotency(gw, token, orders_db, api_key_file):
     key = f"e2e-{uuid.uuid4()}"
     first = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": key})
     second = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": key})
@@ -216,7 +253,19 @@ def check_idempotency(token, orders_db):
                             f"SELECT count(*) FROM orders WHERE id = '{first[2]['id']}'"],
                            check=True, capture_output=True, text=True).stdout.strip()
     expect(count == "1", f"{count} orders for one key")
-    print("check 4 passed: one Idempotency-Key, one order, the same response")
+    # The same key from the API key `e2e-robot` and from a token user named `e2e-robot`: two
+    # callers, so two orders (their keys are scoped by the kind of credential too).
+    with open(api_key_file) as f:
+        api_key = json.load(f)["key"]
+    robot = gw.token("e2e-robot", ["orders:read", "orders:write"])
+    key = f"e2e-{uuid.uuid4()}"
+    by_key = call("POST", "/v1/orders", None, {}, {"Idempotency-Key": key}, api_key=api_key)
+    by_user = call("POST", "/v1/orders", robot, {}, {"Idempotency-Key": key})
+    expect(by_key[0] == by_user[0] == 201, f"statuses {by_key[0]} {by_user[0]}: {by_key[2]} {by_user[2]}")
+    expect(by_key[2]["id"] != by_user[2]["id"],
+           f"the token user got the API key's order {by_key[2]['id']}: one name, two callers, one answer")
+    print("check 4 passed: one Idempotency-Key, one order, the same response; the same key from an API key "
+          "and a token user of one name: two orders")
 
 
 def breaker_gauge(dependency):
@@ -309,7 +358,8 @@ def main():
     order = check_flow(gw, token)
     check_auth(gw, args)
     check_rate_limit(gw)
-    check_idempotency(token, args.orders_db)
+    check_failed_authentication(gw)
+    check_idempotency(gw, token, args.orders_db, args.api_key_file)
     check_cache(gw, token, order, args.orders_db)
     check_breaker(gw, token, args)
     if args.schemathesis:

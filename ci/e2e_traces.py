@@ -87,7 +87,7 @@ def main():
         problems.append("no billing consumer span is a child of an orders span")
     expected_logs = [
         ("gateway", "request", {"status": 201, "userId": "trace-check"}),
-        ("orders", "rpc", {"status": "OK", "userId": "trace-check"}),
+        ("orders", "rpc", {"status": "OK", "userId": "token:trace-check"}),
         ("billing", "message consumed", {"status": "applied"}),
     ]
     for process, message, fields in expected_logs:

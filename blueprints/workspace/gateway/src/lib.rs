@@ -7,7 +7,9 @@
 pub mod api;
 pub mod api_keys;
 pub mod auth;
+pub mod auth_failures;
 pub mod cache;
+pub mod client_address;
 pub mod config;
 pub mod context;
 pub mod health;
@@ -38,6 +40,8 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 use crate::auth::{Authenticator, Principal};
+use crate::auth_failures::FailureBudget;
+use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::context::RequestContext;
@@ -55,6 +59,10 @@ pub struct State {
     pub limiter: RateLimiter,
     /// The coarser limit per client address, before authentication.
     pub address_limiter: RateLimiter,
+    /// Failed authentications per client address.
+    pub auth_failures: FailureBudget,
+    /// Whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<TrustedProxies>,
     pub cache: Cache,
     pub downstreams: api::Downstreams,
     /// False once shutdown began: `/readyz` answers 503.
@@ -132,6 +140,8 @@ impl Gateway {
                 auth,
                 limiter: RateLimiter::new(config.rate_limit),
                 address_limiter: RateLimiter::new(config.address_rate_limit),
+                auth_failures: FailureBudget::new(config.auth_failures_per_minute),
+                trusted_proxies: Arc::new(config.trusted_proxies.clone()),
                 cache,
                 downstreams,
                 ready: AtomicBool::new(true),
@@ -189,12 +199,15 @@ impl Gateway {
             }
         }
         let limiters = [self.state.limiter.clone(), self.state.address_limiter.clone()];
-        let mut forget_stop = stopped.clone();
+        let (mut forget_stop, forget_state) = (stopped.clone(), self.state.clone());
         tasks.spawn("rate limit cleanup", async move {
             loop {
                 tokio::select! {
                     _ = forget_stop.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(FORGET_IDLE_EVERY) => limiters.iter().for_each(RateLimiter::forget_idle),
+                    _ = tokio::time::sleep(FORGET_IDLE_EVERY) => {
+                        limiters.iter().for_each(RateLimiter::forget_idle);
+                        forget_state.auth_failures.forget_idle(std::time::Instant::now());
+                    }
                 }
             }
         });
@@ -230,12 +243,17 @@ impl Gateway {
 
 /// The whole HTTP surface. Public so tests can drive it without a socket.
 pub fn router(state: AppState, request_timeout: Duration) -> Router {
-    // The last layer runs first: the per-address limit, then authentication.
+    // The last layer runs first: the client's address, the per-address limit, then
+    // authentication (with its budget of failures per address).
     let protected = api::routes()
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .route_layer(middleware::from_fn_with_state(
             state.address_limiter.clone(),
             rate_limit::limit_address,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.trusted_proxies.clone(),
+            client_address::resolve,
         ));
     Router::new()
         .merge(protected)
@@ -255,15 +273,38 @@ async fn not_found() -> Problem {
     Problem::new(StatusCode::NOT_FOUND, "no such route; see /openapi.json")
 }
 
-/// Authenticates, then rate-limits per identity; the route checks the scope it needs.
+/// Authenticates, then rate-limits per identity; the route checks the scope it needs. An
+/// address that failed to authenticate too often is refused before its credential is
+/// looked at (`auth_failures`).
 async fn authorize(
     AxumState(state): AxumState<AppState>,
     mut request: Request,
     next: Next,
 ) -> Response {
+    let client = request.extensions().get::<ClientAddress>().map(|c| c.0);
+    let now = std::time::Instant::now();
+    if let Some(address) = client
+        && let Some(wait) = state.auth_failures.blocked(address, now)
+    {
+        metrics::counter!(auth_failures::AUTH_THROTTLED).increment(1);
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        return Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many failed authentications from this address; retry after {secs} s"),
+        )
+        .with_retry_after(secs)
+        .into_response();
+    }
     let principal = match state.auth.authenticate(request.headers()).await {
         Ok(principal) => principal,
-        Err(problem) => return problem.into_response(),
+        Err(problem) => {
+            if problem.status == StatusCode::UNAUTHORIZED.as_u16()
+                && let Some(address) = client
+            {
+                state.auth_failures.failed(address, now);
+            }
+            return problem.into_response();
+        }
     };
     if let Err(wait) = state.limiter.check(&principal.identity()) {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -275,7 +316,9 @@ async fn authorize(
         .into_response();
     }
     if let Some(cx) = request.extensions_mut().get_mut::<RequestContext>() {
-        cx.user = Some(principal.subject.clone());
+        // With the kind of credential: an API key and a token user of one name are two
+        // users to the services (their idempotency keys are scoped by it).
+        cx.user = Some(principal.identity());
     }
     request.extensions_mut().insert(principal.clone());
     let mut response = next.run(request).await;

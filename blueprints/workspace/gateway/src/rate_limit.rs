@@ -5,12 +5,11 @@
 //! reaches an identity, is limited too. Limits are per gateway instance; idle keys are
 //! forgotten every minute so memory stays bounded.
 
-use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -53,14 +52,15 @@ impl RateLimiter {
     }
 }
 
-/// The per-address limit, before authentication: keyed by the peer's IP address (behind a
-/// load balancer that is the balancer's, which is why this limit is coarse). A request
-/// without a known peer (tests driving the router directly) is not limited here.
+/// The per-address limit, before authentication: keyed by the client's address
+/// ([`crate::client_address`]: the peer's, or behind a trusted proxy the one it forwarded;
+/// many clients can still share one, a NAT, which is why this limit is coarse). A request
+/// without a known address (tests driving the router directly) is not limited here.
 pub async fn limit_address(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
     let peer = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip().to_string());
+        .get::<crate::client_address::ClientAddress>()
+        .map(|address| address.0.to_string());
     if let Some(ip) = peer
         && let Err(wait) = limiter.check(&format!("ip:{ip}"))
     {
@@ -100,9 +100,10 @@ mod tests {
                 .body(axum::body::Body::empty())
                 .unwrap();
             if let Some(peer) = peer {
+                let peer = peer.parse::<std::net::SocketAddr>().unwrap();
                 request
                     .extensions_mut()
-                    .insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+                    .insert(crate::client_address::ClientAddress(peer.ip()));
             }
             async move { app.oneshot(request).await.unwrap().status() }
         };
