@@ -22,6 +22,7 @@ Redis and a real broker. Only loopback is contacted; every wait and loop is boun
 import argparse
 import concurrent.futures
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -219,6 +220,12 @@ def stop_service(args, name):
     stop_process(args.workspace, name, signal.SIGTERM, 20)
 
 
+def replicas_of(workspace, service):
+    """The processes up.sh started for `service`: `orders`, `orders-2`, ..."""
+    names = [f[:-len(".pid")] for f in os.listdir(os.path.join(workspace, ".run")) if f.endswith(".pid")]
+    return sorted(n for n in names if re.fullmatch(rf"{service}(-\d+)?", n))
+
+
 def restart_stopped(args):
     up_again(args.workspace)
 
@@ -237,7 +244,6 @@ def check_ordering(args, token):
         grpc.channel_ready_future(channel).result(timeout=30)
         stub = orders_grpc.OrdersServiceStub(channel)
         auth = service_credential(args.workspace, "orders")
-        before_second = published_total(int(SECOND_METRICS.rsplit(":", 1)[1]))
 
         status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
         expect(status == 201, f"create: {status} {order}")
@@ -270,9 +276,13 @@ def check_ordering(args, token):
         changes = sum(per_client)
         expect(changes >= wanted and per_client[0] + per_client[2] > 0 and per_client[1] + per_client[3] > 0,
                f"changes through the gateway and over gRPC to the second process: {per_client}")
-        # Orders #1 (and its relay) goes away; what the second process writes now only
-        # its relay can publish, after whatever #1 left unsent.
-        stop_service(args, "orders")
+        # Every replica up.sh started goes away, with its relay: what the second process
+        # writes now only its relay can publish, after whatever the others left unsent.
+        # Counted from here: its relay also published during the concurrent phase.
+        replicas = replicas_of(args.workspace, "orders")
+        for replica in replicas:
+            stop_service(args, replica)
+        before_second = published_total(int(SECOND_METRICS.rsplit(":", 1)[1]))
         handover = 10
         for _ in range(handover):
             stub.UpdateOrder(orders_pb.UpdateOrderRequest(id=order["id"], idempotency_key=str(uuid.uuid4())),
@@ -287,9 +297,10 @@ def check_ordering(args, token):
                f"the order's events in version order, none missing or twice: {versions}")
         second_published = published_total(int(SECOND_METRICS.rsplit(":", 1)[1])) - before_second
         expect(second_published >= handover, f"the second relay published {second_published} events, "
-                                             f"at least the {handover} written after orders #1 stopped")
-        print(f"check 2 passed: {changes - handover} concurrent changes from 4 clients with two relays, "
-              f"{handover} more after orders #1 stopped (the second relay published {int(second_published)}), "
+                                             f"at least the {handover} written after {replicas} stopped")
+        print(f"check 2 passed: {changes - handover} concurrent changes from 4 clients with "
+              f"{len(replicas) + 1} relays, {handover} more after {', '.join(replicas)} stopped (the second "
+              f"process's relay published {int(second_published)} since), "
               f"versions 1..{last} in order "
               f"on {ORDER_TOPIC if args.bus == 'kafka' else BILLING_QUEUE}")
     finally:
