@@ -120,7 +120,7 @@ const CASES: &[Case] = &[
         name: "unknown key",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n\n[contexts.orders]\ncolour = \"red\"\n"),
-        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`, `states`, `crud`, `require_if_match`, `replicas`, `commands`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
+        stderr: "error: spec: unknown field `colour`, expected one of `aggregate`, `fields`, `publishes`, `subscribes`, `calls`, `slo`, `states`, `crud`, `require_if_match`, `replicas`, `max_replicas`, `commands`\n  --> spec.toml:4:1\n  = help: see the spec reference in the README (section `The spec`)",
     },
     Case {
         name: "slo latency out of range",
@@ -133,6 +133,18 @@ const CASES: &[Case] = &[
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\nreplicas = 0\n"),
         stderr: "error: contexts.orders.replicas: `0` is out of range for replicas\n  --> spec.toml:3:12\n  = help: use a whole number from 1 to 10 (how many processes serve this context)",
+    },
+    Case {
+        name: "max_replicas past the connection budget",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\nmax_replicas = 40\n"),
+        stderr: "error: contexts.orders.max_replicas: 40 replicas with at least 3 connections each would hold more than the 90 connections a service's database is given\n  --> spec.toml:3:16\n  = help: use at most 30 (each replica's pool is 90 / max_replicas), or raise PostgreSQL's max_connections and put a pooler such as PgBouncer in front (docs/adr/0016-*.md)",
+    },
+    Case {
+        name: "max_replicas below replicas",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\nreplicas = 4\nmax_replicas = 3\n"),
+        stderr: "error: contexts.orders.max_replicas: `3` is fewer than the 4 replicas it runs\n  --> spec.toml:4:16\n  = help: use a whole number from 4 (its `replicas`) to 30",
     },
     Case {
         name: "slo error rate not a percentage",

@@ -462,3 +462,38 @@ fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
     let gateway = String::from_utf8_lossy(&plan.files["gateway/src/api/mod.rs"].contents);
     assert!(gateway.contains("(\"market.catalog.product.v1\", &[\"market-gateway.fifo\"])"));
 }
+
+#[test]
+fn each_replicas_pool_on_kubernetes_shares_the_database_budget_by_the_autoscalers_ceiling() {
+    let text = "name = \"shop\"\n[contexts.orders]\nmax_replicas = 30\n[contexts.billing]\n";
+    let spec = spec::parse(text, "spec.toml", &Overrides::default()).unwrap();
+    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap()).unwrap();
+    let manifest = |service: &str| {
+        String::from_utf8_lossy(&plan.files[&format!("deploy/k8s/{service}.yaml")].contents)
+            .into_owned()
+    };
+    // orders: 30 pods of 3 connections; billing, by default: 10 pods of 9. Never past 90.
+    for (service, max, pool) in [("orders", 30, 3), ("billing", 10, 9)] {
+        let text = manifest(service);
+        assert!(
+            text.contains(&format!("  maxReplicas: {max}\n")),
+            "{service}: {text}"
+        );
+        let shouty = service.to_uppercase();
+        assert!(
+            text.contains(&format!(
+                "- name: {shouty}__DATABASE__MAX_CONNECTIONS\n              value: \"{pool}\"\n"
+            )),
+            "{service}: {text}"
+        );
+        assert!(max * pool <= 90);
+    }
+    let adr = String::from_utf8_lossy(
+        &plan.files["docs/adr/0016-database-connections-sized-from-the-autoscaler.md"].contents,
+    )
+    .into_owned();
+    assert!(
+        adr.contains("- `orders`: at most 30 replicas of 3 connections, 90 in all."),
+        "{adr}"
+    );
+}

@@ -59,6 +59,7 @@ pub fn to_toml(spec: &Spec) -> String {
             out.push_str("require_if_match = true\n");
         }
         out.push_str(&format!("replicas = {}\n", ctx.replicas.len()));
+        out.push_str(&format!("max_replicas = {}\n", ctx.max_replicas));
         let slo = &ctx.slo;
         out.push_str(&format!(
             "slo = {{ p99_ms = {}, error_rate_percent = {:?}, max_outbox_backlog = {}, max_consumer_lag = {} }}\n",
@@ -186,7 +187,10 @@ mod tests {
         );
         assert_eq!(spec.contexts[1].replicas.len(), 2, "the default");
         let canonical = to_toml(&spec);
-        assert!(canonical.contains("replicas = 3\n"), "{canonical}");
+        assert!(
+            canonical.contains("replicas = 3\nmax_replicas = 10\n"),
+            "{canonical}"
+        );
         assert!(
             canonical.contains("replicas = 2\n"),
             "the default written out: {canonical}"

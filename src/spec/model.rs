@@ -48,6 +48,11 @@ pub struct Context {
     /// The processes that serve it, the first on `grpc_port` and `metrics_port`; callers
     /// spread their calls over them.
     pub replicas: Vec<Replica>,
+    /// The most replicas its autoscaler may run (Kubernetes' `maxReplicas`).
+    pub max_replicas: usize,
+    /// Each replica's database pool on Kubernetes: the connection budget shared by
+    /// `max_replicas` (see [`Replica::CONNECTION_BUDGET`]).
+    pub pool_size: usize,
     pub aggregate: Aggregate,
     /// Fields declared in the spec, in spec order.
     pub fields: Vec<Field>,
@@ -208,6 +213,22 @@ impl Replica {
     /// Replicas by default: two, so one can stop (a rollout, a crash) while the other serves.
     pub const DEFAULT_COUNT: usize = 2;
     pub const MAX_COUNT: usize = 10;
+    /// The connections all replicas of one service may hold on its database: PostgreSQL's
+    /// default `max_connections` (100) less its reserved connections and room for
+    /// migrations and an operator's psql (ADR 0016).
+    pub const CONNECTION_BUDGET: usize = 90;
+    /// The fewest connections a replica's pool may have: a request, the relay and a
+    /// consumer or saga runner at once.
+    pub const MIN_POOL: usize = 3;
+    /// The autoscaler's ceiling when the spec does not say.
+    pub const DEFAULT_MAX: usize = 10;
+    /// The highest ceiling the budget allows.
+    pub const MAX_MAX: usize = Replica::CONNECTION_BUDGET / Replica::MIN_POOL;
+
+    /// Each replica's pool when at most `max_replicas` run: the budget shared among them.
+    pub fn pool_size(max_replicas: usize) -> usize {
+        Replica::CONNECTION_BUDGET / max_replicas.max(1)
+    }
     /// Replica n listens `(n - 1) * PORT_STRIDE` above the first's ports.
     pub const PORT_STRIDE: u16 = 1000;
 

@@ -75,6 +75,9 @@ pub struct RawContext {
     /// How many processes serve it (locally, in compose and on Kubernetes).
     #[serde(default)]
     pub replicas: Option<Spanned<i64>>,
+    /// How many its autoscaler may run at most (Kubernetes); sizes each one's pool.
+    #[serde(default)]
+    pub max_replicas: Option<Spanned<i64>>,
     #[serde(default)]
     pub commands: IndexMap<Spanned<String>, Spanned<RawCommand>>,
 }

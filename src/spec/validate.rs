@@ -673,6 +673,7 @@ fn second_pass(
             .as_ref()
             .map_or_else(Slo::default, |raw| build_slo(c, &field, raw.get_ref()));
         let replicas = replica_count(c, &field, p.raw.replicas.as_ref());
+        let max_replicas = max_replica_count(c, &field, p.raw.max_replicas.as_ref(), replicas);
         contexts.push(Context {
             name: p.name.clone(),
             index,
@@ -684,6 +685,8 @@ fn second_pass(
                 BASE_METRICS_PORT + index as u16,
                 replicas,
             ),
+            max_replicas,
+            pool_size: Replica::pool_size(max_replicas),
             aggregate: Aggregate {
                 plural: Names::new(&inflect::plural(&p.aggregate.snake)),
                 name: p.aggregate.clone(),
@@ -799,6 +802,54 @@ fn replica_count(c: &mut Collector, field: &str, raw: Option<&Spanned<i64>>) -> 
                 ),
             );
             Replica::DEFAULT_COUNT
+        }
+    }
+}
+
+/// `max_replicas`: at least `replicas`, and few enough that each replica's pool keeps
+/// [`Replica::MIN_POOL`] connections within [`Replica::CONNECTION_BUDGET`];
+/// [`Replica::DEFAULT_MAX`] (or `replicas`, if more) when left out.
+fn max_replica_count(
+    c: &mut Collector,
+    field: &str,
+    raw: Option<&Spanned<i64>>,
+    replicas: usize,
+) -> usize {
+    let fallback = Replica::DEFAULT_MAX.max(replicas);
+    let Some(value) = raw else {
+        return fallback;
+    };
+    let given = *value.get_ref();
+    match usize::try_from(given) {
+        Ok(n) if n >= replicas && n <= Replica::MAX_MAX => n,
+        Ok(n) if n > Replica::MAX_MAX => {
+            c.error(
+                format!("{field}.max_replicas"),
+                value.span(),
+                format!(
+                    "{n} replicas with at least {} connections each would hold more than the {} connections a service's database is given",
+                    Replica::MIN_POOL,
+                    Replica::CONNECTION_BUDGET
+                ),
+                format!(
+                    "use at most {} (each replica's pool is {} / max_replicas), or raise PostgreSQL's max_connections and put a pooler such as PgBouncer in front (docs/adr/0016-*.md)",
+                    Replica::MAX_MAX,
+                    Replica::CONNECTION_BUDGET
+                ),
+            );
+            fallback
+        }
+        _ => {
+            c.error(
+                format!("{field}.max_replicas"),
+                value.span(),
+                format!("`{given}` is fewer than the {replicas} replicas it runs"),
+                format!(
+                    "use a whole number from {replicas} (its `replicas`) to {}",
+                    Replica::MAX_MAX
+                ),
+            );
+            fallback
         }
     }
 }
