@@ -14,7 +14,8 @@ HTTP to 127.0.0.1 only; every wait is bounded.
   5. billing killed: 503 within the timeout, then < 50 ms once the breaker is open; orders
      keeps working; billing restarted: calls succeed again, gateway untouched
   6. a second GET is a cache hit (header and log field); an event about the order
-     invalidates it
+     invalidates it; Redis stopped while reads and creates run: every answer 200 or 201,
+     every read a miss, and cached again once Redis is back
   7. schemathesis against /openapi.json: no server errors, no schema violations
 """
 
@@ -326,6 +327,38 @@ def check_cache(gw, token, order, orders_db):
     print("check 6 passed: cache hit (X-Cache and log), no-cache bypasses it, invalidated by an OrderUpdated event")
 
 
+def check_redis_down(gw, token, order):
+    """The README's claim: Redis down means cache misses, never errors. Redis is stopped
+    while reads and creates run, then started again."""
+    path = f"/v1/orders/{order['id']}"
+    brokers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "brokers.sh")
+    wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "hit", 10, "a cached read before Redis stops")
+    subprocess.run(["bash", brokers, "stop", "redis"], check=True, capture_output=True)
+    try:
+        # Eight clients, so the per-identity rate limit stays out of it.
+        clients = [gw.token(f"redis-check-{i}") for i in range(8)]
+
+        def one(i):
+            client = clients[i % 8]
+            if i % 10 == 9:
+                return call("POST", "/v1/orders", client, {}, {"Idempotency-Key": str(uuid.uuid4())})
+            return call("GET", path, client)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(one, range(200)))
+    finally:
+        subprocess.run(["bash", brokers, "start", "redis"], check=True, capture_output=True)
+    seen = collections.Counter(r[0] for r in results)
+    expect(set(seen) <= {200, 201}, f"answers with Redis down: {dict(seen)}")
+    reads = [r for r in results if r[0] == 200]
+    expect(all(r[1].get("x-cache") == "miss" for r in reads),
+           f"reads with Redis down are misses: {collections.Counter(r[1].get('x-cache') for r in reads)}")
+    slowest = max(r[3] for r in results)
+    # Back: the gateway reconnects by itself and caches again.
+    wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "hit", 30, "reads cached again once Redis is back")
+    print(f"check 6b passed: Redis stopped during 180 reads and 20 creates: {dict(seen)}, every read a miss "
+          f"(slowest {slowest * 1000:.0f} ms); cached again once it was back")
+
+
 def check_schemathesis(args, token):
     command = [args.schemathesis, "run", f"{BASE}/openapi.json", "--url", BASE,
                "-H", f"Authorization: Bearer {token}",
@@ -361,6 +394,7 @@ def main():
     check_failed_authentication(gw)
     check_idempotency(gw, token, args.orders_db, args.api_key_file)
     check_cache(gw, token, order, args.orders_db)
+    check_redis_down(gw, token, order)
     check_breaker(gw, token, args)
     if args.schemathesis:
         check_schemathesis(args, gw.token("schemathesis"))
