@@ -15,7 +15,7 @@ HTTP to 127.0.0.1 only; every wait is bounded.
      keeps working; billing restarted: calls succeed again, gateway untouched
   6. a second GET is a cache hit (header and log field); an event about the order
      invalidates it; Redis stopped while reads and creates run: every answer 200 or 201,
-     every read a miss, and cached again once Redis is back
+     every read served past the cache (X-Cache: bypass), and cached again once Redis is back
   7. schemathesis against /openapi.json: no server errors, no schema violations
 """
 
@@ -350,12 +350,13 @@ def check_redis_down(gw, token, order):
     seen = collections.Counter(r[0] for r in results)
     expect(set(seen) <= {200, 201}, f"answers with Redis down: {dict(seen)}")
     reads = [r for r in results if r[0] == 200]
-    expect(all(r[1].get("x-cache") == "miss" for r in reads),
-           f"reads with Redis down are misses: {collections.Counter(r[1].get('x-cache') for r in reads)}")
+    # Served by orders, past the cache (X-Cache: bypass, as when no cache is configured).
+    expect(all(r[1].get("x-cache") == "bypass" for r in reads),
+           f"reads with Redis down go past it: {collections.Counter(r[1].get('x-cache') for r in reads)}")
     slowest = max(r[3] for r in results)
     # Back: the gateway reconnects by itself and caches again.
     wait_until(lambda: call("GET", path, token)[1].get("x-cache") == "hit", 30, "reads cached again once Redis is back")
-    print(f"check 6b passed: Redis stopped during 180 reads and 20 creates: {dict(seen)}, every read a miss "
+    print(f"check 6b passed: Redis stopped during 180 reads and 20 creates: {dict(seen)}, every read past the cache "
           f"(slowest {slowest * 1000:.0f} ms); cached again once it was back")
 
 
