@@ -782,6 +782,10 @@ async fn advance<S: Sagas>(pool: &PgPool, sagas: &S, config: &SagaConfig, mut in
     if let Some(why) = definition.mismatch(&instance.steps) {
         return park(pool, &instance, why).await;
     }
+    // What an operator's retry stored is not normalized (a parked instance compensates
+    // from its last step, which may never have happened): the cursor moves to what needs
+    // a call first, as after every transition.
+    normalize(&mut instance, definition);
     let mut held_until = claimed_at + config.lease;
     for _ in 0..MAX_TRANSITIONS {
         let action = action(&instance);
