@@ -287,13 +287,7 @@ async fn authorize(
         && let Some(wait) = state.auth_failures.blocked(address, now)
     {
         metrics::counter!(auth_failures::AUTH_THROTTLED).increment(1);
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many failed authentications from this address; retry after {secs} s"),
-        )
-        .with_retry_after(secs)
-        .into_response();
+        return Problem::too_many_requests("too many failed authentications from this address", wait).into_response();
     }
     let principal = match state.auth.authenticate(request.headers()).await {
         Ok(principal) => principal,
@@ -307,13 +301,8 @@ async fn authorize(
         }
     };
     if let Err(wait) = state.limiter.check(&principal.identity()) {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("rate limit exceeded for {}; retry after {secs} s", principal.subject),
-        )
-        .with_retry_after(secs)
-        .into_response();
+        return Problem::too_many_requests(format!("rate limit exceeded for {}", principal.subject), wait)
+            .into_response();
     }
     if let Some(cx) = request.extensions_mut().get_mut::<RequestContext>() {
         // With the kind of credential: an API key and a token user of one name are two

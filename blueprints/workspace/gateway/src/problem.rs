@@ -73,6 +73,13 @@ impl Problem {
         self
     }
 
+    /// 429 for `why`, to retry after `wait` (whole seconds, rounded up), said in the detail
+    /// and in `Retry-After`.
+    pub fn too_many_requests(why: impl std::fmt::Display, wait: std::time::Duration) -> Problem {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Problem::new(StatusCode::TOO_MANY_REQUESTS, format!("{why}; retry after {secs} s")).with_retry_after(secs)
+    }
+
     /// The HTTP face of a failed call to `dependency`. Client mistakes keep their meaning;
     /// failures of the dependency become 502/503/504 so clients know whether to retry.
     pub fn from_grpc(status: &tonic::Status, dependency: &str) -> Problem {

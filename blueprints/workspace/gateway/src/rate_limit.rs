@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -64,13 +63,7 @@ pub async fn limit_address(State(limiter): State<RateLimiter>, request: Request,
     if let Some(ip) = peer
         && let Err(wait) = limiter.check(&format!("ip:{ip}"))
     {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        return crate::problem::Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many requests from this address; retry after {secs} s"),
-        )
-        .with_retry_after(secs)
-        .into_response();
+        return crate::problem::Problem::too_many_requests("too many requests from this address", wait).into_response();
     }
     next.run(request).await
 }
@@ -78,6 +71,7 @@ pub async fn limit_address(State(limiter): State<RateLimiter>, request: Request,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::StatusCode;
 
     #[tokio::test]
     async fn a_flood_from_one_address_is_limited_before_authentication() {
