@@ -456,7 +456,7 @@ fn a_new_field_is_a_new_migration_and_old_ones_stay_byte_identical() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(ws.read("services/orders/migrations/0001_init.sql"), init);
     assert_eq!(ws.read("services/orders/migrations/0002_bus.sql"), bus);
-    let added = ws.read("services/orders/migrations/0008_add_note_rush.sql");
+    let added = ws.read("services/orders/migrations/0009_add_note_rush.sql");
     assert!(
         added.ends_with("ALTER TABLE \"orders\" ADD COLUMN \"note\" TEXT NOT NULL DEFAULT '';\nALTER TABLE \"orders\" ADD COLUMN \"rush\" BOOLEAN NOT NULL DEFAULT false;\n"),
         "{added}"
@@ -525,7 +525,7 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
 
     // Done by hand: the user's migration, then the flag.
     ws.write(
-        "services/orders/migrations/0008_contract_note_total.sql",
+        "services/orders/migrations/0009_contract_note_total.sql",
         "ALTER TABLE orders DROP COLUMN note;\nALTER TABLE orders ALTER COLUMN total TYPE INTEGER;\n",
     );
     ws.commit("by hand");
@@ -536,7 +536,7 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
             .contains("orders = { total = \"i32\" }")
     );
     assert!(
-        ws.path("services/orders/migrations/0008_contract_note_total.sql")
+        ws.path("services/orders/migrations/0009_contract_note_total.sql")
             .is_file()
     );
     ws.commit("done");
@@ -551,11 +551,11 @@ fn removing_or_retyping_a_field_or_a_context_is_refused_with_the_way_to_do_it() 
     let out = ws.update(&[]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0009_add_rush.sql")
+        ws.path("services/orders/migrations/0010_add_rush.sql")
             .is_file()
     );
     assert_eq!(
-        ws.read("services/orders/migrations/0008_contract_note_total.sql"),
+        ws.read("services/orders/migrations/0009_contract_note_total.sql"),
         "ALTER TABLE orders DROP COLUMN note;\nALTER TABLE orders ALTER COLUMN total TYPE INTEGER;\n"
     );
     ws.commit("rush added");
@@ -825,6 +825,7 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
         "0005_scoped_idempotency.sql",
         "0006_parked_outbox.sql",
         "0007_sagas.sql",
+        "0008_purge_indexes.sql",
     ] {
         expected.0.push(later.to_string());
         expected.1.push(later.to_string());
@@ -900,6 +901,7 @@ fn a_workspace_from_version_0_4_0_takes_replicas_balancing_and_the_hardening_mig
         "0005_scoped_idempotency.sql".to_string(),
         "0006_parked_outbox.sql".to_string(),
         "0007_sagas.sql".to_string(),
+        "0008_purge_indexes.sql".to_string(),
     ]);
     assert_eq!(ws.migrations("orders"), expected);
     assert_eq!(ws.migrations("billing"), expected);
@@ -954,7 +956,7 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     for service in ["orders", "payments", "inventory", "shipping"] {
         assert_eq!(
             ws.migrations(service).last().map(String::as_str),
-            Some("0007_sagas.sql"),
+            Some("0008_purge_indexes.sql"),
             "{service}"
         );
     }
@@ -981,7 +983,7 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     );
     for participant in ["payments", "shipping"] {
         let added = ws.read(&format!(
-            "services/{participant}/migrations/0008_add_order_id.sql"
+            "services/{participant}/migrations/0009_add_order_id.sql"
         ));
         assert!(
             added.contains("ADD COLUMN \"order_id\" TEXT NOT NULL DEFAULT ''"),
@@ -990,7 +992,7 @@ fn a_workspace_from_version_0_5_0_takes_the_saga_table_then_a_saga_added_to_its_
     }
     assert_eq!(
         ws.migrations("inventory").last().map(String::as_str),
-        Some("0007_sagas.sql"),
+        Some("0008_purge_indexes.sql"),
         "a participant the saga only commands keeps its schema"
     );
     assert!(
@@ -1073,8 +1075,15 @@ fn a_workspace_from_version_0_6_0_takes_the_fewer_statements_mimalloc_and_the_lo
         "{report}"
     );
     assert!(!report.contains("conflict"), "{report}");
-    // Nothing in these changes touches a schema: no migration comes or goes.
-    assert_eq!((ws.migrations("orders"), ws.migrations("billing")), before);
+    // The one schema change since (the purge's indexes) arrives as a new migration.
+    let mut expected = before.clone();
+    for migrations in [&mut expected.0, &mut expected.1] {
+        migrations.push("0008_purge_indexes.sql".to_string());
+    }
+    assert_eq!(
+        (ws.migrations("orders"), ws.migrations("billing")),
+        expected
+    );
     assert!(
         ws.read("crates/platform/src/keyed_write.rs")
             .contains("pub fn change_statement(")
@@ -1179,16 +1188,16 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     );
     ws.commit("a field");
     assert!(ws.update(&[]).status.success());
-    ws.commit("0008 for orders");
+    ws.commit("0009 for orders");
 
-    // A later archscaffold whose blueprints add a migration numbered 0008.
+    // A later archscaffold whose blueprints add a migration numbered 0009.
     let blueprints = ws.path("../blueprints-next");
     copy_dir(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"),
         &blueprints,
     );
     fs::write(
-        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0008_audit.sql"),
+        blueprints.join("context/services/{{ context.name.kebab }}/migrations/0009_audit.sql"),
         "CREATE TABLE audit (id UUID PRIMARY KEY);\n",
     )
     .unwrap();
@@ -1196,19 +1205,19 @@ fn a_migration_new_in_the_blueprints_takes_the_next_free_number_once() {
     let out = ws.run(&next);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.path("services/orders/migrations/0008_add_note.sql")
+        ws.path("services/orders/migrations/0009_add_note.sql")
             .is_file()
     );
     assert!(
-        ws.read("services/orders/migrations/0009_audit.sql")
+        ws.read("services/orders/migrations/0010_audit.sql")
             .ends_with("CREATE TABLE audit (id UUID PRIMARY KEY);\n")
     );
     assert!(
-        ws.path("services/billing/migrations/0008_audit.sql")
+        ws.path("services/billing/migrations/0009_audit.sql")
             .is_file()
     );
     assert!(
-        !ws.path("services/orders/migrations/0008_audit.sql")
+        !ws.path("services/orders/migrations/0009_audit.sql")
             .exists()
     );
     ws.commit("audit");
