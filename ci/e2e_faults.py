@@ -15,7 +15,9 @@ must hold. Only loopback is contacted; every wait and loop is bounded in count a
             rejoin (the group otherwise stalls; ci/repro_tansu_dead_leader.py).
   panic     (Kafka; the supervisor is bus-neutral) billing runs a build whose handler
             panics, as a user's bug would: it exits non-zero within seconds; the fixed
-            build, started by up.sh, consumes the backlog, each event once.
+            build, started by up.sh, consumes the backlog, each event once. And a second
+            gateway whose cache-invalidation consumer librdkafka refuses to create (a fetch
+            wait past 300 s) answers /readyz 503 and exits 1, never ready without it.
   crash     (Kafka; bus-neutral) orders is SIGKILLed while 200 or more creates run through
             the gateway, retried with their idempotency keys, and started again (the load
             goes on for 50 more): every acknowledged create exists once, reaches billing
@@ -34,11 +36,14 @@ import argparse
 import concurrent.futures
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 from e2e_common import (ORDERS_REPLICA_METRICS, environment_of, gone, pid_of, scrape, stop_process, total,
@@ -194,6 +199,52 @@ def check_panic(args, token):
     billed_once(args.billing_db, backlog, 90, "the backlog after the fixed build started")
     print(f"check panic passed: the buggy billing exited with {code} {took:.1f} s after it started; "
           f"the fixed one billed the {len(backlog)} waiting orders once each")
+    check_gateway_without_its_consumer(args)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def readyz_status(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except OSError:
+        return None
+
+
+def check_gateway_without_its_consumer(args):
+    port = free_port()
+    # up.sh's gateway settings, on ports of its own, with a consumer that cannot be created.
+    env = {**environment_of(args.workspace, "gateway"), "GATEWAY__HTTP__ADDR": f"127.0.0.1:{port}",
+           "GATEWAY__METRICS__ADDR": f"127.0.0.1:{free_port()}", "GATEWAY__KAFKA__FETCH_WAIT_MS": "400000",
+           "GATEWAY__SHUTDOWN__DELAY_MS": "1500"}
+    log = open(os.path.join(args.workspace, ".run", "gateway-no-consumer.log"), "ab")
+    gateway = subprocess.Popen([args.gateway], env=env, stdout=log, stderr=log)
+    try:
+        seen = set()
+        started = time.monotonic()
+        while gateway.poll() is None and time.monotonic() - started < 20:
+            seen.add(readyz_status(port))
+            time.sleep(0.05)
+        expect(200 not in seen, f"the gateway without its consumer answered /readyz 200: {seen}")
+        expect(503 in seen, f"it never said 503 while it drained: {seen}")
+        try:
+            code = gateway.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the gateway without its consumer still runs after 35 s")
+        expect(code == 1, f"it exits 1 (the supervisor's failure), not {code}")
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(timeout=5)
+    print(f"check panic (gateway) passed: a gateway whose consumer cannot be created answered /readyz {sorted(s for s in seen if s)}"
+          f" and exited with {code}")
 
 
 def under_load(token, fault, total, before, after, workers=4):

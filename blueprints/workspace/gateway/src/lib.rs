@@ -186,17 +186,12 @@ impl Gateway {
         });
         if let Some(bus) = &self.bus {
             let topics: Vec<String> = api::TOPICS.iter().map(|t| t.topic.to_string()).collect();
-            match bus.subscriber(api::GROUP, &topics) {
-                Ok(subscriber) => {
-                    tasks.spawn("cache invalidation", invalidation::run(
-                        subscriber,
-                        self.state.cache.clone(),
-                        api::TOPICS,
-                        stopped.clone(),
-                    ));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot consume events; cached reads will only expire by TTL"),
-            }
+            // Without it, cached reads would go stale until their TTL: the gateway stops
+            // (not ready, exit non-zero) rather than serve them.
+            let invalidation = bus.subscriber(api::GROUP, &topics).map(|subscriber| {
+                invalidation::run(subscriber, self.state.cache.clone(), api::TOPICS, stopped.clone())
+            });
+            tasks.spawn_or_fail("cache invalidation", invalidation);
         }
         let limiters = [self.state.limiter.clone(), self.state.address_limiter.clone()];
         let (mut forget_stop, forget_state) = (stopped.clone(), self.state.clone());

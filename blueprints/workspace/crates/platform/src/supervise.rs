@@ -69,14 +69,26 @@ impl Supervisor {
             if *stopping.borrow() {
                 return;
             }
-            let failure_now = TaskFailed { task: name, how };
-            tracing::error!(task = name, reason = %failure_now, "a background task the process needs has stopped; stopping the process");
-            let mut slot = failed.lock().unwrap_or_else(|e| e.into_inner());
-            if slot.is_none() {
-                *slot = Some(failure_now);
-            }
-            failure.notify_one();
+            record(&failed, &failure, TaskFailed { task: name, how });
         });
+    }
+
+    /// Runs the task `built` holds, or, when it could not be built (a consumer the broker
+    /// settings do not allow, say), fails as a task that ended at once: the process stops
+    /// rather than serving without it.
+    pub fn spawn_or_fail<E: std::fmt::Display>(
+        &mut self,
+        name: &'static str,
+        built: Result<impl Future<Output = ()> + Send + 'static, E>,
+    ) {
+        match built {
+            Ok(task) => self.spawn(name, task),
+            Err(e) => record(
+                &self.failed,
+                &self.failure,
+                TaskFailed { task: name, how: format!("could not start ({e})") },
+            ),
+        }
     }
 
     /// Resolves when a task has ended early (never, while they all run).
@@ -129,6 +141,16 @@ impl Supervisor {
     }
 }
 
+/// Logs `failure`, keeps it if it is the first, and wakes whoever waits in `failed()`.
+fn record(failed: &Mutex<Option<TaskFailed>>, failure: &Notify, failure_now: TaskFailed) {
+    tracing::error!(task = failure_now.task, reason = %failure_now, "a background task the process needs is not running; stopping the process");
+    let mut slot = failed.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(failure_now);
+    }
+    failure.notify_one();
+}
+
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
@@ -171,6 +193,20 @@ mod tests {
             .await
             .expect("the failure is noticed");
         assert_eq!(supervisor.stop(Duration::from_secs(5)).await.unwrap_err().how, "ended");
+    }
+
+    #[tokio::test]
+    async fn a_task_that_could_not_be_built_is_a_failure_and_the_others_run() {
+        let mut supervisor = Supervisor::new();
+        let relay = well_behaved(&supervisor);
+        supervisor.spawn_or_fail("relay", Ok::<_, String>(relay));
+        let not_built: Result<std::future::Pending<()>, _> = Err("fetch.wait.max.ms out of range");
+        supervisor.spawn_or_fail("consumer", not_built);
+        tokio::time::timeout(Duration::from_secs(5), supervisor.failed())
+            .await
+            .expect("the failure is noticed");
+        let failure = supervisor.stop(Duration::from_secs(5)).await.unwrap_err();
+        assert_eq!((failure.task, failure.how.as_str()), ("consumer", "could not start (fetch.wait.max.ms out of range)"));
     }
 
     #[tokio::test]
