@@ -1,5 +1,5 @@
-//! Name forms: the case conversions every name goes through, and English singular/plural
-//! for aggregate and table names.
+//! Name forms: the case conversions every name goes through, English singular/plural for
+//! aggregate and table names, and the indefinite article before a name.
 //!
 //! The inflection rules cover regular nouns and the common irregular endings; a name they
 //! get wrong can always be set explicitly in the spec (`aggregate = "..."`).
@@ -107,6 +107,32 @@ pub fn plural(snake: &str) -> String {
     format!("{head}{many}")
 }
 
+/// Starts of words spelled with a vowel but said with a consonant (`a User`, `a Euro
+/// payment`, `a One-time code`), and of words spelled with a consonant but said with a
+/// vowel (`an Hour`, `an Honest`).
+const VOWEL_LETTER_CONSONANT_SOUND: &[&str] = &[
+    "uni", "use", "usu", "uti", "eu", "one", "once", "ure", "uro",
+];
+const SILENT_H: &[&str] = &["hour", "honest", "honor", "honour", "heir"];
+
+/// The indefinite article before `word` as it is said: `an` before `Order` and `invoice`,
+/// `a` before `Payment`, `User` and `Euro`. Acronyms said letter by letter (`SKU`, `API`)
+/// are taken as words; a name this gets wrong reads oddly but stays correct code.
+pub fn article(word: &str) -> &'static str {
+    let lower = word.to_lowercase();
+    let starts = |prefixes: &[&str]| prefixes.iter().any(|p| lower.starts_with(p));
+    match lower.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') if !starts(VOWEL_LETTER_CONSONANT_SOUND) => "an",
+        Some('h') if starts(SILENT_H) => "an",
+        _ => "a",
+    }
+}
+
+/// `Order` → `an Order`, `payment` → `a payment`.
+pub fn with_article(word: &str) -> String {
+    format!("{} {word}", article(word))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +169,28 @@ mod tests {
             ("order_item", "order_items"),
         ] {
             assert_eq!(plural(one), many, "plural of {one}");
+        }
+    }
+
+    #[test]
+    fn the_article_follows_the_sound_not_the_letter() {
+        for (word, expected) in [
+            ("Order", "an Order"),
+            ("invoice", "an invoice"),
+            ("Item", "an Item"),
+            ("Account", "an Account"),
+            ("Event", "an Event"),
+            ("Payment", "a Payment"),
+            ("Shipment", "a Shipment"),
+            ("User", "a User"),
+            ("UnitPrice", "a UnitPrice"),
+            ("EuroTransfer", "a EuroTransfer"),
+            ("Hour", "an Hour"),
+            ("Holiday", "a Holiday"),
+            ("Umbrella", "an Umbrella"),
+            ("", "a "),
+        ] {
+            assert_eq!(with_article(word), expected, "{word}");
         }
     }
 

@@ -4,6 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
+use crate::inflect::with_article;
 use crate::spec::Spec;
 use crate::spec::model::{Command, Context, Field, FieldType};
 
@@ -310,7 +311,7 @@ fn create_operation(context: &Context, names: &SchemaNames) -> Value {
     json!({
         "operationId": format!("create{aggregate}"),
         "tags": [context.name.kebab],
-        "summary": format!("Create a {aggregate}"),
+        "summary": format!("Create {}", with_article(aggregate)),
         "description": format!(
             "Needs scope `{}:write`. With an Idempotency-Key, a retry returns the first response and creates nothing more.",
             context.name.kebab
@@ -546,7 +547,7 @@ fn update_operation(context: &Context, names: &SchemaNames) -> Value {
     json!({
         "operationId": format!("update{aggregate}"),
         "tags": [context.name.kebab],
-        "summary": format!("Change fields of a {aggregate}"),
+        "summary": format!("Change fields of {}", with_article(aggregate)),
         "description": format!(
             "Needs scope `{}:write`. A JSON merge patch (RFC 7396) of the fields to change; fields that link to other contexts never change, and no field can be removed.",
             context.name.kebab
@@ -565,7 +566,7 @@ fn delete_operation(context: &Context) -> Value {
     json!({
         "operationId": format!("delete{aggregate}"),
         "tags": [context.name.kebab],
-        "summary": format!("Delete a {aggregate}"),
+        "summary": format!("Delete {}", with_article(aggregate)),
         "description": format!(
             "Needs scope `{}:write`. Idempotent: deleting one that is already gone answers 204 too.",
             context.name.kebab
@@ -594,7 +595,7 @@ fn command_operation(
     let mut operation = json!({
         "operationId": format!("{}{aggregate}", command.name.snake.replace('_', "")),
         "tags": [context.name.kebab],
-        "summary": format!("{} a {aggregate}", command.name.title),
+        "summary": format!("{} {}", command.name.title, with_article(aggregate)),
         "description": format!(
             "Needs scope `{}:write`. Allowed {from} (409 otherwise){}. Emits {}.",
             context.name.kebab,

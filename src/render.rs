@@ -14,11 +14,11 @@ use crate::error::{Error, Result};
 use crate::spec::model::Context;
 use crate::spec::{Spec, naming};
 
-/// Defines a Liquid filter that applies one heck conversion to its input.
-macro_rules! case_filter {
+/// Defines a Liquid filter that applies one conversion of a name to its input.
+macro_rules! name_filter {
     ($parse:ident, $filter:ident, $name:literal, $convert:path) => {
         #[derive(Clone, ParseFilter, FilterReflection)]
-        #[filter(name = $name, description = "Converts a name's case.", parsed($filter))]
+        #[filter(name = $name, description = "Converts a name.", parsed($filter))]
         struct $parse;
 
         #[derive(Debug, Default, Display_filter)]
@@ -37,29 +37,37 @@ macro_rules! case_filter {
     };
 }
 
-case_filter!(
+name_filter!(
     SnakeCase,
     SnakeCaseFilter,
     "snake_case",
     ToSnakeCase::to_snake_case
 );
-case_filter!(
+name_filter!(
     KebabCase,
     KebabCaseFilter,
     "kebab_case",
     ToKebabCase::to_kebab_case
 );
-case_filter!(
+name_filter!(
     PascalCase,
     PascalCaseFilter,
     "pascal_case",
     ToPascalCase::to_pascal_case
 );
-case_filter!(
+name_filter!(
     ShoutySnakeCase,
     ShoutySnakeCaseFilter,
     "shouty_snake_case",
     ToShoutySnakeCase::to_shouty_snake_case
+);
+
+// `{{ agg.pascal | a }}`: `an Order`, `a Payment` (`| a | capitalize` to start a sentence).
+name_filter!(
+    WithArticle,
+    WithArticleFilter,
+    "a",
+    crate::inflect::with_article
 );
 
 pub struct Renderer {
@@ -141,6 +149,7 @@ impl Renderer {
             .filter(KebabCase)
             .filter(PascalCase)
             .filter(ShoutySnakeCase)
+            .filter(WithArticle)
             .build()
             .map_err(|e| Error::Blueprint(e.to_string()))?;
         Ok(Renderer { parser })
@@ -181,5 +190,20 @@ mod tests {
             .unwrap();
         let out = render_parsed("t", &template, &liquid::object!({ "n": "order-items" })).unwrap();
         assert_eq!(out, "order_items order-items OrderItems ORDER_ITEMS");
+    }
+
+    #[test]
+    fn the_article_filter_reads_the_name() {
+        let template = Renderer::new()
+            .unwrap()
+            .parse("t", "{{ n | a | capitalize }}; {{ m | a }}")
+            .unwrap();
+        let out = render_parsed(
+            "t",
+            &template,
+            &liquid::object!({ "n": "Order", "m": "Payment" }),
+        )
+        .unwrap();
+        assert_eq!(out, "An Order; a Payment");
     }
 }

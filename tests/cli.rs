@@ -284,7 +284,7 @@ const CASES: &[Case] = &[
         spec: Some(
             "name = \"shop\"\n[contexts.orders]\nstates = [\"pending\", \"confirmed\", \"lost\"]\n[contexts.orders.commands.confirm]\nto = \"confirmed\"\n",
         ),
-        stderr: "error: contexts.orders.states: no command moves a Order to `lost`\n  --> spec.toml:3:35\n  = help: add a command with `to = \"lost\"`, or remove the state",
+        stderr: "error: contexts.orders.states: no command moves an Order to `lost`\n  --> spec.toml:3:35\n  = help: add a command with `to = \"lost\"`, or remove the state",
     },
     Case {
         name: "a command setting an unknown field",

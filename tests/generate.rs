@@ -497,3 +497,68 @@ fn each_replicas_pool_on_kubernetes_shares_the_database_budget_by_the_autoscaler
         "{adr}"
     );
 }
+
+/// Where `text` puts "a" (or "A") right before `word` as a whole word.
+fn a_before(text: &str, word: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    for article in ["a ", "A "] {
+        let needle = format!("{article}{word}");
+        for (at, _) in text.match_indices(&needle) {
+            let before = at.checked_sub(1).map(|i| bytes[i]);
+            let after = bytes.get(at + needle.len()).copied();
+            let boundary =
+                |b: Option<u8>| b.is_none_or(|b| !b.is_ascii_alphanumeric() && b != b'_');
+            if boundary(before) && boundary(after) {
+                let line = text[..at].matches('\n').count() + 1;
+                return Some(format!(
+                    "line {line}: {}",
+                    text.lines().nth(line - 1).unwrap_or("").trim()
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn names_that_start_with_a_vowel_sound_take_an_everywhere() {
+    // checkout: an Order, an Item (and a Payment, a Shipment, which must stay "a").
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/checkout.toml");
+    generate(
+        dir.path(),
+        &[
+            "new",
+            "shop",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--out",
+            "shop",
+            "--no-git",
+        ],
+    );
+    let files = tree(&dir.path().join("shop"));
+    let mut found = Vec::new();
+    for (path, bytes) in &files {
+        let Ok(text) = std::str::from_utf8(bytes) else {
+            continue;
+        };
+        for word in ["Order", "Item", "order", "item"] {
+            if let Some(at) = a_before(text, word) {
+                found.push(format!("{path} {at}"));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "\"a\" before a vowel sound:\n{}",
+        found.join("\n")
+    );
+    let orders = String::from_utf8_lossy(&files["services/orders/src/domain/mod.rs"]).into_owned();
+    assert!(
+        orders.contains("cannot {command} an Order that is {state}"),
+        "{orders}"
+    );
+    let payments = String::from_utf8_lossy(&files["services/payments/src/app.rs"]).into_owned();
+    assert!(payments.contains("Creates a Payment once per idempotency key"));
+}

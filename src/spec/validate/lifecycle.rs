@@ -5,7 +5,7 @@
 use toml::Spanned;
 
 use super::Collector;
-use crate::inflect::Names;
+use crate::inflect::{Names, with_article};
 use crate::spec::model::{Crud, FieldType};
 use crate::spec::names::{check_field_name, check_type_name};
 use crate::spec::raw::RawContext;
@@ -231,7 +231,11 @@ pub fn check(
                 c.error(
                     format!("{field}.states"),
                     raw.span(),
-                    format!("no command moves a {} to `{}`", aggregate.pascal, state.raw),
+                    format!(
+                        "no command moves {} to `{}`",
+                        with_article(&aggregate.pascal),
+                        state.raw
+                    ),
                     format!(
                         "add a command with `to = \"{}\"`, or remove the state",
                         state.raw

@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use toml::Spanned;
 
 use super::{Collector, Partial, context_index, known};
-use crate::inflect::Names;
+use crate::inflect::{Names, with_article};
 use crate::spec::model::{Context, FieldType, Saga, SagaCall, SagaCallSite, SagaInput, SagaStep};
 use crate::spec::names::check_field_name;
 use crate::spec::raw::{RawSaga, RawStep};
@@ -292,8 +292,8 @@ impl Checker<'_, '_, '_> {
                         at,
                         span.clone(),
                         format!(
-                            "creating a {} needs `{}` ({}), which {} cannot fill: {why}",
-                            target.aggregate.name.pascal, field.name, field.kind.as_str(), subject.aggregate.name.pascal
+                            "creating {} needs `{}` ({}), which {} cannot fill: {why}",
+                            with_article(&target.aggregate.name.pascal), field.name, field.kind.as_str(), subject.aggregate.name.pascal
                         ),
                         format!(
                             "add `{} = \"{}\"` to the fields of `{}` (a create copies the subject's fields of the same name), or remove the field from `{}`",
@@ -422,8 +422,8 @@ impl Checker<'_, '_, '_> {
                         field.span(),
                         format!("`{}` is not a `ref:{}` field of {}", field.get_ref(), target_ctx.name.raw, subject.aggregate.name.pascal),
                         format!(
-                            "name a field that holds the id of a {} ({refs}), or add one: `{}_id = \"ref:{}\"` in the fields of `{}`",
-                            target_ctx.aggregate.name.pascal, target_ctx.aggregate.name.snake, target_ctx.name.raw, subject.name.raw
+                            "name a field that holds the id of {} ({refs}), or add one: `{}_id = \"ref:{}\"` in the fields of `{}`",
+                            with_article(&target_ctx.aggregate.name.pascal), target_ctx.aggregate.name.snake, target_ctx.name.raw, subject.name.raw
                         ),
                     );
                     return None;
@@ -842,7 +842,7 @@ mod tests {
         );
         assert_one(
             problems("on = \"item_id\"", "on = \"customer_id\""),
-            "steps[1].on: `customer_id` is not a `ref:inventory` field of Order (help: name a field that holds the id of a Item (`item_id`)",
+            "steps[1].on: `customer_id` is not a `ref:inventory` field of Order (help: name a field that holds the id of an Item (`item_id`)",
         );
         assert_one(
             problems(", on = \"item_id\"", ""),
