@@ -2,7 +2,8 @@
 //!
 //! The default tree under `blueprints/` is embedded in the binary; `--blueprints DIR` reads
 //! one from disk instead. `manifest.toml` at its root says which folder is rendered once
-//! and which once per bounded context, and which output files belong to the user.
+//! and which once per bounded context, which files ship only for some specs, and which
+//! output files belong to the user.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +22,31 @@ pub const TEMPLATE_SUFFIX: &str = ".liquid";
 pub struct Manifest {
     #[serde(rename = "set")]
     pub sets: Vec<Set>,
+    /// Templates that ship only when a condition on the spec holds.
+    #[serde(rename = "only", default)]
+    pub conditions: Vec<Condition>,
     #[serde(default)]
     pub owners: Owners,
+}
+
+/// A template that ships only for some specs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// The template, as `<folder>/<path>`.
+    pub file: String,
+    /// A Liquid condition over the globals the template sees, e.g. `context.sagas.size > 0`.
+    pub when: String,
+}
+
+impl Manifest {
+    /// The condition under which `set/path` ships, if it has one.
+    pub fn condition_of(&self, set: &str, path: &str) -> Option<&str> {
+        self.conditions
+            .iter()
+            .find(|c| c.file.split_once('/') == Some((set, path)))
+            .map(|c| c.when.as_str())
+    }
 }
 
 /// One folder of the blueprint tree and how often it is rendered.
@@ -107,6 +131,26 @@ impl Blueprint {
                     path: rest.to_string(),
                     contents,
                 });
+            }
+        }
+        for (i, condition) in manifest.conditions.iter().enumerate() {
+            let known = templates
+                .iter()
+                .any(|t| condition.file.split_once('/') == Some((t.set.as_str(), t.path.as_str())));
+            if !known {
+                return Err(Error::Blueprint(format!(
+                    "{origin}/manifest.toml: [[only]] names `{}`, which is no template of a listed folder\n  = help: write the template's path from the blueprint root, `<folder>/<path>.liquid`",
+                    condition.file
+                )));
+            }
+            if manifest.conditions[..i]
+                .iter()
+                .any(|c| c.file == condition.file)
+            {
+                return Err(Error::Blueprint(format!(
+                    "{origin}/manifest.toml: [[only]] names `{}` twice; give it one condition (`and`, `or`)",
+                    condition.file
+                )));
             }
         }
         for set in &manifest.sets {

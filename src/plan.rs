@@ -68,9 +68,12 @@ impl Plan {
             }
         }
         let prepared = on_every_core(&sources, |(name, template, views)| {
+            let when = blueprint
+                .manifest
+                .condition_of(&template.set, &template.path);
             Ok((
                 name.clone(),
-                Prepared::new(&renderer, name, template)?,
+                Prepared::new(&renderer, name, template, when)?,
                 views.clone(),
             ))
         })?;
@@ -81,10 +84,11 @@ impl Plan {
         let rendered = on_every_core(&jobs, |(name, prepared, view)| {
             Ok((*name, prepared.render(name, view)?))
         })?;
-        for (name, (path, contents)) in rendered {
-            // A rendered template that comes out blank is how a blueprint leaves a file
-            // out for some specs.
-            let Some(contents) = contents else { continue };
+        for (name, rendered) in rendered {
+            // A file whose manifest condition does not hold for this spec.
+            let Some((path, contents)) = rendered else {
+                continue;
+            };
             let owner = ownership::owner_of(&path, &blueprint.manifest.owners.user);
             let contents = ownership::with_header(&path, &contents, owner);
             plan.insert(name, path, PlannedFile { contents, owner })?;
@@ -192,6 +196,8 @@ fn on_every_core<T: Sync, R: Send>(
 
 struct Prepared<'a> {
     path: OutputPath,
+    /// The manifest's condition for this file, as `{% if <when> %}yes{% endif %}`.
+    when: Option<liquid::Template>,
     /// `None` for a file copied verbatim.
     body: Option<liquid::Template>,
     source: &'a crate::blueprint::Template,
@@ -208,7 +214,16 @@ impl<'a> Prepared<'a> {
         renderer: &Renderer,
         name: &str,
         source: &'a crate::blueprint::Template,
+        when: Option<&str>,
     ) -> Result<Prepared<'a>> {
+        let when = when
+            .map(|when| {
+                renderer.parse(
+                    &format!("{name} (its condition in manifest.toml)"),
+                    &format!("{{% if {when} %}}yes{{% endif %}}"),
+                )
+            })
+            .transpose()?;
         let (raw_path, is_template) = match source.path.strip_suffix(TEMPLATE_SUFFIX) {
             Some(p) => (p, true),
             None => (source.path.as_str(), false),
@@ -226,21 +241,36 @@ impl<'a> Prepared<'a> {
         } else {
             None
         };
-        Ok(Prepared { path, body, source })
+        Ok(Prepared {
+            path,
+            when,
+            body,
+            source,
+        })
     }
 
-    /// The output path and contents; `None` contents when a template renders blank.
-    fn render(&self, name: &str, globals: &View<'_>) -> Result<(String, Option<Vec<u8>>)> {
+    /// The output path and contents, or `None` when the file's condition does not hold.
+    fn render(&self, name: &str, globals: &View<'_>) -> Result<Option<(String, Vec<u8>)>> {
+        if let Some(when) = &self.when
+            && render_parsed(name, when, globals)? != "yes"
+        {
+            return Ok(None);
+        }
         let path = match &self.path {
             OutputPath::Fixed(path) => path.clone(),
             OutputPath::Template(template) => render_parsed(name, template, globals)?,
         };
         check_output_path(name, &path)?;
         let Some(body) = &self.body else {
-            return Ok((path, Some(self.source.contents.clone())));
+            return Ok(Some((path, self.source.contents.clone())));
         };
         let out = render_parsed(name, body, globals)?;
-        Ok((path, (!out.trim().is_empty()).then(|| out.into_bytes())))
+        if out.trim().is_empty() {
+            return Err(Error::Blueprint(format!(
+                "{name}: renders blank for `{path}`\n  = help: a file that ships only for some specs says when in manifest.toml: [[only]] file = \"{name}\", when = \"<a Liquid condition>\""
+            )));
+        }
+        Ok(Some((path, out.into_bytes())))
     }
 }
 

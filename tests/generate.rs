@@ -562,3 +562,83 @@ fn names_that_start_with_a_vowel_sound_take_an_everywhere() {
     let payments = String::from_utf8_lossy(&files["services/payments/src/app.rs"]).into_owned();
     assert!(payments.contains("Creates a Payment once per idempotency key"));
 }
+
+/// A two-set blueprint in `dir/bp` whose per-context file `subscribed.txt` has the manifest
+/// lines `only`, and whose body `body` may render blank.
+fn conditional_blueprint(dir: &Path, only: &str, body: &str) {
+    let bp = dir.join("bp");
+    fs::create_dir_all(bp.join("each/{{ context.name.kebab }}")).unwrap();
+    fs::write(
+        bp.join("manifest.toml"),
+        format!("[[set]]\nfolder = \"each\"\neach = \"context\"\n{only}"),
+    )
+    .unwrap();
+    fs::write(
+        bp.join("each/{{ context.name.kebab }}/subscribed.txt.liquid"),
+        body,
+    )
+    .unwrap();
+}
+
+fn new_with_blueprint(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_archscaffold"))
+        .args([
+            "new",
+            "shop",
+            "--contexts",
+            "orders,billing",
+            "--blueprints",
+            "bp",
+            "--no-git",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_file_ships_where_its_manifest_condition_holds_and_a_blank_render_is_an_error() {
+    // Billing subscribes to orders (the default chain); orders subscribes to nothing.
+    let body = "{% for s in context.subscribes %}{{ s.event.pascal }}\n{% endfor %}";
+    let only = "[[only]]\nfile = \"each/{{ context.name.kebab }}/subscribed.txt.liquid\"\nwhen = \"context.subscribes.size > 0\"\n";
+
+    let dir = tempfile::tempdir().unwrap();
+    conditional_blueprint(dir.path(), only, body);
+    let out = new_with_blueprint(dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let files = tree(&dir.path().join("shop"));
+    assert_eq!(files["billing/subscribed.txt"], b"OrderCreated\n");
+    assert!(!files.contains_key("orders/subscribed.txt"));
+
+    // Without its condition, the file renders blank for orders: refused, nothing written.
+    let dir = tempfile::tempdir().unwrap();
+    conditional_blueprint(dir.path(), "", body);
+    let out = new_with_blueprint(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("each/{{ context.name.kebab }}/subscribed.txt.liquid: renders blank for `orders/subscribed.txt`")
+            && stderr.contains("[[only]] file = \"each/{{ context.name.kebab }}/subscribed.txt.liquid\", when = "),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("shop").exists(),
+        "a refused generation wrote something"
+    );
+
+    // A condition for a file that does not exist (a typo) is refused too.
+    let dir = tempfile::tempdir().unwrap();
+    conditional_blueprint(
+        dir.path(),
+        &only.replace("subscribed.txt", "subscribe.txt"),
+        body,
+    );
+    let out = new_with_blueprint(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("[[only]] names `each/{{ context.name.kebab }}/subscribe.txt.liquid`, which is no template"), "{stderr}");
+}
