@@ -8,10 +8,10 @@ use toml::Spanned;
 
 mod lifecycle;
 mod sagas;
+mod wiring;
 
 use super::model::{
-    Aggregate, Bus, Command, Context, Dependency, Event, Field, FieldType, Replica, Slo, Spec,
-    Subscription, Wire,
+    Aggregate, Bus, Context, Event, Field, FieldType, Replica, Slo, Spec, Subscription, Wire,
 };
 use super::names::{
     NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
@@ -369,42 +369,6 @@ fn first_pass<'r>(
     partials
 }
 
-/// Fills in both ends of each synchronous call: the callee's client facts on the caller,
-/// the caller's name on the callee.
-fn link_calls(contexts: &mut [Context]) {
-    let dependencies: Vec<Vec<Dependency>> = contexts
-        .iter()
-        .map(|caller| {
-            caller
-                .calls
-                .iter()
-                .filter_map(|callee| contexts.iter().find(|c| c.name.snake == callee.snake))
-                .map(|callee| Dependency {
-                    name: callee.name.clone(),
-                    grpc_port: callee.grpc_port,
-                    aggregate: callee.aggregate.name.clone(),
-                    plural: callee.aggregate.plural.clone(),
-                    command_rpcs: callee.commands.iter().map(|c| c.rpc.clone()).collect(),
-                })
-                .collect()
-        })
-        .collect();
-    let callers: Vec<Vec<Names>> = contexts
-        .iter()
-        .map(|callee| {
-            contexts
-                .iter()
-                .filter(|c| c.calls.iter().any(|d| d.snake == callee.name.snake))
-                .map(|c| c.name.clone())
-                .collect()
-        })
-        .collect();
-    for ((context, dependencies), callers) in contexts.iter_mut().zip(dependencies).zip(callers) {
-        context.dependencies = dependencies;
-        context.callers = callers;
-    }
-}
-
 /// Resolves references between contexts: subscriptions, calls, and their cycles.
 fn second_pass(
     c: &mut Collector,
@@ -412,154 +376,14 @@ fn second_pass(
     partials: &[Partial],
     implied: &sagas::Implied,
 ) -> Vec<Context> {
-    let find = |name: &str| context_index(partials, name);
     let mut contexts = Vec::new();
-    let mut call_edges: Vec<Vec<(usize, Range<usize>)>> = vec![Vec::new(); partials.len()];
+    let mut call_edges: wiring::CallEdges = vec![Vec::new(); partials.len()];
 
     for (index, p) in partials.iter().enumerate() {
         let field = format!("contexts.{}", p.key.get_ref());
-        let mut subscribes: Vec<Subscription> = Vec::new();
-        for s in &p.raw.subscribes {
-            let at = format!("{field}.subscribes");
-            let Some((ctx_name, event_name)) = s.get_ref().split_once('.') else {
-                c.error(
-                    &at,
-                    s.span(),
-                    format!("`{}` is not of the form `<context>.<Event>`", s.get_ref()),
-                    "write the publishing context and the event, e.g. `orders.OrderCreated`",
-                );
-                continue;
-            };
-            let Some(up) = find(ctx_name) else {
-                c.error(
-                    &at,
-                    s.span(),
-                    format!(
-                        "`{}` refers to an unknown context `{ctx_name}`",
-                        s.get_ref()
-                    ),
-                    format!("subscribe to one of: {}", known(partials)),
-                );
-                continue;
-            };
-            let upstream = &partials[up];
-            if up == index {
-                c.error(
-                    &at,
-                    s.span(),
-                    format!("`{}` subscribes a context to its own event", s.get_ref()),
-                    "handle the change inside the context instead of through the bus",
-                );
-                continue;
-            }
-            let published = upstream.published();
-            let Some(event) = published.iter().find(|e| e.raw == event_name) else {
-                let published: Vec<_> = published.iter().map(|e| e.raw.as_str()).collect();
-                c.error(
-                    &at,
-                    s.span(),
-                    format!(
-                        "`{}`: context `{ctx_name}` does not publish `{event_name}`",
-                        s.get_ref()
-                    ),
-                    format!(
-                        "use one of its events ({}) or add `{event_name}` to its `publishes`",
-                        published.join(", ")
-                    ),
-                );
-                continue;
-            };
-            if subscribes
-                .iter()
-                .any(|x| x.context.snake == upstream.name.snake && x.event.raw == event.raw)
-            {
-                c.error(
-                    &at,
-                    s.span(),
-                    format!("`{}` is listed twice", s.get_ref()),
-                    "list each subscription once",
-                );
-                continue;
-            }
-            subscribes.push(Subscription {
-                context: upstream.name.clone(),
-                event: event.clone(),
-                upstream_aggregate: upstream.aggregate.clone(),
-                link_field: format!("{}_id", upstream.aggregate.snake),
-                topic: naming::aggregate_topic(system, &upstream.name, &upstream.aggregate),
-                event_type: naming::event_type(system, &upstream.name, event),
-                queue: naming::queue(system, &p.name),
-                creates: upstream
-                    .events
-                    .first()
-                    .is_some_and(|e| e.pascal == event.pascal),
-            });
-        }
-
-        let mut calls: Vec<Names> = Vec::new();
-        for call in &p.raw.calls {
-            let at = format!("{field}.calls");
-            match find(call.get_ref()) {
-                None => c.error(
-                    &at,
-                    call.span(),
-                    format!("`{}` is not a context of this system", call.get_ref()),
-                    format!("call one of: {}", known(partials)),
-                ),
-                Some(dep) if dep == index => c.error(
-                    &at,
-                    call.span(),
-                    format!("`{}` calls itself", call.get_ref()),
-                    "remove it: a context calls its own code directly",
-                ),
-                Some(dep) if call_edges[index].iter().any(|(d, _)| *d == dep) => c.error(
-                    &at,
-                    call.span(),
-                    format!("`{}` is listed twice", call.get_ref()),
-                    "list each dependency once",
-                ),
-                Some(dep) => {
-                    call_edges[index].push((dep, call.span()));
-                    calls.push(partials[dep].name.clone());
-                }
-            }
-        }
-
-        // A ref is a synchronous dependency: it implies `calls` (and takes part in the
-        // cycle check) even where `calls` does not list it.
-        let mut references = Vec::new();
-        for r in &p.refs {
-            let at = format!("{field}.fields.{}", r.field);
-            match find(&r.target) {
-                None => c.error(
-                    &at,
-                    r.span.clone(),
-                    format!("`ref:{}` refers to an unknown context", r.target),
-                    format!("refer to one of: {}", known(partials)),
-                ),
-                Some(dep) if dep == index => c.error(
-                    &at,
-                    r.span.clone(),
-                    format!("`ref:{}` refers to the context itself", r.target),
-                    "an aggregate refers to others of its own kind by a plain `string` field",
-                ),
-                Some(dep) => {
-                    if !call_edges[index].iter().any(|(d, _)| *d == dep) {
-                        call_edges[index].push((dep, r.span.clone()));
-                        calls.push(partials[dep].name.clone());
-                    }
-                    references.push((r.field.clone(), dep));
-                }
-            }
-        }
-
-        // A saga's owner calls each of its participants.
-        for (_, dep, span) in implied.calls.iter().filter(|(owner, _, _)| *owner == index) {
-            if !call_edges[index].iter().any(|(d, _)| d == dep) {
-                call_edges[index].push((*dep, span.clone()));
-                calls.push(partials[*dep].name.clone());
-            }
-        }
+        let subscribes = wiring::subscriptions(c, system, partials, index);
+        let wiring::Dependencies { calls, references } =
+            wiring::dependencies(c, partials, index, implied, &mut call_edges);
         // An aggregate a saga creates carries the id of the saga's subject.
         let saga_links: Vec<String> = implied
             .links
@@ -602,71 +426,7 @@ fn second_pass(
         };
         let updated_event = find_event(&events, &life.updated);
         let deleted_event = find_event(&events, &life.deleted);
-        let mut commands = Vec::new();
-        for cmd in &life.commands {
-            let at = format!("{field}.commands.{}.set", cmd.key.get_ref());
-            let mut set = Vec::new();
-            for name in &cmd.set {
-                match all_fields.iter().find(|f| f.name == *name.get_ref()) {
-                    None => c.error(
-                        &at,
-                        name.span(),
-                        format!("`{}` is not a field of {}", name.get_ref(), p.aggregate.pascal),
-                        format!(
-                            "set one of: {}",
-                            all_fields
-                                .iter()
-                                .filter(|f| !f.link)
-                                .map(|f| format!("`{}`", f.name))
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    ),
-                    Some(f) if f.link => c.error(
-                        &at,
-                        name.span(),
-                        format!(
-                            "`{}` links to another context's aggregate and never changes after create",
-                            name.get_ref()
-                        ),
-                        "remove it from `set`",
-                    ),
-                    Some(_) if set.iter().any(|f: &Field| f.name == *name.get_ref()) => c.error(
-                        &at,
-                        name.span(),
-                        format!("`{}` is listed twice", name.get_ref()),
-                        "list each field once",
-                    ),
-                    Some(f) => set.push(f.clone()),
-                }
-            }
-            // Numbered from 4 in the request and in the event (1 to 3 are taken in both).
-            let own = numbered_from_4(
-                cmd.fields
-                    .iter()
-                    .map(|(name, kind)| make_field(name, *kind, false, true))
-                    .collect(),
-            );
-            let inputs = numbered_from_4(own.iter().chain(&set).cloned().collect());
-            if let Some(emitted) = events
-                .iter_mut()
-                .find(|e| e.name.pascal == cmd.emits.pascal)
-            {
-                emitted.fields = own.clone();
-            }
-            commands.push(Command {
-                name: cmd.name.clone(),
-                rpc: cmd.rpc.clone(),
-                from: cmd.from.clone(),
-                to: cmd.to.clone(),
-                set,
-                fields: own,
-                inputs,
-                reserved_tags: Vec::new(),
-                event_type: naming::event_type(system, &p.name, &cmd.emits),
-                event: cmd.emits.clone(),
-            });
-        }
+        let commands = lifecycle::commands(c, system, p, &all_fields, &mut events);
         let slo = p
             .raw
             .slo
@@ -711,19 +471,11 @@ fn second_pass(
             updated_event,
             deleted_event,
             topic: topic.clone(),
-            subscribed_topics: {
-                let mut topics: Vec<String> = Vec::new();
-                // An owner consumes its own events: some of them start its sagas.
-                if implied.owners.contains(&index) {
-                    topics.push(topic.clone());
-                }
-                for s in &subscribes {
-                    if !topics.contains(&s.topic) {
-                        topics.push(s.topic.clone());
-                    }
-                }
-                topics
-            },
+            subscribed_topics: wiring::subscribed_topics(
+                &topic,
+                implied.owners.contains(&index),
+                &subscribes,
+            ),
             subscriber_queues: Vec::new(),
             subscribes,
             calls,
@@ -741,46 +493,10 @@ fn second_pass(
         });
     }
 
-    let queues: Vec<Vec<String>> = contexts
-        .iter()
-        .map(|publisher| {
-            let mut queues: Vec<String> = Vec::new();
-            for subscriber in &contexts {
-                if subscriber.subscribed_topics.contains(&publisher.topic)
-                    && !queues.contains(&subscriber.wire.queue)
-                {
-                    queues.push(subscriber.wire.queue.clone());
-                }
-            }
-            queues
-        })
-        .collect();
-    for (context, queues) in contexts.iter_mut().zip(queues) {
-        context.subscriber_queues = queues;
-    }
-    link_calls(&mut contexts);
+    wiring::subscriber_queues(&mut contexts);
+    wiring::link_calls(&mut contexts);
 
-    if let Some((path, span)) = find_cycle(&call_edges) {
-        let names: Vec<&str> = path
-            .iter()
-            .map(|&i| partials[i].key.get_ref().as_str())
-            .collect();
-        let sum: Vec<String> = path[1..]
-            .iter()
-            .map(|&i| format!("p99({})", partials[i].key.get_ref()))
-            .collect();
-        c.error(
-            format!("contexts.{}.calls", names[names.len() - 2]),
-            span,
-            format!(
-                "synchronous calls form a cycle {}; a call chain adds up its p99s (p99({}) includes {}), so a cycle has no latency bound",
-                names.join(" -> "),
-                names[0],
-                sum.join(" + ")
-            ),
-            "break the cycle: let one side publish an event and the other `subscribes` to it",
-        );
-    }
+    wiring::check_cycles(c, partials, &call_edges);
     contexts
 }
 
@@ -1028,53 +744,4 @@ fn known(partials: &[Partial]) -> String {
         .map(|p| format!("`{}`", p.key.get_ref()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Depth-first search for a cycle; returns its path (first node repeated at the end) and
-/// the span of the call that closes it.
-fn find_cycle(edges: &[Vec<(usize, Range<usize>)>]) -> Option<(Vec<usize>, Range<usize>)> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Active,
-        Done,
-    }
-    fn visit(
-        node: usize,
-        edges: &[Vec<(usize, Range<usize>)>],
-        marks: &mut [Mark],
-        stack: &mut Vec<usize>,
-    ) -> Option<(Vec<usize>, Range<usize>)> {
-        marks[node] = Mark::Active;
-        stack.push(node);
-        for (next, span) in &edges[node] {
-            match marks[*next] {
-                Mark::Active => {
-                    let start = stack.iter().position(|n| n == next).expect("on stack");
-                    let mut path = stack[start..].to_vec();
-                    path.push(*next);
-                    return Some((path, span.clone()));
-                }
-                Mark::New => {
-                    if let Some(found) = visit(*next, edges, marks, stack) {
-                        return Some(found);
-                    }
-                }
-                Mark::Done => {}
-            }
-        }
-        stack.pop();
-        marks[node] = Mark::Done;
-        None
-    }
-    let mut marks = vec![Mark::New; edges.len()];
-    for start in 0..edges.len() {
-        if marks[start] == Mark::New {
-            let mut stack = Vec::new();
-            if let Some(found) = visit(start, edges, &mut marks, &mut stack) {
-                return Some(found);
-            }
-        }
-    }
-    None
 }

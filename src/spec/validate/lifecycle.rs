@@ -4,10 +4,11 @@
 
 use toml::Spanned;
 
-use super::Collector;
+use super::{Collector, Partial, make_field, numbered_from_4};
 use crate::inflect::{Names, with_article};
-use crate::spec::model::{Crud, FieldType};
+use crate::spec::model::{Command, Crud, Event, Field, FieldType};
 use crate::spec::names::{check_field_name, check_type_name};
+use crate::spec::naming;
 use crate::spec::raw::RawContext;
 
 /// RPC verbs every aggregate already has; a command may not take one of their names.
@@ -346,4 +347,135 @@ fn list(states: &[Names]) -> String {
         .map(|s| format!("`{}`", s.raw))
         .collect::<Vec<_>>()
         .join(", ")
+}
+/// The commands of context `p`, the fields each sets checked against `all_fields`; each
+/// command's event gets the command's own fields.
+pub(super) fn commands(
+    c: &mut Collector,
+    system: &Names,
+    p: &Partial,
+    all_fields: &[Field],
+    events: &mut [Event],
+) -> Vec<Command> {
+    let field = format!("contexts.{}", p.key.get_ref());
+    let life = &p.lifecycle;
+    let mut commands = Vec::new();
+    for cmd in &life.commands {
+        let at = format!("{field}.commands.{}.set", cmd.key.get_ref());
+        let mut set = Vec::new();
+        for name in &cmd.set {
+            match all_fields.iter().find(|f| f.name == *name.get_ref()) {
+                None => c.error(
+                    &at,
+                    name.span(),
+                    format!(
+                        "`{}` is not a field of {}",
+                        name.get_ref(),
+                        p.aggregate.pascal
+                    ),
+                    format!(
+                        "set one of: {}",
+                        all_fields
+                            .iter()
+                            .filter(|f| !f.link)
+                            .map(|f| format!("`{}`", f.name))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ),
+                Some(f) if f.link => c.error(
+                    &at,
+                    name.span(),
+                    format!(
+                        "`{}` links to another context's aggregate and never changes after create",
+                        name.get_ref()
+                    ),
+                    "remove it from `set`",
+                ),
+                Some(_) if set.iter().any(|f: &Field| f.name == *name.get_ref()) => c.error(
+                    &at,
+                    name.span(),
+                    format!("`{}` is listed twice", name.get_ref()),
+                    "list each field once",
+                ),
+                Some(f) => set.push(f.clone()),
+            }
+        }
+        // Numbered from 4 in the request and in the event (1 to 3 are taken in both).
+        let own = numbered_from_4(
+            cmd.fields
+                .iter()
+                .map(|(name, kind)| make_field(name, *kind, false, true))
+                .collect(),
+        );
+        let inputs = numbered_from_4(own.iter().chain(&set).cloned().collect());
+        if let Some(emitted) = events
+            .iter_mut()
+            .find(|e| e.name.pascal == cmd.emits.pascal)
+        {
+            emitted.fields = own.clone();
+        }
+        commands.push(Command {
+            name: cmd.name.clone(),
+            rpc: cmd.rpc.clone(),
+            from: cmd.from.clone(),
+            to: cmd.to.clone(),
+            set,
+            fields: own,
+            inputs,
+            reserved_tags: Vec::new(),
+            event_type: naming::event_type(system, &p.name, &cmd.emits),
+            event: cmd.emits.clone(),
+        });
+    }
+    commands
+}
+
+#[cfg(test)]
+mod command_tests {
+    use crate::error::Error;
+    use crate::spec::{Overrides, parse};
+
+    const SHOP: &str = "name = \"shop\"\n[contexts.customers]\n[contexts.orders]\nsubscribes = [\"customers.CustomerCreated\"]\nfields = { note = \"string\", total = \"i64\" }\nstates = [\"open\", \"closed\"]\n[contexts.orders.commands.close]\nfrom = [\"open\"]\nto = \"closed\"\nset = [\"note\"]\nfields = { reason = \"string\" }\n";
+
+    #[test]
+    fn a_command_numbers_its_own_fields_then_those_it_sets_and_its_event_carries_its_own() {
+        let spec = parse(SHOP, "spec.toml", &Overrides::default()).unwrap();
+        let orders = &spec.contexts[1];
+        let close = &orders.commands[0];
+        let tags = |fields: &[crate::spec::model::Field]| -> Vec<(String, usize)> {
+            fields.iter().map(|f| (f.name.clone(), f.tag)).collect()
+        };
+        assert_eq!(
+            tags(&close.inputs),
+            [("reason".into(), 4), ("note".into(), 5)]
+        );
+        let event = orders
+            .events
+            .iter()
+            .find(|e| e.name.pascal == close.event.pascal)
+            .unwrap();
+        assert_eq!(tags(&event.fields), [("reason".into(), 4)]);
+        assert_eq!(close.event_type, "shop.orders.v1.OrderClosed");
+    }
+
+    #[test]
+    fn a_command_may_set_neither_a_link_nor_an_unknown_field_nor_one_twice() {
+        let text = SHOP.replace(
+            "set = [\"note\"]",
+            "set = [\"customer_id\", \"colour\", \"note\", \"note\"]",
+        );
+        let Err(Error::Invalid(problems)) = parse(&text, "spec.toml", &Overrides::default()) else {
+            panic!("accepted")
+        };
+        let messages: Vec<&str> = problems.iter().map(|d| d.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "`customer_id` links to another context's aggregate and never changes after create",
+                "`colour` is not a field of Order",
+                "`note` is listed twice",
+            ]
+        );
+    }
 }
