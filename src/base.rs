@@ -13,11 +13,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::lock::{self, Lock, sha256_hex};
+use crate::lock::{Lock, sha256_hex};
 use crate::plan::Plan;
 
 /// Where the last generated files are kept, relative to the workspace root.
-pub const BASE_DIR: &str = ".archscaffold/base";
+use crate::layout::{BASE_DIR, LOCK_FILE};
 /// Keeps the base out of diffs and code review: it changes only with generated files.
 const ATTRIBUTES_PATH: &str = ".archscaffold/.gitattributes";
 const ATTRIBUTES: &str = "# The files as archscaffold last generated them: the base of `archscaffold update`'s\n# three-way merges. Written only by archscaffold; diffs are left out of reviews.\n** -diff linguist-generated=true\n";
@@ -58,7 +58,7 @@ pub fn load(root: &Path, lock: &Lock) -> Base {
     let mut base = Base::default();
     let mut wanted = BTreeMap::new();
     for (path, locked) in &lock.files {
-        if path == lock::LOCK_FILE {
+        if path == LOCK_FILE {
             continue;
         }
         let matches = |b: &Vec<u8>| sha256_hex(b) == locked.sha256;

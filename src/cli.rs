@@ -270,10 +270,10 @@ fn update(args: &UpdateArgs, spec_text: Option<String>) -> Result<ExitCode> {
 
 fn add_context(args: &AddContextArgs) -> Result<ExitCode> {
     let dir = &args.update.workspace.dir;
-    let spec_path = dir.join(crate::plan::SPEC_FILE);
+    let spec_path = dir.join(crate::layout::SPEC_FILE);
     let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
         dir: dir.clone(),
-        missing: crate::plan::SPEC_FILE.to_string(),
+        missing: crate::layout::SPEC_FILE.to_string(),
     })?;
     let context = spec::edit::NewContext {
         name: &args.name,
@@ -306,7 +306,7 @@ fn print_update(update: &update::Update, dry_run: bool) {
         crate::VERSION
     );
     if update.spec_text.is_some() {
-        let _ = writeln!(out, "  {:<8}  {}", "edit", crate::plan::SPEC_FILE);
+        let _ = writeln!(out, "  {:<8}  {}", "edit", crate::layout::SPEC_FILE);
     }
     let width = update
         .changes

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::plan::PlannedFile;
+use crate::ownership::PlannedFile;
 
 /// The edition the generated workspace declares; rustfmt's style follows it.
 const EDITION: &str = "2024";

@@ -15,6 +15,7 @@ pub mod format;
 pub mod git_pack;
 pub mod hex;
 pub mod inflect;
+pub mod layout;
 pub mod lock;
 pub mod merge;
 pub mod migrations;

@@ -12,11 +12,9 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::ownership::Owner;
-use crate::plan::PlannedFile;
+use crate::ownership::{Owner, PlannedFile};
 use crate::spec::model::FieldType;
 
-pub const LOCK_FILE: &str = "archscaffold.lock";
 /// Bumped when the lock file's layout changes. 2 added `[tables]`.
 pub const LOCK_FORMAT: u32 = 2;
 

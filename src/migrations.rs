@@ -12,29 +12,11 @@ use std::collections::BTreeMap;
 use indexmap::IndexMap;
 
 use crate::error::{Error, Result};
+use crate::layout::{self, migrations_dir, service_dir, service_of_migration};
 use crate::lock::Columns;
-use crate::ownership::{self, Owner};
-use crate::plan::PlannedFile;
+use crate::ownership::{self, Owner, PlannedFile};
 use crate::spec::Spec;
-use crate::spec::model::{Context, FieldType};
-
-/// The service directory of a context, which keys its table in the lock.
-pub fn service_dir(context: &Context) -> &str {
-    &context.name.kebab
-}
-
-/// The service directory of a migration path (`services/<dir>/migrations/<file>.sql`).
-pub fn service_of(path: &str) -> Option<&str> {
-    let parts: Vec<&str> = path.split('/').collect();
-    match parts.as_slice() {
-        ["services", dir, "migrations", file] if file.ends_with(".sql") => Some(dir),
-        _ => None,
-    }
-}
-
-fn migrations_dir(service: &str) -> String {
-    format!("services/{service}/migrations/")
-}
+use crate::spec::model::FieldType;
 
 /// The column of an aggregate with `states`: tracked like a field, so `update` adds it
 /// when states are added to an existing context.
@@ -122,7 +104,7 @@ pub fn evolve(
             continue;
         };
         let dir = migrations_dir(service);
-        let table = &context.aggregate.plural.snake;
+        let table = &layout::table(&context.aggregate.name.snake);
         let creates_table = format!("CREATE TABLE \"{table}\"");
         let known_table = before.migrations.iter().any(|m| {
             m.contents
@@ -170,7 +152,7 @@ pub fn evolve(
 
         let rendered: Vec<(String, PlannedFile)> = files
             .iter()
-            .filter(|(p, _)| service_of(p) == Some(service))
+            .filter(|(p, _)| service_of_migration(p) == Some(service))
             .map(|(p, f)| (p.clone(), f.clone()))
             .collect();
         for (path, _) in &rendered {

@@ -9,7 +9,6 @@ use crate::spec::Spec;
 use crate::spec::model::{Command, Context, Field, FieldType};
 
 pub const JSON_PATH: &str = "gateway/openapi.json";
-pub const YAML_PATH: &str = "docs/openapi.yaml";
 
 /// Errors every protected operation can answer, by status.
 const COMMON_ERRORS: &[&str] = &["401", "403", "429", "502", "503", "504"];

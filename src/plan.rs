@@ -15,14 +15,8 @@ use crate::ownership::{self, Owner};
 use crate::render::{Globals, Renderer, View, render_parsed};
 use crate::spec::{self, Spec};
 
-/// The spec file every generated workspace keeps as its source of truth.
-pub const SPEC_FILE: &str = "archscaffold.toml";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedFile {
-    pub contents: Vec<u8>,
-    pub owner: Owner,
-}
+use crate::layout::{LOCK_FILE, OPENAPI, SPEC_FILE};
+pub use crate::ownership::PlannedFile;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -111,10 +105,10 @@ impl Plan {
     pub fn seal(&mut self, tables: &IndexMap<String, Columns>) -> Result<()> {
         let spec_text = &self.files[SPEC_FILE].contents;
         let lock_text = lock::render(&String::from_utf8_lossy(spec_text), &self.files, tables);
-        self.files.remove(lock::LOCK_FILE);
+        self.files.remove(LOCK_FILE);
         self.insert(
             "lock",
-            lock::LOCK_FILE.to_string(),
+            LOCK_FILE.to_string(),
             PlannedFile {
                 contents: lock_text.into_bytes(),
                 owner: Owner::Generator,
@@ -127,7 +121,7 @@ impl Plan {
     pub fn pristine(&self) -> impl Iterator<Item = (&String, &PlannedFile)> {
         self.files
             .iter()
-            .filter(|(path, file)| file.owner == Owner::Generator && *path != lock::LOCK_FILE)
+            .filter(|(path, file)| file.owner == Owner::Generator && *path != LOCK_FILE)
     }
 
     /// The gateway's OpenAPI document: JSON for the gateway to serve, YAML for the docs.
@@ -139,7 +133,7 @@ impl Plan {
         let document = openapi::document(spec);
         for (path, text) in [
             (openapi::JSON_PATH, openapi::to_json(&document)),
-            (openapi::YAML_PATH, openapi::to_yaml(&document)),
+            (OPENAPI, openapi::to_yaml(&document)),
         ] {
             let contents = ownership::with_header(path, text.as_bytes(), Owner::Generator);
             self.insert(

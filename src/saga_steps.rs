@@ -7,11 +7,6 @@ use std::collections::BTreeMap;
 
 use crate::spec::Spec;
 
-/// The generated file that defines an owner's sagas.
-pub fn sagas_file(owner_dir: &str) -> String {
-    format!("services/{owner_dir}/src/sagas.rs")
-}
-
 /// Each saga of a generated `sagas.rs` (as rustfmt lays out its `Definition`s) with its
 /// step labels in order.
 pub fn defined(sagas_rs: &str) -> BTreeMap<String, Vec<String>> {
@@ -44,7 +39,7 @@ pub fn defined(sagas_rs: &str) -> BTreeMap<String, Vec<String>> {
 pub fn warnings(spec: &Spec, previous: impl Fn(&str) -> Option<String>) -> Vec<String> {
     let mut found = Vec::new();
     for owner in &spec.contexts {
-        let Some(text) = previous(&sagas_file(&owner.name.kebab)) else {
+        let Some(text) = previous(&crate::layout::sagas(&owner.name.kebab)) else {
             continue;
         };
         let alert = format!("{}SagaParked", owner.name.pascal);

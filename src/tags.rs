@@ -7,16 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::layout;
 use crate::spec::Spec;
-use crate::spec::model::Context;
-
-/// Where a context's proto lives in the workspace.
-pub fn proto_path(spec: &Spec, context: &Context) -> String {
-    format!(
-        "proto/{0}/{1}/v1/{1}.proto",
-        spec.system.snake, context.name.snake
-    )
-}
 
 /// The field numbers of `message <name> { ... }` in proto text: field name -> number, and
 /// the numbers it reserves.
@@ -62,7 +54,11 @@ fn message_tags(proto: &str, message: &str) -> (BTreeMap<String, usize>, Vec<usi
 /// Gives every field of every context the number it had in `previous` (path -> proto text
 /// as last generated); fields new to a context get numbers above every number it used.
 pub fn keep(spec: &mut Spec, previous: &BTreeMap<String, String>) {
-    let paths: Vec<String> = spec.contexts.iter().map(|c| proto_path(spec, c)).collect();
+    let paths: Vec<String> = spec
+        .contexts
+        .iter()
+        .map(|c| layout::proto(spec, c))
+        .collect();
     for (context, path) in spec.contexts.iter_mut().zip(paths) {
         let Some(text) = previous.get(&path) else {
             continue;

@@ -19,11 +19,12 @@ use crate::base::{self, Base};
 use crate::blueprint::Blueprint;
 use crate::error::{Error, Result};
 use crate::format::Formatted;
+use crate::layout::{self, BASE_DIR, LOCK_FILE, SPEC_FILE};
 use crate::lock::{self, Lock};
 use crate::merge::{self, Labels, Merged};
 use crate::migrations::{self, Existing, ExistingService};
 use crate::ownership::Owner;
-use crate::plan::{Plan, SPEC_FILE};
+use crate::plan::Plan;
 use crate::spec::{self, Overrides, Spec};
 use crate::tags;
 
@@ -156,8 +157,8 @@ impl Update {
         if self.bookkeeping_stale {
             return Some(format!(
                 "{} or {} is not what archscaffold {} records for archscaffold.toml; run `archscaffold update`",
-                lock::LOCK_FILE,
-                base::BASE_DIR,
+                LOCK_FILE,
+                BASE_DIR,
                 crate::VERSION
             ));
         }
@@ -174,7 +175,7 @@ pub fn prepare(
     options: Options,
 ) -> Result<Update> {
     let spec_path = root.join(SPEC_FILE);
-    let lock_path = root.join(lock::LOCK_FILE);
+    let lock_path = root.join(LOCK_FILE);
     let not_a_workspace = |missing: &Path| Error::NotAWorkspace {
         dir: root.to_path_buf(),
         missing: missing
@@ -199,11 +200,7 @@ pub fn prepare(
     let renamed_from: Option<&str> = lock
         .files
         .keys()
-        .filter_map(|p| {
-            p.strip_prefix("proto/")?
-                .split_once('/')
-                .map(|(system, _)| system)
-        })
+        .filter_map(|p| layout::system_of_proto(p))
         .find(|system| *system != spec.system.snake);
     if let Some(old) = renamed_from {
         return Err(Error::SystemRenamed {
@@ -214,7 +211,7 @@ pub fn prepare(
 
     let base = base::load(root, &lock);
     let existing = existing_services(root, &lock, &base);
-    let dirs: BTreeSet<&str> = spec.contexts.iter().map(migrations::service_dir).collect();
+    let dirs: BTreeSet<&str> = spec.contexts.iter().map(layout::service_dir).collect();
     let removed: Vec<String> = existing
         .keys()
         .filter(|d| !dirs.contains(d.as_str()))
@@ -227,7 +224,7 @@ pub fn prepare(
     let previous_protos: BTreeMap<String, String> = spec
         .contexts
         .iter()
-        .map(|c| tags::proto_path(&spec, c))
+        .map(|c| layout::proto(&spec, c))
         .filter_map(|path| {
             let text = base.or_disk(root, &path)?;
             Some((path, String::from_utf8_lossy(&text).into_owned()))
@@ -260,7 +257,7 @@ pub fn prepare(
     let mut changes = Vec::new();
     let paths: BTreeSet<&String> = plan.files.keys().chain(lock.files.keys()).collect();
     for path in paths {
-        if path == lock::LOCK_FILE || path == SPEC_FILE {
+        if path == LOCK_FILE || path == SPEC_FILE {
             continue;
         }
         if let Some(change) = decide(root, path, &plan, &lock, &base, &labels)? {
@@ -268,7 +265,7 @@ pub fn prepare(
         }
     }
 
-    let stale_lock = lock_text.as_bytes() != plan.files[lock::LOCK_FILE].contents.as_slice();
+    let stale_lock = lock_text.as_bytes() != plan.files[LOCK_FILE].contents.as_slice();
     let stale_base = base::entries(&plan)
         .any(|(path, contents)| fs::read(root.join(path)).ok().as_deref() != Some(contents))
         || stray_base_files(root, &plan);
@@ -354,7 +351,7 @@ fn decide(
 
 /// Files in the base folder that the new render does not have.
 fn stray_base_files(root: &Path, plan: &Plan) -> bool {
-    let dir = root.join(base::BASE_DIR);
+    let dir = root.join(BASE_DIR);
     let expected: BTreeSet<String> = plan.pristine().map(|(p, _)| p.clone()).collect();
     let mut stack = vec![dir.clone()];
     let mut count = 0;
@@ -383,7 +380,7 @@ fn stray_base_files(root: &Path, plan: &Plan) -> bool {
 fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, ExistingService> {
     let mut services: BTreeMap<String, ExistingService> = BTreeMap::new();
     for (path, locked) in &lock.files {
-        let Some(dir) = migrations::service_of(path) else {
+        let Some(dir) = layout::service_of_migration(path) else {
             continue;
         };
         if locked.owner != Owner::Generator {
@@ -404,10 +401,14 @@ fn existing_services(root: &Path, lock: &Lock, base: &Base) -> BTreeMap<String, 
     }
     for (dir, service) in &mut services {
         // Migrations the user wrote count for numbering: the next one must not reuse theirs.
-        let folder = root.join("services").join(dir.as_str()).join("migrations");
-        for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
+        let folder = layout::migrations_dir(dir);
+        for entry in fs::read_dir(root.join(&folder))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let path = format!("services/{dir}/migrations/{name}");
+            let path = format!("{folder}{name}");
             if name.ends_with(".sql") && !service.migrations.iter().any(|m| m.path == path) {
                 service.migrations.push(Existing {
                     path,
@@ -487,8 +488,8 @@ pub fn apply(update: &Update) -> Result<()> {
     }
     base::store(root, &update.plan)?;
     crate::write::write_file(
-        &root.join(lock::LOCK_FILE),
-        &update.plan.files[lock::LOCK_FILE].contents,
+        &root.join(LOCK_FILE),
+        &update.plan.files[LOCK_FILE].contents,
     )
 }
 

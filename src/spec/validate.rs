@@ -247,7 +247,7 @@ fn first_pass<'r>(
             None => Some(Names::new(&inflect::singular(&name.snake))),
         };
         let Some(aggregate) = aggregate else { continue };
-        let table = inflect::plural(&aggregate.snake);
+        let table = crate::layout::table(&aggregate.snake);
         if RESERVED_TABLES.contains(&table.as_str()) {
             let span = ctx.aggregate.as_ref().map_or(key.span(), |a| a.span());
             c.error(
