@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 use crate::inflect::with_article;
 use crate::spec::Spec;
 use crate::spec::model::{Command, Context, Field, FieldType};
+use crate::spec::routes::{Operation, Route};
 
 pub const JSON_PATH: &str = "gateway/openapi.json";
 
@@ -24,47 +25,35 @@ pub fn document(spec: &Spec) -> Value {
         schemas.insert(names.new.clone(), new_schema(context));
         schemas.insert(names.page.clone(), page_schema(&names));
         schemas.insert(names.patch.clone(), patch_schema(context));
-        let base = format!("/v1/{}", context.name.kebab);
-        let crud = context.crud;
-        // `read` is always offered (validation requires it).
-        let mut collection = Map::new();
-        if crud.create {
-            collection.insert("post".into(), create_operation(context, &names));
-        }
-        collection.insert("get".into(), list_operation(context, &names));
-        paths.insert(base.clone(), Value::Object(collection));
-        let mut item = Map::new();
-        item.insert("get".into(), get_operation(context, &names));
-        if crud.update {
-            item.insert("patch".into(), update_operation(context, &names));
-        }
-        if crud.delete {
-            item.insert("delete".into(), delete_operation(context));
-        }
-        paths.insert(format!("{base}/{{id}}"), Value::Object(item));
-        for command in &context.commands {
-            let body = (!command.inputs.is_empty()).then(|| {
-                let name = format!("{}{}", command.name.pascal, names.resource);
-                schemas.insert(name.clone(), inputs_object(&command.inputs, true));
-                name
-            });
-            paths.insert(
-                format!("{base}/{{id}}/{}", command.name.raw),
-                json!({ "post": command_operation(context, &names, command, body.as_deref()) }),
-            );
+        // Paths and methods in the order of the route list: the one the gateway registers.
+        for route in &context.routes {
+            let operation = match route.operation {
+                Operation::Create => create_operation(context, &names, route),
+                Operation::List => list_operation(context, &names, route),
+                Operation::Get => get_operation(context, &names, route),
+                Operation::Update => update_operation(context, &names, route),
+                Operation::Delete => delete_operation(context, route),
+                Operation::Command(index) => {
+                    let command = &context.commands[index];
+                    let body = (!command.inputs.is_empty()).then(|| {
+                        let name = format!("{}{}", command.name.pascal, names.resource);
+                        schemas.insert(name.clone(), inputs_object(&command.inputs, true));
+                        name
+                    });
+                    command_operation(context, &names, command, body.as_deref(), route)
+                }
+                Operation::Sagas => sagas_operation(context, route),
+                Operation::RetrySaga => retry_saga_operation(context, route),
+            };
+            let methods = paths
+                .entry(route.path.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            methods[route.method] = operation;
         }
         if !context.sagas.is_empty() {
-            schemas.insert("SagaList".into(), saga_schemas()["SagaList"].clone());
-            schemas.insert("Saga".into(), saga_schemas()["Saga"].clone());
-            schemas.insert("SagaStep".into(), saga_schemas()["SagaStep"].clone());
-            paths.insert(
-                format!("{base}/{{id}}/sagas"),
-                json!({ "get": sagas_operation(context) }),
-            );
-            paths.insert(
-                format!("{base}/{{id}}/sagas/{{saga}}/retry"),
-                json!({ "post": retry_saga_operation(context) }),
-            );
+            for schema in ["SagaList", "Saga", "SagaStep"] {
+                schemas.insert(schema.into(), saga_schemas()[schema].clone());
+            }
         }
         tags.push(json!({
             "name": context.name.kebab,
@@ -305,15 +294,15 @@ fn json_content(schema: Value) -> Value {
     json!({ "application/json": { "schema": schema } })
 }
 
-fn create_operation(context: &Context, names: &SchemaNames) -> Value {
+fn create_operation(context: &Context, names: &SchemaNames, route: &Route) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     json!({
-        "operationId": format!("create{aggregate}"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("Create {}", with_article(aggregate)),
         "description": format!(
-            "Needs scope `{}:write`. With an Idempotency-Key, a retry returns the first response and creates nothing more.",
-            context.name.kebab
+            "Needs scope `{}`. With an Idempotency-Key, a retry returns the first response and creates nothing more.",
+            route.scope
         ),
         "parameters": [{
             "name": "Idempotency-Key",
@@ -346,13 +335,13 @@ fn with_references(context: &Context, errors: &[&'static str]) -> Vec<&'static s
     errors
 }
 
-fn list_operation(context: &Context, names: &SchemaNames) -> Value {
+fn list_operation(context: &Context, names: &SchemaNames, route: &Route) -> Value {
     let plural = &context.aggregate.plural.pascal;
     json!({
-        "operationId": format!("list{plural}"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("List {plural} in creation order"),
-        "description": format!("Needs scope `{}:read`.", context.name.kebab),
+        "description": format!("Needs scope `{}`.", route.scope),
         "parameters": [
             {
                 "name": "limit", "in": "query", "required": false,
@@ -371,7 +360,7 @@ fn list_operation(context: &Context, names: &SchemaNames) -> Value {
     })
 }
 
-fn get_operation(context: &Context, names: &SchemaNames) -> Value {
+fn get_operation(context: &Context, names: &SchemaNames, route: &Route) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     let mut all = responses(
         (
@@ -389,12 +378,12 @@ fn get_operation(context: &Context, names: &SchemaNames) -> Value {
     );
     all["304"] = json!({ "description": "Not modified: the client's ETag is current.", "headers": etag_header() });
     json!({
-        "operationId": format!("get{aggregate}"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("Get one {aggregate}"),
         "description": format!(
-            "Needs scope `{}:read`. Served from the cache when it can be; X-Cache says whether it was. `Cache-Control: no-cache` asks for a read from the service that skips the cache.",
-            context.name.kebab
+            "Needs scope `{}`. Served from the cache when it can be; X-Cache says whether it was. `Cache-Control: no-cache` asks for a read from the service that skips the cache.",
+            route.scope
         ),
         "parameters": [
             id_parameter(),
@@ -449,16 +438,16 @@ fn saga_schemas() -> Value {
     })
 }
 
-fn sagas_operation(context: &Context) -> Value {
+fn sagas_operation(context: &Context, route: &Route) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     let names: Vec<&str> = context.sagas.iter().map(|s| s.name.raw.as_str()).collect();
     json!({
-        "operationId": format!("list{aggregate}Sagas"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("The sagas of one {aggregate}"),
         "description": format!(
-            "Needs scope `{}:read`. Each saga whose subject is this {aggregate} ({}), oldest first, with the status of each step. Never cached.",
-            context.name.kebab,
+            "Needs scope `{}`. Each saga whose subject is this {aggregate} ({}), oldest first, with the status of each step. Never cached.",
+            route.scope,
             names.join(", ")
         ),
         "parameters": [id_parameter()],
@@ -469,14 +458,14 @@ fn sagas_operation(context: &Context) -> Value {
     })
 }
 
-fn retry_saga_operation(context: &Context) -> Value {
+fn retry_saga_operation(context: &Context, route: &Route) -> Value {
     json!({
-        "operationId": format!("retry{}Saga", context.aggregate.name.pascal),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": "Retry a saga whose compensation kept failing",
         "description": format!(
-            "Needs scope `{}:admin`. For an operator, once the cause is fixed: a saga in compensation_failed compensates again from where it stopped; a parked saga (its steps changed while it ran) is compensated. Answers the saga as it is then, also when the retry is sent again (nothing more is done). 404 for a saga this resource does not have; 409 for one running or completed.",
-            context.name.kebab
+            "Needs scope `{}`. For an operator, once the cause is fixed: a saga in compensation_failed compensates again from where it stopped; a parked saga (its steps changed while it ran) is compensated. Answers the saga as it is then, also when the retry is sent again (nothing more is done). 404 for a saga this resource does not have; 409 for one running or completed.",
+            route.scope
         ),
         "parameters": [
             id_parameter(),
@@ -539,17 +528,17 @@ fn changed_response(aggregate: &str, names: &SchemaNames) -> Value {
     })
 }
 
-fn update_operation(context: &Context, names: &SchemaNames) -> Value {
+fn update_operation(context: &Context, names: &SchemaNames, route: &Route) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     let mut errors = change_errors(context, true);
     errors.extend(["413", "415"]);
     json!({
-        "operationId": format!("update{aggregate}"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("Change fields of {}", with_article(aggregate)),
         "description": format!(
-            "Needs scope `{}:write`. A JSON merge patch (RFC 7396) of the fields to change; fields that link to other contexts never change, and no field can be removed.",
-            context.name.kebab
+            "Needs scope `{}`. A JSON merge patch (RFC 7396) of the fields to change; fields that link to other contexts never change, and no field can be removed.",
+            route.scope
         ),
         "parameters": change_parameters(context),
         "requestBody": { "required": true, "content": {
@@ -560,15 +549,15 @@ fn update_operation(context: &Context, names: &SchemaNames) -> Value {
     })
 }
 
-fn delete_operation(context: &Context) -> Value {
+fn delete_operation(context: &Context, route: &Route) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     json!({
-        "operationId": format!("delete{aggregate}"),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("Delete {}", with_article(aggregate)),
         "description": format!(
-            "Needs scope `{}:write`. Idempotent: deleting one that is already gone answers 204 too.",
-            context.name.kebab
+            "Needs scope `{}`. Idempotent: deleting one that is already gone answers 204 too.",
+            route.scope
         ),
         "parameters": change_parameters(context),
         "responses": responses(
@@ -583,6 +572,7 @@ fn command_operation(
     names: &SchemaNames,
     command: &Command,
     body: Option<&str>,
+    route: &Route,
 ) -> Value {
     let aggregate = &context.aggregate.name.pascal;
     let from = if command.from.is_empty() {
@@ -592,12 +582,12 @@ fn command_operation(
         format!("from {}", states.join(", "))
     };
     let mut operation = json!({
-        "operationId": format!("{}{aggregate}", command.name.snake.replace('_', "")),
+        "operationId": route.operation_id,
         "tags": [context.name.kebab],
         "summary": format!("{} {}", command.name.title, with_article(aggregate)),
         "description": format!(
-            "Needs scope `{}:write`. Allowed {from} (409 otherwise){}. Emits {}.",
-            context.name.kebab,
+            "Needs scope `{}`. Allowed {from} (409 otherwise){}. Emits {}.",
+            route.scope,
             command.to.as_ref().map(|to| format!("; the {aggregate} is then {}", to.raw)).unwrap_or_default(),
             command.event.pascal
         ),

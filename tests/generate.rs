@@ -435,7 +435,7 @@ fn the_openapi_document_describes_every_context_route_and_field() {
     // The route module of each context exists and names the same paths.
     let routes = String::from_utf8_lossy(&plan.files["gateway/src/api/order_items.rs"].contents);
     assert!(routes.contains("pub const PATH: &str = \"/v1/order-items\";"));
-    assert!(routes.contains("pub const ITEM_PATH: &str = \"/v1/order-items/{id}\";"));
+    assert!(routes.contains("\"/v1/order-items/{id}\",\n"));
     // The YAML copy carries the same paths and a generated-file header.
     let yaml = String::from_utf8_lossy(&plan.files["docs/openapi.yaml"].contents);
     assert!(yaml.starts_with("# @generated"));
@@ -641,4 +641,132 @@ fn a_file_ships_where_its_manifest_condition_holds_and_a_blank_render_is_an_erro
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("[[only]] names `each/{{ context.name.kebab }}/subscribe.txt.liquid`, which is no template"), "{stderr}");
+}
+
+/// The routes a generated gateway module registers: (method, path, handler).
+fn registered_routes(source: &str) -> Vec<(String, String, String)> {
+    let mut routes = Vec::new();
+    for segment in source.split(".route(").skip(1) {
+        // The last route ends where `routes()` does.
+        let segment = segment.split("\n}").next().unwrap();
+        let path = segment
+            .split('"')
+            .nth(1)
+            .expect("a path literal")
+            .to_string();
+        let methods = segment
+            .split_once("axum::routing::")
+            .expect("a method router")
+            .1;
+        // `get(fetch).patch(update)`: each `<method>(<handler>)`.
+        for call in methods.split(')') {
+            let Some((before, handler)) = call.rsplit_once('(') else {
+                continue;
+            };
+            let method = before.trim_start_matches('.');
+            if ["get", "post", "patch", "delete", "put"].contains(&method) {
+                routes.push((method.to_string(), path.clone(), handler.to_string()));
+            }
+        }
+    }
+    routes
+}
+
+/// The scope a handler checks: the value of the constant it passes to `principal.require`.
+fn scope_checked_by(source: &str, handler: &str) -> String {
+    let body = source
+        .split(&format!("async fn {handler}("))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no handler `{handler}`"));
+    let constant = body
+        .split("principal.require(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("`{handler}` checks no scope"));
+    let value = source
+        .split(&format!("pub const {constant}: &str = \""))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no constant {constant}"));
+    value.split('"').next().unwrap().to_string()
+}
+
+#[test]
+fn a_new_command_has_one_route_whose_router_scope_and_document_agree() {
+    let text = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/checkout.toml"))
+        .unwrap()
+        .replace(
+            "[contexts.payments]\n",
+            "[contexts.orders.commands.hold]\nfrom = [\"pending\"]\nemits = \"OrderHeld\"\nfields = { note = \"string\" }\n\n[contexts.payments]\n",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("shop.toml"), &text).unwrap();
+    generate(
+        dir.path(),
+        &[
+            "new",
+            "shop",
+            "--spec",
+            "shop.toml",
+            "--out",
+            "shop",
+            "--no-git",
+        ],
+    );
+    let spec = spec::parse(&text, "shop.toml", &Overrides::default()).unwrap();
+    let document = archscaffold::openapi::document(&spec);
+    let yaml = fs::read_to_string(dir.path().join("shop/docs/openapi.yaml")).unwrap();
+    // Below its ownership header, the file written is the model's document.
+    let written = yaml
+        .split_once('\n')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    assert!(
+        written == archscaffold::openapi::to_yaml(&document),
+        "docs/openapi.yaml is not the model's document"
+    );
+
+    let mut documented = Vec::new();
+    for (path, methods) in document["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") {
+            continue;
+        }
+        for (method, operation) in methods.as_object().unwrap() {
+            let description = operation["description"].as_str().unwrap();
+            let scope = description
+                .strip_prefix("Needs scope `")
+                .and_then(|rest| rest.split('`').next())
+                .unwrap_or_else(|| panic!("{method} {path} names no scope: {description}"));
+            documented.push((method.clone(), path.clone(), scope.to_string()));
+        }
+    }
+    let mut served = Vec::new();
+    for context in ["orders", "payments", "inventory", "shipping"] {
+        let source = fs::read_to_string(
+            dir.path()
+                .join(format!("shop/gateway/src/api/{context}.rs")),
+        )
+        .unwrap();
+        for (method, path, handler) in registered_routes(&source) {
+            served.push((method, path, scope_checked_by(&source, &handler)));
+        }
+    }
+    documented.sort();
+    served.sort();
+    assert_eq!(
+        served, documented,
+        "the gateway serves what the document describes, with the same scopes"
+    );
+    assert!(
+        served.contains(&(
+            "post".into(),
+            "/v1/orders/{id}/hold".into(),
+            "orders:write".into()
+        )),
+        "{served:?}"
+    );
+    assert!(served.contains(&(
+        "post".into(),
+        "/v1/orders/{id}/sagas/{saga}/retry".into(),
+        "orders:admin".into()
+    )));
 }

@@ -11,6 +11,7 @@ pub mod model;
 pub mod names;
 pub mod naming;
 mod raw;
+pub mod routes;
 mod validate;
 
 use std::path::Path;

@@ -106,6 +106,15 @@ pub struct Context {
     pub sagas: Vec<Saga>,
     /// Whether it runs a consumer: it subscribes to events, or its own events start sagas.
     pub consumes: bool,
+    /// Its routes at the gateway ([`super::routes::of`]), the one list the router, the
+    /// handlers' scope checks and the OpenAPI document read.
+    pub routes: Vec<super::routes::Route>,
+    /// The same, grouped by path for the router.
+    pub route_paths: Vec<super::routes::RoutePath>,
+    /// Each handler's scope constant (`READ`, `WRITE`, `ADMIN`).
+    pub access: std::collections::BTreeMap<String, &'static str>,
+    /// The value of each of those constants, by access (`read`, `write`, `admin`).
+    pub scopes: std::collections::BTreeMap<&'static str, String>,
 }
 
 /// A saga: steps in other contexts that its owner runs one after another for one of its
