@@ -45,6 +45,40 @@ pub async fn migrations_connection(pool: &PgPool) -> Result<PgConnection, sqlx::
     Ok(conn)
 }
 
+/// What [`delete_in_batches`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deleted {
+    pub rows: u64,
+    /// It stopped at its statement limit after a full batch: rows may be left.
+    pub more: bool,
+}
+
+/// Runs `statement`, a DELETE of at most `$2` rows older than `$1` seconds, until one
+/// deletes fewer than `batch` rows or `max_statements` have run, so that each statement
+/// holds few locks and stays short however large the table has grown.
+pub async fn delete_in_batches(
+    pool: &PgPool,
+    statement: &'static str,
+    older_than: Duration,
+    batch: i64,
+    max_statements: u64,
+) -> Result<Deleted, sqlx::Error> {
+    let mut rows = 0;
+    for _ in 0..max_statements {
+        let deleted = sqlx::query(statement)
+            .bind(older_than.as_secs_f64())
+            .bind(batch)
+            .execute(pool)
+            .await?
+            .rows_affected();
+        rows += deleted;
+        if deleted < batch as u64 {
+            return Ok(Deleted { rows, more: false });
+        }
+    }
+    Ok(Deleted { rows, more: max_statements > 0 })
+}
+
 pub async fn connect(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
     let options = options(config)?;
     let attempts = config.connect_attempts.max(1);

@@ -134,27 +134,16 @@ impl Default for Retention {
     }
 }
 
+/// One batch of expired keys: `$1` the retention in seconds, `$2` the batch.
+const EXPIRED_KEYS: &str = "DELETE FROM idempotency_keys WHERE ctid IN (\
+     SELECT ctid FROM idempotency_keys \
+     WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)";
+
 /// Deletes keys older than `retention.keep`, `retention.batch` rows per statement, at most
 /// 1000 statements per call; returns how many went.
 pub async fn purge(pool: &PgPool, retention: Retention) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    for _ in 0..1000 {
-        let batch = sqlx::query(
-            "DELETE FROM idempotency_keys WHERE ctid IN (\
-             SELECT ctid FROM idempotency_keys \
-             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
-        )
-        .bind(retention.keep.as_secs_f64())
-        .bind(retention.batch)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        deleted += batch;
-        if batch < retention.batch as u64 {
-            break;
-        }
-    }
-    Ok(deleted)
+    let deleted = crate::db::delete_in_batches(pool, EXPIRED_KEYS, retention.keep, retention.batch, 1000).await?;
+    Ok(deleted.rows)
 }
 
 /// Purges expired keys every `retention.every` until `stop` turns true.

@@ -30,6 +30,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, watch};
 
 use crate::backoff;
+use crate::db::{Deleted, delete_in_batches};
 use crate::bus::{AGGREGATE_ID, BusError, EVENT_ID, EVENT_TYPE, OutgoingMessage, Publisher};
 
 /// Refusals after which a row is parked (see the module doc).
@@ -132,27 +133,17 @@ pub const PURGE_INBOX: &str = "DELETE FROM inbox WHERE ctid = ANY(ARRAY( \
 /// Deletes published outbox rows and inbox rows older than `purge.retention`, oldest first
 /// and `purge.batch` rows per statement; returns how many went.
 pub async fn purge(pool: &PgPool, purge: Purge) -> Result<u64, sqlx::Error> {
-    let mut deleted = 0;
-    for statement in [PURGE_OUTBOX, PURGE_INBOX] {
-        for _ in 0..PURGE_STATEMENTS {
-            let batch = sqlx::query(statement)
-                .bind(purge.retention.as_secs_f64())
-                .bind(purge.batch)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            deleted += batch;
-            if batch < purge.batch as u64 {
-                break;
-            }
-        }
-    }
-    Ok(deleted)
+    Ok(purge_tables(pool, purge).await?.rows)
 }
 
-/// Whether a purge that deleted `deleted` rows stopped at its statement limit.
-fn purge_has_more(purge: Purge, deleted: u64) -> bool {
-    deleted >= PURGE_STATEMENTS * purge.batch.max(1) as u64
+/// [`purge`], saying whether a table stopped at `PURGE_STATEMENTS` with rows perhaps left.
+async fn purge_tables(pool: &PgPool, purge: Purge) -> Result<Deleted, sqlx::Error> {
+    let mut all = Deleted { rows: 0, more: false };
+    for statement in [PURGE_OUTBOX, PURGE_INBOX] {
+        let table = delete_in_batches(pool, statement, purge.retention, purge.batch, PURGE_STATEMENTS).await?;
+        all = Deleted { rows: all.rows + table.rows, more: all.more || table.more };
+    }
+    Ok(all)
 }
 
 /// What one batch did.
@@ -330,11 +321,11 @@ pub async fn run<P: Publisher>(
     let mut next_purge = tokio::time::Instant::now();
     while !*stop.borrow() {
         if tokio::time::Instant::now() >= next_purge {
-            let more = match purge(&pool, config.purge).await {
-                Ok(0) => false,
-                Ok(n) => {
-                    tracing::info!(deleted = n, "purged old outbox and inbox rows");
-                    purge_has_more(config.purge, n)
+            let more = match purge_tables(&pool, config.purge).await {
+                Ok(Deleted { rows: 0, .. }) => false,
+                Ok(deleted) => {
+                    tracing::info!(deleted = deleted.rows, "purged old outbox and inbox rows");
+                    deleted.more
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "purge failed");
