@@ -13,11 +13,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::layout::{BASE_DIR, LOCK_FILE};
 use crate::lock::{Lock, sha256_hex};
 use crate::plan::Plan;
 
-/// Where the last generated files are kept, relative to the workspace root.
-use crate::layout::{BASE_DIR, LOCK_FILE};
 /// Keeps the base out of diffs and code review: it changes only with generated files.
 const ATTRIBUTES_PATH: &str = ".archscaffold/.gitattributes";
 const ATTRIBUTES: &str = "# The files as archscaffold last generated them: the base of `archscaffold update`'s\n# three-way merges. Written only by archscaffold; diffs are left out of reviews.\n** -diff linguist-generated=true\n";

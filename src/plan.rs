@@ -8,15 +8,13 @@ use indexmap::IndexMap;
 use crate::blueprint::{Blueprint, Each, TEMPLATE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::{self, Formatted};
+use crate::layout::{LOCK_FILE, OPENAPI, SPEC_FILE};
 use crate::lock::{self, Columns};
 use crate::migrations;
 use crate::openapi;
-use crate::ownership::{self, Owner};
+use crate::ownership::{self, Owner, PlannedFile};
 use crate::render::{Globals, Renderer, View, render_parsed};
 use crate::spec::{self, Spec};
-
-use crate::layout::{LOCK_FILE, OPENAPI, SPEC_FILE};
-pub use crate::ownership::PlannedFile;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
