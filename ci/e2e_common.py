@@ -5,6 +5,7 @@ SQS endpoint (moto) with its queues."""
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.request
@@ -15,6 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 # Where orders' replicas serve /metrics: up.sh starts the second on the first's ports plus
 # 1000 (the harness's shop runs orders with replicas = 2).
 ORDERS_REPLICA_METRICS = (9465, 10465)
+
+
+def free_port():
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_until(predicate, seconds, what):

@@ -36,7 +36,6 @@ import argparse
 import concurrent.futures
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,8 @@ import urllib.error
 import urllib.request
 import uuid
 
-from e2e_common import (ORDERS_REPLICA_METRICS, environment_of, gone, pid_of, scrape, stop_process, total,
-                        up_again, wait_until)
+from e2e_common import (ORDERS_REPLICA_METRICS, environment_of, free_port, gone, pid_of, scrape, stop_process,
+                        total, up_again, wait_until)
 from e2e_gateway import Gateway, call, expect
 
 ORDERS_METRICS, SECOND_ORDERS_METRICS = ORDERS_REPLICA_METRICS
@@ -202,12 +201,6 @@ def check_panic(args, token):
     check_gateway_without_its_consumer(args)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def readyz_status(port):
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
@@ -224,8 +217,8 @@ def check_gateway_without_its_consumer(args):
     env = {**environment_of(args.workspace, "gateway"), "GATEWAY__HTTP__ADDR": f"127.0.0.1:{port}",
            "GATEWAY__METRICS__ADDR": f"127.0.0.1:{free_port()}", "GATEWAY__KAFKA__FETCH_WAIT_MS": "400000",
            "GATEWAY__SHUTDOWN__DELAY_MS": "1500"}
-    log = open(os.path.join(args.workspace, ".run", "gateway-no-consumer.log"), "ab")
-    gateway = subprocess.Popen([args.gateway], env=env, stdout=log, stderr=log)
+    with open(os.path.join(args.workspace, ".run", "gateway-no-consumer.log"), "ab") as log:
+        gateway = subprocess.Popen([args.gateway], env=env, stdout=log, stderr=log)
     try:
         seen = set()
         started = time.monotonic()

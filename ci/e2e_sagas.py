@@ -33,13 +33,12 @@ refuses to void a payment of 13 cents while PAYMENTS_E2E_VOID_BROKEN is set.
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 
-from e2e_common import (dev_token, environment_of, gone, http_ok, pid_of, scrape, stop_process, total, up_again,
+from e2e_common import (dev_token, environment_of, free_port, gone, http_ok, pid_of, scrape, stop_process, total, up_again,
                         wait_until)
 from e2e_gateway import call, expect
 from e2e_traces import spans
@@ -251,12 +250,6 @@ def check_deadline(c):
     expect(c.order(order)["state"] == "cancelled", "the order is cancelled")
     print("check 8 passed: orders died between the reservation and its record and came back after the saga's "
           "deadline: the reservation was settled and released, the payment voided, the order cancelled")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def reserve_calls(metrics_ports):
