@@ -16,6 +16,8 @@
 #   must then build, lint clean and pass its tests, its reference checks included;
 # - the upgrade from 0.5.0 (tests/fixtures/shop-0.5.0: the checkout contexts without a
 #   saga), then the saga added to its spec: it must build, lint clean and pass its tests;
+# - the upgrade from 0.7.0 (the newest fixture: the checkout example with the platform as
+#   generated code) to the vendored platform: built, linted and tested;
 # and 3- and 20-context systems must build. Every workspace shares one CARGO_TARGET_DIR,
 # so dependencies compile once. Needs DATABASE_URL (ci/test sets it).
 set -euo pipefail
@@ -193,6 +195,20 @@ commit_all "$saga" "archscaffold update for the saga"
 (cd "$saga" && "$bin" check)
 # Its orders tests run the saga against payments, inventory and shipping in-process.
 check_workspace "$saga"
+
+step "upgrade: the 0.7.0 fixture (the checkout example, its platform generated code) taken to the vendored platform"
+newest="$gen/upgrade-0.7.0"
+from_fixture 0.7.0 "$newest"
+user_edit "$newest/services/inventory/src/domain/rules.rs" "$rule"
+commit_all "$newest" "our rules"
+(cd "$newest" && "$bin" update)
+expect_line "$newest/services/inventory/src/domain/rules.rs" "$rule"
+# The platform is the crate as this archscaffold ships it, whole, and no longer merged.
+diff -r "$root/blueprints/platform" "$newest/crates/platform"
+[ ! -e "$newest/.archscaffold/base/crates/platform" ] || { echo "FAIL: the vendored platform has a merge base" >&2; exit 1; }
+commit_all "$newest" "archscaffold update"
+(cd "$newest" && "$bin" check)
+check_workspace "$newest"
 
 for n in 3 20; do
     names=$(seq -f "ctx%g" 1 "$n" | paste -sd, -)

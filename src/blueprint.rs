@@ -5,12 +5,14 @@
 //! and which once per bounded context, which files ship only for some specs, and which
 //! output files belong to the user.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use include_dir::{Dir, include_dir};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::platform::Chassis;
 
 static EMBEDDED: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/blueprints");
 
@@ -27,6 +29,15 @@ pub struct Manifest {
     pub conditions: Vec<Condition>,
     #[serde(default)]
     pub owners: Owners,
+    /// The folder of the chassis crate, vendored whole rather than rendered.
+    #[serde(default)]
+    pub platform: Option<PlatformFolder>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformFolder {
+    pub folder: String,
 }
 
 /// A template that ships only for some specs.
@@ -88,6 +99,8 @@ pub struct Template {
 pub struct Blueprint {
     pub manifest: Manifest,
     pub templates: Vec<Template>,
+    /// The chassis every workspace vendors, if the blueprint ships one.
+    pub platform: Option<Chassis>,
 }
 
 impl Blueprint {
@@ -121,11 +134,15 @@ impl Blueprint {
         let manifest: Manifest = toml::from_str(&manifest_text)
             .map_err(|e| Error::Blueprint(format!("{origin}/manifest.toml: {e}")))?;
         let mut templates = Vec::new();
+        let platform_folder = manifest.platform.as_ref().map(|p| p.folder.as_str());
+        let mut platform_files = BTreeMap::new();
         for (path, contents) in files {
             let Some((set, rest)) = path.split_once('/') else {
                 continue; // files at the root (the manifest, a README) are not output
             };
-            if manifest.sets.iter().any(|s| s.folder == set) {
+            if Some(set) == platform_folder {
+                platform_files.insert(rest.to_string(), contents);
+            } else if manifest.sets.iter().any(|s| s.folder == set) {
                 templates.push(Template {
                     set: set.to_string(),
                     path: rest.to_string(),
@@ -161,9 +178,14 @@ impl Blueprint {
                 )));
             }
         }
+        let platform = match platform_folder {
+            None => None,
+            Some(folder) => Some(Chassis::new(platform_files, &format!("{origin}/{folder}"))?),
+        };
         Ok(Blueprint {
             manifest,
             templates,
+            platform,
         })
     }
 }
@@ -181,6 +203,13 @@ fn collect_disk(root: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) -> Re
     let entries = std::fs::read_dir(dir).map_err(Error::io(dir))?;
     for entry in entries {
         let path: PathBuf = entry.map_err(Error::io(dir))?.path();
+        // What cargo leaves beside a crate built on its own is not part of a blueprint.
+        if path
+            .file_name()
+            .is_some_and(|n| n == "target" || n == "Cargo.lock")
+        {
+            continue;
+        }
         if path.is_dir() {
             collect_disk(root, &path, out)?;
         } else {

@@ -129,6 +129,10 @@ pub struct UpdateArgs {
     /// Accept removed or retyped fields: you wrote their migrations yourself
     #[arg(long)]
     pub fields_migrated_by_hand: bool,
+    /// Replace the vendored platform (crates/platform) even though you edited it: your
+    /// edits there are lost (carry them as a patch; see the workspace README)
+    #[arg(long)]
+    pub discard_platform_edits: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +196,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             match update.out_of_sync() {
                 Some(reason) => {
                     println!("out of sync: {reason}");
+                    if !update.platform_edits.is_empty() {
+                        println!("edited in the vendored platform:");
+                        for (path, edit) in &update.platform_edits {
+                            println!("  {path} ({})", edit.label());
+                        }
+                    }
                     Ok(ExitCode::from(1))
                 }
                 None => {
@@ -255,6 +265,7 @@ fn update(args: &UpdateArgs, spec_text: Option<String>) -> Result<ExitCode> {
     }
     let options = update::Options {
         fields_migrated_by_hand: args.fields_migrated_by_hand,
+        discard_platform_edits: args.discard_platform_edits,
     };
     let update = prepare(&args.workspace, spec_text, options)?;
     if !args.dry_run {
@@ -314,7 +325,28 @@ fn print_update(update: &update::Update, dry_run: bool) {
         .map(|c| c.path.len())
         .max()
         .unwrap_or(0);
-    for change in &update.changes {
+    // The vendored platform is one line: it is replaced whole, never merged.
+    if let update::PlatformStep::Replaced { from, to } = &update.platform {
+        let files = update
+            .changes
+            .iter()
+            .filter(|c| crate::layout::in_vendored_platform(&c.path).is_some())
+            .count();
+        let from = from
+            .as_deref()
+            .map_or(String::new(), |v| format!("{v} -> "));
+        let _ = writeln!(
+            out,
+            "  {:<8}  {:<width$}  platform {from}{to}, {files} file(s) replaced whole",
+            "replace",
+            crate::layout::VENDORED_PLATFORM
+        );
+    }
+    for change in update
+        .changes
+        .iter()
+        .filter(|c| crate::layout::in_vendored_platform(&c.path).is_none())
+    {
         let line = format!(
             "  {:<8}  {:<width$}  {}",
             change.action.label(),
@@ -328,6 +360,12 @@ fn print_update(update: &update::Update, dry_run: bool) {
     }
     for warning in &update.warnings {
         eprintln!("warning: {warning}");
+    }
+    if update.platform == update::PlatformStep::EditsKept {
+        eprintln!(
+            "warning: {} file(s) of the vendored platform are edited and were left as they are (`archscaffold check` names them)",
+            update.platform_edits.len()
+        );
     }
     let conflicts = update.conflicts().count();
     if conflicts > 0 {

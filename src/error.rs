@@ -92,6 +92,11 @@ pub enum Error {
     )]
     DirtyWorkTree { count: usize, first: String },
     #[error(
+        "error: the vendored platform has edits that platform {to} would overwrite:\n{}\n  = help: carry the change as a patch instead (the workspace README, \"The platform crate\": a `[patch]` of a fork, or an upstream fix), then run `archscaffold update --discard-platform-edits`; nothing was written",
+        files.iter().map(|f| format!("  {f}")).collect::<Vec<_>>().join("\n")
+    )]
+    PlatformEdited { to: String, files: Vec<String> },
+    #[error(
         "rustfmt was not found: without it every generated Rust file would differ from the formatted one in the workspace\n  = help: install it with `rustup component add rustfmt` (or point RUSTFMT at it), then run the command again"
     )]
     RustfmtMissing,
@@ -126,7 +131,9 @@ impl Error {
             | Error::DirtyWorkTree { .. }
             | Error::RustfmtMissing
             | Error::SystemRenamed { .. } => 2,
-            Error::LockUnreadable { .. }
+            // Like a conflict: the workspace holds edits archscaffold will not overwrite.
+            Error::PlatformEdited { .. }
+            | Error::LockUnreadable { .. }
             | Error::Blueprint(_)
             | Error::Io { .. }
             | Error::Git(_) => 1,

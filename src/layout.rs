@@ -11,8 +11,20 @@ pub const SPEC_FILE: &str = "archscaffold.toml";
 pub const LOCK_FILE: &str = "archscaffold.lock";
 /// The files as last generated: the base of `update`'s three-way merges.
 pub const BASE_DIR: &str = ".archscaffold/base";
+/// Where a workspace vendors the chassis crate (`blueprints/platform`, see `platform`).
+pub const VENDORED_PLATFORM: &str = "crates/platform";
 /// The OpenAPI document of the gateway's routes.
 pub const OPENAPI: &str = "docs/openapi.yaml";
+
+/// A vendored platform file's path in the workspace, from its path inside the crate.
+pub fn vendored_platform_file(path: &str) -> String {
+    format!("{VENDORED_PLATFORM}/{path}")
+}
+
+/// The path inside the vendored platform of a workspace path, if it is one of its files.
+pub fn in_vendored_platform(path: &str) -> Option<&str> {
+    path.strip_prefix(VENDORED_PLATFORM)?.strip_prefix('/')
+}
 
 /// A context's service directory under `services/`; it also keys its table in the lock.
 pub fn service_dir(context: &Context) -> &str {

@@ -22,6 +22,7 @@ pub mod migrations;
 pub mod openapi;
 pub mod ownership;
 pub mod plan;
+pub mod platform;
 pub mod render;
 pub mod saga_steps;
 pub mod spec;

@@ -2,7 +2,9 @@
 //! every generated file, and the columns each service's migrations have created. `update`
 //! reads it to tell a file the user edited from one still as generated, to know which
 //! files it generated before (a deleted user file is not brought back), and to turn a
-//! changed field list into a new migration rather than an edited one.
+//! changed field list into a new migration rather than an edited one. The vendored
+//! platform crate is recorded apart, by version and hashes (`[platform]`): it is replaced
+//! whole, never merged.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,10 +15,12 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::ownership::{Owner, PlannedFile};
+use crate::platform::Recorded;
 use crate::spec::model::FieldType;
 
-/// Bumped when the lock file's layout changes. 2 added `[tables]`.
-pub const LOCK_FORMAT: u32 = 2;
+/// Bumped when the lock file's layout changes. 2 added `[tables]`, 3 `[platform]` (whose
+/// files left `[files]`).
+pub const LOCK_FORMAT: u32 = 3;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::hex::lower(&Sha256::digest(bytes))
@@ -42,6 +46,9 @@ pub struct Lock {
     /// Per service directory (`services/<dir>`), what its migrations create. `None` in a
     /// format-1 lock, which did not record it.
     pub tables: Option<IndexMap<String, Columns>>,
+    /// The vendored platform. `None` before format 3, whose locks list its files in
+    /// `files` like any generated file.
+    pub platform: Option<Recorded>,
 }
 
 impl Lock {
@@ -63,6 +70,17 @@ struct RawLock {
     files: BTreeMap<String, LockedFile>,
     #[serde(default)]
     tables: Option<IndexMap<String, IndexMap<String, String>>>,
+    #[serde(default)]
+    platform: Option<RawPlatform>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlatform {
+    source: String,
+    version: String,
+    tree_sha256: String,
+    files: BTreeMap<String, String>,
 }
 
 pub fn parse(text: &str, path: &Path) -> Result<Lock> {
@@ -94,18 +112,42 @@ pub fn parse(text: &str, path: &Path) -> Result<Lock> {
             Some(out)
         }
     };
+    let platform = match raw.platform {
+        None => None,
+        Some(p) => {
+            if p.source != "vendored" {
+                return Err(broken(format!(
+                    "platform.source `{}`: this archscaffold knows only `vendored`",
+                    p.source
+                )));
+            }
+            let recorded = Recorded {
+                version: p.version,
+                tree_sha256: crate::platform::tree_hash(&p.files),
+                files: p.files,
+            };
+            if recorded.tree_sha256 != p.tree_sha256 {
+                return Err(broken(
+                    "platform.tree_sha256 is not the hash of platform.files".to_string(),
+                ));
+            }
+            Some(recorded)
+        }
+    };
     Ok(Lock {
         format: raw.format,
         generator: raw.generator,
         spec_sha256: raw.spec_sha256,
         files: raw.files,
         tables,
+        platform,
     })
 }
 
 pub fn render(
     spec_text: &str,
     files: &BTreeMap<String, PlannedFile>,
+    platform: Option<&Recorded>,
     tables: &IndexMap<String, Columns>,
 ) -> String {
     let mut out = String::new();
@@ -124,7 +166,7 @@ pub fn render(
         "spec_sha256 = \"{}\"\n\n[files]\n",
         sha256_hex(spec_text.as_bytes())
     ));
-    for (path, file) in files {
+    for (path, file) in files.iter().filter(|(_, f)| f.owner != Owner::Vendored) {
         out.push_str(&format!(
             "\"{path}\" = {{ owner = \"{}\", sha256 = \"{}\" }}\n",
             file.owner.as_str(),
@@ -143,6 +185,17 @@ pub fn render(
             out.push_str(&format!("{service} = {{}}\n"));
         } else {
             out.push_str(&format!("{service} = {{ {} }}\n", columns.join(", ")));
+        }
+    }
+    if let Some(platform) = platform {
+        out.push_str(&format!(
+            "\n# The vendored platform crate ({}): replaced whole by `archscaffold update`, never\n# merged; `archscaffold check` names any file that is not as recorded here.\n[platform]\nsource = \"vendored\"\nversion = \"{}\"\ntree_sha256 = \"{}\"\n\n[platform.files]\n",
+            crate::layout::VENDORED_PLATFORM,
+            platform.version,
+            platform.tree_sha256
+        ));
+        for (path, sha) in &platform.files {
+            out.push_str(&format!("\"{path}\" = \"{sha}\"\n"));
         }
     }
     out
@@ -168,8 +221,20 @@ mod tests {
         columns.insert("note".to_string(), FieldType::String);
         tables.insert("order-items".to_string(), columns.clone());
         tables.insert("billing".to_string(), Columns::new());
-        let text = render("spec", &files, &tables);
+        let mut platform_files = BTreeMap::new();
+        platform_files.insert(
+            "Cargo.toml".to_string(),
+            b"[package]\nversion = \"0.9.0\"\n".to_vec(),
+        );
+        platform_files.insert("src/lib.rs".to_string(), b"//! x\n".to_vec());
+        let platform = Recorded::of(&platform_files);
+        let text = render("spec", &files, Some(&platform), &tables);
         let lock = parse(&text, Path::new("archscaffold.lock")).unwrap();
+        assert_eq!(lock.platform.as_ref(), Some(&platform));
+        assert_eq!(platform.version, "0.9.0");
+        let tampered = text.replace(&platform.files["src/lib.rs"], &sha256_hex(b"y"));
+        let err = parse(&tampered, Path::new("archscaffold.lock")).unwrap_err();
+        assert!(err.to_string().contains("tree_sha256"), "{err}");
         assert_eq!(lock.format, LOCK_FORMAT);
         assert_eq!(lock.version(), crate::VERSION);
         assert_eq!(lock.files["a/b.rs"].owner, Owner::User);
@@ -188,6 +253,7 @@ mod tests {
         let text = "format = 1\ngenerator = \"archscaffold 0.1.0\"\nspec_sha256 = \"00\"\n\n[files]\n\"x\" = { owner = \"generator\", sha256 = \"11\" }\n";
         let lock = parse(text, Path::new("archscaffold.lock")).unwrap();
         assert!(lock.tables.is_none());
+        assert!(lock.platform.is_none());
         assert_eq!(lock.version(), "0.1.0");
     }
 }

@@ -8,11 +8,12 @@ use indexmap::IndexMap;
 use crate::blueprint::{Blueprint, Each, TEMPLATE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::{self, Formatted};
-use crate::layout::{LOCK_FILE, OPENAPI, SPEC_FILE};
+use crate::layout::{self, LOCK_FILE, OPENAPI, SPEC_FILE};
 use crate::lock::{self, Columns};
 use crate::migrations;
 use crate::openapi;
 use crate::ownership::{self, Owner, PlannedFile};
+use crate::platform::Recorded;
 use crate::render::{Globals, Renderer, View, render_parsed};
 use crate::spec::{self, Spec};
 
@@ -35,7 +36,7 @@ impl Plan {
     /// (`update` first keeps the migrations a workspace already has).
     pub fn render(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
         let renderer = Renderer::new()?;
-        let globals = Globals::new(spec)?;
+        let globals = Globals::new(spec, blueprint.platform.as_ref())?;
         let mut plan = Plan {
             files: BTreeMap::new(),
             formatted: Formatted::Yes,
@@ -87,6 +88,20 @@ impl Plan {
         }
         plan.insert_openapi(spec)?;
         plan.formatted = format::rust_files(&mut plan.files)?;
+        // After formatting: the crate is rustfmt-clean as it ships (the generator's own
+        // `cargo fmt` keeps it so), and copied code was most of what formatting cost.
+        if let Some(chassis) = &blueprint.platform {
+            for (path, contents) in &chassis.files {
+                plan.insert(
+                    "platform",
+                    layout::vendored_platform_file(path),
+                    PlannedFile {
+                        contents: contents.clone(),
+                        owner: Owner::Vendored,
+                    },
+                )?;
+            }
+        }
         plan.insert(
             "spec",
             SPEC_FILE.to_string(),
@@ -102,7 +117,12 @@ impl Plan {
     /// planned migrations create.
     pub fn seal(&mut self, tables: &IndexMap<String, Columns>) -> Result<()> {
         let spec_text = &self.files[SPEC_FILE].contents;
-        let lock_text = lock::render(&String::from_utf8_lossy(spec_text), &self.files, tables);
+        let lock_text = lock::render(
+            &String::from_utf8_lossy(spec_text),
+            &self.files,
+            self.platform().as_ref(),
+            tables,
+        );
         self.files.remove(LOCK_FILE);
         self.insert(
             "lock",
@@ -120,6 +140,22 @@ impl Plan {
         self.files
             .iter()
             .filter(|(path, file)| file.owner == Owner::Generator && *path != LOCK_FILE)
+    }
+
+    /// The vendored platform this plan writes, as the lock records it.
+    pub fn platform(&self) -> Option<Recorded> {
+        let files: BTreeMap<String, Vec<u8>> = self
+            .files
+            .iter()
+            .filter(|(_, file)| file.owner == Owner::Vendored)
+            .filter_map(|(path, file)| {
+                Some((
+                    layout::in_vendored_platform(path)?.to_string(),
+                    file.contents.clone(),
+                ))
+            })
+            .collect();
+        (!files.is_empty()).then(|| Recorded::of(&files))
     }
 
     /// The gateway's OpenAPI document: JSON for the gateway to serve, YAML for the docs.

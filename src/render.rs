@@ -1,6 +1,6 @@
 //! Liquid rendering: one parser with the case filters registered in one place, and the
-//! globals every template sees (`system`, `bus`, `contexts`, `version`, and `context` in a
-//! per-context set).
+//! globals every template sees (`system`, `bus`, `contexts`, `version`, `platform`, and
+//! `context` in a per-context set).
 
 use heck::{ToKebabCase, ToPascalCase, ToShoutySnakeCase, ToSnakeCase};
 use std::collections::BTreeMap;
@@ -11,6 +11,7 @@ use liquid_core::{
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::platform::Chassis;
 use crate::spec::model::Context;
 use crate::spec::{Spec, naming};
 
@@ -90,6 +91,16 @@ struct SharedGlobals<'a> {
     sagas: &'a [crate::spec::model::Saga],
     /// The gateway's names on the bus: it consumes every event to invalidate its cache.
     gateway: GatewayWire,
+    /// The vendored chassis crate, if the blueprint ships one.
+    platform: Option<PlatformDependency<'a>>,
+}
+
+#[derive(Serialize)]
+struct PlatformDependency<'a> {
+    version: &'a str,
+    path: &'static str,
+    /// Its event bus client feature.
+    feature: &'static str,
 }
 
 /// The variables templates see, converted once per generation. A per-context render
@@ -104,7 +115,7 @@ pub struct Globals {
 pub type View<'a> = BTreeMap<String, &'a liquid::model::Value>;
 
 impl Globals {
-    pub fn new(spec: &Spec) -> Result<Globals> {
+    pub fn new(spec: &Spec, platform: Option<&Chassis>) -> Result<Globals> {
         let gateway = crate::inflect::Names::new("gateway");
         let shared = liquid::to_object(&SharedGlobals {
             version: crate::VERSION,
@@ -116,6 +127,11 @@ impl Globals {
                 group: naming::consumer_group(&spec.system, &gateway),
                 queue: naming::queue(&spec.system, &gateway),
             },
+            platform: platform.map(|chassis| PlatformDependency {
+                version: &chassis.version,
+                path: crate::layout::VENDORED_PLATFORM,
+                feature: spec.bus.as_str(),
+            }),
         })
         .map_err(|e| Error::Blueprint(e.to_string()))?;
         let contexts = spec

@@ -8,6 +8,10 @@
 //! - user-owned: never touched once generated; a new one is created;
 //! - deleted by the user: left deleted.
 //!
+//! The vendored platform (`crates/platform`) is not merged: it is replaced whole when
+//! this archscaffold ships another tree, and an edit to it is never overwritten without
+//! `--discard-platform-edits` (see [`PlatformStep`]).
+//!
 //! `prepare` computes every change in memory; `apply` writes them, then the new base and
 //! the lock. `diff` prints the changes, `check` says whether there are any.
 
@@ -19,12 +23,13 @@ use crate::base::{self, Base};
 use crate::blueprint::Blueprint;
 use crate::error::{Error, Result};
 use crate::format::Formatted;
-use crate::layout::{self, BASE_DIR, LOCK_FILE, SPEC_FILE};
+use crate::layout::{self, BASE_DIR, LOCK_FILE, SPEC_FILE, VENDORED_PLATFORM};
 use crate::lock::{self, Lock};
 use crate::merge::{self, Labels, Merged};
 use crate::migrations::{self, Existing, ExistingService};
 use crate::ownership::Owner;
 use crate::plan::Plan;
+use crate::platform::{self, Edit, Recorded};
 use crate::spec::{self, Overrides, Spec};
 use crate::tags;
 
@@ -32,6 +37,19 @@ use crate::tags;
 pub struct Options {
     /// The user wrote the migrations for removed or retyped fields.
     pub fields_migrated_by_hand: bool,
+    /// Replace a vendored platform the user edited, edits and all.
+    pub discard_platform_edits: bool,
+}
+
+/// What the update does to the vendored platform.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlatformStep {
+    /// Already the tree this archscaffold ships (or the blueprint has none).
+    Current,
+    /// Replaced whole by this archscaffold's tree (`from`: the version it had, if known).
+    Replaced { from: Option<String>, to: String },
+    /// Edited by the user and left as it is: this archscaffold ships the same tree.
+    EditsKept,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +130,10 @@ pub struct Update {
     pub spec_text: Option<String>,
     /// What the update does that the running system will feel (a saga whose steps change).
     pub warnings: Vec<String>,
+    pub platform: PlatformStep,
+    /// The vendored platform's files that are not as archscaffold put them there, as
+    /// workspace paths, before the update.
+    pub platform_edits: Vec<(String, Edit)>,
     /// The lock and the base folder are not what this render records.
     bookkeeping_stale: bool,
 }
@@ -137,6 +159,13 @@ impl Update {
     /// `None` when the workspace is in sync with its spec and this archscaffold; otherwise
     /// a one-line reason.
     pub fn out_of_sync(&self) -> Option<String> {
+        if self.platform == PlatformStep::EditsKept {
+            return Some(format!(
+                "{} file(s) of the vendored platform ({}) are not as archscaffold vendored them; carry the change as a patch (README: \"The platform crate\"), then `archscaffold update --discard-platform-edits` puts the crate back",
+                self.platform_edits.len(),
+                VENDORED_PLATFORM
+            ));
+        }
         let writes: Vec<&Change> = self.changes.iter().filter(|c| c.writes()).collect();
         if let Some(first) = writes.first() {
             return Some(format!(
@@ -254,10 +283,14 @@ pub fn prepare(
         ours: "yours",
         theirs: &format!("archscaffold {}", crate::VERSION),
     };
-    let mut changes = Vec::new();
+    let VendoredPlatform {
+        step: platform,
+        edits: platform_edits,
+        mut changes,
+    } = vendored_platform(root, &lock, &plan, options.discard_platform_edits)?;
     let paths: BTreeSet<&String> = plan.files.keys().chain(lock.files.keys()).collect();
     for path in paths {
-        if path == LOCK_FILE || path == SPEC_FILE {
+        if path == LOCK_FILE || path == SPEC_FILE || layout::in_vendored_platform(path).is_some() {
             continue;
         }
         if let Some(change) = decide(root, path, &plan, &lock, &base, &labels)? {
@@ -277,7 +310,113 @@ pub fn prepare(
         plan,
         spec_text,
         warnings,
+        platform,
+        platform_edits,
         bookkeeping_stale: stale_lock || stale_base,
+    })
+}
+
+/// What the update does to the vendored platform.
+struct VendoredPlatform {
+    step: PlatformStep,
+    edits: Vec<(String, Edit)>,
+    /// The file changes that replace it, if it is replaced.
+    changes: Vec<Change>,
+}
+
+/// The vendored platform's step, its edits, and the file changes that replace it. The
+/// crate as it was vendored comes from the lock: its `[platform]` table, or for a lock
+/// older than format 3, its files listed among the generated ones.
+fn vendored_platform(
+    root: &Path,
+    lock: &Lock,
+    plan: &Plan,
+    discard_edits: bool,
+) -> Result<VendoredPlatform> {
+    let Some(new) = plan.platform() else {
+        return Ok(VendoredPlatform {
+            step: PlatformStep::Current,
+            edits: Vec::new(),
+            changes: Vec::new(),
+        });
+    };
+    let old = lock.platform.clone().unwrap_or_else(|| {
+        let files: BTreeMap<String, String> = lock
+            .files
+            .iter()
+            .filter_map(|(path, locked)| {
+                Some((
+                    layout::in_vendored_platform(path)?.to_string(),
+                    locked.sha256.clone(),
+                ))
+            })
+            .collect();
+        Recorded {
+            version: String::new(),
+            tree_sha256: platform::tree_hash(&files),
+            files,
+        }
+    });
+    let disk = platform::on_disk(root)?;
+    let edits: Vec<(String, Edit)> = old
+        .edits(&disk)
+        .into_iter()
+        .map(|(path, edit)| (layout::vendored_platform_file(&path), edit))
+        .collect();
+    // Already the new tree (even if not the one the lock recorded): nothing to replace,
+    // nothing edited.
+    if Recorded::of(&disk) == new {
+        return Ok(VendoredPlatform {
+            step: PlatformStep::Current,
+            edits: Vec::new(),
+            changes: Vec::new(),
+        });
+    }
+    if !edits.is_empty() && !discard_edits {
+        if old.tree_sha256 == new.tree_sha256 {
+            return Ok(VendoredPlatform {
+                step: PlatformStep::EditsKept,
+                edits,
+                changes: Vec::new(),
+            });
+        }
+        return Err(Error::PlatformEdited {
+            to: new.version,
+            files: edits
+                .iter()
+                .map(|(path, edit)| format!("{path} ({})", edit.label()))
+                .collect(),
+        });
+    }
+    let mut changes = Vec::new();
+    let paths: BTreeSet<&String> = disk.keys().chain(new.files.keys()).collect();
+    for path in paths {
+        let before = disk.get(path).cloned();
+        let after = plan
+            .files
+            .get(&layout::vendored_platform_file(path))
+            .map(|f| f.contents.clone());
+        let action = match (&before, &after) {
+            (None, Some(_)) => Action::Create,
+            (Some(_), None) => Action::Delete,
+            (Some(b), Some(a)) if b != a => Action::Replace,
+            _ => continue,
+        };
+        changes.push(Change {
+            path: layout::vendored_platform_file(path),
+            action,
+            before,
+            after,
+        });
+    }
+    let from = (!old.version.is_empty()).then(|| old.version.clone());
+    Ok(VendoredPlatform {
+        step: PlatformStep::Replaced {
+            from,
+            to: new.version,
+        },
+        edits,
+        changes,
     })
 }
 

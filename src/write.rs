@@ -86,7 +86,7 @@ pub fn write(
     let written: Vec<(String, &[u8])> = plan
         .files
         .iter()
-        .filter(|(path, file)| file.owner == Owner::Generator || !target.join(path).exists())
+        .filter(|(path, file)| file.owner != Owner::User || !target.join(path).exists())
         .map(|(path, file)| (path.clone(), file.contents.as_slice()))
         .chain(base::entries(plan))
         .collect();

@@ -165,6 +165,18 @@ const CASES: &[Case] = &[
         stderr: "error: bus: `rabbitmq` is not a supported bus\n  --> spec.toml:2:7\n  = help: use `kafka` or `sqs`",
     },
     Case {
+        name: "platform from a registry",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[platform]\nsource = \"registry\"\n[contexts.orders]\n"),
+        stderr: "error: platform.source: `registry` is not available yet: the platform crate is not published on a registry\n  --> spec.toml:3:10\n  = help: use `source = \"vendored\"` (the default), which copies it into crates/platform",
+    },
+    Case {
+        name: "platform source unknown",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[platform]\nsource = \"git\"\n[contexts.orders]\n"),
+        stderr: "error: platform.source: `git` is not a platform source\n  --> spec.toml:3:10\n  = help: use `vendored`",
+    },
+    Case {
         name: "no contexts in spec",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n"),

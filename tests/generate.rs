@@ -93,11 +93,49 @@ fn the_lock_file_records_version_spec_hash_and_every_file_as_written() {
         lock["spec_sha256"].as_str().unwrap(),
         archscaffold::lock::sha256_hex(&files["archscaffold.toml"])
     );
+    // The vendored platform: the crate of blueprints/platform byte for byte, recorded by
+    // version and hashes in `[platform]`, with no ownership header and no merge base.
+    let (vendored, files): (BTreeMap<_, _>, BTreeMap<_, _>) = files
+        .into_iter()
+        .partition(|(path, _)| path.starts_with("crates/platform/"));
+    let shipped = tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints/platform"));
+    let vendored: BTreeMap<String, Vec<u8>> = vendored
+        .into_iter()
+        .map(|(path, bytes)| (path["crates/platform/".len()..].to_string(), bytes))
+        .collect();
+    assert_eq!(
+        vendored.keys().collect::<Vec<_>>(),
+        shipped.keys().collect::<Vec<_>>()
+    );
+    assert!(
+        vendored == shipped,
+        "the vendored platform differs from blueprints/platform"
+    );
+    let platform = lock["platform"].as_table().unwrap();
+    assert_eq!(platform["source"].as_str(), Some("vendored"));
+    let manifest: toml::Table =
+        toml::from_str(&String::from_utf8_lossy(&shipped["Cargo.toml"])).unwrap();
+    assert_eq!(platform["version"], manifest["package"]["version"]);
+    let hashes = platform["files"].as_table().unwrap();
+    assert_eq!(hashes.len(), shipped.len());
+    for (path, bytes) in &shipped {
+        assert_eq!(
+            hashes[path].as_str(),
+            Some(archscaffold::lock::sha256_hex(bytes).as_str()),
+            "{path}"
+        );
+    }
+    assert!(
+        !kept
+            .keys()
+            .any(|p| p.starts_with(".archscaffold/base/crates/platform")),
+        "the platform is not merged, so it has no base"
+    );
     let recorded = lock["files"].as_table().unwrap();
     assert_eq!(
         recorded.len(),
         files.len() - 1,
-        "every file but the lock itself"
+        "every file but the lock itself and the vendored platform"
     );
     for (path, bytes) in &files {
         if path == "archscaffold.lock" {

@@ -356,10 +356,11 @@ fn a_dropped_file_is_deleted_when_pristine_and_kept_when_edited() {
             .path("docs/adr/0001-event-bus-sqs-with-aws-sdk.md")
             .is_file()
     );
+    // The bus client is a feature of the vendored platform, not a file of its own.
     assert!(
         pristine
-            .read("crates/platform/src/adapter.rs")
-            .contains("aws_sdk_sqs")
+            .read("Cargo.toml")
+            .contains("default-features = false, features = [\"sqs\"] }")
     );
 
     let edited = Workspace::new("orders,billing");
@@ -389,8 +390,8 @@ fn a_dirty_work_tree_is_refused_and_left_alone() {
     let out = ws.update(&["--allow-dirty"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        ws.read("crates/platform/src/adapter.rs")
-            .contains("aws_sdk_sqs")
+        ws.read("Cargo.toml")
+            .contains("default-features = false, features = [\"sqs\"] }")
     );
 }
 
@@ -687,7 +688,10 @@ fn a_workspace_from_version_0_1_0_updates_and_keeps_its_edits() {
             "{path}"
         );
     }
-    assert!(ws.read("archscaffold.lock").contains("format = 2"));
+    assert!(
+        ws.read("archscaffold.lock")
+            .contains(&format!("format = {}", archscaffold::lock::LOCK_FORMAT))
+    );
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
 
@@ -1169,6 +1173,142 @@ fn a_workspace_from_version_0_7_0_takes_the_purge_indexes_and_the_supervised_con
     assert_eq!(ws.check().0, 0, "{}", ws.check().1);
 }
 
+/// The vendored platform's files on disk, by path inside the crate, and as this
+/// archscaffold ships them (blueprints/platform).
+fn vendored_and_shipped(ws: &Workspace) -> (BTreeMap<String, Vec<u8>>, BTreeMap<String, Vec<u8>>) {
+    let vendored = ws
+        .tree()
+        .into_iter()
+        .filter_map(|(path, bytes)| {
+            Some((path.strip_prefix("crates/platform/")?.to_string(), bytes))
+        })
+        .collect();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints/platform");
+    let mut files = BTreeMap::new();
+    walk(&shipped, &shipped, &mut files);
+    (vendored, files)
+}
+
+const PLATFORM_PATCH: &str = "\n// Our fix, until the platform has it.\n";
+
+#[test]
+fn an_edited_platform_stops_the_update_that_would_replace_it_and_check_names_the_files() {
+    let ws = Workspace::from_fixture("shop-0.7.0");
+    ws.append("crates/platform/src/saga.rs", PLATFORM_PATCH);
+    ws.write("crates/platform/src/ours.rs", "pub fn ours() {}\n");
+    ws.commit("patch the platform in place");
+    let before = ws.tree();
+
+    let out = ws.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let message = text(&out);
+    for named in [
+        "crates/platform/src/saga.rs (changed)",
+        "crates/platform/src/ours.rs (added)",
+    ] {
+        assert!(message.contains(named), "{message}");
+    }
+    let out = ws.update(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: the vendored platform has edits that platform "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  crates/platform/src/saga.rs (changed)\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  crates/platform/src/ours.rs (added)\n"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--discard-platform-edits"), "{stderr}");
+    assert!(ws.tree() == before, "a refused update wrote something");
+
+    let out = ws.update(&["--discard-platform-edits"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("  replace   crates/platform "), "{report}");
+    assert!(
+        !report.contains("crates/platform/src/"),
+        "the platform is one line of the report: {report}"
+    );
+    let (vendored, shipped) = vendored_and_shipped(&ws);
+    assert_eq!(
+        vendored.keys().collect::<Vec<_>>(),
+        shipped.keys().collect::<Vec<_>>(),
+        "the old tree's adapter.rs and our file are gone, the new tree is whole"
+    );
+    assert!(vendored == shipped);
+    assert!(!ws.path(".archscaffold/base/crates/platform").exists());
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
+#[test]
+fn an_edit_to_a_current_platform_is_kept_and_reported_until_discarded() {
+    let ws = Workspace::new("orders,billing");
+    ws.append("crates/platform/src/relay.rs", PLATFORM_PATCH);
+    ws.commit("patch the platform in place");
+
+    let (code, report) = ws.check();
+    assert_eq!(code, 1, "{report}");
+    assert!(
+        report.contains(
+            "edited in the vendored platform:\n  crates/platform/src/relay.rs (changed)\n"
+        ),
+        "{report}"
+    );
+    // Nothing to replace: the update goes on around the edit, and says so.
+    let out = ws.update(&[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("1 file(s) of the vendored platform are edited"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        ws.read("crates/platform/src/relay.rs")
+            .ends_with(PLATFORM_PATCH)
+    );
+
+    let out = ws.update(&["--discard-platform-edits"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (vendored, shipped) = vendored_and_shipped(&ws);
+    assert!(vendored == shipped);
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
+/// The generated README's way to carry a platform patch: a fork beside the vendored crate,
+/// named by the one dependency line, which updates keep.
+#[test]
+fn a_forked_platform_named_in_the_workspace_manifest_survives_updates() {
+    let ws = Workspace::new("orders,billing");
+    copy_dir(&ws.path("crates/platform"), &ws.path("vendor/platform"));
+    ws.append("vendor/platform/src/relay.rs", PLATFORM_PATCH);
+    ws.replace(
+        "Cargo.toml",
+        "platform = { path = \"crates/platform\",",
+        "platform = { path = \"vendor/platform\",",
+    );
+    ws.commit("our platform fork");
+    let out = ws.run(&["add", "context", "shipping"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let manifest = ws.read("Cargo.toml");
+    assert!(
+        manifest.contains("platform = { path = \"vendor/platform\","),
+        "{manifest}"
+    );
+    assert!(manifest.contains("\"services/shipping\""), "{manifest}");
+    assert!(
+        ws.read("vendor/platform/src/relay.rs")
+            .ends_with(PLATFORM_PATCH)
+    );
+    ws.commit("add shipping");
+    assert_eq!(ws.check().0, 0, "{}", ws.check().1);
+}
+
 #[test]
 fn dry_run_lists_the_changes_and_writes_nothing() {
     let ws = Workspace::new("orders,billing");
@@ -1184,10 +1324,7 @@ fn dry_run_lists_the_changes_and_writes_nothing() {
         )),
         "{report}"
     );
-    assert!(
-        report.contains("update    crates/platform/src/adapter.rs"),
-        "{report}"
-    );
+    assert!(report.contains("update    Cargo.toml"), "{report}");
     assert!(ws.tree() == before, "--dry-run wrote something");
     let out = ws.run(&["add", "context", "shipping", "--dry-run"]);
     assert!(out.status.success(), "{}", text(&out));

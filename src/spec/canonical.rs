@@ -11,6 +11,10 @@ pub fn to_toml(spec: &Spec) -> String {
     );
     out.push_str(&format!("name = {}\n", quote(&spec.system.raw)));
     out.push_str(&format!("bus = {}\n", quote(spec.bus.as_str())));
+    out.push_str(&format!(
+        "\n[platform]\nsource = {}\n",
+        quote(spec.platform.as_str())
+    ));
     for ctx in &spec.contexts {
         out.push_str(&format!("\n[contexts.{}]\n", ctx.name.raw));
         out.push_str(&format!(

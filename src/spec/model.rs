@@ -29,10 +29,30 @@ impl Bus {
     }
 }
 
+/// Where a workspace gets the `platform` crate. Only vendoring exists today; the spec key
+/// (`[platform] source`) is there so that a registry dependency can follow without a
+/// change to specs that say `vendored`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlatformSource {
+    /// Copied whole into the workspace at crates/platform, at the version this
+    /// archscaffold ships.
+    Vendored,
+}
+
+impl PlatformSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformSource::Vendored => "vendored",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Spec {
     pub system: Names,
     pub bus: Bus,
+    pub platform: PlatformSource,
     pub contexts: Vec<Context>,
     pub sagas: Vec<Saga>,
 }

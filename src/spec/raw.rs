@@ -15,6 +15,17 @@ pub struct RawSpec {
     pub contexts: Option<Spanned<IndexMap<Spanned<String>, Spanned<RawContext>>>>,
     #[serde(default)]
     pub sagas: IndexMap<Spanned<String>, Spanned<RawSaga>>,
+    #[serde(default)]
+    pub platform: Option<Spanned<RawPlatform>>,
+}
+
+/// Where the workspace gets the chassis crate from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    /// `vendored` (copied into crates/platform) or, once it is published, `registry`.
+    #[serde(default)]
+    pub source: Option<Spanned<String>>,
 }
 
 /// A saga: steps in other contexts, run by its owner, compensated in reverse on failure.

@@ -11,13 +11,14 @@ mod sagas;
 mod wiring;
 
 use super::model::{
-    Aggregate, Bus, Context, Event, Field, FieldType, Replica, Slo, Spec, Subscription, Wire,
+    Aggregate, Bus, Context, Event, Field, FieldType, PlatformSource, Replica, Slo, Spec,
+    Subscription, Wire,
 };
 use super::names::{
     NameProblem, check_crate_name, check_field_name, check_type_name, is_rust_keyword,
 };
 use super::naming;
-use super::raw::{RawContext, RawSlo, RawSpec};
+use super::raw::{RawContext, RawPlatform, RawSlo, RawSpec};
 use crate::error::{Diagnostic, Origin};
 use crate::inflect::{self, Names};
 
@@ -144,6 +145,8 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
         }),
     };
 
+    let platform = platform_source(&mut c, raw.platform.as_ref());
+
     let empty = IndexMapRef::default();
     let (contexts, contexts_span) = match &raw.contexts {
         Some(t) => (t.get_ref(), t.span()),
@@ -181,9 +184,42 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     Ok(Spec {
         system: system.expect("checked above"),
         bus: bus.expect("checked above"),
+        platform: platform.expect("checked above"),
         contexts: built,
         sagas,
     })
+}
+
+/// `[platform] source`: `vendored` by default; `registry` is named so that its error can
+/// say why it is not there yet.
+fn platform_source(
+    c: &mut Collector<'_, '_>,
+    raw: Option<&Spanned<RawPlatform>>,
+) -> Option<PlatformSource> {
+    let Some(source) = raw.and_then(|p| p.get_ref().source.as_ref()) else {
+        return Some(PlatformSource::Vendored);
+    };
+    match source.get_ref().as_str() {
+        "vendored" => Some(PlatformSource::Vendored),
+        "registry" => {
+            c.error(
+                "platform.source",
+                source.span(),
+                "`registry` is not available yet: the platform crate is not published on a registry",
+                "use `source = \"vendored\"` (the default), which copies it into crates/platform",
+            );
+            None
+        }
+        other => {
+            c.error(
+                "platform.source",
+                source.span(),
+                format!("`{other}` is not a platform source"),
+                "use `vendored`",
+            );
+            None
+        }
+    }
 }
 
 #[derive(Default)]
