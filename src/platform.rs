@@ -51,12 +51,19 @@ impl Edit {
     }
 }
 
+/// Appended to the vendored crate's Cargo.toml. Excluded from the generated workspace's
+/// members, the crate would otherwise look further up for a workspace to belong to, and
+/// fail inside any directory that has one (a monorepo, or this repository's `.work/`).
+pub const OWN_WORKSPACE: &str = "\n# Vendored by archscaffold: a workspace of its own, so that it builds as a dependency\n# wherever the workspace that uses it sits.\n[workspace]\n";
+
 impl Chassis {
-    /// The crate from a blueprint's vendored folder; its version comes from its manifest.
-    pub fn new(files: BTreeMap<String, Vec<u8>>, origin: &str) -> Result<Chassis> {
-        let manifest = files.get("Cargo.toml").ok_or_else(|| {
+    /// The crate from a blueprint's vendored folder, as a workspace vendors it; its
+    /// version comes from its manifest.
+    pub fn new(mut files: BTreeMap<String, Vec<u8>>, origin: &str) -> Result<Chassis> {
+        let manifest = files.get_mut("Cargo.toml").ok_or_else(|| {
             Error::Blueprint(format!("{origin}: the vendored platform has no Cargo.toml"))
         })?;
+        manifest.extend_from_slice(OWN_WORKSPACE.as_bytes());
         let version = package_version(&String::from_utf8_lossy(manifest)).ok_or_else(|| {
             Error::Blueprint(format!(
                 "{origin}: the vendored platform's Cargo.toml has no `[package] version = \"x.y.z\"`"

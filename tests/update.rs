@@ -1186,6 +1186,10 @@ fn vendored_and_shipped(ws: &Workspace) -> (BTreeMap<String, Vec<u8>>, BTreeMap<
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints/platform");
     let mut files = BTreeMap::new();
     walk(&shipped, &shipped, &mut files);
+    files
+        .get_mut("Cargo.toml")
+        .unwrap()
+        .extend_from_slice(archscaffold::platform::OWN_WORKSPACE.as_bytes());
     (vendored, files)
 }
 
