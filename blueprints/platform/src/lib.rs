@@ -10,6 +10,8 @@ pub mod context;
 pub mod db;
 pub mod error;
 pub mod faults;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 pub mod health;
 pub mod idempotency;
 pub mod keyed_write;

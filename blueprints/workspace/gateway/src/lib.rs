@@ -5,19 +5,15 @@
 //! which a consumer of the domain events keeps honest.
 
 pub mod api;
-pub mod api_keys;
-pub mod auth;
-pub mod auth_failures;
-pub mod cache;
-pub mod client_address;
 pub mod config;
-pub mod context;
 pub mod health;
-pub mod invalidation;
 pub mod openapi;
-pub mod problem;
-pub mod rate_limit;
-pub mod rest;
+
+// The fixed machinery is the platform's (`platform::gateway`), under the names the routes use.
+pub use platform::gateway::{
+    api_keys, auth, auth_failures, cache, client_address, context, invalidation, problem,
+    rate_limit, rest,
+};
 
 use std::future::Future;
 use std::net::SocketAddr;

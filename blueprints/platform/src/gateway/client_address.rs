@@ -28,7 +28,9 @@ impl TrustedProxies {
             .map(|item| {
                 item.parse::<IpNet>()
                     .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("`{item}` is not a CIDR (such as 10.0.0.0/8) or an address"))
+                    .map_err(|_| {
+                        format!("`{item}` is not a CIDR (such as 10.0.0.0/8) or an address")
+                    })
             })
             .collect::<Result<_, _>>()
             .map(TrustedProxies)
@@ -75,7 +77,11 @@ pub struct ClientAddress(pub IpAddr);
 
 /// Puts the [`ClientAddress`] of a request in its extensions. A request without a known
 /// peer (tests driving the router directly) gets none.
-pub async fn resolve(State(trusted): State<Arc<TrustedProxies>>, mut request: Request, next: Next) -> Response {
+pub async fn resolve(
+    State(trusted): State<Arc<TrustedProxies>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -110,11 +116,20 @@ mod tests {
         assert_eq!(none.client(ip("10.1.2.3"), &headers), ip("10.1.2.3"));
         // From the Ingress: the client it names.
         assert_eq!(ingress.client(ip("10.1.2.3"), &headers), ip("203.0.113.9"));
-        assert_eq!(ingress.client(ip("192.168.1.7"), &headers), ip("203.0.113.9"));
+        assert_eq!(
+            ingress.client(ip("192.168.1.7"), &headers),
+            ip("203.0.113.9")
+        );
         // From anyone else: the peer, whatever the header says.
-        assert_eq!(ingress.client(ip("198.51.100.4"), &headers), ip("198.51.100.4"));
+        assert_eq!(
+            ingress.client(ip("198.51.100.4"), &headers),
+            ip("198.51.100.4")
+        );
         // No header: the peer.
-        assert_eq!(ingress.client(ip("10.1.2.3"), &HeaderMap::new()), ip("10.1.2.3"));
+        assert_eq!(
+            ingress.client(ip("10.1.2.3"), &HeaderMap::new()),
+            ip("10.1.2.3")
+        );
     }
 
     #[test]
@@ -128,7 +143,13 @@ mod tests {
         split.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
         assert_eq!(proxies.client(ip("10.0.0.6"), &split), ip("203.0.113.9"));
         // Garbage stops the walk at the last address that could be read.
-        assert_eq!(proxies.client(ip("10.0.0.6"), &forwarded("203.0.113.9, nonsense, 10.0.0.5")), ip("10.0.0.5"));
+        assert_eq!(
+            proxies.client(
+                ip("10.0.0.6"),
+                &forwarded("203.0.113.9, nonsense, 10.0.0.5")
+            ),
+            ip("10.0.0.5")
+        );
         assert_eq!(
             proxies.client(ip("::1"), &forwarded("203.0.113.9")),
             ip("::1"),
@@ -140,6 +161,9 @@ mod tests {
     fn a_list_that_does_not_parse_names_the_item() {
         let error = TrustedProxies::parse("10.0.0.0/8, ten.0.0.1").unwrap_err();
         assert!(error.contains("`ten.0.0.1`"), "{error}");
-        assert_eq!(TrustedProxies::parse("").unwrap(), TrustedProxies::default());
+        assert_eq!(
+            TrustedProxies::parse("").unwrap(),
+            TrustedProxies::default()
+        );
     }
 }

@@ -21,14 +21,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use crate::service_auth::now_secs;
 use axum::http::HeaderMap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use platform::service_auth::now_secs;
 use serde::{Deserialize, Serialize};
 
-use crate::api_keys::ApiKeys;
-use crate::problem::Problem;
+use crate::gateway::api_keys::ApiKeys;
+use crate::gateway::problem::Problem;
 
 pub const API_KEY_HEADER: &str = "x-api-key";
 pub const DEV_KEY_ID: &str = "dev";
@@ -204,7 +204,9 @@ impl Authenticator {
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| Problem::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+                .ok_or_else(|| {
+                    Problem::unauthorized("the Authorization header must be `Bearer <token>`")
+                })?;
             return self.verify_token(token).await;
         }
         if let Some(value) = headers.get(API_KEY_HEADER) {
@@ -236,7 +238,11 @@ impl Authenticator {
                 let (key, algorithm) = jwks.key(&kid, header.alg).await?;
                 (key, algorithm, jwks.issuer.issuer.clone())
             }
-            _ => return Err(Problem::unauthorized("the access token's signing key is not trusted here")),
+            _ => {
+                return Err(Problem::unauthorized(
+                    "the access token's signing key is not trusted here",
+                ));
+            }
         };
         let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[issuer]);
@@ -250,8 +256,12 @@ impl Authenticator {
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "the access token has expired",
                     ErrorKind::ImmatureSignature => "the access token is not valid yet (nbf)",
-                    ErrorKind::InvalidAudience => "the access token is not meant for this API (audience)",
-                    ErrorKind::InvalidIssuer => "the access token comes from an issuer this API does not trust",
+                    ErrorKind::InvalidAudience => {
+                        "the access token is not meant for this API (audience)"
+                    }
+                    ErrorKind::InvalidIssuer => {
+                        "the access token comes from an issuer this API does not trust"
+                    }
                     ErrorKind::InvalidSignature => "the access token's signature is not valid",
                     _ => "the access token is not valid",
                 };
@@ -281,10 +291,18 @@ impl Jwks {
     }
 
     fn known(&self, kid: &str) -> Option<(DecodingKey, Vec<Algorithm>)> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).get(kid).cloned()
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kid)
+            .cloned()
     }
 
-    async fn key(self: &Arc<Self>, kid: &str, alg: Algorithm) -> Result<(DecodingKey, Algorithm), Problem> {
+    async fn key(
+        self: &Arc<Self>,
+        kid: &str,
+        alg: Algorithm,
+    ) -> Result<(DecodingKey, Algorithm), Problem> {
         if !ASYMMETRIC.contains(&alg) {
             return Err(Problem::unauthorized(
                 "the access token must be signed with an asymmetric algorithm",
@@ -305,7 +323,9 @@ impl Jwks {
                     tracing::warn!(error = %e, "cannot refresh the issuer's JWKS");
                 }
                 self.known(kid).ok_or_else(|| {
-                    Problem::unauthorized("the access token's signing key is not in the issuer's JWKS")
+                    Problem::unauthorized(
+                        "the access token's signing key is not in the issuer's JWKS",
+                    )
                 })?
             }
         };
@@ -462,7 +482,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_dev_token_carries_subject_and_scopes() {
-        let token = dev_token(&dev("a"), "shop-api", "alice", &["orders:read".into()], Duration::from_secs(60));
+        let token = dev_token(
+            &dev("a"),
+            "shop-api",
+            "alice",
+            &["orders:read".into()],
+            Duration::from_secs(60),
+        );
         let principal = authenticator().authenticate(&bearer(&token)).await.unwrap();
         assert_eq!(principal.subject, "alice");
         assert!(principal.require("orders:read").is_ok());
@@ -486,11 +512,30 @@ mod tests {
             scp: None,
         };
         let expired =
-            jsonwebtoken::encode(&header, &stale, &EncodingKey::from_secret(&dev("a").secret)).unwrap();
+            jsonwebtoken::encode(&header, &stale, &EncodingKey::from_secret(&dev("a").secret))
+                .unwrap();
         let cases = [
             (expired, "expired"),
-            (dev_token(&dev("a"), "other-api", "alice", &scopes, Duration::from_secs(60)), "audience"),
-            (dev_token(&dev("b"), "shop-api", "alice", &scopes, Duration::from_secs(60)), "signature"),
+            (
+                dev_token(
+                    &dev("a"),
+                    "other-api",
+                    "alice",
+                    &scopes,
+                    Duration::from_secs(60),
+                ),
+                "audience",
+            ),
+            (
+                dev_token(
+                    &dev("b"),
+                    "shop-api",
+                    "alice",
+                    &scopes,
+                    Duration::from_secs(60),
+                ),
+                "signature",
+            ),
             ("not.a.jwt".to_string(), "well-formed"),
         ];
         for (token, why) in cases {
@@ -513,7 +558,10 @@ mod tests {
             ApiKeys::default(),
         );
         let token = dev_token(&dev("a"), "shop-api", "alice", &[], Duration::from_secs(60));
-        assert_eq!(auth.authenticate(&bearer(&token)).await.unwrap_err().status, 401);
+        assert_eq!(
+            auth.authenticate(&bearer(&token)).await.unwrap_err().status,
+            401
+        );
     }
 
     /// A dev-issuer token with these claims on top of valid defaults.
@@ -527,16 +575,30 @@ mod tests {
         }
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(DEV_KEY_ID.into());
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&dev("a").secret)).unwrap()
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_secret(&dev("a").secret),
+        )
+        .unwrap()
     }
 
     #[tokio::test]
     async fn tokens_as_identity_providers_issue_them_are_accepted() {
         let auth = authenticator();
         let cases = [
-            (serde_json::json!({"aud": ["other-api", "shop-api"], "scope": "orders:read orders:write"}), vec!["orders:read", "orders:write"]),
-            (serde_json::json!({"scp": "orders:read orders:write"}), vec!["orders:read", "orders:write"]),
-            (serde_json::json!({"scp": ["orders:read"], "scope": "orders:write"}), vec!["orders:read", "orders:write"]),
+            (
+                serde_json::json!({"aud": ["other-api", "shop-api"], "scope": "orders:read orders:write"}),
+                vec!["orders:read", "orders:write"],
+            ),
+            (
+                serde_json::json!({"scp": "orders:read orders:write"}),
+                vec!["orders:read", "orders:write"],
+            ),
+            (
+                serde_json::json!({"scp": ["orders:read"], "scope": "orders:write"}),
+                vec!["orders:read", "orders:write"],
+            ),
             (serde_json::json!({"nbf": now_secs() - 10}), vec![]),
         ];
         for (claims, scopes) in cases {
@@ -548,32 +610,58 @@ mod tests {
             assert_eq!(principal.scopes, want, "{claims}");
         }
         let other = token_with(serde_json::json!({"aud": ["other-api", "third-api"]}));
-        assert!(auth.authenticate(&bearer(&other)).await.unwrap_err().detail.contains("audience"));
+        assert!(
+            auth.authenticate(&bearer(&other))
+                .await
+                .unwrap_err()
+                .detail
+                .contains("audience")
+        );
         let early = token_with(serde_json::json!({"nbf": now_secs() + 3600}));
-        assert!(auth.authenticate(&bearer(&early)).await.unwrap_err().detail.contains("nbf"));
+        assert!(
+            auth.authenticate(&bearer(&early))
+                .await
+                .unwrap_err()
+                .detail
+                .contains("nbf")
+        );
     }
 
     #[test]
     fn an_api_key_and_a_token_user_of_one_name_are_two_identities() {
-        let principal = |via| Principal { subject: "alice".into(), scopes: BTreeSet::new(), via };
+        let principal = |via| Principal {
+            subject: "alice".into(),
+            scopes: BTreeSet::new(),
+            via,
+        };
         assert_eq!(principal(Via::Token).identity(), "token:alice");
         assert_eq!(principal(Via::ApiKey).identity(), "api-key:alice");
     }
 
     #[test]
     fn a_jwk_without_alg_is_used_where_its_type_and_curve_fix_the_algorithm() {
-        let jwk = |json: serde_json::Value| serde_json::from_value::<jsonwebtoken::jwk::Jwk>(json).unwrap();
+        let jwk = |json: serde_json::Value| {
+            serde_json::from_value::<jsonwebtoken::jwk::Jwk>(json).unwrap()
+        };
         // Only the key type, curve and alg matter here: the key material is a placeholder.
         let p256 = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k1",
             "x": "AA", "y": "AA"}));
         assert_eq!(algorithms_of(&p256), vec![Algorithm::ES256]);
-        let ed = jwk(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "k2",
-            "x": "AA"}));
+        let ed = jwk(
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": "k2",
+            "x": "AA"}),
+        );
         assert_eq!(algorithms_of(&ed), vec![Algorithm::EdDSA]);
         let rsa = jwk(serde_json::json!({"kty": "RSA", "kid": "k3", "n": "AA", "e": "AQAB"}));
-        assert_eq!(algorithms_of(&rsa).len(), 6, "the RSA family; the token's header picks");
-        let fixed = jwk(serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k4", "alg": "ES256",
-            "x": "AA", "y": "AA"}));
+        assert_eq!(
+            algorithms_of(&rsa).len(),
+            6,
+            "the RSA family; the token's header picks"
+        );
+        let fixed = jwk(
+            serde_json::json!({"kty": "EC", "crv": "P-256", "kid": "k4", "alg": "ES256",
+            "x": "AA", "y": "AA"}),
+        );
         assert_eq!(algorithms_of(&fixed), vec![Algorithm::ES256]);
     }
 
@@ -587,13 +675,18 @@ mod tests {
             use tokio::io::{AsyncReadExt, AsyncWriteExt};
             // Bounded: a few fetches at most (one at a time, and none within 10 s of another).
             for _ in 0..4 {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
                 tokio::spawn(async move {
                     let mut request = [0u8; 4096];
                     let _ = stream.read(&mut request).await;
                     tokio::time::sleep(Duration::from_secs(4)).await;
                     let body = r#"{"keys":[]}"#;
-                    let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = stream.write_all(response.as_bytes()).await;
                 });
             }
@@ -604,24 +697,39 @@ mod tests {
             jwks_ttl: JWKS_TTL,
         }));
         // A key in hand, fetched 20 s ago: within its TTL, past the minimum refresh.
-        jwks.keys.write().unwrap().insert("known".into(), (DecodingKey::from_secret(b"placeholder"), vec![Algorithm::ES256]));
+        jwks.keys.write().unwrap().insert(
+            "known".into(),
+            (
+                DecodingKey::from_secret(b"placeholder"),
+                vec![Algorithm::ES256],
+            ),
+        );
         *jwks.last_fetch.lock().unwrap() = Instant::now().checked_sub(Duration::from_secs(20));
         let unknown: Vec<_> = (0..5)
             .map(|i| {
                 let jwks = jwks.clone();
-                tokio::spawn(async move { jwks.key(&format!("made-up-{i}"), Algorithm::ES256).await.map(drop) })
+                tokio::spawn(async move {
+                    jwks.key(&format!("made-up-{i}"), Algorithm::ES256)
+                        .await
+                        .map(drop)
+                })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut slowest = Duration::ZERO;
         for _ in 0..20 {
             let started = Instant::now();
-            jwks.key("known", Algorithm::ES256).await.expect("the known key serves");
+            jwks.key("known", Algorithm::ES256)
+                .await
+                .expect("the known key serves");
             slowest = slowest.max(started.elapsed());
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // The fetch takes 4 s; a lookup that waited for it would take seconds.
-        assert!(slowest < Duration::from_secs(1), "a known key waited {slowest:?} for the fetch");
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a known key waited {slowest:?} for the fetch"
+        );
         for lookup in unknown {
             let refused = lookup.await.unwrap().unwrap_err();
             assert_eq!(refused.status, 401);

@@ -71,16 +71,30 @@ mod tests {
         let other: IpAddr = "203.0.113.8".parse().unwrap();
         let start = Instant::now();
         for i in 0..20 {
-            assert_eq!(budget.blocked(guesser, start), None, "failure {i} is within the budget");
+            assert_eq!(
+                budget.blocked(guesser, start),
+                None,
+                "failure {i} is within the budget"
+            );
             budget.failed(guesser, start);
         }
-        let wait = budget.blocked(guesser, start + Duration::from_secs(10)).expect("past its budget");
+        let wait = budget
+            .blocked(guesser, start + Duration::from_secs(10))
+            .expect("past its budget");
         assert_eq!(wait, Duration::from_secs(50), "until its minute is over");
-        assert_eq!(budget.blocked(other, start), None, "another address is not affected");
+        assert_eq!(
+            budget.blocked(other, start),
+            None,
+            "another address is not affected"
+        );
         // The minute over, it may try again.
         assert_eq!(budget.blocked(guesser, start + WINDOW), None);
         budget.failed(guesser, start + WINDOW);
-        assert_eq!(budget.blocked(guesser, start + WINDOW), None, "a new window");
+        assert_eq!(
+            budget.blocked(guesser, start + WINDOW),
+            None,
+            "a new window"
+        );
         budget.forget_idle(start + WINDOW * 3);
         assert!(budget.windows().is_empty());
     }

@@ -33,7 +33,7 @@ fn sha256_hex(text: &str) -> String {
 /// Makes a new key: 8 hex characters of prefix and 64 of secret (244 random bits).
 pub fn generate(system: &str, name: &str, scopes: Vec<String>) -> (String, ApiKeyRecord) {
     let prefix: String = uuid::Uuid::new_v4().simple().to_string()[..PREFIX_LEN].to_string();
-    let secret = platform::service_auth::random_secret();
+    let secret = crate::service_auth::random_secret();
     let key = format!("{system}_{prefix}_{secret}");
     let record = ApiKeyRecord {
         name: name.to_string(),
@@ -133,6 +133,10 @@ mod tests {
         let err = ApiKeys::from_json(r#"[{"name":"x","prefix":"ab","sha256":"00","scopes":[]}]"#)
             .unwrap_err();
         assert!(err.contains("prefix"), "{err}");
-        assert!(ApiKeys::from_json("not json").unwrap_err().contains("JSON array"));
+        assert!(
+            ApiKeys::from_json("not json")
+                .unwrap_err()
+                .contains("JSON array")
+        );
     }
 }

@@ -7,8 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::cache::Lookup;
-use crate::problem::Problem;
+use crate::gateway::cache::Lookup;
+use crate::gateway::problem::Problem;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Longest idempotency key or cursor accepted (the services' own limit).
@@ -70,7 +70,9 @@ pub fn wants_fresh(headers: &HeaderMap) -> bool {
 pub fn resource_id(id: &str) -> Result<String, Problem> {
     match uuid::Uuid::try_parse(id) {
         Ok(parsed) if id.len() == 36 => Ok(parsed.hyphenated().to_string()),
-        _ => Err(Problem::bad_request(format!("`{id}` is not a resource id (a UUID)"))),
+        _ => Err(Problem::bad_request(format!(
+            "`{id}` is not a resource id (a UUID)"
+        ))),
     }
 }
 
@@ -131,7 +133,11 @@ pub fn if_match(headers: &HeaderMap, required: bool) -> Result<IfMatch, Problem>
     };
     let value = value.to_str().unwrap_or_default().trim();
     if value == "*" {
-        return if required { Err(required_problem()) } else { Ok(IfMatch::Any) };
+        return if required {
+            Err(required_problem())
+        } else {
+            Ok(IfMatch::Any)
+        };
     }
     value
         .strip_prefix('"')
@@ -169,7 +175,9 @@ pub fn version_of(body: &[u8]) -> Option<i64> {
     struct Versioned {
         version: i64,
     }
-    serde_json::from_slice::<Versioned>(body).ok().map(|v| v.version)
+    serde_json::from_slice::<Versioned>(body)
+        .ok()
+        .map(|v| v.version)
 }
 
 /// A resource's JSON with its `ETag`; 304 with no body when `If-None-Match` names it.
@@ -211,7 +219,10 @@ where
 /// Serialises a response body; a failure here is a bug, answered as a problem.
 pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Problem> {
     serde_json::to_vec(value).map_err(|e| {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the response: {e}"))
+        Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the response: {e}"),
+        )
     })
 }
 
@@ -219,7 +230,10 @@ pub fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Problem> {
 pub fn json(status: StatusCode, body: Vec<u8>, cache: Option<Lookup>) -> Response {
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Some(lookup) = cache {
         headers.insert("x-cache", HeaderValue::from_static(lookup.as_str()));
     }
@@ -250,18 +264,27 @@ mod tests {
 
     #[test]
     fn limits_outside_the_range_are_refused() {
-        let query = |limit| ListQuery { limit: Some(limit), cursor: None };
+        let query = |limit| ListQuery {
+            limit: Some(limit),
+            cursor: None,
+        };
         assert_eq!(query(1).checked().unwrap().0, 1);
         assert_eq!(query(MAX_LIMIT).checked().unwrap().0, MAX_LIMIT as i32);
         assert_eq!(query(0).checked().unwrap_err().status, 400);
         assert_eq!(query(MAX_LIMIT + 1).checked().unwrap_err().status, 400);
-        assert_eq!(ListQuery::default().checked().unwrap().0, DEFAULT_LIMIT as i32);
+        assert_eq!(
+            ListQuery::default().checked().unwrap().0,
+            DEFAULT_LIMIT as i32
+        );
     }
 
     #[test]
     fn ids_must_be_hyphenated_uuids() {
         let id = uuid::Uuid::now_v7();
-        assert_eq!(resource_id(&id.to_string().to_uppercase()).unwrap(), id.to_string());
+        assert_eq!(
+            resource_id(&id.to_string().to_uppercase()).unwrap(),
+            id.to_string()
+        );
         assert!(resource_id(&id.simple().to_string()).is_err());
         assert!(resource_id("42").is_err());
     }
@@ -310,7 +333,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(idempotency_key(&headers).unwrap(), None);
         headers.insert(IDEMPOTENCY_KEY, "order-1".parse().unwrap());
-        assert_eq!(idempotency_key(&headers).unwrap().as_deref(), Some("order-1"));
+        assert_eq!(
+            idempotency_key(&headers).unwrap().as_deref(),
+            Some("order-1")
+        );
         headers.insert(IDEMPOTENCY_KEY, "x".repeat(201).parse().unwrap());
         assert!(idempotency_key(&headers).is_err());
     }

@@ -8,10 +8,10 @@
 
 use std::time::Duration;
 
-use platform::bus::{AGGREGATE_ID, Delivery, EVENT_TYPE, Subscriber};
+use crate::bus::{AGGREGATE_ID, Delivery, EVENT_TYPE, Subscriber};
 use tokio::sync::watch;
 
-use crate::cache::Cache;
+use crate::gateway::cache::Cache;
 
 const ATTEMPTS: u32 = 5;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -55,7 +55,12 @@ async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
                 tracing::error!(error = %e, context, id = %id, "giving up on an invalidation; the TTL bounds staleness");
             }
             Err(_) => {
-                tokio::time::sleep(platform::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX, attempt)).await
+                tokio::time::sleep(crate::backoff::full_jitter(
+                    BACKOFF_BASE,
+                    BACKOFF_MAX,
+                    attempt,
+                ))
+                .await
             }
         }
     }
@@ -70,13 +75,16 @@ pub async fn run<S: Subscriber>(
 ) {
     let mut failures = 0u32;
     loop {
-        let next = match platform::bus::next_or_stop(&mut subscriber, &mut stop, platform::adapter::STOP_GRACE).await {
-            platform::bus::Next::Received(next) => next,
-            platform::bus::Next::Stopped(late) => {
-                subscriber.release(late).await;
-                return;
-            }
-        };
+        let next =
+            match crate::bus::next_or_stop(&mut subscriber, &mut stop, crate::adapter::STOP_GRACE)
+                .await
+            {
+                crate::bus::Next::Received(next) => next,
+                crate::bus::Next::Stopped(late) => {
+                    subscriber.release(late).await;
+                    return;
+                }
+            };
         match next {
             Ok(delivery) => {
                 failures = 0;
@@ -86,11 +94,11 @@ pub async fn run<S: Subscriber>(
                 }
             }
             Err(e) => {
-                let delay = platform::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
+                let delay = crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, ?delay, "cannot receive events for cache invalidation");
                 tokio::select! {
-                    () = platform::bus::stopped(&mut stop) => {
+                    () = crate::bus::stopped(&mut stop) => {
                         subscriber.release(Vec::new()).await;
                         return;
                     }

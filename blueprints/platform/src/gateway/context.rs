@@ -11,7 +11,7 @@ use axum::response::Response;
 pub const CORRELATION_ID: &str = "x-correlation-id";
 
 /// The per-request context, the same one services use for their own calls.
-pub use platform::resilience::CallContext as RequestContext;
+pub use crate::resilience::CallContext as RequestContext;
 
 fn acceptable(id: &str) -> bool {
     (1..=100).contains(&id.len())

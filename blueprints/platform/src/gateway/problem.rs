@@ -2,12 +2,12 @@
 //! gRPC status codes to HTTP statuses. Every error the gateway answers goes through here,
 //! so clients see one shape whatever failed.
 
+use crate::error::{ALLOWED_COMMANDS, CURRENT_STATE, FAILED_DEPENDENCY, INVALID_FIELD};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use platform::error::{ALLOWED_COMMANDS, CURRENT_STATE, FAILED_DEPENDENCY, INVALID_FIELD};
 use tonic::Code;
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -77,7 +77,11 @@ impl Problem {
     /// and in `Retry-After`.
     pub fn too_many_requests(why: impl std::fmt::Display, wait: std::time::Duration) -> Problem {
         let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-        Problem::new(StatusCode::TOO_MANY_REQUESTS, format!("{why}; retry after {secs} s")).with_retry_after(secs)
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{why}; retry after {secs} s"),
+        )
+        .with_retry_after(secs)
     }
 
     /// The HTTP face of a failed call to `dependency`. Client mistakes keep their meaning;
@@ -123,7 +127,12 @@ impl Problem {
                 allowed_commands: metadata
                     .get(ALLOWED_COMMANDS)
                     .and_then(|v| v.to_str().ok())
-                    .map(|list| list.split(',').filter(|c| !c.is_empty()).map(String::from).collect())
+                    .map(|list| {
+                        list.split(',')
+                            .filter(|c| !c.is_empty())
+                            .map(String::from)
+                            .collect()
+                    })
                     .unwrap_or_default(),
             }));
         }
@@ -157,7 +166,9 @@ fn server_error_detail(status: &tonic::Status, dependency: &str) -> String {
             };
             format!("{subject} is not available{breaker}; retry later")
         }
-        _ => format!("{subject} failed; the gateway's log has the details under this response's x-correlation-id"),
+        _ => format!(
+            "{subject} failed; the gateway's log has the details under this response's x-correlation-id"
+        ),
     }
 }
 
@@ -224,21 +235,44 @@ mod tests {
 
     #[test]
     fn server_errors_name_the_service_but_never_carry_its_message() {
-        let leaky = "transport error: tcp connect error: 10.0.3.7:50052: Connection refused (os error 111)";
-        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Internal, Code::Unknown] {
+        let leaky =
+            "transport error: tcp connect error: 10.0.3.7:50052: Connection refused (os error 111)";
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Internal,
+            Code::Unknown,
+        ] {
             let problem = Problem::from_grpc(&tonic::Status::new(code, leaky), "orders");
             assert!(problem.status >= 500, "{code:?}");
             assert!(problem.detail.starts_with("orders "), "{}", problem.detail);
             for secret in ["10.0.3.7", "50052", "tcp", "os error"] {
-                assert!(!problem.detail.contains(secret), "{code:?}: {}", problem.detail);
+                assert!(
+                    !problem.detail.contains(secret),
+                    "{code:?}: {}",
+                    problem.detail
+                );
             }
         }
-        let open = Problem::from_grpc(&tonic::Status::unavailable("circuit breaker for orders is open"), "orders");
-        assert_eq!(open.detail, "orders is not available (circuit breaker open); retry later");
-        let mut behind = tonic::Status::unavailable("catalog is not available: tcp connect error: 10.0.3.9:50051");
-        behind.metadata_mut().insert(FAILED_DEPENDENCY, "catalog".parse().unwrap());
+        let open = Problem::from_grpc(
+            &tonic::Status::unavailable("circuit breaker for orders is open"),
+            "orders",
+        );
+        assert_eq!(
+            open.detail,
+            "orders is not available (circuit breaker open); retry later"
+        );
+        let mut behind = tonic::Status::unavailable(
+            "catalog is not available: tcp connect error: 10.0.3.9:50051",
+        );
+        behind
+            .metadata_mut()
+            .insert(FAILED_DEPENDENCY, "catalog".parse().unwrap());
         let problem = Problem::from_grpc(&behind, "checkout");
-        assert_eq!(problem.detail, "catalog, which checkout calls, is not available; retry later");
+        assert_eq!(
+            problem.detail,
+            "catalog, which checkout calls, is not available; retry later"
+        );
     }
 
     #[test]
@@ -252,14 +286,25 @@ mod tests {
     #[test]
     fn an_illegal_transition_names_the_state_and_the_allowed_commands() {
         let mut status = tonic::Status::failed_precondition("cannot confirm a cancelled Order");
-        status.metadata_mut().insert(CURRENT_STATE, "confirmed".parse().unwrap());
-        status.metadata_mut().insert(ALLOWED_COMMANDS, "cancel,change_note".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(CURRENT_STATE, "confirmed".parse().unwrap());
+        status
+            .metadata_mut()
+            .insert(ALLOWED_COMMANDS, "cancel,change_note".parse().unwrap());
         let body = serde_json::to_value(Problem::from_grpc(&status, "orders")).unwrap();
         assert_eq!(body["status"], 409);
         assert_eq!(body["current_state"], "confirmed");
-        assert_eq!(body["allowed_commands"], serde_json::json!(["cancel", "change_note"]));
+        assert_eq!(
+            body["allowed_commands"],
+            serde_json::json!(["cancel", "change_note"])
+        );
 
-        let plain = serde_json::to_value(Problem::from_grpc(&tonic::Status::failed_precondition("x"), "orders")).unwrap();
+        let plain = serde_json::to_value(Problem::from_grpc(
+            &tonic::Status::failed_precondition("x"),
+            "orders",
+        ))
+        .unwrap();
         assert!(plain.get("current_state").is_none(), "{plain}");
     }
 }

@@ -52,18 +52,26 @@ impl RateLimiter {
 }
 
 /// The per-address limit, before authentication: keyed by the client's address
-/// ([`crate::client_address`]: the peer's, or behind a trusted proxy the one it forwarded;
+/// ([`crate::gateway::client_address`]: the peer's, or behind a trusted proxy the one it forwarded;
 /// many clients can still share one, a NAT, which is why this limit is coarse). A request
 /// without a known address (tests driving the router directly) is not limited here.
-pub async fn limit_address(State(limiter): State<RateLimiter>, request: Request, next: Next) -> Response {
+pub async fn limit_address(
+    State(limiter): State<RateLimiter>,
+    request: Request,
+    next: Next,
+) -> Response {
     let peer = request
         .extensions()
-        .get::<crate::client_address::ClientAddress>()
+        .get::<crate::gateway::client_address::ClientAddress>()
         .map(|address| address.0.to_string());
     if let Some(ip) = peer
         && let Err(wait) = limiter.check(&format!("ip:{ip}"))
     {
-        return crate::problem::Problem::too_many_requests("too many requests from this address", wait).into_response();
+        return crate::gateway::problem::Problem::too_many_requests(
+            "too many requests from this address",
+            wait,
+        )
+        .into_response();
     }
     next.run(request).await
 }
@@ -97,7 +105,7 @@ mod tests {
                 let peer = peer.parse::<std::net::SocketAddr>().unwrap();
                 request
                     .extensions_mut()
-                    .insert(crate::client_address::ClientAddress(peer.ip()));
+                    .insert(crate::gateway::client_address::ClientAddress(peer.ip()));
             }
             async move { app.oneshot(request).await.unwrap().status() }
         };
@@ -106,7 +114,10 @@ mod tests {
             seen.push(status(Some(&format!("203.0.113.7:{port}"))).await.as_u16());
         }
         assert_eq!(seen, [401, 401, 401, 429, 429], "one address, any port");
-        assert_eq!(status(Some("203.0.113.8:1000")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            status(Some("203.0.113.8:1000")).await,
+            StatusCode::UNAUTHORIZED
+        );
         assert_eq!(status(None).await, StatusCode::UNAUTHORIZED);
     }
 
@@ -120,7 +131,10 @@ mod tests {
             limiter.check("token:alice").unwrap();
         }
         let wait = limiter.check("token:alice").unwrap_err();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         // Another identity is not affected.
         limiter.check("token:bob").unwrap();
     }
