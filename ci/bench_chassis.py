@@ -8,7 +8,7 @@ alternation:
             orders' Rust lines (longer than three characters) that are byte-identical to a
             line of billing's
   new       `archscaffold new` for 2 and 50 contexts, cold (empty formatting cache) and
-            warm, median of --runs
+            warm, median of --runs, the two generators alternating
   build     cold `cargo build --workspace` of the 2-context workspace in a fresh target
             directory, then the incremental build after an edit of orders' rules.rs
 
@@ -94,21 +94,25 @@ def measure_lines(generator, work):
     return figures
 
 
-def measure_new(generator, work, sizes, runs):
-    rows = {}
+def measure_new(generators, work, sizes, runs):
+    """`new` per side and size, cold then warm, the sides alternating run by run so that
+    the machine's noise falls on both alike."""
+    rows = {side: {} for side in generators}
     for n in sizes:
         names = ",".join(f"ctx{i:03d}" for i in range(n))
-        out = os.path.join(work, f"new-{n}")
-        cache = os.path.join(work, f"new-cache-{n}")
-        cold, warm = [], []
-        for _ in range(runs):
-            shutil.rmtree(cache, ignore_errors=True)
-            cold.append(generate_once(generator, n, names, out, cache)[0])
-        for _ in range(runs):
-            warm.append(generate_once(generator, n, names, out, cache)[0])
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(cache, ignore_errors=True)
-        rows[n] = {"cold_s": statistics.median(cold), "warm_s": statistics.median(warm)}
+        times = {side: {"cold": [], "warm": []} for side in generators}
+        for attempt in range(runs):
+            for side, generator in generators.items():
+                out = os.path.join(work, f"new-{side}-{n}")
+                cache = os.path.join(work, f"new-cache-{side}-{n}")
+                shutil.rmtree(cache, ignore_errors=True)
+                times[side]["cold"].append(generate_once(generator, n, names, out, cache)[0])
+                times[side]["warm"].append(generate_once(generator, n, names, out, cache)[0])
+                shutil.rmtree(out, ignore_errors=True)
+                shutil.rmtree(cache, ignore_errors=True)
+        for side in generators:
+            rows[side][n] = {kind: statistics.median(values) for kind, values in
+                             (("cold_s", times[side]["cold"]), ("warm_s", times[side]["warm"]))}
     return rows
 
 
@@ -163,7 +167,7 @@ def main():
     parser.add_argument("--after-generator", required=True)
     parser.add_argument("--after-label", default="this tree")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-build", action="store_true", help="skip the cold builds (minutes each)")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -174,9 +178,9 @@ def main():
     for side, generator in sides:
         log(f"{side}: lines")
         results[side]["lines"] = measure_lines(generator, work)
-    for side, generator in sides:
-        log(f"{side}: new")
-        results[side]["new"] = measure_new(generator, work, [2, 50], args.runs)
+    log("new, both sides alternating")
+    for side, rows in measure_new(dict(sides), work, [2, 50], args.runs).items():
+        results[side]["new"] = rows
     if not args.no_build:
         for side, generator in sides:
             log(f"{side}: cold build (a fresh target directory), then incremental")
