@@ -121,11 +121,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Lock> {
                     p.source
                 )));
             }
-            let recorded = Recorded {
-                version: p.version,
-                tree_sha256: crate::platform::tree_hash(&p.files),
-                files: p.files,
-            };
+            let recorded = Recorded::from_hashes(p.version, p.files);
             if recorded.tree_sha256 != p.tree_sha256 {
                 return Err(broken(
                     "platform.tree_sha256 is not the hash of platform.files".to_string(),

@@ -22,6 +22,8 @@ pub struct Plan {
     /// Output paths relative to the workspace root, `/`-separated, sorted.
     pub files: BTreeMap<String, PlannedFile>,
     pub formatted: Formatted,
+    /// The vendored platform among `files`, as the lock records it.
+    pub platform: Option<Recorded>,
 }
 
 impl Plan {
@@ -40,6 +42,7 @@ impl Plan {
         let mut plan = Plan {
             files: BTreeMap::new(),
             formatted: Formatted::Yes,
+            platform: None,
         };
         // Templates are parsed once each, then every (template, view) pair is rendered;
         // both on every core: parsing is most of a small workspace's generation, and
@@ -91,6 +94,7 @@ impl Plan {
         // After formatting: the crate is rustfmt-clean as it ships (the generator's own
         // `cargo fmt` keeps it so), and copied code was most of what formatting cost.
         if let Some(chassis) = &blueprint.platform {
+            plan.platform = Some(chassis.recorded());
             for (path, contents) in &chassis.files {
                 plan.insert(
                     "platform",
@@ -120,7 +124,7 @@ impl Plan {
         let lock_text = lock::render(
             &String::from_utf8_lossy(spec_text),
             &self.files,
-            self.platform().as_ref(),
+            self.platform.as_ref(),
             tables,
         );
         self.files.remove(LOCK_FILE);
@@ -140,22 +144,6 @@ impl Plan {
         self.files
             .iter()
             .filter(|(path, file)| file.owner == Owner::Generator && *path != LOCK_FILE)
-    }
-
-    /// The vendored platform this plan writes, as the lock records it.
-    pub fn platform(&self) -> Option<Recorded> {
-        let files: BTreeMap<String, Vec<u8>> = self
-            .files
-            .iter()
-            .filter(|(_, file)| file.owner == Owner::Vendored)
-            .filter_map(|(path, file)| {
-                Some((
-                    layout::in_vendored_platform(path)?.to_string(),
-                    file.contents.clone(),
-                ))
-            })
-            .collect();
-        (!files.is_empty()).then(|| Recorded::of(&files))
     }
 
     /// The gateway's OpenAPI document: JSON for the gateway to serve, YAML for the docs.

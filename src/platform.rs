@@ -87,26 +87,29 @@ impl Recorded {
             .get("Cargo.toml")
             .and_then(|m| package_version(&String::from_utf8_lossy(m)))
             .unwrap_or_default();
+        Recorded::from_hashes(version, hashes)
+    }
+
+    /// A tree known by its files' hashes; its own hash follows from them.
+    pub fn from_hashes(version: String, files: BTreeMap<String, String>) -> Recorded {
         Recorded {
             version,
-            tree_sha256: tree_hash(&hashes),
-            files: hashes,
+            tree_sha256: tree_hash(&files),
+            files,
         }
     }
 
-    /// The files on disk that are not as recorded, in path order.
-    pub fn edits(&self, on_disk: &BTreeMap<String, Vec<u8>>) -> Vec<(String, Edit)> {
+    /// The files of `on_disk` that are not as recorded here, in path order.
+    pub fn edits(&self, on_disk: &Recorded) -> Vec<(String, Edit)> {
         let mut edits = Vec::new();
         for (path, sha) in &self.files {
-            match on_disk.get(path) {
+            match on_disk.files.get(path) {
                 None => edits.push((path.clone(), Edit::Deleted)),
-                Some(bytes) if sha256_hex(bytes) != *sha => {
-                    edits.push((path.clone(), Edit::Changed))
-                }
+                Some(found) if found != sha => edits.push((path.clone(), Edit::Changed)),
                 Some(_) => {}
             }
         }
-        for path in on_disk.keys() {
+        for path in on_disk.files.keys() {
             if !self.files.contains_key(path) {
                 edits.push((path.clone(), Edit::Added));
             }
@@ -117,7 +120,7 @@ impl Recorded {
 }
 
 /// One hash for the whole tree: over each file's path and hash, in path order.
-pub fn tree_hash(hashes: &BTreeMap<String, String>) -> String {
+fn tree_hash(hashes: &BTreeMap<String, String>) -> String {
     let listing: String = hashes
         .iter()
         .map(|(path, sha)| format!("{sha}  {path}\n"))
@@ -185,13 +188,13 @@ mod tests {
         ]);
         let recorded = Recorded::of(&shipped);
         assert_eq!(recorded.version, "1.2.3");
-        assert!(recorded.edits(&shipped).is_empty());
+        assert!(recorded.edits(&Recorded::of(&shipped)).is_empty());
         let mut disk = shipped.clone();
         disk.insert("src/a.rs".into(), b"pub fn a() { ours() }\n".to_vec());
         disk.insert("src/ours.rs".into(), b"\n".to_vec());
         disk.remove("src/lib.rs");
         assert_eq!(
-            recorded.edits(&disk),
+            recorded.edits(&Recorded::of(&disk)),
             [
                 ("src/a.rs".to_string(), Edit::Changed),
                 ("src/lib.rs".to_string(), Edit::Deleted),

@@ -333,7 +333,7 @@ fn vendored_platform(
     plan: &Plan,
     discard_edits: bool,
 ) -> Result<VendoredPlatform> {
-    let Some(new) = plan.platform() else {
+    let Some(new) = plan.platform.clone() else {
         return Ok(VendoredPlatform {
             step: PlatformStep::Current,
             edits: Vec::new(),
@@ -351,21 +351,18 @@ fn vendored_platform(
                 ))
             })
             .collect();
-        Recorded {
-            version: String::new(),
-            tree_sha256: platform::tree_hash(&files),
-            files,
-        }
+        Recorded::from_hashes(String::new(), files)
     });
     let disk = platform::on_disk(root)?;
+    let on_disk = Recorded::of(&disk);
     let edits: Vec<(String, Edit)> = old
-        .edits(&disk)
+        .edits(&on_disk)
         .into_iter()
         .map(|(path, edit)| (layout::vendored_platform_file(&path), edit))
         .collect();
     // Already the new tree (even if not the one the lock recorded): nothing to replace,
     // nothing edited.
-    if Recorded::of(&disk) == new {
+    if on_disk == new {
         return Ok(VendoredPlatform {
             step: PlatformStep::Current,
             edits: Vec::new(),
