@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import generate_once  # noqa: E402
+from bench import count_files, generate_once  # noqa: E402
 from bench_common import BenchError, cargo_build, log, run  # noqa: E402
 
 EDITED_FILE = "services/orders/src/domain/rules.rs"
@@ -71,10 +71,6 @@ def identical_share(root, a, b):
     mine = significant_lines(root, a)
     theirs = set(significant_lines(root, b))
     return sum(1 for line in mine if line in theirs) / max(1, len(mine))
-
-
-def count_files(root):
-    return sum(len(files) for _, _, files in os.walk(root)) if os.path.isdir(root) else 0
 
 
 def measure_lines(generator, work):
