@@ -89,9 +89,6 @@ grep -q '"services/shipping"' "$gen/shop/Cargo.toml"
 commit_all "$gen/shop" "add shipping"
 (cd "$gen/shop" && "$bin" check)
 check_workspace "$gen/shop"
-# The generated tests left out of `cargo test` for their cost (volume): on one service.
-step "shop: the ignored volume test (outbox and inbox at 400,000 rows)"
-(cd "$gen/shop" && cargo test -p orders --test events -- --ignored)
 
 step "generate market (every field type, custom events, calls and a reference, sqs)"
 "$bin" new market --spec "$root/tests/specs/rich.toml" --out "$gen/market" --no-git

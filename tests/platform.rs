@@ -10,10 +10,16 @@ use archscaffold::spec::{self, Bus, Overrides};
 /// Every released platform version and the hash of its tree (`tree_sha256` in a lock).
 /// A workspace that records one of these versions has exactly this tree, so `update`
 /// can tell an edit from a release; a change to blueprints/platform is a new version.
-const RELEASED: &[(&str, &str)] = &[(
-    "0.9.0",
-    "7725863bbb8f111782f04568ace96f2c4dd0aff73244299e8538246ca1403088",
-)];
+const RELEASED: &[(&str, &str)] = &[
+    (
+        "0.9.0",
+        "7725863bbb8f111782f04568ace96f2c4dd0aff73244299e8538246ca1403088",
+    ),
+    (
+        "0.10.0",
+        "ce072f199f62a06488e5e2aad7b9d7452f0976f4a1728b229ebff11395ecf87c",
+    ),
+];
 
 fn shipped() -> archscaffold::platform::Chassis {
     Blueprint::embedded()

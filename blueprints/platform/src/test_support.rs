@@ -5,6 +5,8 @@
 
 use sqlx::{Connection, Executor, PgConnection};
 
+pub mod binary;
+
 /// A random link key for one test, so no key is written down anywhere.
 pub fn link_key() -> crate::service_auth::LinkKey {
     crate::service_auth::LinkKey::new(&crate::service_auth::random_secret())
@@ -55,6 +57,61 @@ impl TestDatabase {
             .await
             .expect("DROP DATABASE");
     }
+}
+
+/// The platform's tables (outbox, inbox, idempotency keys, sagas) as a service's
+/// migrations leave them: what the platform's own database tests run against.
+pub const PLATFORM_SCHEMA: &str = include_str!("test_support/schema.sql");
+
+/// The tables of [`PLATFORM_SCHEMA`].
+pub const PLATFORM_TABLES: [&str; 4] = ["outbox", "inbox", "idempotency_keys", "saga"];
+
+/// A fresh database with [`PLATFORM_SCHEMA`] applied, and a pool on it.
+pub async fn platform_database(prefix: &str) -> (TestDatabase, sqlx::PgPool) {
+    let db = TestDatabase::create(prefix).await;
+    let pool = sqlx::PgPool::connect(&db.url)
+        .await
+        .expect("connect to the test database");
+    sqlx::raw_sql(PLATFORM_SCHEMA)
+        .execute(&pool)
+        .await
+        .expect("the platform schema applies");
+    (db, pool)
+}
+
+/// Panics unless the platform's tables in `pool`'s database (migrated by a service) have
+/// the columns and indexes of [`PLATFORM_SCHEMA`], so the platform's database tests test
+/// what the service runs on.
+pub async fn assert_platform_schema(pool: &sqlx::PgPool) {
+    let (db, reference) = platform_database("platform_schema").await;
+    let expected = schema_shape(&reference).await;
+    reference.close().await;
+    db.drop_database().await;
+    let actual = schema_shape(pool).await;
+    let missing: Vec<&String> = expected.iter().filter(|e| !actual.contains(e)).collect();
+    let extra: Vec<&String> = actual.iter().filter(|a| !expected.contains(a)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "the migrations' platform tables differ from platform::test_support::PLATFORM_SCHEMA:\n  \
+         missing: {missing:#?}\n  not in the platform's schema: {extra:#?}"
+    );
+}
+
+/// Each column (type, nullability, default) and each index of the platform's tables.
+async fn schema_shape(pool: &sqlx::PgPool) -> Vec<String> {
+    let tables: Vec<String> = PLATFORM_TABLES.iter().map(|t| t.to_string()).collect();
+    sqlx::query_scalar(
+        "SELECT table_name || '.' || column_name || ' ' || data_type || ' nullable=' || is_nullable \
+                || ' default=' || coalesce(column_default, '') \
+         FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = ANY($1) \
+         UNION ALL \
+         SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = ANY($1) \
+         ORDER BY 1",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await
+    .expect("read the schema")
 }
 
 /// The same URL with its database path replaced.

@@ -1,0 +1,189 @@
+//! A service's real binary, started for its tests on free loopback ports against a test
+//! database, with the event bus unreachable (a service must start and serve without it).
+//! Its stdout, the JSON log, goes to an unlinked file and shows in every panic about it.
+
+use std::fs::File;
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A running service binary.
+pub struct ServiceProcess {
+    pub child: Child,
+    /// Its stdout: a file already unlinked, read through this handle.
+    log: File,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `prefix` (the service's settings prefix, e.g. `ORDERS`) naming
+    /// its database, its gRPC and metrics addresses and an unreachable broker; `settings`
+    /// come on top (keys, dependencies, a test's own).
+    pub fn start(
+        binary: &str,
+        prefix: &str,
+        database_url: &str,
+        settings: &[(String, String)],
+    ) -> ServiceProcess {
+        let port = free_port();
+        let metrics_port = free_port();
+        // Unlinked at once: the service writes and the test reads through open handles,
+        // and no run leaves a file behind.
+        let name = std::path::Path::new(binary)
+            .file_name()
+            .map_or_else(|| "service".into(), |n| n.to_string_lossy());
+        let log_path =
+            std::env::temp_dir().join(format!("{name}-binary-{port}-{}.log", std::process::id()));
+        let log_writer = File::create(&log_path).expect("create the service's log file");
+        let log = File::open(&log_path).expect("open the service's log file");
+        std::fs::remove_file(&log_path).expect("unlink the service's log file");
+        let mut command = Command::new(binary);
+        command
+            .env(format!("{prefix}__DATABASE__URL"), database_url)
+            .env(format!("{prefix}__GRPC__ADDR"), format!("127.0.0.1:{port}"))
+            .env(
+                format!("{prefix}__METRICS__ADDR"),
+                format!("127.0.0.1:{metrics_port}"),
+            )
+            .env(
+                UNREACHABLE_BUS.0.replace("{prefix}", prefix),
+                UNREACHABLE_BUS.1,
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(log_writer));
+        for (name, value) in settings {
+            command.env(name, value);
+        }
+        let child = command.spawn().expect("start the service binary");
+        ServiceProcess {
+            child,
+            log,
+            port,
+            metrics_port,
+        }
+    }
+
+    /// What the service logged so far.
+    pub fn log(&mut self) -> String {
+        let mut said = String::new();
+        self.log.read_to_string(&mut said).ok();
+        said
+    }
+
+    /// Polls the health service until it reports SERVING; bounded by `limit`. A service
+    /// that exited says why in its log.
+    pub async fn wait_until_serving(&mut self, limit: Duration) -> Channel {
+        let deadline = Instant::now() + limit;
+        let endpoint = self.endpoint();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "the service exited before serving: {status}; its log:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(channel) = endpoint.connect().await {
+                let serving = HealthClient::new(channel.clone())
+                    .check(HealthCheckRequest::default())
+                    .await
+                    .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
+                    .unwrap_or(false);
+                if serving {
+                    return channel;
+                }
+            }
+            assert!(Instant::now() < deadline, "not serving after {limit:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Its gRPC address, for a new connection.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::from_shared(format!("http://127.0.0.1:{}", self.port)).unwrap()
+    }
+
+    /// `GET /metrics` over a plain loopback connection; returns the body.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.metrics_port))
+            .await
+            .expect("connect to /metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut response))
+            .await
+            .expect("/metrics answers within 5 s")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+    }
+
+    /// Sends SIGTERM, as an orchestrator stopping it does.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("send SIGTERM");
+        assert!(sent.success());
+    }
+
+    /// Its exit status, waited for up to `limit` (then killed, and the test fails).
+    pub async fn wait_for_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "did not stop within {limit:?} of SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The setting that points the bus client at a closed loopback port.
+#[cfg(feature = "kafka")]
+const UNREACHABLE_BUS: (&str, &str) = ("{prefix}__KAFKA__BROKERS", "127.0.0.1:1");
+#[cfg(all(feature = "sqs", not(feature = "kafka")))]
+const UNREACHABLE_BUS: (&str, &str) = ("{prefix}__SQS__ENDPOINT", "http://127.0.0.1:1");
+
+/// The value of the one sample whose line starts with `name` and contains every label.
+pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_sample_is_found_by_its_name_and_every_label() {
+        let text = "# TYPE x counter\nx{a=\"1\",b=\"2\"} 3\nx{a=\"1\"} 4\n";
+        assert_eq!(sample(text, "x", &["a=\"1\"", "b=\"2\""]), Some(3.0));
+        assert_eq!(sample(text, "x", &["b=\"3\""]), None);
+    }
+}
