@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "ce072f199f62a06488e5e2aad7b9d7452f0976f4a1728b229ebff11395ecf87c",
+        "984ef794bf5375e5bfa23db327126eb207bf8bad669e56c34aaa4c6c8ca70c54",
     ),
 ];
 

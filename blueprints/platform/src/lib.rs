@@ -14,6 +14,7 @@ pub mod faults;
 pub mod gateway;
 pub mod health;
 pub mod idempotency;
+pub mod keyed_change;
 pub mod keyed_write;
 pub mod log_writer;
 pub mod metrics;
