@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "984ef794bf5375e5bfa23db327126eb207bf8bad669e56c34aaa4c6c8ca70c54",
+        "99ac8404d5d60fe24477ca9dc1eb5481ce172831be43ac9c7f5180dd77bca521",
     ),
 ];
 

@@ -23,6 +23,7 @@ pub mod outbox;
 pub mod relay;
 pub mod resilience;
 pub mod saga;
+pub mod service;
 pub mod service_auth;
 pub mod shutdown;
 pub mod supervise;

@@ -366,6 +366,19 @@ pub struct SagaConfig {
 }
 
 impl SagaConfig {
+    /// For tests: quick retries, and few before a compensation waits for an operator.
+    pub fn in_process() -> Self {
+        SagaConfig {
+            lease: Duration::from_secs(10),
+            poll_every: Duration::from_millis(50),
+            step_timeout: Duration::from_secs(2),
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            compensation_attempts: 3,
+            die_after_step: None,
+        }
+    }
+
     /// `SAGA__LEASE_MS` (30000), `SAGA__POLL_MS` (500), `SAGA__STEP_TIMEOUT_MS` (10000),
     /// `SAGA__BACKOFF_BASE_MS` (200), `SAGA__BACKOFF_MAX_MS` (10000),
     /// `SAGA__COMPENSATION_ATTEMPTS` (10). The lease must be at least twice the step

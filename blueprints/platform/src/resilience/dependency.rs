@@ -81,6 +81,30 @@ pub struct DependencyConfig {
 }
 
 impl DependencyConfig {
+    /// A dependency for tests and tools: at `addr` (one that nothing listens on,
+    /// `http://127.0.0.1:1`, when the test does not need it), with short timeouts, one
+    /// retry and a breaker that opens after three failures for two seconds.
+    pub fn in_process(addr: String, key: LinkKey, default_deadline: Duration) -> Self {
+        DependencyConfig {
+            addr,
+            discovery: crate::resilience::replicas::Discovery {
+                resolve_every: Duration::from_secs(5),
+                probe_every: Duration::from_millis(200),
+            },
+            timeout: Duration::from_secs(1),
+            retries: 1,
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(50),
+            breaker: crate::resilience::BreakerConfig {
+                failure_threshold: 3,
+                open_for: Duration::from_secs(2),
+            },
+            max_concurrent: 16,
+            default_deadline,
+            key,
+        }
+    }
+
     /// The settings under `<PREFIX>__<name>__...` (`ADDR`, `RESOLVE_EVERY_MS`,
     /// `HEALTH_EVERY_MS`, `TIMEOUT_MS`, `RETRIES`,
     /// `BACKOFF_BASE_MS`, `BACKOFF_MAX_MS`, `BREAKER__FAILURES`, `BREAKER__OPEN_MS`,
