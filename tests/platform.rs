@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "99ac8404d5d60fe24477ca9dc1eb5481ce172831be43ac9c7f5180dd77bca521",
+        "f6f39d39da6565d3b172624a36ae375651fed8bdb392b4d21587635184d1e980",
     ),
 ];
 
