@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "f6f39d39da6565d3b172624a36ae375651fed8bdb392b4d21587635184d1e980",
+        "3853133cf038b143f4c260ffb2474bb177e4b81cb70ad0f19bd6ee6bd9c31b45",
     ),
 ];
 

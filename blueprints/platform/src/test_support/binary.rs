@@ -163,6 +163,30 @@ impl ServiceProcess {
     }
 }
 
+/// Runs `binary` with an invalid `<prefix>__GRPC__ADDR` and nothing else set: it must log
+/// `invalid configuration` at ERROR, naming the setting, and exit with 2.
+pub fn assert_an_invalid_setting_is_logged_and_exits_2(binary: &str, prefix: &str) {
+    let output = Command::new(binary)
+        .env_clear()
+        .env(format!("{prefix}__GRPC__ADDR"), "not an address")
+        .output()
+        .expect("run the service binary");
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let error = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["message"] == "invalid configuration")
+        .unwrap_or_else(|| panic!("no `invalid configuration` line in: {stdout}"));
+    assert_eq!(error["level"], "ERROR");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("{prefix}__"))),
+        "{error}"
+    );
+}
+
 /// The setting that points the bus client at a closed loopback port.
 #[cfg(feature = "kafka")]
 const UNREACHABLE_BUS: (&str, &str) = ("{prefix}__KAFKA__BROKERS", "127.0.0.1:1");
