@@ -35,6 +35,9 @@ step "build the generator"
 (cd "$root" && env -u CARGO_TARGET_DIR cargo build --quiet)
 bin="$root/target/debug/archscaffold"
 export CARGO_TARGET_DIR="${ARCHSCAFFOLD_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/archscaffold/target}"
+# No incremental state there: every generated crate differs from run to run, so it would
+# only pile up (41 GB in the shared directory once) and no build here reuses it.
+export CARGO_INCREMENTAL=0
 rm -rf "$gen"
 mkdir -p "$gen"
 

@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "3853133cf038b143f4c260ffb2474bb177e4b81cb70ad0f19bd6ee6bd9c31b45",
+        "496f3112fdd216fe018781bc42b07d51907b51d240e4a455b6ca6ca7f24f8fe8",
     ),
 ];
 

@@ -28,6 +28,7 @@ pub mod service_auth;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod time;
 
 /// The allocator every binary of the system declares as its global one (ADR 0015):
 /// `#[global_allocator] static ALLOCATOR: platform::Allocator = platform::Allocator;`

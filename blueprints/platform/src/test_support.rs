@@ -6,6 +6,7 @@
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod binary;
+pub mod in_process;
 
 /// A random link key for one test, so no key is written down anywhere.
 pub fn link_key() -> crate::service_auth::LinkKey {

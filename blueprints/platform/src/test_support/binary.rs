@@ -135,6 +135,69 @@ impl ServiceProcess {
         response
     }
 
+    /// Stops it as an orchestrator does and checks the drain: after SIGTERM, `service`'s
+    /// health says NOT_SERVING within half of `delay` (its `SHUTDOWN__DELAY_MS`), a call
+    /// on a new connection (`call`, which answers the status code it got) is still served
+    /// within the delay, and the process exits 0 after it, not before.
+    pub async fn assert_drains_on_sigterm<F, Fut>(
+        &mut self,
+        delay: Duration,
+        service: &str,
+        call: F,
+    ) where
+        F: FnOnce(Channel) -> Fut,
+        Fut: std::future::Future<Output = tonic::Code>,
+    {
+        let channel = self.wait_until_serving(Duration::from_secs(30)).await;
+        self.terminate();
+        let stopping = Instant::now();
+        // NOT_SERVING at once, so load balancers and endpoints stop sending new work...
+        let mut health = HealthClient::new(channel);
+        let this_service = HealthCheckRequest {
+            service: service.to_string(),
+        };
+        loop {
+            let status = health
+                .check(this_service.clone())
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            if status == ServingStatus::NotServing as i32 {
+                break;
+            }
+            assert!(
+                stopping.elapsed() < delay / 2,
+                "still SERVING {:?} after SIGTERM",
+                stopping.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // ...while calls still arriving, even on a new connection, are served for the delay.
+        let fresh = self
+            .endpoint()
+            .connect()
+            .await
+            .expect("the listener is still open during the delay");
+        let code = call(fresh).await;
+        assert_eq!(
+            code,
+            tonic::Code::NotFound,
+            "the call was not served: {code:?}"
+        );
+        assert!(
+            stopping.elapsed() < delay,
+            "the checks took longer than the delay"
+        );
+        let status = self.wait_for_exit(Duration::from_secs(15)).await;
+        assert!(status.success(), "exits 0 after the drain, got {status}");
+        assert!(
+            stopping.elapsed() >= delay,
+            "exited {:?} after SIGTERM, before the delay",
+            stopping.elapsed()
+        );
+    }
+
     /// Sends SIGTERM, as an orchestrator stopping it does.
     pub fn terminate(&self) {
         let sent = Command::new("kill")
