@@ -17,7 +17,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.10.0",
-        "496f3112fdd216fe018781bc42b07d51907b51d240e4a455b6ca6ca7f24f8fe8",
+        "8ce73e66a359bf7b504dd3b58060f04778df07e7e8eb8bf216d3a8cebe78670a",
     ),
 ];
 

@@ -116,7 +116,7 @@ pub async fn change<A: KeyedStore, E>(
     conn: &mut PgConnection,
     write: Write<'_>,
     decide: impl Fn(&A) -> Result<Outcome<A, E>, AppError>,
-    message: impl Fn(&E, &MessageContext) -> OutboxMessage,
+    outbox_message: impl Fn(&E, &MessageContext) -> OutboxMessage,
 ) -> Result<Option<A>, AppError> {
     let Write {
         operation,
@@ -163,7 +163,7 @@ pub async fn change<A: KeyedStore, E>(
             .map(ResponseCodec::encode_response)
             .unwrap_or_default();
         let claim = key.claim(&response);
-        let message = message(&event, context);
+        let message = outbox_message(&event, context);
         let written = match &stored {
             Some(next) => {
                 A::update_keyed(conn, next, current.version(), from, &claim, &message).await

@@ -60,7 +60,7 @@ impl ServiceProcess {
                 format!("127.0.0.1:{metrics_port}"),
             )
             .env(
-                UNREACHABLE_BUS.0.replace("{prefix}", prefix),
+                format!("{prefix}__{}", UNREACHABLE_BUS.0),
                 UNREACHABLE_BUS.1,
             )
             .env("RUST_LOG", "warn")
@@ -250,11 +250,12 @@ pub fn assert_an_invalid_setting_is_logged_and_exits_2(binary: &str, prefix: &st
     );
 }
 
-/// The setting that points the bus client at a closed loopback port.
+/// The setting (under the service's prefix) that points the bus client at a closed
+/// loopback port.
 #[cfg(feature = "kafka")]
-const UNREACHABLE_BUS: (&str, &str) = ("{prefix}__KAFKA__BROKERS", "127.0.0.1:1");
+const UNREACHABLE_BUS: (&str, &str) = ("KAFKA__BROKERS", "127.0.0.1:1");
 #[cfg(all(feature = "sqs", not(feature = "kafka")))]
-const UNREACHABLE_BUS: (&str, &str) = ("{prefix}__SQS__ENDPOINT", "http://127.0.0.1:1");
+const UNREACHABLE_BUS: (&str, &str) = ("SQS__ENDPOINT", "http://127.0.0.1:1");
 
 /// The value of the one sample whose line starts with `name` and contains every label.
 pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
