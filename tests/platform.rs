@@ -19,6 +19,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.10.0",
         "8ce73e66a359bf7b504dd3b58060f04778df07e7e8eb8bf216d3a8cebe78670a",
     ),
+    (
+        "0.11.0",
+        "71d299d20b5cae75399c53d29505346e85e6fb06fa5096fcaeafc667279a7dbd",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

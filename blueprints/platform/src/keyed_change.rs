@@ -5,10 +5,9 @@
 //! decision (`decide`, from its domain rules), its events' outbox rows and the response
 //! codec.
 
-use std::fmt::Display;
 use std::future::Future;
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 use tokio::sync::Notify;
 
 use crate::context::MessageContext;
@@ -16,6 +15,7 @@ use crate::error::AppError;
 use crate::idempotency::{self, Claim};
 use crate::keyed_write::{self, Key, KeyClaim};
 use crate::outbox::OutboxMessage;
+use crate::table::Table;
 
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const MAX_PAGE_SIZE: u32 = 500;
@@ -54,11 +54,11 @@ pub trait ResponseCodec: Sized {
     fn decode_response(stored: &[u8]) -> Result<Self, String>;
 }
 
-/// An aggregate's rows as the keyed use cases read and write them (a service's `infra`).
-pub trait KeyedStore: ResponseCodec + Send + Sync {
+/// An aggregate's rows as the keyed use cases read and write them: each change in one
+/// statement (`crate::keyed_write`) over the aggregate's [`Table`].
+pub trait KeyedStore: Table + ResponseCodec {
     /// The aggregate's name in messages, e.g. `Order`.
     const NAME: &'static str;
-    type Id: Copy + Display + Send + Sync;
 
     fn parse_id(id: &str) -> Result<Self::Id, AppError>;
 
@@ -70,10 +70,20 @@ pub trait KeyedStore: ResponseCodec + Send + Sync {
         conn: &mut PgConnection,
         id: Self::Id,
         key: &Key<'_>,
-    ) -> impl Future<Output = Result<(Option<Claim>, Option<Self>), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<(Option<Claim>, Option<Self>), sqlx::Error>> + Send {
+        async move {
+            let query = sqlx::query(Self::statements().select_keyed()).bind(Self::uuid(id));
+            let row = keyed_write::bind_lookup(query, key).fetch_one(conn).await?;
+            let earlier = keyed_write::earlier(&row, key)?;
+            let found: Option<uuid::Uuid> = row.try_get("id")?;
+            let current = found.map(|_| Self::from_row(&row)).transpose()?;
+            Ok((earlier, current))
+        }
+    }
 
     /// Stores `next` if the row is still at `expected` (and in one of `from`, if any), with
-    /// its event and key: `false`, and nothing written, when the row moved on.
+    /// its event and key: `false`, and nothing written, when the row moved on. A key
+    /// claimed concurrently fails the statement (`keyed_write::key_taken`).
     fn update_keyed(
         conn: &mut PgConnection,
         next: &Self,
@@ -81,7 +91,20 @@ pub trait KeyedStore: ResponseCodec + Send + Sync {
         from: &[&str],
         claim: &KeyClaim<'_>,
         event: &OutboxMessage,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        async move {
+            let query = next.bind_update(
+                sqlx::query(Self::statements().update_keyed()),
+                expected,
+                from,
+            );
+            let written: i64 = keyed_write::bind(query, claim, event)
+                .fetch_one(conn)
+                .await?
+                .get(0);
+            Ok(written == 1)
+        }
+    }
 
     /// Deletes the row if it is still at `expected`, with its event and key.
     fn delete_keyed(
@@ -90,7 +113,18 @@ pub trait KeyedStore: ResponseCodec + Send + Sync {
         expected: i64,
         claim: &KeyClaim<'_>,
         event: &OutboxMessage,
-    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
+        async move {
+            let query = sqlx::query(Self::statements().delete_keyed())
+                .bind(Self::uuid(id))
+                .bind(expected);
+            let written: i64 = keyed_write::bind(query, claim, event)
+                .fetch_one(conn)
+                .await?
+                .get(0);
+            Ok(written == 1)
+        }
+    }
 }
 
 /// One change as a request names it.

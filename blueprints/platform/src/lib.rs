@@ -27,6 +27,7 @@ pub mod service;
 pub mod service_auth;
 pub mod shutdown;
 pub mod supervise;
+pub mod table;
 pub mod telemetry;
 pub mod time;
 

@@ -7,6 +7,7 @@ use sqlx::{Connection, Executor, PgConnection};
 
 pub mod binary;
 pub mod in_process;
+pub mod keyed_api;
 
 /// A random link key for one test, so no key is written down anywhere.
 pub fn link_key() -> crate::service_auth::LinkKey {

@@ -4,14 +4,16 @@
 //! taken mid-change, and a change failing with its event. Each generated service's API
 //! tests run the same machinery over its own aggregate and SQL.
 
+use std::sync::LazyLock;
+
 use platform::context::MessageContext;
 use platform::error::AppError;
-use platform::idempotency::Claim;
 use platform::keyed_change::{self, Change, KeyedStore, Outcome, ResponseCodec, Write};
-use platform::keyed_write::{self, Key, KeyClaim};
 use platform::outbox::OutboxMessage;
+use platform::table::{PgQuery, Sql, Statements, Table};
 use platform::test_support::{TestDatabase, platform_database};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -45,9 +47,59 @@ impl ResponseCodec for Item {
     }
 }
 
+static STATEMENTS: LazyLock<Statements> = LazyLock::new(|| {
+    Statements::new(&Sql {
+        table: "items",
+        columns: "id, version, state",
+        insert_into: "INSERT INTO items (id, version, state)",
+        row_values: "$1, $2, $3",
+        row_parameters: 3,
+        update_row: "UPDATE items SET version = $3, state = $4 WHERE id = $1 AND version = $2 \
+                     AND (cardinality($5::text[]) = 0 OR state = ANY($5))",
+        update_parameters: 5,
+    })
+});
+
+impl Table for Item {
+    type Id = Uuid;
+
+    fn statements() -> &'static Statements {
+        &STATEMENTS
+    }
+
+    fn uuid(id: Uuid) -> Uuid {
+        id
+    }
+
+    fn bind_row<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query.bind(self.id).bind(self.version).bind(&self.state)
+    }
+
+    fn bind_update<'q>(
+        &'q self,
+        query: PgQuery<'q>,
+        expected: i64,
+        from: &'q [&'q str],
+    ) -> PgQuery<'q> {
+        query
+            .bind(self.id)
+            .bind(expected)
+            .bind(self.version)
+            .bind(&self.state)
+            .bind(from)
+    }
+
+    fn from_row(row: &PgRow) -> Result<Item, sqlx::Error> {
+        Ok(Item {
+            id: row.try_get("id")?,
+            version: row.try_get("version")?,
+            state: row.try_get("state")?,
+        })
+    }
+}
+
 impl KeyedStore for Item {
     const NAME: &'static str = "Item";
-    type Id = Uuid;
 
     fn parse_id(id: &str) -> Result<Uuid, AppError> {
         id.parse()
@@ -56,77 +108,6 @@ impl KeyedStore for Item {
 
     fn version(&self) -> i64 {
         self.version
-    }
-
-    async fn find_keyed(
-        conn: &mut PgConnection,
-        id: Uuid,
-        key: &Key<'_>,
-    ) -> Result<(Option<Claim>, Option<Self>), sqlx::Error> {
-        let sql =
-            keyed_write::read_statement("SELECT id, version, state FROM items WHERE id = $1", 1);
-        let row = keyed_write::bind_lookup(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id), key)
-            .fetch_one(conn)
-            .await?;
-        let earlier = keyed_write::earlier(&row, key)?;
-        let found: Option<Uuid> = row.try_get("id")?;
-        let current = match found {
-            Some(id) => Some(Item {
-                id,
-                version: row.try_get("version")?,
-                state: row.try_get("state")?,
-            }),
-            None => None,
-        };
-        Ok((earlier, current))
-    }
-
-    async fn update_keyed(
-        conn: &mut PgConnection,
-        next: &Self,
-        expected: i64,
-        from: &[&str],
-        claim: &KeyClaim<'_>,
-        event: &OutboxMessage,
-    ) -> Result<bool, sqlx::Error> {
-        let sql = keyed_write::change_statement(
-            "UPDATE items SET version = $2, state = $3 WHERE id = $1 AND version = $4 \
-             AND (cardinality($5::text[]) = 0 OR state = ANY($5)) RETURNING 1",
-            5,
-        );
-        let from: Vec<String> = from.iter().map(|s| s.to_string()).collect();
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(next.id)
-            .bind(next.version)
-            .bind(&next.state)
-            .bind(expected)
-            .bind(from);
-        let written: i64 = keyed_write::bind(query, claim, event)
-            .fetch_one(conn)
-            .await?
-            .get(0);
-        Ok(written == 1)
-    }
-
-    async fn delete_keyed(
-        conn: &mut PgConnection,
-        id: Uuid,
-        expected: i64,
-        claim: &KeyClaim<'_>,
-        event: &OutboxMessage,
-    ) -> Result<bool, sqlx::Error> {
-        let sql = keyed_write::change_statement(
-            "DELETE FROM items WHERE id = $1 AND version = $2 RETURNING 1",
-            2,
-        );
-        let query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(expected);
-        let written: i64 = keyed_write::bind(query, claim, event)
-            .fetch_one(conn)
-            .await?
-            .get(0);
-        Ok(written == 1)
     }
 }
 
@@ -404,5 +385,61 @@ async fn a_change_and_its_outbox_row_roll_back_together() {
         .unwrap();
     assert_eq!(changed.version, 2);
     assert_eq!(count(&pool, "SELECT count(*) FROM outbox").await, 1);
+    finish(db, pool).await;
+}
+
+/// The reads and conditional writes `platform::table` provides over a service's SQL, for
+/// the use cases it adds: the statements derived from `Sql` (select, list, delete) and its
+/// own (insert, update) with their binds.
+#[tokio::test]
+async fn the_tables_reads_and_conditional_writes() {
+    let (db, pool) = setup().await;
+    let mut conn = pool.acquire().await.unwrap();
+    let mut items = Vec::new();
+    for _ in 0..3 {
+        let item = Item {
+            id: Uuid::now_v7(),
+            version: 1,
+            state: "new".to_string(),
+        };
+        item.insert(&mut conn).await.expect("insert");
+        items.push(item);
+    }
+    assert_eq!(
+        Item::find(&pool, items[1].id).await.unwrap().as_ref(),
+        Some(&items[1])
+    );
+    assert_eq!(Item::find(&pool, Uuid::now_v7()).await.unwrap(), None);
+    // Listing: oldest first, after a cursor, at most `limit`.
+    assert_eq!(Item::list(&pool, None, 2).await.unwrap(), items[..2]);
+    assert_eq!(
+        Item::list(&pool, Some(items[0].id), 5).await.unwrap(),
+        items[1..]
+    );
+
+    let next = Item {
+        version: 2,
+        state: "done".to_string(),
+        ..items[0].clone()
+    };
+    // Only from the version it was decided on, and from one of the states it names.
+    assert!(!next.update_if(&mut conn, 2, &[]).await.unwrap(), "stale");
+    assert!(
+        !next.update_if(&mut conn, 1, &["done"]).await.unwrap(),
+        "not from new"
+    );
+    assert!(next.update_if(&mut conn, 1, &["new"]).await.unwrap());
+    assert_eq!(
+        Item::find_in(&mut conn, next.id).await.unwrap(),
+        Some(next.clone())
+    );
+    assert!(
+        !Item::delete_if(&mut conn, next.id, 1).await.unwrap(),
+        "stale"
+    );
+    assert!(Item::delete_if(&mut conn, next.id, 2).await.unwrap());
+    assert_eq!(Item::find_in(&mut conn, next.id).await.unwrap(), None);
+    assert_eq!(count(&pool, "SELECT count(*) FROM items").await, 2);
+    drop(conn);
     finish(db, pool).await;
 }
