@@ -21,7 +21,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.11.0",
-        "71d299d20b5cae75399c53d29505346e85e6fb06fa5096fcaeafc667279a7dbd",
+        "0a62902b822773a91e440097c8250d5cd1439490de35c660c33768c870c42bcd",
     ),
 ];
 

@@ -241,6 +241,50 @@ pub async fn change<A: KeyedStore, E>(
     Err(AppError::Internal("change attempts exhausted".into()))
 }
 
+/// One create as a request names it.
+pub struct Create<'a> {
+    /// The idempotency scope: the RPC's name.
+    pub operation: &'a str,
+    pub idempotency_key: &'a str,
+    pub fingerprint: &'a [u8],
+    pub context: &'a MessageContext,
+}
+
+/// A create: the key checked, the aggregate decided (`decide`), then the row, its event and
+/// the key written in one statement (atomic on its own: no transaction needed, but it
+/// joins the caller's, e.g. a consumer's). A retry gets the first answer; a key used
+/// before for another request is refused.
+pub async fn create<A: KeyedStore, E>(
+    conn: &mut PgConnection,
+    create: Create<'_>,
+    decide: impl FnOnce() -> Result<(A, E), AppError>,
+    outbox_message: impl Fn(&E, &MessageContext) -> OutboxMessage,
+) -> Result<A, AppError> {
+    let Create {
+        operation,
+        idempotency_key,
+        fingerprint,
+        context,
+    } = create;
+    let key = checked_key(idempotency_key, "create")?;
+    let (created, event) = decide()?;
+    let response = created.encode_response();
+    let claim = KeyClaim {
+        operation,
+        scope: &context.principal,
+        key,
+        fingerprint,
+        response: &response,
+    };
+    if !created
+        .insert_keyed(conn, &claim, &outbox_message(&event, context))
+        .await?
+    {
+        return replay_create(conn, operation, context, key, fingerprint).await;
+    }
+    Ok(created)
+}
+
 /// The answer to a create whose keyed write wrote nothing: the key was taken before, by
 /// this very request (its stored answer) or by another one (refused).
 pub async fn replay_create<A: KeyedStore>(

@@ -9,6 +9,8 @@ use sqlx::query::Query;
 use sqlx::{PgConnection, Postgres};
 use uuid::Uuid;
 
+use crate::context::MessageContext;
+
 #[derive(Debug, Clone)]
 pub struct OutboxMessage {
     /// Also the message id consumers deduplicate on.
@@ -26,6 +28,50 @@ pub struct OutboxMessage {
     pub payload: Vec<u8>,
     /// Message headers: correlation id, trace context.
     pub headers: serde_json::Value,
+}
+
+/// How an aggregate's event becomes its outbox row. The transport adapter implements it
+/// (a service's `grpc.rs`: the protobuf event), so the use cases never encode one.
+pub trait OutboxEvent {
+    fn outbox_message(&self, context: &MessageContext) -> OutboxMessage;
+}
+
+/// The aggregate an event is about, at its version after the change.
+pub struct Subject<'a> {
+    pub aggregate_type: &'a str,
+    pub id: Uuid,
+    pub version: i64,
+}
+
+impl OutboxMessage {
+    /// An event about `subject` for `topic`, of `event_type` (its fully qualified protobuf
+    /// name) with its encoded `payload`, carrying the request's correlation and trace
+    /// context and the aggregate's version as headers.
+    pub fn event(
+        context: &MessageContext,
+        subject: Subject<'_>,
+        topic: &str,
+        event_type: &str,
+        payload: Vec<u8>,
+    ) -> OutboxMessage {
+        let mut headers = context.headers();
+        if let Some(map) = headers.as_object_mut() {
+            map.insert(
+                crate::bus::AGGREGATE_VERSION.to_string(),
+                subject.version.to_string().into(),
+            );
+        }
+        OutboxMessage {
+            event_id: Uuid::now_v7(),
+            topic: topic.to_string(),
+            event_type: event_type.to_string(),
+            aggregate_type: subject.aggregate_type.to_string(),
+            aggregate_id: subject.id,
+            aggregate_version: subject.version,
+            payload,
+            headers,
+        }
+    }
 }
 
 /// The outbox's columns, in the order [`bind`] binds a message's values.

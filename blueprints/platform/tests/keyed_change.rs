@@ -8,8 +8,8 @@ use std::sync::LazyLock;
 
 use platform::context::MessageContext;
 use platform::error::AppError;
-use platform::keyed_change::{self, Change, KeyedStore, Outcome, ResponseCodec, Write};
-use platform::outbox::OutboxMessage;
+use platform::keyed_change::{self, Change, Create, KeyedStore, Outcome, ResponseCodec, Write};
+use platform::outbox::{OutboxMessage, Subject};
 use platform::table::{PgQuery, Sql, Statements, Table};
 use platform::test_support::{TestDatabase, platform_database};
 use sqlx::postgres::PgRow;
@@ -113,16 +113,12 @@ impl KeyedStore for Item {
 
 fn outbox_message(event: &ItemEvent, context: &MessageContext) -> OutboxMessage {
     let (id, version, name) = *event;
-    OutboxMessage {
-        event_id: Uuid::now_v7(),
-        topic: "test.items".to_string(),
-        event_type: name.to_string(),
-        aggregate_type: "Item".to_string(),
-        aggregate_id: id,
-        aggregate_version: version,
-        payload: Vec::new(),
-        headers: context.headers(),
-    }
+    let subject = Subject {
+        aggregate_type: "Item",
+        id,
+        version,
+    };
+    OutboxMessage::event(context, subject, "test.items", name, Vec::new())
 }
 
 async fn setup() -> (TestDatabase, PgPool) {
@@ -154,6 +150,28 @@ async fn item(pool: &PgPool) -> Uuid {
         .await
         .unwrap();
     id
+}
+
+/// Creates an item in `state` with `key`; the request's fingerprint is its state.
+async fn create_item(pool: &PgPool, key: &str, state: &str) -> Result<Item, AppError> {
+    let mut conn = pool.acquire().await?;
+    let context = MessageContext::new_root();
+    let create = Create {
+        operation: "CreateItem",
+        idempotency_key: key,
+        fingerprint: state.as_bytes(),
+        context: &context,
+    };
+    let decide = || {
+        let item = Item {
+            id: Uuid::now_v7(),
+            version: 1,
+            state: state.to_string(),
+        };
+        let event = (item.id, 1, "ItemCreated");
+        Ok((item, event))
+    };
+    keyed_change::create(&mut conn, create, decide, outbox_message).await
 }
 
 /// Moves the item to `state` as `principal`, with `key` and, unless empty, `etag`; the
@@ -441,5 +459,29 @@ async fn the_tables_reads_and_conditional_writes() {
     assert_eq!(Item::find_in(&mut conn, next.id).await.unwrap(), None);
     assert_eq!(count(&pool, "SELECT count(*) FROM items").await, 2);
     drop(conn);
+    finish(db, pool).await;
+}
+
+#[tokio::test]
+async fn a_create_writes_its_row_event_and_key_once_per_key() {
+    let (db, pool) = setup().await;
+    let first = create_item(&pool, "c1", "a").await.unwrap();
+    let retry = create_item(&pool, "c1", "a").await.unwrap();
+    assert_eq!(retry, first, "a retry gets the first answer");
+    let reused = create_item(&pool, "c1", "b").await.unwrap_err();
+    assert!(matches!(reused, AppError::Conflict(_)), "{reused:?}");
+    let blank = create_item(&pool, "  ", "a").await.unwrap_err();
+    assert!(matches!(blank, AppError::InvalidArgument(_)), "{blank:?}");
+    assert_eq!(Item::find(&pool, first.id).await.unwrap(), Some(first));
+    assert_eq!(count(&pool, "SELECT count(*) FROM items").await, 1);
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM outbox WHERE event_type = 'ItemCreated' \
+             AND aggregate_version = 1 AND headers->>'aggregate_version' = '1'"
+        )
+        .await,
+        1
+    );
     finish(db, pool).await;
 }
