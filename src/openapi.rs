@@ -11,8 +11,14 @@ use crate::spec::routes::{Operation, Route};
 
 pub const JSON_PATH: &str = "gateway/openapi.json";
 
-/// Errors every protected operation can answer, by status.
-const COMMON_ERRORS: &[&str] = &["401", "403", "429", "502", "503", "504"];
+/// The statuses the gateway answers with a problem document, each with its meaning and
+/// headers: the gateway's own table (`platform::gateway::statuses`), so the document and
+/// the gateway state them once. (The gRPC codes are the gateway's concern alone.)
+#[allow(dead_code)]
+mod statuses {
+    include!("../blueprints/platform/src/gateway/statuses.rs");
+}
+use statuses::PROBLEM_STATUSES;
 
 pub fn document(spec: &Spec) -> Value {
     let mut paths = Map::new();
@@ -245,47 +251,46 @@ fn problem_schema() -> Value {
 }
 
 fn error_responses() -> Value {
-    let problem = |description: &str, headers: Value| {
+    let mut responses = Map::new();
+    for row in PROBLEM_STATUSES {
         let mut response = json!({
-            "description": description,
+            "description": row.description,
             "content": { "application/problem+json": { "schema": schema_ref("Problem") } },
         });
-        if headers.as_object().is_some_and(|h| !h.is_empty()) {
-            response["headers"] = headers;
+        if !row.headers.is_empty() {
+            let headers: Map<String, Value> = row
+                .headers
+                .iter()
+                .map(|name| (name.to_string(), header(name)))
+                .collect();
+            response["headers"] = Value::Object(headers);
         }
-        response
-    };
-    let retry_after = json!({
-        "Retry-After": { "description": "Seconds to wait before retrying.", "schema": { "type": "integer" } },
-    });
-    json!({
-        "400": problem("The request is malformed; `detail` says how.", json!({})),
-        "401": problem("No valid access token or API key.", json!({
-            "WWW-Authenticate": { "schema": { "type": "string" } },
-        })),
-        "403": problem("The credential lacks the route's scope.", json!({})),
-        "404": problem("No such resource.", json!({})),
-        "409": problem("The Idempotency-Key was used for a different request, or the resource's state does not allow the command (`current_state` and `allowed_commands` say why).", json!({})),
-        "412": problem("If-Match names a version that is not the current one: read the resource again.", json!({})),
-        "428": problem("This resource is only changed with If-Match naming a version (not `*`).", json!({})),
-        "413": problem("The body is larger than 64 KiB.", json!({})),
-        "415": problem("The body must be application/json.", json!({})),
-        "422": problem("A field refers to something that does not exist in another context; `field` names it.", json!({})),
-        "429": problem("Rate limit exceeded.", retry_after.clone()),
-        "502": problem("The service failed or refused the gateway.", json!({})),
-        "503": problem("The service is unavailable or its circuit breaker is open.", retry_after),
-        "504": problem("The service did not answer within the request's deadline.", json!({})),
-    })
+        responses.insert(row.status.to_string(), response);
+    }
+    Value::Object(responses)
+}
+
+/// How the document describes a header a problem response carries.
+fn header(name: &str) -> Value {
+    match name {
+        "Retry-After" => json!({
+            "description": "Seconds to wait before retrying.",
+            "schema": { "type": "integer" },
+        }),
+        _ => json!({ "schema": { "type": "string" } }),
+    }
 }
 
 fn responses(success: (&str, Value), errors: &[&str]) -> Value {
     let mut map = Map::new();
     map.insert(success.0.to_string(), success.1);
-    for status in errors.iter().chain(COMMON_ERRORS) {
-        map.insert(
-            status.to_string(),
-            json!({ "$ref": format!("#/components/responses/{status}") }),
-        );
+    let every_route = PROBLEM_STATUSES
+        .iter()
+        .filter(|row| row.every_route)
+        .map(|row| row.status.to_string());
+    for status in errors.iter().map(|s| s.to_string()).chain(every_route) {
+        let reference = json!({ "$ref": format!("#/components/responses/{status}") });
+        map.insert(status, reference);
     }
     Value::Object(map)
 }
@@ -729,6 +734,65 @@ mod tests {
         assert!(!has_422("/v1/checkout/{id}", "delete"));
         assert!(!has_422("/v1/catalog", "post"));
         assert!(doc["components"]["schemas"]["Problem"]["properties"]["field"].is_object());
+    }
+
+    /// Every status an operation answers is one of the gateway's (`PROBLEM_STATUSES`),
+    /// described as the gateway's table describes it, and every protected operation
+    /// answers those the table says every route can.
+    #[test]
+    fn error_responses_are_the_gateways_status_table() {
+        let spec = crate::spec::parse(
+            "name = \"shop\"\n[contexts.orders]\naggregate = \"Order\"\n",
+            "shop.toml",
+            &crate::spec::Overrides::default(),
+        )
+        .unwrap();
+        let doc = document(&spec);
+        let components = doc["components"]["responses"].as_object().unwrap();
+        assert_eq!(components.len(), PROBLEM_STATUSES.len());
+        for row in PROBLEM_STATUSES {
+            let response = &components[&row.status.to_string()];
+            assert_eq!(response["description"], row.description, "{}", row.status);
+            for header in row.headers {
+                assert!(
+                    response["headers"][header].is_object(),
+                    "{} {header}",
+                    row.status
+                );
+            }
+        }
+        let mut operations = 0;
+        for (path, methods) in doc["paths"].as_object().unwrap() {
+            for (method, operation) in methods.as_object().unwrap() {
+                let responses = operation["responses"].as_object().unwrap();
+                for (status, response) in responses {
+                    if let Some(reference) = response["$ref"].as_str() {
+                        let status = reference.trim_start_matches("#/components/responses/");
+                        assert!(components.contains_key(status), "{method} {path}: {status}");
+                    } else {
+                        assert!(
+                            status.starts_with('2') || status == "304",
+                            "{method} {path}: {status}"
+                        );
+                    }
+                }
+                if operation["security"]
+                    .as_array()
+                    .is_some_and(|s| s.is_empty())
+                {
+                    continue;
+                }
+                operations += 1;
+                for row in PROBLEM_STATUSES.iter().filter(|row| row.every_route) {
+                    let status = row.status.to_string();
+                    assert!(
+                        responses.contains_key(&status),
+                        "{method} {path} lacks {status}"
+                    );
+                }
+            }
+        }
+        assert!(operations >= 5, "{operations} protected operations");
     }
 
     #[test]

@@ -18,6 +18,11 @@ pub const FAILED_DEPENDENCY: &str = "x-failed-dependency";
 pub enum AppError {
     #[error("{0}")]
     InvalidArgument(String),
+    /// A request the domain refused (a value its rules do not allow, a malformed id): an
+    /// invalid argument whose message is the refusal's own, kept whole as the source, so
+    /// a caller can still tell which refusal it was (`downcast_ref`).
+    #[error("refused by the domain")]
+    Refused(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("{0}")]
     NotFound(String),
     /// The request conflicts with earlier state, e.g. an idempotency key reused for a
@@ -56,6 +61,7 @@ impl From<AppError> for Status {
     fn from(error: AppError) -> Status {
         match error {
             AppError::InvalidArgument(m) => Status::invalid_argument(m),
+            AppError::Refused(refusal) => Status::invalid_argument(refusal.to_string()),
             AppError::NotFound(m) => Status::not_found(m),
             AppError::Conflict(m) => Status::failed_precondition(m),
             AppError::Stale(m) => Status::aborted(m),
@@ -114,5 +120,24 @@ impl From<AppError> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("price_cents: must not be negative")]
+    struct Negative;
+
+    #[test]
+    fn a_refusal_is_an_invalid_argument_with_its_message_and_keeps_its_type() {
+        let refused = AppError::Refused(Box::new(Negative));
+        let source = std::error::Error::source(&refused).expect("the refusal is the source");
+        assert!(source.downcast_ref::<Negative>().is_some());
+        let status = Status::from(refused);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "price_cents: must not be negative");
     }
 }

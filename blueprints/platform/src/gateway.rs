@@ -18,3 +18,4 @@ pub mod invalidation;
 pub mod problem;
 pub mod rate_limit;
 pub mod rest;
+pub mod statuses;

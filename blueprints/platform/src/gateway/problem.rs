@@ -3,6 +3,7 @@
 //! so clients see one shape whatever failed.
 
 use crate::error::{ALLOWED_COMMANDS, CURRENT_STATE, FAILED_DEPENDENCY, INVALID_FIELD};
+use crate::gateway::statuses::PROBLEM_STATUSES;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -87,24 +88,7 @@ impl Problem {
     /// The HTTP face of a failed call to `dependency`. Client mistakes keep their meaning;
     /// failures of the dependency become 502/503/504 so clients know whether to retry.
     pub fn from_grpc(status: &tonic::Status, dependency: &str) -> Problem {
-        let http = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-            Code::NotFound => StatusCode::NOT_FOUND,
-            Code::AlreadyExists | Code::FailedPrecondition => StatusCode::CONFLICT,
-            // The services answer ABORTED only for a stale ETag (If-Match).
-            Code::Aborted => StatusCode::PRECONDITION_FAILED,
-            Code::PermissionDenied => StatusCode::FORBIDDEN,
-            Code::ResourceExhausted | Code::Unavailable | Code::Cancelled => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
-            // The service refused our own credential, or failed inside: not the client's
-            // doing, and not something it can fix by changing the request.
-            Code::Unauthenticated | Code::Internal | Code::Unknown | Code::DataLoss | Code::Ok => {
-                StatusCode::BAD_GATEWAY
-            }
-        };
+        let http = http_status(status.code());
         let detail = if http.is_server_error() {
             tracing::warn!(dependency, code = ?status.code(), message = status.message(), "dependency call failed");
             server_error_detail(status, dependency)
@@ -142,6 +126,17 @@ impl Problem {
             problem
         }
     }
+}
+
+/// The status a service's gRPC code becomes ([`PROBLEM_STATUSES`]): a code no row names
+/// is the service's failure, not the client's.
+fn http_status(code: Code) -> StatusCode {
+    let name = format!("{code:?}");
+    PROBLEM_STATUSES
+        .iter()
+        .find(|row| row.grpc_codes.contains(&name.as_str()))
+        .and_then(|row| StatusCode::from_u16(row.status).ok())
+        .unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 /// What a client learns of a failure behind the gateway: which service, and whether
@@ -212,6 +207,28 @@ impl From<QueryRejection> for Problem {
 mod tests {
     use super::*;
 
+    /// Every gRPC code is named by at most one status of the table, and every name in it is
+    /// a code's (a misspelt one would silently become 502).
+    #[test]
+    fn the_status_table_names_each_grpc_code_at_most_once_and_only_real_ones() {
+        let codes: Vec<String> = (0..=16)
+            .map(|n| format!("{:?}", Code::from_i32(n)))
+            .collect();
+        for row in PROBLEM_STATUSES {
+            assert!(StatusCode::from_u16(row.status).is_ok(), "{}", row.status);
+            for name in row.grpc_codes {
+                assert!(codes.iter().any(|c| c == name), "{name} is no gRPC code");
+            }
+        }
+        for code in &codes {
+            let rows = PROBLEM_STATUSES
+                .iter()
+                .filter(|row| row.grpc_codes.contains(&code.as_str()))
+                .count();
+            assert!(rows <= 1, "{code} is in {rows} rows");
+        }
+    }
+
     #[test]
     fn grpc_codes_map_to_statuses_clients_can_act_on() {
         let cases = [
@@ -224,6 +241,9 @@ mod tests {
             (Code::DeadlineExceeded, 504),
             (Code::Internal, 502),
             (Code::Unauthenticated, 502),
+            (Code::Unimplemented, 501),
+            (Code::AlreadyExists, 409),
+            (Code::PermissionDenied, 403),
         ];
         for (code, http) in cases {
             let problem = Problem::from_grpc(&tonic::Status::new(code, "x"), "orders");
