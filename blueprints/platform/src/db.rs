@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use std::str::FromStr;
 
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, SqlSafeStr};
 
 #[derive(Clone)]
 pub struct DbConfig {
@@ -105,4 +106,96 @@ pub async fn connect(config: &DbConfig) -> Result<PgPool, sqlx::Error> {
         }
     }
     unreachable!("the last attempt returns")
+}
+
+/// The migrations a service embeds: its `migrations/` folder, included when the crate
+/// compiles (`include_dir!`; its `build.rs` makes cargo notice a new file). They are read
+/// as `sqlx migrate` reads a folder (`<VERSION>_<DESCRIPTION>.sql`, a first line
+/// `-- no-transaction`), so each checksum is the one `sqlx::migrate!` recorded before: a
+/// database an older build migrated goes on migrating. No `sqlx` macros, so no second,
+/// host-side build of sqlx and its TLS stack.
+pub fn embedded_migrations(dir: &include_dir::Dir<'static>) -> Migrator {
+    let migrations = dir
+        .files()
+        .filter_map(|file| {
+            let name = file.path().file_name()?.to_str()?;
+            if !name.ends_with(".sql") {
+                return None;
+            }
+            let (version, rest) = name.split_once('_').unwrap_or(("", name));
+            let version: i64 = version.parse().unwrap_or_else(|_| {
+                panic!(
+                    "migrations/{name}: a migration is named <VERSION>_<DESCRIPTION>.sql, \
+                     e.g. 0009_add_an_index.sql; rename it"
+                )
+            });
+            let sql = file
+                .contents_utf8()
+                .unwrap_or_else(|| panic!("migrations/{name} is not UTF-8"));
+            let migration_type = MigrationType::from_filename(rest);
+            let description = rest
+                .trim_end_matches(migration_type.suffix())
+                .replace('_', " ");
+            let no_tx = sql.starts_with("-- no-transaction");
+            Some(Migration::new(
+                version,
+                description.into(),
+                migration_type,
+                sql.into_sql_str(),
+                no_tx,
+            ))
+        })
+        .collect();
+    Migrator::with_migrations(migrations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded migrations are the ones sqlx reads from a folder (what `sqlx::migrate!`
+    /// embedded before): same versions, descriptions, checksums and transaction choice, so
+    /// a database an older build migrated is not refused as modified.
+    #[tokio::test]
+    async fn embedded_migrations_are_what_sqlx_reads_from_the_folder() {
+        let files: &[(&str, &str)] = &[
+            ("0001_init.sql", "CREATE TABLE t (id BIGINT);\n"),
+            (
+                "0002_more_things.sql",
+                "ALTER TABLE t ADD COLUMN n TEXT;\r\n",
+            ),
+            (
+                "0010_concurrent_index.sql",
+                "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (n);\n",
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("migrations-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&dir).unwrap();
+        for (name, sql) in files {
+            std::fs::write(dir.join(name), sql).unwrap();
+        }
+        let from_folder = Migrator::new(dir.as_path()).await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let entries: Vec<include_dir::DirEntry<'static>> = files
+            .iter()
+            .map(|(name, sql)| {
+                include_dir::DirEntry::File(include_dir::File::new(name, sql.as_bytes()))
+            })
+            .collect();
+        let embedded = embedded_migrations(&include_dir::Dir::new("migrations", entries.leak()));
+        let summary = |m: &Migrator| {
+            m.iter()
+                .map(|m| {
+                    let description = m.description.to_string();
+                    (m.version, description, m.checksum.to_vec(), m.no_tx)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&embedded), summary(&from_folder));
+        assert_eq!(summary(&embedded).len(), 3);
+        assert!(
+            summary(&embedded)[2].3,
+            "the first line opts out of the transaction"
+        );
+    }
 }

@@ -174,7 +174,6 @@ pub struct Relayed {
     pub full: bool,
 }
 
-#[derive(sqlx::FromRow)]
 struct Row {
     id: uuid::Uuid,
     topic: String,
@@ -182,6 +181,20 @@ struct Row {
     aggregate_id: uuid::Uuid,
     payload: Vec<u8>,
     headers: serde_json::Value,
+}
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Row {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Row, sqlx::Error> {
+        use sqlx::Row as _;
+        Ok(Row {
+            id: row.try_get("id")?,
+            topic: row.try_get("topic")?,
+            event_type: row.try_get("event_type")?,
+            aggregate_id: row.try_get("aggregate_id")?,
+            payload: row.try_get("payload")?,
+            headers: row.try_get("headers")?,
+        })
+    }
 }
 
 impl Row {
