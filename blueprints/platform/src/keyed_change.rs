@@ -98,11 +98,7 @@ pub trait KeyedStore: Table + ResponseCodec {
                 expected,
                 from,
             );
-            let written: i64 = keyed_write::bind(query, claim, event)
-                .fetch_one(conn)
-                .await?
-                .get(0);
-            Ok(written == 1)
+            keyed_write::write(conn, query, claim, event).await
         }
     }
 
@@ -118,11 +114,7 @@ pub trait KeyedStore: Table + ResponseCodec {
             let query = sqlx::query(Self::statements().delete_keyed())
                 .bind(Self::uuid(id))
                 .bind(expected);
-            let written: i64 = keyed_write::bind(query, claim, event)
-                .fetch_one(conn)
-                .await?
-                .get(0);
-            Ok(written == 1)
+            keyed_write::write(conn, query, claim, event).await
         }
     }
 }

@@ -19,7 +19,7 @@
 
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
-use sqlx::{Postgres, Row};
+use sqlx::{PgConnection, Postgres, Row};
 
 use crate::idempotency::{self, Claim};
 use crate::outbox::{self, OutboxMessage};
@@ -102,7 +102,7 @@ fn insert_event(first: usize, gate: &str) -> String {
 
 /// Binds the key and the event to `query`, made from [`statement`] with the row's values
 /// bound already.
-pub fn bind<'q>(
+fn bind<'q>(
     query: Query<'q, Postgres, PgArguments>,
     claim: &KeyClaim<'q>,
     event: &'q OutboxMessage,
@@ -114,6 +114,19 @@ pub fn bind<'q>(
         .bind(claim.fingerprint)
         .bind(claim.response);
     outbox::bind(query, event)
+}
+
+/// Runs `query`, made from [`statement`] or [`change_statement`] with the row's values
+/// bound, with the key and the event bound after them: whether it wrote (the row, the
+/// event and the key), or found the key claimed or the row moved on and wrote nothing.
+pub async fn write<'q>(
+    conn: &mut PgConnection,
+    query: Query<'q, Postgres, PgArguments>,
+    claim: &KeyClaim<'q>,
+    event: &'q OutboxMessage,
+) -> Result<bool, sqlx::Error> {
+    let written: i64 = bind(query, claim, event).fetch_one(conn).await?.get(0);
+    Ok(written == 1)
 }
 
 /// The statement for a change: `write`, an `UPDATE` or `DELETE` of one row with the

@@ -9,7 +9,7 @@ use std::future::Future;
 
 use sqlx::postgres::{PgArguments, PgRow};
 use sqlx::query::Query;
-use sqlx::{PgConnection, PgPool, Postgres, Row};
+use sqlx::{PgConnection, PgPool, Postgres};
 use uuid::Uuid;
 
 use crate::keyed_write::{self, KeyClaim};
@@ -130,11 +130,7 @@ pub trait Table: Sized + Send + Sync + Unpin + 'static {
     ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send {
         async move {
             let query = self.bind_row(sqlx::query(Self::statements().insert_keyed.as_str()));
-            let claimed: i64 = keyed_write::bind(query, claim, event)
-                .fetch_one(conn)
-                .await?
-                .get(0);
-            Ok(claimed == 1)
+            keyed_write::write(conn, query, claim, event).await
         }
     }
 

@@ -155,10 +155,7 @@ pub async fn create<A: KeyedApi>(app: &A, key: &str) -> A::Resource {
 }
 
 async fn count<A: KeyedApi>(app: &A, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-        .fetch_one(&app.served().pool)
-        .await
-        .unwrap()
+    app.served().count(sql).await
 }
 
 async fn rows<A: KeyedApi>(app: &A) -> i64 {
