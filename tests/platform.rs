@@ -23,6 +23,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.11.0",
         "96f447b1545912b918d180147572a819501a528e63d6546eed14560e9fd1fa4a",
     ),
+    (
+        "0.12.0",
+        "1ae9e7a027151164693f2ecf39450af36e6dd588751890e38fb2143961fa60af",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

@@ -6,8 +6,11 @@
 use sqlx::{Connection, Executor, PgConnection};
 
 pub mod binary;
+pub mod binary_tests;
+pub mod door;
 pub mod in_process;
 pub mod keyed_api;
+pub mod keyed_events;
 
 /// A random link key for one test, so no key is written down anywhere.
 pub fn link_key() -> crate::service_auth::LinkKey {
