@@ -1,7 +1,7 @@
 //! Writes a validated spec back as TOML: every default made explicit, in a stable order,
 //! so the generated workspace's `archscaffold.toml` says exactly what was generated.
 
-use super::model::Spec;
+use super::model::{Spec, TeamTemplate, TemplateSource, TemplateValue};
 
 pub fn to_toml(spec: &Spec) -> String {
     let mut out = String::new();
@@ -130,7 +130,59 @@ pub fn to_toml(spec: &Spec) -> String {
             }
         }
     }
+    for template in &spec.templates {
+        out.push_str(&template_table(template));
+    }
     out
+}
+
+/// A `[[template]]` entry. Its paths and values are the user's text, so they are quoted
+/// as TOML strings with escapes.
+fn template_table(template: &TeamTemplate) -> String {
+    let string = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let mut out = format!("\n[[template]]\nname = {}\n", string(&template.name));
+    match &template.source {
+        TemplateSource::Path(path) => out.push_str(&format!("path = {}\n", string(path))),
+        TemplateSource::Git { url, rev } => {
+            out.push_str(&format!("git = {}\nrev = {}\n", string(url), string(rev)));
+        }
+    }
+    if let Some(subfolder) = &template.subfolder {
+        out.push_str(&format!("subfolder = {}\n", string(subfolder)));
+    }
+    if template.each_context {
+        out.push_str("each = \"context\"\n");
+    }
+    let owner = if template.owner_is_user {
+        "user"
+    } else {
+        "generator"
+    };
+    out.push_str(&format!("owner = \"{owner}\"\n"));
+    if !template.values.is_empty() {
+        out.push_str("[template.values]\n");
+        for (key, value) in &template.values {
+            let value = match value {
+                TemplateValue::String(s) => string(s),
+                TemplateValue::Bool(b) => b.to_string(),
+            };
+            out.push_str(&format!("{} = {value}\n", toml_key(key)));
+        }
+    }
+    out
+}
+
+/// A key as TOML writes it: bare when it can be, quoted otherwise.
+fn toml_key(key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
+    if bare {
+        key.to_string()
+    } else {
+        toml::Value::String(key.to_string()).to_string()
+    }
 }
 
 /// Names are validated to plain ASCII, so a basic string needs no escaping.
@@ -172,6 +224,40 @@ mod tests {
         );
         assert!(canonical.contains("calls = [\"catalog\"]"), "{canonical}");
         let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
+        assert_eq!(to_toml(&again), canonical);
+    }
+
+    #[test]
+    fn templates_are_written_back_with_their_text_escaped() {
+        let text = r#"name = "shop"
+[contexts.orders]
+
+[[template]]
+name = "team-ci"
+git = "file:///srv/git/extras.git"
+rev = "v1.4.0"
+subfolder = "per-service"
+each = "context"
+[template.values]
+team = "pay\"ments"
+"on call" = true
+
+[[template]]
+name = "runbooks"
+path = "../svc extras"
+owner = "user"
+"#;
+        let spec = parse(text, "spec.toml", &Overrides::default()).unwrap();
+        assert_eq!(spec.templates.len(), 2);
+        let canonical = to_toml(&spec);
+        assert!(canonical.contains("team = 'pay\"ments'\n"), "{canonical}");
+        assert!(canonical.contains("\"on call\" = true\n"), "{canonical}");
+        assert!(
+            canonical.contains("each = \"context\"\nowner = \"generator\"\n"),
+            "{canonical}"
+        );
+        let again = parse(&canonical, "archscaffold.toml", &Overrides::default()).unwrap();
+        assert_eq!(again.templates, spec.templates);
         assert_eq!(to_toml(&again), canonical);
     }
 

@@ -1,7 +1,7 @@
-//! Edits a spec's text in place for `add context`, with `toml_edit`, so the user's
-//! comments, key order and layout survive. The caller validates the result.
+//! Edits a spec's text in place for `add context` and `add template`, with `toml_edit`, so
+//! the user's comments, key order and layout survive. The caller validates the result.
 
-use toml_edit::{Array, DocumentMut, Item, Table, value};
+use toml_edit::{Array, ArrayOfTables, DocumentMut, Item, Table, value};
 
 /// A context to add, as given on the command line.
 #[derive(Debug, Default)]
@@ -43,6 +43,64 @@ pub fn add_context(text: &str, context: &NewContext<'_>) -> Result<String, Strin
     Ok(doc.to_string())
 }
 
+/// A team template to add, as given on the command line.
+#[derive(Debug, Default)]
+pub struct NewTemplate<'a> {
+    pub name: &'a str,
+    pub path: Option<&'a str>,
+    pub git: Option<&'a str>,
+    pub rev: Option<&'a str>,
+    pub subfolder: Option<&'a str>,
+    pub each: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    /// `KEY=VALUE` pairs; `true` and `false` are booleans, anything else a string.
+    pub values: &'a [(String, String)],
+}
+
+/// The spec text with a `[[template]]` entry appended; an error message when the text is
+/// not TOML or a template of that name exists.
+pub fn add_template(text: &str, template: &NewTemplate<'_>) -> Result<String, String> {
+    let mut doc: DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let entries = doc
+        .entry("template")
+        .or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()))
+        .as_array_of_tables_mut()
+        .ok_or("`template` is not a list of `[[template]]` tables")?;
+    let taken = entries
+        .iter()
+        .any(|t| t.get("name").and_then(Item::as_str) == Some(template.name));
+    if taken {
+        return Err(format!("template `{}` already exists", template.name));
+    }
+    let mut table = Table::new();
+    table["name"] = value(template.name);
+    for (key, given) in [
+        ("path", template.path),
+        ("git", template.git),
+        ("rev", template.rev),
+        ("subfolder", template.subfolder),
+        ("each", template.each),
+        ("owner", template.owner),
+    ] {
+        if let Some(given) = given {
+            table[key] = value(given);
+        }
+    }
+    if !template.values.is_empty() {
+        let mut values = Table::new();
+        for (key, given) in template.values {
+            values[key.as_str()] = match given.as_str() {
+                "true" => value(true),
+                "false" => value(false),
+                other => value(other),
+            };
+        }
+        table["values"] = Item::Table(values);
+    }
+    entries.push(table);
+    Ok(doc.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +136,32 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, "context `orders` already exists");
+    }
+
+    #[test]
+    fn a_template_entry_is_appended_and_a_name_taken_is_refused() {
+        let text = "name = \"shop\"  # mine\n[contexts.orders]\n";
+        let values = [
+            ("team".to_string(), "payments".to_string()),
+            ("pager".to_string(), "true".to_string()),
+        ];
+        let entry = NewTemplate {
+            name: "team-ci",
+            git: Some("file:///srv/x.git"),
+            rev: Some("v1"),
+            each: Some("context"),
+            values: &values,
+            ..Default::default()
+        };
+        let out = add_template(text, &entry).unwrap();
+        assert!(out.starts_with(text), "{out}");
+        assert!(
+            out.ends_with("\n[[template]]\nname = \"team-ci\"\ngit = \"file:///srv/x.git\"\nrev = \"v1\"\neach = \"context\"\n\n[template.values]\nteam = \"payments\"\npager = true\n"),
+            "{out}"
+        );
+        assert_eq!(
+            add_template(&out, &entry).unwrap_err(),
+            "template `team-ci` already exists"
+        );
     }
 }

@@ -55,6 +55,41 @@ pub struct Spec {
     pub platform: PlatformSource,
     pub contexts: Vec<Context>,
     pub sagas: Vec<Saga>,
+    /// `[[template]]`: a team's own templates, in spec order.
+    pub templates: Vec<TeamTemplate>,
+}
+
+/// A team's own template, rendered through cargo-generate into the workspace and kept up
+/// to date by `update` like any generated file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TeamTemplate {
+    /// Unique; names the template in messages and in the lock.
+    pub name: String,
+    pub source: TemplateSource,
+    /// The template's folder inside the source, if not its root.
+    pub subfolder: Option<String>,
+    /// Rendered once per service, rooted at `services/<kebab>/`; otherwise once, at the
+    /// workspace root.
+    pub each_context: bool,
+    /// Who owns what it renders: the generator (merged by `update`) or the user (written once).
+    pub owner_is_user: bool,
+    /// The template's own placeholders, as `[template.values]` gives them.
+    pub values: Vec<(String, TemplateValue)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TemplateSource {
+    /// A local folder; a relative path is relative to the workspace root.
+    Path(String),
+    /// A git repository at a tag or commit.
+    Git { url: String, rev: String },
+}
+
+/// A placeholder's value: cargo-generate's placeholders are strings or booleans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum TemplateValue {
+    String(String),
+    Bool(bool),
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -17,6 +17,33 @@ pub struct RawSpec {
     pub sagas: IndexMap<Spanned<String>, Spanned<RawSaga>>,
     #[serde(default)]
     pub platform: Option<Spanned<RawPlatform>>,
+    /// `[[template]]`: a team's own templates, rendered with cargo-generate.
+    #[serde(default, rename = "template")]
+    pub templates: Vec<Spanned<RawTemplate>>,
+}
+
+/// A team's template: where it comes from, where it renders, who owns its output.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTemplate {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub git: Option<Spanned<String>>,
+    #[serde(default)]
+    pub rev: Option<Spanned<String>>,
+    #[serde(default)]
+    pub subfolder: Option<Spanned<String>>,
+    /// `context`: once per service; absent: once, at the workspace root.
+    #[serde(default)]
+    pub each: Option<Spanned<String>>,
+    /// `generator` (the default) or `user`.
+    #[serde(default)]
+    pub owner: Option<Spanned<String>>,
+    /// The template's own placeholders.
+    #[serde(default)]
+    pub values: IndexMap<Spanned<String>, Spanned<toml::Value>>,
 }
 
 /// Where the workspace gets the chassis crate from.

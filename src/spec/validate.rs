@@ -8,6 +8,7 @@ use toml::Spanned;
 
 mod lifecycle;
 mod sagas;
+mod templates;
 mod wiring;
 
 use super::model::{
@@ -146,6 +147,7 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     };
 
     let platform = platform_source(&mut c, raw.platform.as_ref());
+    let templates = templates::build(&mut c, &raw.templates);
 
     let empty = IndexMapRef::default();
     let (contexts, contexts_span) = match &raw.contexts {
@@ -187,6 +189,7 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
         platform: platform.expect("checked above"),
         contexts: built,
         sagas,
+        templates,
     })
 }
 
