@@ -90,6 +90,22 @@ expect_line "$gen/shop/services/orders/src/domain/rules.rs" "$rule"
 expect_line "$gen/shop/services/billing/src/handlers.rs" "$handler"
 grep -q '"services/shipping"' "$gen/shop/Cargo.toml"
 commit_all "$gen/shop" "add shipping"
+# A team's templates (cargo-generate): the example's runbook and dashboard in every service
+# and its CI job at the root, and a crate of the team's own, which joins the workspace and
+# is built, linted and tested with it.
+extras="$root/examples/templates/team-extras"
+(cd "$gen/shop" && "$bin" add template team-runbooks --path "$extras" --subfolder per-service --each context --define team=payments)
+commit_all "$gen/shop" "team runbooks"
+tools="$gen/team-tools"
+mkdir -p "$tools/tools/team-report/src"
+printf '[package]\nname = "team-report"\nversion = "0.1.0"\nedition = "2024"\npublish = false\n' >"$tools/tools/team-report/Cargo.toml"
+printf 'fn main() {\n    println!("{{ system }}: {}", services().join(", "));\n}\n\nfn services() -> Vec<&\x27static str> {\n    "{{ contexts }}".split(\x27,\x27).collect()\n}\n\n#[test]\nfn every_service_is_listed() {\n    assert!(services().contains(&"shipping"));\n}\n' >"$tools/tools/team-report/src/main.rs"
+(cd "$gen/shop" && "$bin" add template team-tools --path "$tools")
+grep -q '"tools/team-report"' "$gen/shop/Cargo.toml" || { echo "FAIL: the team's crate is not a workspace member" >&2; exit 1; }
+for service in orders billing shipping; do
+    grep -q "# $service runbook" "$gen/shop/services/$service/docs/runbook.md" || { echo "FAIL: no runbook for $service" >&2; exit 1; }
+done
+commit_all "$gen/shop" "team tools"
 (cd "$gen/shop" && "$bin" check)
 check_workspace "$gen/shop"
 

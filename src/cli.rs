@@ -23,6 +23,7 @@ Examples:
   archscaffold new shop --contexts orders,billing,shipping --dry-run
   archscaffold validate --spec shop.toml
   archscaffold add context shipping --subscribes billing.BillingCreated   (in the workspace)
+  archscaffold add template team-ci --git file:///srv/git/extras.git --rev v1.4.0 --each context --define team=payments
   archscaffold update            (after editing archscaffold.toml, or with a newer archscaffold)
   archscaffold diff | archscaffold check
   archscaffold completions bash > /etc/bash_completion.d/archscaffold";
@@ -139,6 +140,46 @@ pub struct UpdateArgs {
 pub enum AddCommand {
     /// Add a bounded context (a service and its database) to the spec, then update
     Context(AddContextArgs),
+    /// Add a team template (rendered with cargo-generate) to the spec, then update
+    Template(AddTemplateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("template_source").required(true).args(["path", "git"])))]
+pub struct AddTemplateArgs {
+    /// The template's name in messages and in the lock, e.g. team-ci
+    pub name: String,
+    /// A local folder (relative to the workspace root, or absolute)
+    #[arg(long, value_name = "DIR")]
+    pub path: Option<String>,
+    /// A git repository, as a file:// URL
+    #[arg(long, value_name = "URL", requires = "rev")]
+    pub git: Option<String>,
+    /// The tag or commit of --git to render
+    #[arg(long, value_name = "REV", requires = "git")]
+    pub rev: Option<String>,
+    /// The template's folder inside the source
+    #[arg(long, value_name = "DIR")]
+    pub subfolder: Option<String>,
+    /// Render it once per service, in services/<name>/ (otherwise once, at the root)
+    #[arg(long, value_name = "context")]
+    pub each: Option<String>,
+    /// A value for one of the template's placeholders (repeatable)
+    #[arg(long = "define", value_name = "KEY=VALUE", value_parser = key_value)]
+    pub values: Vec<(String, String)>,
+    /// Who owns what it renders: generator (merged by update) or user (written once)
+    #[arg(long, value_name = "OWNER")]
+    pub owner: Option<String>,
+    #[command(flatten)]
+    pub update: UpdateArgs,
+}
+
+fn key_value(given: &str) -> std::result::Result<(String, String), String> {
+    given
+        .split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("`{given}` is not KEY=VALUE"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,6 +200,11 @@ pub struct AddContextArgs {
 }
 
 pub fn main() -> ExitCode {
+    // The child that renders a team template (team_template): not a user command.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(crate::team_template::CHILD_COMMAND) {
+        return crate::team_template::run_child(&args[1..]);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -174,6 +220,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::New(args) => new(args).map(|()| ExitCode::SUCCESS),
         Command::Update(args) => update(&args, None),
         Command::Add(AddCommand::Context(args)) => add_context(&args),
+        Command::Add(AddCommand::Template(args)) => add_template(&args),
         Command::Diff(args) => {
             let update = prepare(&args, None, update::Options::default())?;
             print!("{}", update::unified_diff(&update)?);
@@ -306,6 +353,40 @@ fn add_context(args: &AddContextArgs) -> Result<ExitCode> {
     update(&args.update, Some(edited))
 }
 
+fn add_template(args: &AddTemplateArgs) -> Result<ExitCode> {
+    let dir = &args.update.workspace.dir;
+    let spec_path = dir.join(crate::layout::SPEC_FILE);
+    let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
+        dir: dir.clone(),
+        missing: crate::layout::SPEC_FILE.to_string(),
+    })?;
+    let template = spec::edit::NewTemplate {
+        name: &args.name,
+        path: args.path.as_deref(),
+        git: args.git.as_deref(),
+        rev: args.rev.as_deref(),
+        subfolder: args.subfolder.as_deref(),
+        each: args.each.as_deref(),
+        owner: args.owner.as_deref(),
+        values: &args.values,
+    };
+    let edited = spec::edit::add_template(&text, &template).map_err(|message| {
+        Error::Invalid(vec![crate::error::Diagnostic {
+            field: format!("template `{}`", args.name),
+            origin: crate::error::Origin::Flag("<NAME>"),
+            message,
+            help: "choose a name that archscaffold.toml does not have yet".to_string(),
+        }])
+    })?;
+    let label = format!(
+        "{} (with template `{}` added)",
+        update::spec_label(dir),
+        args.name
+    );
+    spec::parse(&edited, &label, &spec::Overrides::default())?;
+    update(&args.update, Some(edited))
+}
+
 fn print_update(update: &update::Update, dry_run: bool) {
     let mut out = std::io::stdout().lock();
     let verb = if dry_run { "would update" } else { "updated" };
@@ -421,16 +502,17 @@ fn new(args: NewArgs) -> Result<()> {
         (None, None, None) => unreachable!("clap requires --contexts, --spec or --example"),
     };
     let blueprint = load_blueprint(args.blueprints.as_deref())?;
-    let plan = Plan::build(&spec, &blueprint)?;
+    let target = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&spec.system.raw));
+    let team = crate::team_template::render_all(&spec, &target)?;
+    let plan = Plan::build(&spec, &blueprint, &team)?;
     if plan.formatted == Formatted::RustfmtMissing {
         eprintln!(
             "warning: rustfmt not found (install it with `rustup component add rustfmt`); the Rust files are unformatted"
         );
     }
-    let target = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(&spec.system.raw));
     write::check_target(&target, args.force)?;
 
     if args.dry_run {

@@ -47,6 +47,14 @@ impl fmt::Display for Diagnostic {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A team template (`[[template]]`) that cannot be fetched or rendered, or whose output
+    /// collides with another file.
+    #[error("error: template `{name}`: {message}\n  = help: {help}")]
+    Template {
+        name: String,
+        message: String,
+        help: String,
+    },
     /// One or more problems in the spec or the flags that build it.
     #[error("{}", render_diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
@@ -121,6 +129,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Invalid(_)
+            | Error::Template { .. }
             | Error::SpecUnreadable { .. }
             | Error::TargetNotEmpty(_)
             | Error::TargetNotDirectory(_)

@@ -31,6 +31,11 @@ pub fn service_dir(context: &Context) -> &str {
     &context.name.kebab
 }
 
+/// A context's service folder in the workspace, `services/<dir>`.
+pub fn service_folder(context: &Context) -> String {
+    format!("services/{}", service_dir(context))
+}
+
 /// The folder of a service's migrations, with its trailing slash.
 pub fn migrations_dir(service: &str) -> String {
     format!("services/{service}/migrations/")

@@ -5,7 +5,8 @@
 //! side effects on the target, so the whole output can be inspected in memory (see `--dry-run`).
 //! `update` renders an existing workspace's spec the same way and merges the result into
 //! it three ways (`base` keeps what was generated last, `merge` merges one file,
-//! `migrations` keeps applied migrations unchanged).
+//! `migrations` keeps applied migrations unchanged). `team_template` renders a team's own
+//! templates through cargo-generate; their files join the plan like the blueprint's.
 
 pub mod base;
 pub mod blueprint;
@@ -27,6 +28,7 @@ pub mod render;
 pub mod saga_steps;
 pub mod spec;
 pub mod tags;
+pub mod team_template;
 pub mod update;
 pub mod write;
 

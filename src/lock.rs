@@ -19,8 +19,9 @@ use crate::platform::Recorded;
 use crate::spec::model::FieldType;
 
 /// Bumped when the lock file's layout changes. 2 added `[tables]`, 3 `[platform]` (whose
-/// files left `[files]`).
-pub const LOCK_FORMAT: u32 = 3;
+/// files left `[files]`), 4 `[[template]]` (an older archscaffold then says the lock is
+/// newer, rather than that it has an unknown key).
+pub const LOCK_FORMAT: u32 = 4;
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     crate::hex::lower(&Sha256::digest(bytes))
@@ -36,6 +37,16 @@ pub struct LockedFile {
     pub sha256: String,
 }
 
+/// A team template (`[[template]]`) as last rendered: its name, its source as the spec
+/// gave it, and what that resolved to (a commit, or the hash of a folder's files).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRecord {
+    pub name: String,
+    pub source: String,
+    pub resolved: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct Lock {
     pub format: u32,
@@ -49,6 +60,8 @@ pub struct Lock {
     /// The vendored platform. `None` before format 3, whose locks list its files in
     /// `files` like any generated file.
     pub platform: Option<Recorded>,
+    /// The team templates last rendered (format 4 and later).
+    pub templates: Vec<TemplateRecord>,
 }
 
 impl Lock {
@@ -72,6 +85,8 @@ struct RawLock {
     tables: Option<IndexMap<String, IndexMap<String, String>>>,
     #[serde(default)]
     platform: Option<RawPlatform>,
+    #[serde(default, rename = "template")]
+    templates: Vec<TemplateRecord>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +152,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Lock> {
         files: raw.files,
         tables,
         platform,
+        templates: raw.templates,
     })
 }
 
@@ -145,6 +161,7 @@ pub fn render(
     files: &BTreeMap<String, PlannedFile>,
     platform: Option<&Recorded>,
     tables: &IndexMap<String, Columns>,
+    templates: &[TemplateRecord],
 ) -> String {
     let mut out = String::new();
     out.push_str(
@@ -194,6 +211,18 @@ pub fn render(
             out.push_str(&format!("\"{path}\" = \"{sha}\"\n"));
         }
     }
+    if !templates.is_empty() {
+        out.push_str("\n# The team templates as last rendered: `archscaffold check` renders them again and\n# reports a source that changed since.\n");
+    }
+    for template in templates {
+        let string = |s: &str| toml::Value::String(s.to_string()).to_string();
+        out.push_str(&format!(
+            "[[template]]\nname = {}\nsource = {}\nresolved = {}\n",
+            string(&template.name),
+            string(&template.source),
+            string(&template.resolved)
+        ));
+    }
     out
 }
 
@@ -224,7 +253,13 @@ mod tests {
         );
         platform_files.insert("src/lib.rs".to_string(), b"//! x\n".to_vec());
         let platform = Recorded::of(&platform_files);
-        let text = render("spec", &files, Some(&platform), &tables);
+        let templates = [TemplateRecord {
+            name: "team-ci".into(),
+            source: "git:file:///srv/x.git@v1".into(),
+            resolved: "0123abcd".into(),
+        }];
+        let text = render("spec", &files, Some(&platform), &tables, &templates);
+        assert_eq!(parse(&text, Path::new("l")).unwrap().templates, templates);
         let lock = parse(&text, Path::new("archscaffold.lock")).unwrap();
         assert_eq!(lock.platform.as_ref(), Some(&platform));
         assert_eq!(platform.version, "0.9.0");

@@ -9,13 +9,14 @@ use crate::blueprint::{Blueprint, Each, TEMPLATE_SUFFIX};
 use crate::error::{Error, Result};
 use crate::format::{self, Formatted};
 use crate::layout::{self, LOCK_FILE, OPENAPI, SPEC_FILE};
-use crate::lock::{self, Columns};
+use crate::lock::{self, Columns, TemplateRecord};
 use crate::migrations;
 use crate::openapi;
 use crate::ownership::{self, Owner, PlannedFile};
 use crate::platform::Recorded;
 use crate::render::{Globals, Renderer, View, render_parsed};
 use crate::spec::{self, Spec};
+use crate::team_template::Rendered;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -24,25 +25,30 @@ pub struct Plan {
     pub formatted: Formatted,
     /// The vendored platform among `files`, as the lock records it.
     pub platform: Option<Recorded>,
+    /// The team templates whose output is among `files`, as the lock records them.
+    pub templates: Vec<TemplateRecord>,
 }
 
 impl Plan {
-    /// Every file of a new workspace, `archscaffold.lock` included.
-    pub fn build(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
-        let mut plan = Plan::render(spec, blueprint)?;
+    /// Every file of a new workspace, `archscaffold.lock` included; `team` is what the
+    /// spec's own templates rendered (`team_template::render_all`).
+    pub fn build(spec: &Spec, blueprint: &Blueprint, team: &[Rendered]) -> Result<Plan> {
+        let mut plan = Plan::render(spec, blueprint, team)?;
         plan.seal(&migrations::tables_of(spec))?;
         Ok(plan)
     }
 
     /// Every file but `archscaffold.lock`, which `seal` adds once the files are final
     /// (`update` first keeps the migrations a workspace already has).
-    pub fn render(spec: &Spec, blueprint: &Blueprint) -> Result<Plan> {
+    pub fn render(spec: &Spec, blueprint: &Blueprint, team: &[Rendered]) -> Result<Plan> {
         let renderer = Renderer::new()?;
-        let globals = Globals::new(spec, blueprint.platform.as_ref())?;
+        let members = crate::team_template::crates(team);
+        let globals = Globals::new(spec, blueprint.platform.as_ref(), &members)?;
         let mut plan = Plan {
             files: BTreeMap::new(),
             formatted: Formatted::Yes,
             platform: None,
+            templates: team.iter().map(Rendered::record).collect(),
         };
         // Templates are parsed once each, then every (template, view) pair is rendered;
         // both on every core: parsing is most of a small workspace's generation, and
@@ -90,6 +96,7 @@ impl Plan {
             plan.insert(name, path, PlannedFile { contents, owner })?;
         }
         plan.insert_openapi(spec)?;
+        plan.insert_team_templates(team)?;
         plan.formatted = format::rust_files(&mut plan.files)?;
         // After formatting: the crate is rustfmt-clean as it ships (the generator's own
         // `cargo fmt` keeps it so), and copied code was most of what formatting cost.
@@ -126,6 +133,7 @@ impl Plan {
             &self.files,
             self.platform.as_ref(),
             tables,
+            &self.templates,
         );
         self.files.remove(LOCK_FILE);
         self.insert(
@@ -166,6 +174,48 @@ impl Plan {
                     owner: Owner::Generator,
                 },
             )?;
+        }
+        Ok(())
+    }
+
+    /// A team template's files join the plan as generated (or user-owned) output. One that
+    /// writes where archscaffold or another template writes is refused: neither file can
+    /// be merged into the other.
+    fn insert_team_templates(&mut self, team: &[Rendered]) -> Result<()> {
+        let mut written_by: BTreeMap<&str, &str> = BTreeMap::new();
+        for rendered in team {
+            let owner = if rendered.owner_is_user {
+                Owner::User
+            } else {
+                Owner::Generator
+            };
+            for (path, contents) in &rendered.files {
+                let reserved = path == SPEC_FILE
+                    || path == LOCK_FILE
+                    || path.starts_with(".archscaffold/")
+                    || layout::in_vendored_platform(path).is_some();
+                let other = match written_by.get(path.as_str()) {
+                    Some(other) => Some(format!("template `{other}` writes it too")),
+                    None if reserved || self.files.contains_key(path) => {
+                        Some("archscaffold generates it".to_string())
+                    }
+                    None => None,
+                };
+                if let Some(other) = other {
+                    return Err(Error::Template {
+                        name: rendered.name.clone(),
+                        message: format!("it writes `{path}`, and {other}"),
+                        help: "rename or move that file in the template: a template adds files, it does not replace them".to_string(),
+                    });
+                }
+                written_by.insert(path, &rendered.name);
+                let contents = ownership::with_header(path, contents, owner);
+                self.insert(
+                    &rendered.name,
+                    path.clone(),
+                    PlannedFile { contents, owner },
+                )?;
+            }
         }
         Ok(())
     }

@@ -93,6 +93,8 @@ struct SharedGlobals<'a> {
     gateway: GatewayWire,
     /// The vendored chassis crate, if the blueprint ships one.
     platform: Option<PlatformDependency<'a>>,
+    /// The crates that team templates add: workspace members besides the generated ones.
+    template_members: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -115,7 +117,11 @@ pub struct Globals {
 pub type View<'a> = BTreeMap<String, &'a liquid::model::Value>;
 
 impl Globals {
-    pub fn new(spec: &Spec, platform: Option<&Chassis>) -> Result<Globals> {
+    pub fn new(
+        spec: &Spec,
+        platform: Option<&Chassis>,
+        template_members: &[String],
+    ) -> Result<Globals> {
         let gateway = crate::inflect::Names::new("gateway");
         let shared = liquid::to_object(&SharedGlobals {
             version: crate::VERSION,
@@ -132,6 +138,7 @@ impl Globals {
                 path: crate::layout::VENDORED_PLATFORM,
                 feature: spec.bus.as_str(),
             }),
+            template_members,
         })
         .map_err(|e| Error::Blueprint(e.to_string()))?;
         let contexts = spec

@@ -134,6 +134,9 @@ pub struct Update {
     /// The vendored platform's files that are not as archscaffold put them there, as
     /// workspace paths, before the update.
     pub platform_edits: Vec<(String, Edit)>,
+    /// The team templates whose source resolved to something else than at the last update
+    /// (another commit, or other files in the folder), by name.
+    pub changed_templates: Vec<String>,
     /// The lock and the base folder are not what this render records.
     bookkeeping_stale: bool,
 }
@@ -164,6 +167,16 @@ impl Update {
                 "{} file(s) of the vendored platform ({}) are not as archscaffold vendored them; carry the change as a patch (README: \"The platform crate\"), then `archscaffold update --discard-platform-edits` puts the crate back",
                 self.platform_edits.len(),
                 VENDORED_PLATFORM
+            ));
+        }
+        if let Some(first) = self.changed_templates.first() {
+            return Some(format!(
+                "the source of template `{first}` changed since the last update{}; run `archscaffold update`",
+                if self.changed_templates.len() > 1 {
+                    format!(" ({} templates in all)", self.changed_templates.len())
+                } else {
+                    String::new()
+                }
             ));
         }
         let writes: Vec<&Change> = self.changes.iter().filter(|c| c.writes()).collect();
@@ -264,7 +277,8 @@ pub fn prepare(
     let warnings = crate::saga_steps::warnings(&spec, |path| {
         Some(String::from_utf8_lossy(&base.or_disk(root, path)?).into_owned())
     });
-    let mut plan = Plan::render(&spec, blueprint)?;
+    let team = crate::team_template::render_all(&spec, root)?;
+    let mut plan = Plan::render(&spec, blueprint, &team)?;
     // Unformatted Rust would differ from every file generated before: each one would be
     // rewritten or conflict. A new workspace can do without rustfmt; an update cannot.
     if plan.formatted == Formatted::RustfmtMissing {
@@ -298,6 +312,17 @@ pub fn prepare(
         }
     }
 
+    let changed_templates = plan
+        .templates
+        .iter()
+        .filter(|now| {
+            let before = lock.templates.iter().find(|t| t.name == now.name);
+            before.is_some_and(|before| {
+                before.source == now.source && before.resolved != now.resolved
+            })
+        })
+        .map(|t| t.name.clone())
+        .collect();
     let stale_lock = lock_text.as_bytes() != plan.files[LOCK_FILE].contents.as_slice();
     let stale_base = base::entries(&plan)
         .any(|(path, contents)| fs::read(root.join(path)).ok().as_deref() != Some(contents))
@@ -312,6 +337,7 @@ pub fn prepare(
         warnings,
         platform,
         platform_edits,
+        changed_templates,
         bookkeeping_stale: stale_lock || stale_base,
     })
 }

@@ -280,7 +280,7 @@ fn three_and_twenty_contexts_plan_one_service_each_with_distinct_ports() {
     for n in [3usize, 20] {
         let names: Vec<String> = (0..n).map(|i| format!("ctx{i}")).collect();
         let spec = spec::from_contexts("big", &names, Bus::Kafka).unwrap();
-        let plan = Plan::build(&spec, &blueprint).unwrap();
+        let plan = Plan::build(&spec, &blueprint, &[]).unwrap();
         for name in &names {
             assert!(
                 plan.files
@@ -418,7 +418,7 @@ fn a_blueprint_directory_overrides_the_built_in_one() {
 fn snapshot_of_the_default_tree() {
     let spec =
         spec::from_contexts("shop", &["orders".into(), "billing".into()], Bus::Kafka).unwrap();
-    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap()).unwrap();
+    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap(), &[]).unwrap();
     let listing: Vec<String> = plan
         .files
         .iter()
@@ -434,7 +434,7 @@ fn snapshot_of_the_default_tree() {
 #[test]
 fn snapshot_of_a_spec_with_every_field_type() {
     let spec = rich_spec();
-    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap()).unwrap();
+    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap(), &[]).unwrap();
     for path in [
         "archscaffold.toml",
         "proto/market/catalog/v1/catalog.proto",
@@ -448,7 +448,7 @@ fn snapshot_of_a_spec_with_every_field_type() {
 
 #[test]
 fn the_openapi_document_describes_every_context_route_and_field() {
-    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap()).unwrap();
+    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap(), &[]).unwrap();
     let json = &plan.files["gateway/openapi.json"].contents;
     let doc: serde_json::Value = serde_json::from_slice(json).unwrap();
     let paths: Vec<&str> = doc["paths"]
@@ -489,7 +489,7 @@ fn the_openapi_document_describes_every_context_route_and_field() {
 
 #[test]
 fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
-    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap()).unwrap();
+    let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap(), &[]).unwrap();
     // catalog's Product topic goes to its one subscriber's FIFO queue (once, though it
     // subscribes to two of its events) and to the gateway's.
     let topics = String::from_utf8_lossy(&plan.files["services/catalog/src/topics.rs"].contents);
@@ -510,7 +510,7 @@ fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
 fn each_replicas_pool_on_kubernetes_shares_the_database_budget_by_the_autoscalers_ceiling() {
     let text = "name = \"shop\"\n[contexts.orders]\nmax_replicas = 30\n[contexts.billing]\n";
     let spec = spec::parse(text, "spec.toml", &Overrides::default()).unwrap();
-    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap()).unwrap();
+    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap(), &[]).unwrap();
     let manifest = |service: &str| {
         String::from_utf8_lossy(&plan.files[&format!("deploy/k8s/{service}.yaml")].contents)
             .into_owned()

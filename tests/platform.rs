@@ -100,7 +100,7 @@ fn a_workspace_asks_for_the_platform_s_dependencies_as_the_platform_does() {
             &overrides,
         )
         .unwrap();
-        let plan = Plan::build(&spec, &Blueprint::embedded().unwrap()).unwrap();
+        let plan = Plan::build(&spec, &Blueprint::embedded().unwrap(), &[]).unwrap();
         let root: toml::Table =
             toml::from_str(&String::from_utf8_lossy(&plan.files["Cargo.toml"].contents)).unwrap();
         let workspace = requirements(root["workspace"]["dependencies"].as_table().unwrap());
