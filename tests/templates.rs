@@ -415,6 +415,54 @@ fn a_template_writing_a_file_archscaffold_generates_is_refused_as_a_collision() 
             "it writes `Cargo.toml`, and archscaffold generates it",
         ],
     );
+    assert_refused(
+        "[[template]]\nname = \"first\"\npath = \"../a\"\n[[template]]\nname = \"second\"\npath = \"../b\"\n",
+        |dir| {
+            template_folder(dir, "a", "", &[("docs/TEAM.md", "a\n")]);
+            template_folder(dir, "b", "", &[("docs/TEAM.md", "b\n")]);
+        },
+        &[
+            "template `second`",
+            "it writes `docs/TEAM.md`, and template `first` writes it too",
+        ],
+    );
+}
+
+#[test]
+fn a_user_owned_template_is_written_once_and_never_touched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = template_folder(
+        dir.path(),
+        "starter",
+        "",
+        &[("docs/DECISIONS.md", "# decisions of {{ service }}\n")],
+    );
+    let entry = "[[template]]\nname = \"starter\"\npath = \"../starter\"\neach = \"context\"\nowner = \"user\"\n";
+    fs::write(dir.path().join("shop.toml"), spec(entry)).unwrap();
+    let out = archscaffold(dir.path(), &["new", "shop", "--spec", "shop.toml"], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let root = dir.path().join("shop");
+    let decisions = root.join("services/orders/docs/DECISIONS.md");
+    let written = fs::read_to_string(&decisions).unwrap();
+    assert!(
+        written.contains("Owned by you") && written.contains("# decisions of orders"),
+        "{written}"
+    );
+    let mine = written + "We chose Postgres.\n";
+    fs::write(&decisions, &mine).unwrap();
+    commit(&root, "our decisions");
+    fs::write(
+        folder.join("docs/DECISIONS.md"),
+        "# the decisions of {{ service }}\n",
+    )
+    .unwrap();
+    let update = archscaffold(&root, &["update"], &[]);
+    assert!(update.status.success(), "{}", text(&update));
+    assert_eq!(
+        fs::read_to_string(&decisions).unwrap(),
+        mine,
+        "never touched once written"
+    );
 }
 
 /// A template repository with tags `v1` and `v2`; `v2` changes the last line.
