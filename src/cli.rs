@@ -327,39 +327,22 @@ fn update(args: &UpdateArgs, spec_text: Option<String>) -> Result<ExitCode> {
 }
 
 fn add_context(args: &AddContextArgs) -> Result<ExitCode> {
-    let dir = &args.update.workspace.dir;
-    let spec_path = dir.join(crate::layout::SPEC_FILE);
-    let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
-        dir: dir.clone(),
-        missing: crate::layout::SPEC_FILE.to_string(),
-    })?;
     let context = spec::edit::NewContext {
         name: &args.name,
         aggregate: args.aggregate.as_deref(),
         subscribes: &args.subscribes,
         calls: &args.calls,
     };
-    let edited = spec::edit::add_context(&text, &context).map_err(|message| {
-        Error::Invalid(vec![crate::error::Diagnostic {
-            field: format!("contexts.{}", args.name),
-            origin: crate::error::Origin::Flag("<NAME>"),
-            message,
-            help: "choose a name that archscaffold.toml does not have yet".to_string(),
-        }])
-    })?;
-    // Checked before anything else, with the locations of the text as it would be written.
-    let label = format!("{} (with `{}` added)", update::spec_label(dir), args.name);
-    spec::parse(&edited, &label, &spec::Overrides::default())?;
-    update(&args.update, Some(edited))
+    let what = format!("`{}`", args.name);
+    add(
+        &args.update,
+        &format!("contexts.{}", args.name),
+        &what,
+        |text| spec::edit::add_context(text, &context),
+    )
 }
 
 fn add_template(args: &AddTemplateArgs) -> Result<ExitCode> {
-    let dir = &args.update.workspace.dir;
-    let spec_path = dir.join(crate::layout::SPEC_FILE);
-    let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
-        dir: dir.clone(),
-        missing: crate::layout::SPEC_FILE.to_string(),
-    })?;
     let template = spec::edit::NewTemplate {
         name: &args.name,
         path: args.path.as_deref(),
@@ -370,21 +353,39 @@ fn add_template(args: &AddTemplateArgs) -> Result<ExitCode> {
         owner: args.owner.as_deref(),
         values: &args.values,
     };
-    let edited = spec::edit::add_template(&text, &template).map_err(|message| {
+    let what = format!("template `{}`", args.name);
+    add(&args.update, &what, &what, |text| {
+        spec::edit::add_template(text, &template)
+    })
+}
+
+/// `add ...`: the workspace's spec edited by `edit` (which refuses a name taken), checked
+/// as it would be written, then an update to it. `field` and `what` name the addition in
+/// messages.
+fn add(
+    args: &UpdateArgs,
+    field: &str,
+    what: &str,
+    edit: impl FnOnce(&str) -> std::result::Result<String, String>,
+) -> Result<ExitCode> {
+    let dir = &args.workspace.dir;
+    let spec_path = dir.join(crate::layout::SPEC_FILE);
+    let text = std::fs::read_to_string(&spec_path).map_err(|_| Error::NotAWorkspace {
+        dir: dir.clone(),
+        missing: crate::layout::SPEC_FILE.to_string(),
+    })?;
+    let edited = edit(&text).map_err(|message| {
         Error::Invalid(vec![crate::error::Diagnostic {
-            field: format!("template `{}`", args.name),
+            field: field.to_string(),
             origin: crate::error::Origin::Flag("<NAME>"),
             message,
             help: "choose a name that archscaffold.toml does not have yet".to_string(),
         }])
     })?;
-    let label = format!(
-        "{} (with template `{}` added)",
-        update::spec_label(dir),
-        args.name
-    );
+    // Checked before anything else, with the locations of the text as it would be written.
+    let label = format!("{} (with {what} added)", update::spec_label(dir));
     spec::parse(&edited, &label, &spec::Overrides::default())?;
-    update(&args.update, Some(edited))
+    update(args, Some(edited))
 }
 
 fn print_update(update: &update::Update, dry_run: bool) {

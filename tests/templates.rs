@@ -487,8 +487,9 @@ fn template_repository(dir: &Path) -> PathBuf {
     repo
 }
 
-#[test]
-fn a_git_template_moves_from_v1_to_v2_keeping_an_edit_and_a_conflict_gets_markers() {
+/// `new shop` (a git repository) with the notes template at `v1` in every service; the
+/// folder holding both, and the template's repository.
+fn notes_workspace() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let repo = template_repository(dir.path());
     let entry = format!(
@@ -498,6 +499,12 @@ fn a_git_template_moves_from_v1_to_v2_keeping_an_edit_and_a_conflict_gets_marker
     fs::write(dir.path().join("shop.toml"), spec(&entry)).unwrap();
     let out = archscaffold(dir.path(), &["new", "shop", "--spec", "shop.toml"], &[]);
     assert!(out.status.success(), "{}", text(&out));
+    (dir, repo)
+}
+
+#[test]
+fn a_git_template_moves_from_v1_to_v2_keeping_an_edit_and_a_conflict_gets_markers() {
+    let (dir, repo) = notes_workspace();
     let root = dir.path().join("shop");
     let notes = root.join("services/orders/docs/notes.md");
     let edited = fs::read_to_string(&notes)
@@ -585,15 +592,7 @@ fn a_git_template_moves_from_v1_to_v2_keeping_an_edit_and_a_conflict_gets_marker
 
 #[test]
 fn removing_a_template_deletes_its_untouched_files_and_keeps_an_edited_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = template_repository(dir.path());
-    let entry = format!(
-        "[[template]]\nname = \"notes\"\ngit = \"file://{}\"\nrev = \"v1\"\neach = \"context\"\n",
-        repo.display()
-    );
-    fs::write(dir.path().join("shop.toml"), spec(&entry)).unwrap();
-    let out = archscaffold(dir.path(), &["new", "shop", "--spec", "shop.toml"], &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    let (dir, _repo) = notes_workspace();
     let root = dir.path().join("shop");
     let billing = root.join("services/billing/docs/notes.md");
     fs::write(
