@@ -1,5 +1,5 @@
 //! A team's own templates (`[[template]]` in the spec): each is fetched (a local folder, or
-//! a git repository checked out at its `rev` with git2), rendered by cargo-generate, and
+//! a git repository cloned with `git` and checked out at its `rev` with git2), rendered by cargo-generate, and
 //! handed to the plan as files, where they are generated output like any other.
 //!
 //! cargo-generate runs in a child process of archscaffold's own (`archscaffold
@@ -187,18 +187,37 @@ fn fetch(template: &TeamTemplate, root: &Path, scratch: &Path) -> Result<Fetched
     }
 }
 
-/// Clones `url` into `dir` and checks `rev` (a tag, commit or any revision git names) out
-/// there; returns the commit.
+/// Clones `url` into `dir` with the `git` command (any transport git speaks: `file://`,
+/// `https`, `ssh`, with the user's own credentials and configuration), then checks `rev` (a
+/// tag or commit) out there with git2; returns the commit.
 fn checkout(template: &TeamTemplate, url: &str, rev: &str, dir: &Path) -> Result<String> {
     let fail = |what: String| {
         problem(
             template,
             what,
-            "check `git` (a `file://` URL of a repository) and `rev` (a tag or commit in it)",
+            "check `git` (a URL git can clone) and `rev` (a tag or commit in it)",
         )
     };
-    let repo = git2::Repository::clone(url, dir)
-        .map_err(|e| fail(format!("cannot clone `{url}`: {}", e.message())))?;
+    let cloned = Command::new("git")
+        .args(["clone", "--quiet", "--no-checkout", "--", url])
+        .arg(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| {
+            problem(
+                template,
+                format!("cannot run `git` to fetch `{url}`: {e}"),
+                "install git: archscaffold runs `git clone` to fetch a template's repository",
+            )
+        })?;
+    if !cloned.status.success() {
+        let why = String::from_utf8_lossy(&cloned.stderr);
+        return Err(fail(format!("cannot clone `{url}`: {}", why.trim())));
+    }
+    let repo = git2::Repository::open(dir)
+        .map_err(|e| fail(format!("cannot open the clone of `{url}`: {}", e.message())))?;
     let commit = repo
         .revparse_single(rev)
         .and_then(|object| object.peel_to_commit())

@@ -261,7 +261,8 @@ fn template_folder(dir: &Path, name: &str, config: &str, files: &[(&str, &str)])
 fn assert_refused(entry: &str, folder_setup: impl FnOnce(&Path), expected: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     folder_setup(dir.path());
-    fs::write(dir.path().join("shop.toml"), spec(entry)).unwrap();
+    let entry = entry.replace("{dir}", &dir.path().display().to_string());
+    fs::write(dir.path().join("shop.toml"), spec(&entry)).unwrap();
     let out = archscaffold(
         dir.path(),
         &["new", "shop", "--spec", "shop.toml", "--out", "out"],
@@ -587,6 +588,26 @@ fn a_git_template_moves_from_v1_to_v2_keeping_an_edit_and_a_conflict_gets_marker
         status.stdout.is_empty(),
         "a second update changes nothing: {}",
         String::from_utf8_lossy(&status.stdout)
+    );
+}
+
+#[test]
+fn a_rev_the_repository_lacks_and_a_repository_that_is_not_there_are_refused() {
+    let missing_rev = |dir: &Path| {
+        template_repository(dir);
+    };
+    assert_refused(
+        "[[template]]\nname = \"notes\"\ngit = \"file://{dir}/notes-template\"\nrev = \"v9\"\n",
+        missing_rev,
+        &["template `notes`", "`v9` is not a commit of"],
+    );
+    assert_refused(
+        "[[template]]\nname = \"notes\"\ngit = \"file:///nonexistent/notes.git\"\nrev = \"v1\"\n",
+        |_| {},
+        &[
+            "template `notes`",
+            "cannot clone `file:///nonexistent/notes.git`",
+        ],
     );
 }
 

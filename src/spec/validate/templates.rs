@@ -130,12 +130,12 @@ fn source(
         }
         (None, Some(git), Some(rev)) => {
             let url = git.get_ref();
-            if !url.starts_with("file://") {
+            if !is_git_url(url) {
                 c.error(
                     format!("{field}.git"),
                     git.span(),
-                    format!("`{url}`: archscaffold fetches git templates from `file://` URLs only (it is built without network transports)"),
-                    "clone the repository and give its folder as `path`, or a `file://` URL of the clone",
+                    format!("`{url}` is not a git URL"),
+                    "give a URL git can clone: `file:///...`, `https://...`, `ssh://...` or `user@host:path`",
                 );
                 return None;
             }
@@ -190,6 +190,17 @@ fn source(
             None
         }
     }
+}
+
+/// What `git clone` takes as a remote: a URL with a scheme, or scp-like `user@host:path`.
+fn is_git_url(url: &str) -> bool {
+    let scheme = ["file://", "https://", "http://", "ssh://", "git://"]
+        .iter()
+        .any(|s| url.starts_with(s) && url.len() > s.len());
+    let scp_like = url
+        .split_once(':')
+        .is_some_and(|(host, path)| host.contains('@') && !host.contains('/') && !path.is_empty());
+    scheme || scp_like
 }
 
 /// A folder inside the template's source: relative, and not out of it.
@@ -276,7 +287,9 @@ mod tests {
     #[test]
     fn a_path_template_and_a_file_git_template_are_accepted() {
         let spec = "[[template]]\nname = \"a\"\npath = \"../extras\"\n\
-                    [[template]]\nname = \"b\"\ngit = \"file:///srv/x.git\"\nrev = \"v1\"\neach = \"context\"\n";
+                    [[template]]\nname = \"b\"\ngit = \"file:///srv/x.git\"\nrev = \"v1\"\neach = \"context\"\n\
+                    [[template]]\nname = \"c\"\ngit = \"https://git.example.com/x.git\"\nrev = \"v1\"\n\
+                    [[template]]\nname = \"d\"\ngit = \"git@git.example.com:team/x.git\"\nrev = \"v1\"\n";
         assert_eq!(problems(spec), Vec::<String>::new());
     }
 
@@ -301,10 +314,8 @@ mod tests {
             "`rev` goes with a `git` source",
         );
         assert_one(
-            problems(
-                "[[template]]\nname = \"a\"\ngit = \"https://example.com/x.git\"\nrev = \"v1\"\n",
-            ),
-            "from `file://` URLs only",
+            problems("[[template]]\nname = \"a\"\ngit = \"../x.git\"\nrev = \"v1\"\n"),
+            "`../x.git` is not a git URL",
         );
     }
 
