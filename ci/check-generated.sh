@@ -110,7 +110,15 @@ commit_all "$gen/shop" "team tools"
 check_workspace "$gen/shop"
 
 step "generate market (every field type, custom events, calls and a reference, sqs)"
-"$bin" new market --spec "$root/tests/specs/rich.toml" --out "$gen/market" --no-git
+# With the example team template in every service, from the spec (`new --spec`).
+market_spec="$gen/market.toml"
+cat "$root/tests/specs/rich.toml" >"$market_spec"
+printf '\n[[template]]\nname = "team-runbooks"\npath = "%s"\nsubfolder = "per-service"\neach = "context"\n[template.values]\nteam = "market"\n' "$extras" >>"$market_spec"
+"$bin" new market --spec "$market_spec" --out "$gen/market" --no-git
+for runbook in "$gen"/market/services/*/docs/runbook.md; do
+    grep -q "Owned by \*\*market\*\*" "$runbook" || { echo "FAIL: $runbook lacks the template's value" >&2; exit 1; }
+done
+(cd "$gen/market" && "$bin" check)
 check_workspace "$gen/market"
 
 step "generate the lifecycle example (states, commands, require_if_match; examples/shop.toml)"
