@@ -1,6 +1,7 @@
 //! A team's own templates (`[[template]]` in the spec): each is fetched (a local folder, or
-//! a git repository cloned with `git` and checked out at its `rev` with git2), rendered by cargo-generate, and
-//! handed to the plan as files, where they are generated output like any other.
+//! a git repository cloned with `git` and checked out at its `rev` with git2), rendered by
+//! cargo-generate, and handed to the plan as files, where they are generated output like
+//! any other.
 //!
 //! cargo-generate runs in a child process of archscaffold's own (`archscaffold
 //! __render-template`), with an empty environment and an empty home: it reads
@@ -90,9 +91,9 @@ fn render(spec: &Spec, template: &TeamTemplate, root: &Path) -> Result<Rendered>
     }
     // A folder has no commit: its identity is its files' (the template's own, subfolder
     // applied, so that another template of the same source changing is no change here).
-    let resolved = match template.source {
-        TemplateSource::Path(_) => format!("sha256:{}", tree_hash(&folder)?),
-        TemplateSource::Git { .. } => fetched.resolved,
+    let resolved = match fetched.commit {
+        Some(commit) => commit,
+        None => format!("sha256:{}", tree_hash(&folder)?),
     };
     let mut files = BTreeMap::new();
     let instances: Vec<(String, Option<usize>)> = if template.each_context {
@@ -152,7 +153,8 @@ fn resolve(root: &Path, path: &Path) -> PathBuf {
 struct Fetched {
     dir: PathBuf,
     source: String,
-    resolved: String,
+    /// The commit checked out, for a git source.
+    commit: Option<String>,
 }
 
 fn fetch(template: &TeamTemplate, root: &Path, scratch: &Path) -> Result<Fetched> {
@@ -172,7 +174,7 @@ fn fetch(template: &TeamTemplate, root: &Path, scratch: &Path) -> Result<Fetched
             Ok(Fetched {
                 dir,
                 source: format!("path:{path}"),
-                resolved: String::new(),
+                commit: None,
             })
         }
         TemplateSource::Git { url, rev } => {
@@ -181,7 +183,7 @@ fn fetch(template: &TeamTemplate, root: &Path, scratch: &Path) -> Result<Fetched
             Ok(Fetched {
                 dir,
                 source: format!("git:{url}@{rev}"),
-                resolved: commit,
+                commit: Some(commit),
             })
         }
     }
