@@ -25,7 +25,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.12.0",
-        "1ae9e7a027151164693f2ecf39450af36e6dd588751890e38fb2143961fa60af",
+        "0a5a0d21db79e715d1484aa5ca79f0f101ac8cd98ff2fa5cfa028613a8719e6f",
     ),
 ];
 

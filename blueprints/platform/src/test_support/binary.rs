@@ -12,12 +12,40 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, for a service binary to bind, from below
+/// the kernel's ephemeral range: the listeners a test starts in its own process bind port 0
+/// and get ports from that range, so none of them can take this one between now and the
+/// child's bind (one did, and the test then talked to another test's server). Each call in a
+/// process starts from the port after the last one given, so two tests never get the same.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = ephemeral_range_start();
+    let span = ephemeral.saturating_sub(LOWEST).max(1);
+    // Processes start apart, so two test binaries running at once rarely meet.
+    let _ = NEXT.compare_exchange(
+        0,
+        std::process::id() % span + 1,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = LOWEST + NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port between {LOWEST} and {ephemeral}");
+}
+
+/// Where the kernel starts handing out ports for port 0 (Linux's
+/// `ip_local_port_range`; 32768, its default, elsewhere).
+fn ephemeral_range_start() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A running service binary.
@@ -84,9 +112,10 @@ impl ServiceProcess {
         said
     }
 
-    /// Polls the health service until it reports SERVING; bounded by `limit`. A service
-    /// that exited says why in its log.
-    pub async fn wait_until_serving(&mut self, limit: Duration) -> Channel {
+    /// Polls `service`'s health (its gRPC service name, so no other server on the port could
+    /// pass for it) until it reports SERVING; bounded by `limit`. A service that exited says
+    /// why in its log.
+    pub async fn wait_until_serving(&mut self, service: &str, limit: Duration) -> Channel {
         let deadline = Instant::now() + limit;
         let endpoint = self.endpoint();
         loop {
@@ -97,8 +126,11 @@ impl ServiceProcess {
                 );
             }
             if let Ok(channel) = endpoint.connect().await {
+                let this_service = HealthCheckRequest {
+                    service: service.to_string(),
+                };
                 let serving = HealthClient::new(channel.clone())
-                    .check(HealthCheckRequest::default())
+                    .check(this_service)
                     .await
                     .map(|r| r.into_inner().status == ServingStatus::Serving as i32)
                     .unwrap_or(false);
@@ -148,7 +180,9 @@ impl ServiceProcess {
         F: FnOnce(Channel) -> Fut,
         Fut: std::future::Future<Output = tonic::Code>,
     {
-        let channel = self.wait_until_serving(Duration::from_secs(30)).await;
+        let channel = self
+            .wait_until_serving(service, Duration::from_secs(30))
+            .await;
         self.terminate();
         let stopping = Instant::now();
         // NOT_SERVING at once, so load balancers and endpoints stop sending new work...
@@ -267,6 +301,18 @@ pub fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::sample;
+
+    #[test]
+    fn a_free_port_is_below_the_ephemeral_range_and_never_given_twice() {
+        let ephemeral = super::ephemeral_range_start();
+        let ports: Vec<u16> = (0..20).map(|_| super::free_port()).collect();
+        assert!(ports.iter().all(|&p| u32::from(p) < ephemeral), "{ports:?}");
+        let distinct: std::collections::BTreeSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        // What a listener of the test's own gets for port 0 is never among them.
+        let own = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(u32::from(own.local_addr().unwrap().port()) >= ephemeral);
+    }
 
     #[test]
     fn a_sample_is_found_by_its_name_and_every_label() {

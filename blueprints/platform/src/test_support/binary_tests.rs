@@ -125,7 +125,7 @@ pub async fn the_binary_migrates_serves_grpc_and_stops_gracefully<F: ServiceBina
     let mut running = Running::<F>::start(&[]).await;
     let channel = running
         .service
-        .wait_until_serving(Duration::from_secs(30))
+        .wait_until_serving(F::HEALTH_NAME, Duration::from_secs(30))
         .await;
     let created = running.fixture.create(channel.clone(), running.gateway());
     let created = created.await.expect("create over gRPC");
