@@ -11,6 +11,32 @@ mod sagas;
 mod templates;
 mod wiring;
 
+/// What the validation tests of the submodules share.
+#[cfg(test)]
+mod test_problems {
+    use crate::error::Error;
+    use crate::spec::{Overrides, parse};
+
+    /// The `field: message (help: ...)` problems of spec `text`; none when it is valid.
+    pub fn problems_in(text: &str, path: &str) -> Vec<String> {
+        match parse(text, path, &Overrides::default()) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid(diagnostics)) => diagnostics
+                .iter()
+                .map(|d| format!("{}: {} (help: {})", d.field, d.message, d.help))
+                .collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn assert_one(problems: Vec<String>, expected: &str) {
+        assert!(
+            problems.len() == 1 && problems[0].contains(expected),
+            "expected one problem containing {expected:?}, got {problems:#?}"
+        );
+    }
+}
+
 use super::model::{
     Aggregate, Bus, Context, Event, Field, FieldType, PlatformSource, Replica, Slo, Spec,
     Subscription, Wire,

@@ -713,6 +713,7 @@ pub fn build(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_problems::{assert_one, problems_in};
     use super::{format_timeout, parse_timeout};
     use crate::error::Error;
     use crate::spec::{Overrides, parse, to_toml};
@@ -723,22 +724,7 @@ mod tests {
     /// `field: message` problems it has.
     fn problems(from: &str, to: &str) -> Vec<String> {
         assert!(CHECKOUT.contains(from), "{from}");
-        let text = CHECKOUT.replacen(from, to, 1);
-        match parse(&text, "checkout.toml", &Overrides::default()) {
-            Ok(_) => Vec::new(),
-            Err(Error::Invalid(diagnostics)) => diagnostics
-                .iter()
-                .map(|d| format!("{}: {} (help: {})", d.field, d.message, d.help))
-                .collect(),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn assert_one(problems: Vec<String>, expected: &str) {
-        assert!(
-            problems.len() == 1 && problems[0].contains(expected),
-            "expected one problem containing {expected:?}, got {problems:#?}"
-        );
+        problems_in(&CHECKOUT.replacen(from, to, 1), "checkout.toml")
     }
 
     #[test]

@@ -261,27 +261,14 @@ fn values(c: &mut Collector<'_, '_>, field: &str, t: &RawTemplate) -> Vec<(Strin
 
 #[cfg(test)]
 mod tests {
-    use crate::error::Error;
-    use crate::spec::{Overrides, parse};
+    use super::super::test_problems::{assert_one, problems_in};
 
     /// The `field: message (help: ...)` problems of a spec with `templates` appended.
     fn problems(templates: &str) -> Vec<String> {
-        let text = format!("name = \"shop\"\n[contexts.orders]\n{templates}");
-        match parse(&text, "shop.toml", &Overrides::default()) {
-            Ok(_) => Vec::new(),
-            Err(Error::Invalid(diagnostics)) => diagnostics
-                .iter()
-                .map(|d| format!("{}: {} (help: {})", d.field, d.message, d.help))
-                .collect(),
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn assert_one(problems: Vec<String>, expected: &str) {
-        assert!(
-            problems.len() == 1 && problems[0].contains(expected),
-            "expected one problem containing {expected:?}, got {problems:#?}"
-        );
+        problems_in(
+            &format!("name = \"shop\"\n[contexts.orders]\n{templates}"),
+            "shop.toml",
+        )
     }
 
     #[test]
