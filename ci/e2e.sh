@@ -4,7 +4,8 @@
 # on loopback, an OTLP receiver (ci/otlp_receiver.py) and the system (services and gateway)
 # with its own deploy/local/up.sh, and run ci/e2e.py (services and bus), ci/e2e_metrics.py
 # (/metrics), ci/e2e_traces.py (one trace across gateway, gRPC and bus),
-# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays)
+# ci/e2e_lifecycle.py (updates, commands, ETags over REST; event order with two relays),
+# ci/e2e_streams.py (the gateway's server-sent event streams),
 # ci/e2e_gateway.py (the REST gateway; schemathesis on the first bus only) and
 # ci/e2e_faults.py (a poison outbox row, a killed consumer, a panicking handler, orders
 # killed and PostgreSQL restarted under load, a rolling restart of orders' two replicas)
@@ -233,7 +234,13 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
         record_started "$ws"/.run/*.pid
     fi
     if [ $status -eq 0 ]; then
-        schemathesis=""
+        # On both buses: each feeds the gateway's consumer its own way (a consumer group;
+        # the gateway's own FIFO queue).
+        "$cache/venv/bin/python" ci/e2e_streams.py --workspace "$ws" \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
+    fi
+    if [ $status -eq 0 ]; then
+        schemathesis="
         [ "$bus" = "${buses[0]}" ] && schemathesis="$cache/venv/bin/schemathesis"
         "$cache/venv/bin/python" ci/e2e_gateway.py --workspace "$ws" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --api-key-file "$E2E_STATE/api-key.json" \

@@ -50,6 +50,9 @@ pub fn document(spec: &Spec) -> Value {
                 }
                 Operation::Sagas => sagas_operation(context, route),
                 Operation::RetrySaga => retry_saga_operation(context, route),
+                Operation::Events | Operation::ResourceEvents => {
+                    events_operation(context, &names, route)
+                }
             };
             let methods = paths
                 .entry(route.path.clone())
@@ -479,6 +482,57 @@ fn retry_saga_operation(context: &Context, route: &Route) -> Value {
         "responses": responses(
             ("200", json!({ "description": "The saga, retried or as a retry left it.", "content": json_content(schema_ref("Saga")) })),
             &["400", "404", "409"],
+        ),
+    })
+}
+
+/// `GET .../events` and `GET .../{id}/events`: server-sent events (`platform::gateway::stream`).
+fn events_operation(context: &Context, names: &SchemaNames, route: &Route) -> Value {
+    let aggregate = &context.aggregate.name.pascal;
+    let one = route.operation == Operation::ResourceEvents;
+    let (summary, whose) = if one {
+        (
+            format!("Follow one {aggregate}'s events"),
+            format!("this {aggregate}'s"),
+        )
+    } else {
+        (
+            format!("Follow the events of every {aggregate}"),
+            format!("every {aggregate}'s"),
+        )
+    };
+    let events: Vec<&str> = context
+        .events
+        .iter()
+        .map(|e| e.type_name.as_str())
+        .collect();
+    let mut parameters = Vec::new();
+    if one {
+        parameters.push(id_parameter());
+    }
+    parameters.push(json!({
+        "name": "Last-Event-ID", "in": "header", "required": false,
+        "description": "The `id` of the last event the client received: the stream resumes after it. When the gateway no longer holds that event, the stream begins with a `resync` event.",
+        "schema": { "type": "string" },
+    }));
+    json!({
+        "operationId": route.operation_id,
+        "tags": [context.name.kebab],
+        "summary": summary,
+        "description": format!(
+            "Needs scope `{}`. A `text/event-stream` of {whose} domain events, live, in order of version per {aggregate}, each after the gateway's cache has dropped what it changed. Each event has `id: <{agg}_id>:<version>`, `event:` the event type ({}) and `data:` the event as JSON: `type`, `{agg}_id`, `version`, `{agg}` (the {aggregate} as it was right after the change, a `{}`) and the event's own fields. A `resync` event (data: `{{\"reason\": ...}}`) says events may have been missed: re-read, then go on. Keep-alive comments come every 15 s; the stream ends when the gateway stops (reconnect with `Last-Event-ID`). One caller may hold 16 streams (429 beyond).",
+            route.scope,
+            events.join(", "),
+            names.resource,
+            agg = context.aggregate.name.snake,
+        ),
+        "parameters": parameters,
+        "responses": responses(
+            ("200", json!({
+                "description": "The stream, open until the client or the gateway closes it.",
+                "content": { "text/event-stream": { "schema": { "type": "string" } } },
+            })),
+            if one { &["400"] } else { &[] },
         ),
     })
 }

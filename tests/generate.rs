@@ -461,15 +461,37 @@ fn the_openapi_document_describes_every_context_route_and_field() {
         paths,
         [
             "/v1/catalog",
+            "/v1/catalog/events",
             "/v1/catalog/{id}",
+            "/v1/catalog/{id}/events",
             "/v1/order-items",
+            "/v1/order-items/events",
             "/v1/order-items/{id}",
+            "/v1/order-items/{id}/events",
             "/v1/shipping",
+            "/v1/shipping/events",
             "/v1/shipping/{id}",
+            "/v1/shipping/{id}/events",
             "/livez",
             "/readyz"
         ]
     );
+    // The event streams: server-sent events, the read scope, resumable.
+    let follow = &doc["paths"]["/v1/catalog/{id}/events"]["get"];
+    assert_eq!(follow["operationId"], "streamProductEvents");
+    assert!(follow["responses"]["200"]["content"]["text/event-stream"].is_object());
+    assert!(follow["description"].as_str().unwrap().contains("Needs scope `catalog:read`"));
+    let headers: Vec<&str> = follow["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(headers, ["id", "Last-Event-ID"]);
+    let every = &doc["paths"]["/v1/catalog/events"]["get"];
+    assert_eq!(every["operationId"], "streamProductsEvents");
+    let described = every["description"].as_str().unwrap();
+    assert!(described.contains("market.catalog.v1.ProductListed"), "{described}");
     let new_product = &doc["components"]["schemas"]["NewProduct"];
     assert_eq!(new_product["additionalProperties"], false);
     assert_eq!(new_product["properties"]["price_cents"]["format"], "int64");

@@ -22,6 +22,10 @@ pub enum Operation {
     Command(usize),
     Sagas,
     RetrySaga,
+    /// `text/event-stream` of every resource's events.
+    Events,
+    /// `text/event-stream` of one resource's events.
+    ResourceEvents,
 }
 
 /// The access a route needs: the scope `<context>:<access>`; the gateway's handler checks
@@ -95,8 +99,8 @@ pub fn scopes(context_kebab: &str) -> BTreeMap<&'static str, String> {
         .collect()
 }
 
-/// The routes of `context`: what `crud` offers (read always), each command, and for a saga
-/// owner its sagas and their retry.
+/// The routes of `context`: what `crud` offers (read always), the event streams of the
+/// context and of one resource, each command, and for a saga owner its sagas and their retry.
 pub fn of(context: &Context) -> Vec<Route> {
     let base = format!("/v1/{}", context.name.kebab);
     let item = format!("{base}/{{id}}");
@@ -135,6 +139,14 @@ pub fn of(context: &Context) -> Vec<Route> {
     ));
     routes.push(route(
         "get",
+        &format!("{base}/events"),
+        Operation::Events,
+        Access::Read,
+        "events_stream",
+        format!("stream{}Events", context.aggregate.plural.pascal),
+    ));
+    routes.push(route(
+        "get",
         &item,
         Operation::Get,
         Access::Read,
@@ -161,6 +173,14 @@ pub fn of(context: &Context) -> Vec<Route> {
             format!("delete{aggregate}"),
         ));
     }
+    routes.push(route(
+        "get",
+        &format!("{item}/events"),
+        Operation::ResourceEvents,
+        Access::Read,
+        "resource_events_stream",
+        format!("stream{aggregate}Events"),
+    ));
     for (index, command) in context.commands.iter().enumerate() {
         routes.push(route(
             "post",

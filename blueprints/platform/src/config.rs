@@ -2,6 +2,7 @@
 //! start, failing fast with the variable's name. Values are never echoed back, since some
 //! of them (database URLs) carry secrets.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
 
@@ -17,12 +18,31 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Env {
     prefix: String,
+    /// Read instead of the process's environment (`from_vars`).
+    vars: Option<BTreeMap<String, String>>,
 }
 
 impl Env {
     pub fn new(prefix: &str) -> Self {
         Env {
             prefix: prefix.to_string(),
+            vars: None,
+        }
+    }
+
+    /// Reads `vars` (full names) instead of the process's environment: for tests, which
+    /// cannot set variables while other threads may read them.
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        prefix: &str,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Env {
+            prefix: prefix.to_string(),
+            vars: Some(
+                vars.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
         }
     }
 
@@ -32,9 +52,12 @@ impl Env {
     }
 
     fn get(&self, name: &str) -> Option<String> {
-        std::env::var(self.key(name))
-            .ok()
-            .filter(|v| !v.trim().is_empty())
+        let key = self.key(name);
+        match &self.vars {
+            Some(vars) => vars.get(&key).cloned(),
+            None => std::env::var(key).ok(),
+        }
+        .filter(|v| !v.trim().is_empty())
     }
 
     pub fn required(&self, name: &str, hint: &'static str) -> Result<String, ConfigError> {

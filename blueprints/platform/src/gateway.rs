@@ -6,7 +6,8 @@
 //! [`context`]) → the client's address ([`client_address`]) → authentication ([`auth`],
 //! [`api_keys`], [`auth_failures`]) → rate limits ([`rate_limit`]) → the route, whose
 //! answers are RFC 9457 problem bodies ([`problem`]) and whose reads go through the Redis
-//! cache ([`cache`], [`rest`]), which the domain events keep honest ([`invalidation`]).
+//! cache ([`cache`], [`rest`]), which the domain events keep honest ([`invalidation`]). The
+//! same events go on to the clients that follow a context or a resource ([`stream`]).
 
 pub mod api_keys;
 pub mod auth;
@@ -19,3 +20,4 @@ pub mod problem;
 pub mod rate_limit;
 pub mod rest;
 pub mod statuses;
+pub mod stream;

@@ -1,6 +1,7 @@
 //! Keeps the read cache honest: the gateway consumes every domain event (its own consumer
 //! group, or its own queue on SQS) and invalidates the cached resource the event is about,
-//! named by the `aggregate_id` header. A creation event cannot make an entry stale (nothing
+//! named by the `aggregate_id` header. Then it publishes the event to the event streams
+//! (`stream`): after the invalidation, so a client that re-reads on an event reads the change. A creation event cannot make an entry stale (nothing
 //! was cached before the resource existed), so it only deletes; any other event also
 //! blocks re-caching for a moment (see `cache.rs`). Invalidating is idempotent, so no inbox is needed;
 //! a message is acknowledged once its entry is invalidated, or after the retries are spent
@@ -8,28 +9,32 @@
 
 use std::time::Duration;
 
-use crate::bus::{AGGREGATE_ID, Delivery, EVENT_TYPE, Subscriber};
+use crate::bus::{AGGREGATE_ID, AGGREGATE_VERSION, Delivery, EVENT_TYPE, Subscriber};
 use tokio::sync::watch;
 
 use crate::gateway::cache::Cache;
+use crate::gateway::stream::{Pushed, Streams};
 
 const ATTEMPTS: u32 = 5;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// A topic the gateway consumes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub struct Topic {
     pub topic: &'static str,
     /// The context whose resources its events are about.
     pub context: &'static str,
     /// The type of the event that announces a new resource (the context's first event).
     pub created: &'static str,
+    /// An event of the topic (its type and payload) as the event streams send it: JSON,
+    /// with the resource as it was right after the change.
+    pub render: fn(event_type: &str, payload: &[u8]) -> Result<String, String>,
 }
 
 pub type Routes = &'static [Topic];
 
-async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
+async fn apply(cache: &Cache, streams: &Streams, routes: Routes, delivery: &Delivery) {
     let Some(route) = routes.iter().find(|r| r.topic == delivery.topic) else {
         tracing::warn!(topic = %delivery.topic, "event from a topic the gateway does not cache");
         return;
@@ -38,6 +43,38 @@ async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
         tracing::warn!(topic = %delivery.topic, "event without an aggregate_id header");
         return;
     };
+    invalidate(cache, route, id, delivery).await;
+    push(streams, route, id, delivery);
+}
+
+/// Publishes the event to the streams that follow its context or its resource.
+fn push(streams: &Streams, route: &Topic, id: &str, delivery: &Delivery) {
+    let event_type = delivery.headers.get(EVENT_TYPE).map_or("", String::as_str);
+    let Some(version) = delivery
+        .headers
+        .get(AGGREGATE_VERSION)
+        .and_then(|v| v.parse::<i64>().ok())
+    else {
+        tracing::warn!(topic = %delivery.topic, id, "event without an aggregate_version header: not streamed");
+        return;
+    };
+    match (route.render)(event_type, &delivery.payload) {
+        Ok(data) => {
+            streams.publish(Pushed {
+                context: route.context,
+                aggregate_id: id.to_string(),
+                version,
+                event_type: event_type.to_string(),
+                data,
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %delivery.topic, id, event_type, "cannot render an event for the streams")
+        }
+    }
+}
+
+async fn invalidate(cache: &Cache, route: &Topic, id: &str, delivery: &Delivery) {
     let context = route.context;
     let creates = delivery.headers.get(EVENT_TYPE).map(String::as_str) == Some(route.created);
     for attempt in 0..ATTEMPTS {
@@ -70,6 +107,7 @@ async fn apply(cache: &Cache, routes: Routes, delivery: &Delivery) {
 pub async fn run<S: Subscriber>(
     mut subscriber: S,
     cache: Cache,
+    streams: Streams,
     routes: Routes,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -88,7 +126,7 @@ pub async fn run<S: Subscriber>(
         match next {
             Ok(delivery) => {
                 failures = 0;
-                apply(&cache, routes, &delivery).await;
+                apply(&cache, &streams, routes, &delivery).await;
                 if let Err(e) = subscriber.ack(&delivery).await {
                     tracing::warn!(error = %e, "cannot acknowledge an invalidation event");
                 }

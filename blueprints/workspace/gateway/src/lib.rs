@@ -2,7 +2,8 @@
 //! request context (correlation id, deadline) → access log → authentication → rate limit →
 //! the route, which checks its scope and calls its service through that service's
 //! resilience stack (`platform::resilience`). Reads of one resource go through the Redis cache,
-//! which a consumer of the domain events keeps honest.
+//! which a consumer of the domain events keeps honest; the same consumer feeds the event
+//! streams (`GET /v1/<context>/events`, server-sent events).
 
 pub mod api;
 pub mod config;
@@ -12,7 +13,7 @@ pub mod openapi;
 // The fixed machinery is the platform's (`platform::gateway`), under the names the routes use.
 pub use platform::gateway::{
     api_keys, auth, auth_failures, cache, client_address, context, invalidation, problem,
-    rate_limit, rest,
+    rate_limit, rest, stream,
 };
 
 use std::future::Future;
@@ -43,6 +44,7 @@ use crate::config::Config;
 use crate::context::RequestContext;
 use crate::problem::Problem;
 use crate::rate_limit::RateLimiter;
+use crate::stream::Streams;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -60,6 +62,8 @@ pub struct State {
     /// Whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Arc<TrustedProxies>,
     pub cache: Cache,
+    /// The event streams' hub, fed by the cache invalidation consumer.
+    pub streams: Streams,
     pub downstreams: api::Downstreams,
     /// False once shutdown began: `/readyz` answers 503.
     pub ready: AtomicBool,
@@ -139,6 +143,7 @@ impl Gateway {
                 auth_failures: FailureBudget::new(config.auth_failures_per_minute),
                 trusted_proxies: Arc::new(config.trusted_proxies.clone()),
                 cache,
+                streams: Streams::new(config.streams),
                 downstreams,
                 ready: AtomicBool::new(true),
             }),
@@ -185,7 +190,13 @@ impl Gateway {
             // Without it, cached reads would go stale until their TTL: the gateway stops
             // (not ready, exit non-zero) rather than serve them.
             let invalidation = bus.subscriber(api::GROUP, &topics).map(|subscriber| {
-                invalidation::run(subscriber, self.state.cache.clone(), api::TOPICS, stopped.clone())
+                invalidation::run(
+                    subscriber,
+                    self.state.cache.clone(),
+                    self.state.streams.clone(),
+                    api::TOPICS,
+                    stopped.clone(),
+                )
             });
             tasks.spawn_or_fail("cache invalidation", invalidation);
         }
@@ -203,11 +214,13 @@ impl Gateway {
             }
         });
 
-        // Stopping: /readyz answers 503 at once, requests are served on for the drain
-        // delay, then no new connections and at most the drain timeout for those in flight.
+        // Stopping: /readyz answers 503 at once and the event streams end (their clients
+        // reconnect to a replica that serves), requests are served on for the drain delay,
+        // then no new connections and at most the drain timeout for those in flight.
         let state = self.state.clone();
         let (stop_accepting, drain_deadline) = self.drain.phases(tasks.stop_requested(shutdown), move || async move {
             state.ready.store(false, Ordering::Release);
+            state.streams.close();
         });
         let app = router(self.state.clone(), self.request_timeout);
         // TCP_NODELAY: without it a response written in two segments waits for the
