@@ -8,7 +8,8 @@ Phases:
   build       cold and incremental `cargo build` of the 2-context workspace, crates compiled
   system      the example shop (examples/shop.toml: orders with a lifecycle, billing opening
               an invoice per order) on Kafka (tansu), PostgreSQL and Redis, all on loopback:
-              idle RSS; end-to-end event latency at a steady rate (commit timestamps of the
+              idle RSS; the gateway's memory for 1,000 idle event streams and how long one
+              event takes to reach them all (ci/bench_streams.py); end-to-end event latency at a steady rate (commit timestamps of the
               order and of billing's invoice); wrk on POST, a command (change_note), cached
               GET and uncached GET at several concurrencies; RSS under load
   limit       the same SQL in pgbench, at the same concurrencies against the same server:
@@ -45,6 +46,7 @@ from bench_common import (  # noqa: E402
     rss_mb, run, wrk,
 )
 from bench_peer import bench_peer  # noqa: E402
+from bench_streams import bench_streams  # noqa: E402
 
 GATEWAY = ("127.0.0.1", 8080)
 GATEWAY_URL = f"http://{GATEWAY[0]}:{GATEWAY[1]}"
@@ -434,6 +436,9 @@ def bench_system(generator, settings, work, admin_url, shared_target):
         time.sleep(2)
         idle = {name: rss_mb(pid) for name, pid in system.pids.items()}
         log("idle RSS: " + ", ".join(f"{n} {v:.1f} MB" for n, v in idle.items()))
+        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+        streams = bench_streams(system, GATEWAY, lambda: system.create_order(connection))
+        connection.close()
         events = bench_events(system, settings)
 
         connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
@@ -492,7 +497,7 @@ def bench_system(generator, settings, work, admin_url, shared_target):
                         f"({f['rps'] / limit['rps']:.0%}); {sent:.1f} statements sent per request, "
                         f"{limit['statements']} in the script")
         return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,
-                "events": events, "load": load}
+                "streams": streams, "events": events, "load": load}
     finally:
         system.stop()
 

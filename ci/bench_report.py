@@ -64,6 +64,11 @@ def targets(results):
     events = results["system"]["events"]
     rows.append(("event p99 < 250 ms (order committed -> billing committed)",
                  f"{events['p99_ms']:.0f} ms", verdict(events["p99_ms"] < 250)))
+    streams = results["system"].get("streams")
+    if streams:
+        held = streams["rss_held_mb"] - streams["rss_before_mb"]
+        rows.append((f"{streams['streams']:,} idle event streams < 50 MB of gateway memory",
+                     f"{held:.1f} MB ({streams['per_stream_kb']:.1f} KB a stream)", verdict(held < 50)))
     idle = results["system"]["idle_rss_mb"]
     services = {k: v for k, v in idle.items() if k != "gateway"}
     rows.append(("idle RSS < 30 MB a service",
@@ -167,7 +172,14 @@ def system_tables(results):
     e = system["events"]
     lines += ["", f"Event latency (order committed -> billing's aggregate committed, from PostgreSQL commit "
               f"timestamps), {e['events']} orders at {e['rate_per_s']:.0f}/s: p50 {e['p50_ms']:.1f} ms, "
-              f"p99 {e['p99_ms']:.1f} ms, max {e['max_ms']:.1f} ms.", "",
+              f"p99 {e['p99_ms']:.1f} ms, max {e['max_ms']:.1f} ms.", ""]
+    streams = system.get("streams")
+    if streams:
+        lines += [f"Event streams: {streams['streams']:,} idle `text/event-stream` clients, each a different "
+                  f"caller, took the gateway from {streams['rss_before_mb']:.1f} to {streams['rss_held_mb']:.1f} MB "
+                  f"({streams['per_stream_kb']:.1f} KB a stream); one order's creation reached all of them "
+                  f"{streams['fan_out_max_ms']:.0f} ms after its answer (p50 {streams['fan_out_p50_ms']:.0f} ms).", ""]
+    lines += [
               "| process | idle RSS | peak RSS under load |", "|---|---:|---:|"]
     for name, idle in system["idle_rss_mb"].items():
         lines.append(f"| {name} | {idle:.1f} MB | {system['load_peak_rss_mb'][name]:.1f} MB |")
