@@ -11,29 +11,41 @@ PostgreSQL, Redis and a real broker. Only loopback is contacted; every wait is b
      and nothing before; an id the gateway does not hold starts with a `resync` event.
   3. refusals: a stream without `orders:read` is 403, without a credential 401; one caller
      may hold GATEWAY__STREAMS__PER_PRINCIPAL streams (16) and the next is 429.
+  4. replicas: a second gateway with the first one's settings shares its consumer group (or
+     queue), so each consumes some of the events; a stream on each still gets all of 8 new
+     orders' creations (the consuming replica passes them on through Redis). The second
+     gateway is then stopped with SIGTERM: its stream ends cleanly.
+  5. Redis stopped: an open stream still gets a new order's creation (the gateway that
+     consumed it cannot pass it on, so its own streams get it); Redis started again: the
+     stream gets `resync` (what Redis could not deliver is gone), then the next creation.
 """
 
 import argparse
 import http.client
 import json
+import os
 import queue
+import signal
+import subprocess
 import sys
 import threading
 import time
 import uuid
 
+from e2e_common import environment_of, http_ok, wait_until
 from e2e_gateway import Gateway, call, expect
 
 HOST, PORT = "127.0.0.1", 8080
 PER_PRINCIPAL = 16
+REPLICA_PORT, REPLICA_METRICS = 8083, "127.0.0.1:9583"
 
 
 class EventStream:
     """An open `text/event-stream` response, read by a thread into a queue of
     (seconds since the epoch, {"id", "event", "data"}) as each event completes."""
 
-    def __init__(self, path, token=None, headers=None):
-        self.connection = http.client.HTTPConnection(HOST, PORT, timeout=30)
+    def __init__(self, path, token=None, headers=None, port=PORT):
+        self.connection = http.client.HTTPConnection(HOST, port, timeout=30)
         sent = {"Accept": "text/event-stream", **(headers or {})}
         if token:
             sent["Authorization"] = f"Bearer {token}"
@@ -165,6 +177,90 @@ def check_refusals(gw):
     print(f"check 3 passed: 403 without the scope, 401 without a credential, 429 beyond {PER_PRINCIPAL} streams")
 
 
+def ids_within(stream, wanted, seconds):
+    """The ids of `wanted` the stream delivered within `seconds`, and whether it ended."""
+    seen, deadline = set(), time.monotonic() + seconds
+    while seen != wanted and time.monotonic() < deadline:
+        got = stream.next(max(0.0, deadline - time.monotonic()))
+        if got is None:
+            break
+        if got[1] is None:
+            return seen, True
+        if got[1].get("id") in wanted:
+            seen.add(got[1]["id"])
+    return seen, False
+
+
+def check_replicas(args, token):
+    env = environment_of(args.workspace, "gateway")
+    env.update({"GATEWAY__HTTP__ADDR": f"{HOST}:{REPLICA_PORT}", "GATEWAY__METRICS__ADDR": REPLICA_METRICS,
+                "GATEWAY__SHUTDOWN__DELAY_MS": "0"})
+    run = os.path.join(args.workspace, ".run")
+    with open(os.path.join(run, "gateway-replica.log"), "ab") as log:
+        replica = subprocess.Popen([args.gateway], env=env, stdout=log, stderr=log)
+    try:
+        wait_until(lambda: http_ok(f"http://{HOST}:{REPLICA_PORT}/readyz"), 30, "the second gateway ready")
+        first = EventStream("/v1/orders/events", token)
+        second = EventStream("/v1/orders/events", token, port=REPLICA_PORT)
+        expect(first.status == 200 and second.status == 200, f"streams: {first.status} {second.status}")
+        orders = []
+        for _ in range(8):
+            status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
+            expect(status == 201, f"create: {status} {order}")
+            orders.append(order["id"])
+        wanted = {f"{order}:1" for order in orders}
+        # Not 1 s: on Kafka the group is still settling after the second member joined.
+        for name, stream in (("the first", first), ("the second", second)):
+            seen, ended = ids_within(stream, wanted, 20)
+            expect(seen == wanted and not ended,
+                   f"{name} gateway's stream got {len(seen)} of the 8 creations (ended: {ended})")
+        first.close()
+        replica.send_signal(signal.SIGTERM)
+        got = second.next(10)
+        expect(got is not None and got[1] is None, f"the second gateway's stream ends when it stops: {got}")
+        expect(replica.wait(timeout=20) == 0, f"the second gateway exits 0 on SIGTERM: {replica.returncode}")
+        print("check 4 passed: a stream on each of two gateway replicas got all 8 creations; "
+              "a stopping replica ends its streams")
+    finally:
+        if replica.poll() is None:
+            replica.kill()
+            replica.wait()
+
+
+def create(token):
+    status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 201, f"create: {status} {order}")
+    return order["id"]
+
+
+def check_redis_lost(token):
+    brokers = os.path.join(os.path.dirname(os.path.abspath(__file__)), "brokers.sh")
+    stream = EventStream("/v1/orders/events", token)
+    expect(stream.status == 200, f"stream: {stream.status}")
+    subprocess.run(["bash", brokers, "stop", "redis"], check=True, capture_output=True)
+    try:
+        during = f"{create(token)}:1"
+        seen, ended = ids_within(stream, {during}, 15)
+        expect(seen == {during} and not ended, f"a creation while Redis is down reaches the stream (ended: {ended})")
+    finally:
+        subprocess.run(["bash", brokers, "start", "redis"], check=True, capture_output=True)
+    deadline, resynced = time.monotonic() + 20, None
+    while resynced is None and time.monotonic() < deadline:
+        got = stream.next(max(0.0, deadline - time.monotonic()))
+        if got is None:
+            break
+        expect(got[1] is not None, "the stream stays open while Redis comes back")
+        if got[1].get("event") == "resync":
+            resynced = json.loads(got[1]["data"])["reason"]
+    expect(resynced is not None, "resync within 20 s of Redis coming back")
+    after = f"{create(token)}:1"
+    seen, _ = ids_within(stream, {after}, 10)
+    expect(seen == {after}, "a creation after Redis is back reaches the stream")
+    stream.close()
+    print(f"check 5 passed: with Redis down a stream still got a creation; back, it got resync ({resynced!r}), "
+          "then the next creation")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", required=True)
@@ -175,6 +271,8 @@ def main():
     order_id = check_follow(gw, token)
     check_resume(token, order_id)
     check_refusals(gw)
+    check_replicas(args, token)
+    check_redis_lost(token)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 //! [`api_keys`], [`auth_failures`]) → rate limits ([`rate_limit`]) → the route, whose
 //! answers are RFC 9457 problem bodies ([`problem`]) and whose reads go through the Redis
 //! cache ([`cache`], [`rest`]), which the domain events keep honest ([`invalidation`]). The
-//! same events go on to the clients that follow a context or a resource ([`stream`]).
+//! same events go on to the clients that follow a context or a resource ([`stream`]), on
+//! every replica ([`fanout`]).
 
 pub mod api_keys;
 pub mod auth;
@@ -15,6 +16,7 @@ pub mod auth_failures;
 pub mod cache;
 pub mod client_address;
 pub mod context;
+pub mod fanout;
 pub mod invalidation;
 pub mod problem;
 pub mod rate_limit;

@@ -56,7 +56,15 @@ pub fn redacted(url: &str) -> String {
 
 #[derive(Clone)]
 pub struct Cache {
-    inner: Option<(ConnectionManager, CacheConfig)>,
+    inner: Option<Connected>,
+}
+
+#[derive(Clone)]
+struct Connected {
+    manager: ConnectionManager,
+    config: CacheConfig,
+    /// For subscriptions, which need a connection of their own.
+    client: redis::Client,
 }
 
 /// Whether a read came from the cache, reported as the `X-Cache` header and the `cache`
@@ -111,7 +119,11 @@ impl Cache {
             .get_connection_manager_lazy(manager_config)
             .map_err(|e| format!("cannot set up the Redis client: {e}"))?;
         Ok(Cache {
-            inner: Some((manager, config)),
+            inner: Some(Connected {
+                manager,
+                config,
+                client,
+            }),
         })
     }
 
@@ -121,7 +133,9 @@ impl Cache {
 
     /// A connection handle, the config and the entry's key; `None` without a cache.
     fn entry(&self, context: &str, id: &str) -> Option<(ConnectionManager, &CacheConfig, String)> {
-        let (manager, config) = self.inner.as_ref()?;
+        let Connected {
+            manager, config, ..
+        } = self.inner.as_ref()?;
         let key = format!("{}:{context}:{id}", config.namespace);
         Some((manager.clone(), config, key))
     }
@@ -176,9 +190,48 @@ impl Cache {
             .ok_or_else(|| format!("cannot delete {key}"))
     }
 
+    /// The channel `name` in this cache's namespace.
+    fn channel(&self, name: &str) -> Option<String> {
+        let connected = self.inner.as_ref()?;
+        Some(format!("{}:{name}", connected.config.namespace))
+    }
+
+    /// Publishes `payload` on the channel `name` (in the cache's namespace) to every
+    /// subscriber, this gateway's included; false without a cache or when Redis failed.
+    pub async fn publish(&self, name: &str, payload: &[u8]) -> bool {
+        let (Some(connected), Some(channel)) = (self.inner.as_ref(), self.channel(name)) else {
+            return false;
+        };
+        let mut conn = connected.manager.clone();
+        bounded("PUBLISH", conn.publish::<_, _, i64>(&channel, payload))
+            .await
+            .is_some()
+    }
+
+    /// A subscription to the channel `name`: its messages' payloads, until the connection
+    /// is lost. `None` without a cache.
+    pub async fn subscribe(
+        &self,
+        name: &str,
+    ) -> Option<Result<impl futures_util::Stream<Item = Vec<u8>> + Send + use<>, String>> {
+        let (connected, channel) = (self.inner.as_ref()?, self.channel(name)?);
+        let subscribed = async {
+            let mut pubsub = connected.client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        Some(match tokio::time::timeout(REDIS_TIMEOUT * 4, subscribed).await {
+            Ok(Ok(pubsub)) => Ok(futures_util::StreamExt::map(pubsub.into_on_message(), |message| {
+                message.get_payload_bytes().to_vec()
+            })),
+            Ok(Err(e)) => Err(format!("cannot subscribe to {channel}: {e}")),
+            Err(_) => Err(format!("cannot subscribe to {channel}: no answer within {:?}", REDIS_TIMEOUT * 4)),
+        })
+    }
+
     /// For readiness: does Redis answer?
     pub async fn ping(&self) -> Option<bool> {
-        let (manager, _) = self.inner.as_ref()?;
+        let Connected { manager, .. } = self.inner.as_ref()?;
         let mut conn = manager.clone();
         let ping = redis::cmd("PING");
         Some(

@@ -1,7 +1,8 @@
 //! Keeps the read cache honest: the gateway consumes every domain event (its own consumer
 //! group, or its own queue on SQS) and invalidates the cached resource the event is about,
-//! named by the `aggregate_id` header. Then it publishes the event to the event streams
-//! (`stream`): after the invalidation, so a client that re-reads on an event reads the change. A creation event cannot make an entry stale (nothing
+//! named by the `aggregate_id` header. Then it publishes the event to the event streams of
+//! every gateway replica (`fanout`, `stream`): after the invalidation, so a client that
+//! re-reads on an event reads the change. A creation event cannot make an entry stale (nothing
 //! was cached before the resource existed), so it only deletes; any other event also
 //! blocks re-caching for a moment (see `cache.rs`). Invalidating is idempotent, so no inbox is needed;
 //! a message is acknowledged once its entry is invalidated, or after the retries are spent
@@ -13,7 +14,8 @@ use crate::bus::{AGGREGATE_ID, AGGREGATE_VERSION, Delivery, EVENT_TYPE, Subscrib
 use tokio::sync::watch;
 
 use crate::gateway::cache::Cache;
-use crate::gateway::stream::{Pushed, Streams};
+use crate::gateway::fanout::Fanout;
+use crate::gateway::stream::Pushed;
 
 const ATTEMPTS: u32 = 5;
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -34,7 +36,7 @@ pub struct Topic {
 
 pub type Routes = &'static [Topic];
 
-async fn apply(cache: &Cache, streams: &Streams, routes: Routes, delivery: &Delivery) {
+async fn apply(cache: &Cache, fanout: &Fanout, routes: Routes, delivery: &Delivery) {
     let Some(route) = routes.iter().find(|r| r.topic == delivery.topic) else {
         tracing::warn!(topic = %delivery.topic, "event from a topic the gateway does not cache");
         return;
@@ -44,11 +46,11 @@ async fn apply(cache: &Cache, streams: &Streams, routes: Routes, delivery: &Deli
         return;
     };
     invalidate(cache, route, id, delivery).await;
-    push(streams, route, id, delivery);
+    push(fanout, route, id, delivery).await;
 }
 
 /// Publishes the event to the streams that follow its context or its resource.
-fn push(streams: &Streams, route: &Topic, id: &str, delivery: &Delivery) {
+async fn push(fanout: &Fanout, route: &Topic, id: &str, delivery: &Delivery) {
     let event_type = delivery.headers.get(EVENT_TYPE).map_or("", String::as_str);
     let Some(version) = delivery
         .headers
@@ -60,13 +62,15 @@ fn push(streams: &Streams, route: &Topic, id: &str, delivery: &Delivery) {
     };
     match (route.render)(event_type, &delivery.payload) {
         Ok(data) => {
-            streams.publish(Pushed {
-                context: route.context,
-                aggregate_id: id.to_string(),
-                version,
-                event_type: event_type.to_string(),
-                data,
-            });
+            fanout
+                .publish(Pushed {
+                    context: route.context,
+                    aggregate_id: id.to_string(),
+                    version,
+                    event_type: event_type.to_string(),
+                    data,
+                })
+                .await
         }
         Err(e) => {
             tracing::warn!(error = %e, topic = %delivery.topic, id, event_type, "cannot render an event for the streams")
@@ -107,7 +111,7 @@ async fn invalidate(cache: &Cache, route: &Topic, id: &str, delivery: &Delivery)
 pub async fn run<S: Subscriber>(
     mut subscriber: S,
     cache: Cache,
-    streams: Streams,
+    fanout: Fanout,
     routes: Routes,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -126,7 +130,7 @@ pub async fn run<S: Subscriber>(
         match next {
             Ok(delivery) => {
                 failures = 0;
-                apply(&cache, &streams, routes, &delivery).await;
+                apply(&cache, &fanout, routes, &delivery).await;
                 if let Err(e) = subscriber.ack(&delivery).await {
                     tracing::warn!(error = %e, "cannot acknowledge an invalidation event");
                 }

@@ -148,14 +148,17 @@ impl Pushed {
     }
 }
 
-/// A published event.
-struct Logged {
-    event: Pushed,
+/// What the live feed carries to every open stream.
+#[derive(Clone)]
+enum Live {
+    Event(Arc<Pushed>),
+    /// Events may have been lost before they reached this gateway (`resync_all`).
+    Resync(String),
 }
 
 /// The recent events, oldest first, and the newest version of each resource in them.
 struct Log {
-    events: VecDeque<Arc<Logged>>,
+    events: VecDeque<Arc<Pushed>>,
     newest: HashMap<(&'static str, String), Newest>,
 }
 
@@ -174,7 +177,7 @@ pub struct Streams {
 struct Inner {
     config: StreamsConfig,
     log: Mutex<Log>,
-    live: broadcast::Sender<Arc<Logged>>,
+    live: broadcast::Sender<Live>,
     open: Mutex<HashMap<String, usize>>,
     closing: watch::Sender<bool>,
 }
@@ -215,13 +218,13 @@ impl Streams {
         });
         newest.version = event.version;
         newest.held += 1;
-        let logged = Arc::new(Logged { event });
-        log.events.push_back(logged.clone());
+        let event = Arc::new(event);
+        log.events.push_back(event.clone());
         while log.events.len() > inner.config.log {
             let Some(old) = log.events.pop_front() else {
                 break;
             };
-            let key = (old.event.context, old.event.aggregate_id.clone());
+            let key = (old.context, old.aggregate_id.clone());
             if let Some(newest) = log.newest.get_mut(&key) {
                 newest.held -= 1;
                 if newest.held == 0 {
@@ -231,9 +234,16 @@ impl Streams {
         }
         // Sent under the lock, so a stream opening now sees each event once: in the log
         // it replays or on the live feed, never both (see `open`).
-        let _ = inner.live.send(logged);
+        let _ = inner.live.send(Live::Event(event));
         metrics::counter!(STREAM_EVENTS).increment(1);
         true
+    }
+
+    /// Sends `resync` to every open stream: events may have been lost on their way to this
+    /// gateway (its feed of them was interrupted).
+    pub fn resync_all(&self, why: &str) {
+        let _log = lock(&self.inner.log);
+        let _ = self.inner.live.send(Live::Resync(why.to_string()));
     }
 
     /// Ends every stream and refuses new ones (503): the gateway is stopping.
@@ -297,14 +307,14 @@ impl Streams {
                 match log
                     .events
                     .iter()
-                    .position(|l| l.event.context == filter.context && l.event.id() == last)
+                    .position(|e| e.context == filter.context && e.id() == last)
                 {
                     Some(at) => backlog.extend(
                         log.events
                             .iter()
                             .skip(at + 1)
-                            .filter(|l| filter.matches(&l.event))
-                            .map(|l| l.event.event()),
+                            .filter(|e| filter.matches(e))
+                            .map(|e| e.event()),
                     ),
                     None => backlog.push_back(resync(&format!(
                         "event {last} is no longer in the gateway's log"
@@ -350,7 +360,7 @@ struct Subscription {
     filter: Filter,
     /// Sent first: the replay after `Last-Event-ID`, or `resync`.
     backlog: VecDeque<Event>,
-    live: broadcast::Receiver<Arc<Logged>>,
+    live: broadcast::Receiver<Live>,
     closing: watch::Receiver<bool>,
     _slot: Slot,
 }
@@ -366,11 +376,11 @@ impl Subscription {
                 biased;
                 _ = self.closing.wait_for(|closing| *closing) => return None,
                 received = self.live.recv() => match received {
-                    Ok(logged) => {
-                        if self.filter.matches(&logged.event) {
-                            return Some(logged.event.event());
-                        }
-                    }
+                    Ok(live) => match &live {
+                        Live::Event(event) if self.filter.matches(event) => return Some(event.event()),
+                        Live::Event(_) => {}
+                        Live::Resync(why) => return Some(resync(why)),
+                    },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         return Some(resync(&format!("this stream fell {missed} events behind")));
                     }
@@ -578,6 +588,20 @@ mod tests {
         assert!(first.contains("fell 3 events behind"), "{first}");
         assert!(next_wire(&mut slow).await.starts_with("id: o1:4\n"));
         assert!(next_wire(&mut slow).await.starts_with("id: o1:5\n"));
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_feed_sends_resync_to_every_stream() {
+        let streams = small(16);
+        let mut one = Box::pin(streams.open("token:a", Filter::resource("orders", "o1".into()), None).unwrap());
+        let mut all = Box::pin(streams.open("token:b", Filter::context("orders"), None).unwrap());
+        streams.resync_all("the feed was interrupted");
+        streams.publish(event("o1", 1));
+        for stream in [&mut one, &mut all] {
+            let first = next_wire(stream).await;
+            assert!(first.starts_with("event: resync\n") && first.contains("the feed was interrupted"), "{first}");
+            assert!(next_wire(stream).await.starts_with("id: o1:1\n"));
+        }
     }
 
     #[tokio::test]

@@ -12,8 +12,8 @@ pub mod openapi;
 
 // The fixed machinery is the platform's (`platform::gateway`), under the names the routes use.
 pub use platform::gateway::{
-    api_keys, auth, auth_failures, cache, client_address, context, invalidation, problem,
-    rate_limit, rest, stream,
+    api_keys, auth, auth_failures, cache, client_address, context, fanout, invalidation,
+    problem, rate_limit, rest, stream,
 };
 
 use std::future::Future;
@@ -42,6 +42,7 @@ use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::context::RequestContext;
+use crate::fanout::Fanout;
 use crate::problem::Problem;
 use crate::rate_limit::RateLimiter;
 use crate::stream::Streams;
@@ -187,13 +188,17 @@ impl Gateway {
         });
         if let Some(bus) = &self.bus {
             let topics: Vec<String> = api::TOPICS.iter().map(|t| t.topic.to_string()).collect();
+            // The replicas share the consumer group: each passes what it consumes on to
+            // every replica's event streams through Redis.
+            let fanout = Fanout::new(self.state.streams.clone(), self.state.cache.clone());
+            tasks.spawn("event fan-out", fanout.clone().listen(api::TOPICS, stopped.clone()));
             // Without it, cached reads would go stale until their TTL: the gateway stops
             // (not ready, exit non-zero) rather than serve them.
             let invalidation = bus.subscriber(api::GROUP, &topics).map(|subscriber| {
                 invalidation::run(
                     subscriber,
                     self.state.cache.clone(),
-                    self.state.streams.clone(),
+                    fanout,
                     api::TOPICS,
                     stopped.clone(),
                 )
