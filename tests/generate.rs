@@ -480,7 +480,12 @@ fn the_openapi_document_describes_every_context_route_and_field() {
     let follow = &doc["paths"]["/v1/catalog/{id}/events"]["get"];
     assert_eq!(follow["operationId"], "streamProductEvents");
     assert!(follow["responses"]["200"]["content"]["text/event-stream"].is_object());
-    assert!(follow["description"].as_str().unwrap().contains("Needs scope `catalog:read`"));
+    assert!(
+        follow["description"]
+            .as_str()
+            .unwrap()
+            .contains("Needs scope `catalog:read`")
+    );
     let headers: Vec<&str> = follow["parameters"]
         .as_array()
         .unwrap()
@@ -491,7 +496,10 @@ fn the_openapi_document_describes_every_context_route_and_field() {
     let every = &doc["paths"]["/v1/catalog/events"]["get"];
     assert_eq!(every["operationId"], "streamProductsEvents");
     let described = every["description"].as_str().unwrap();
-    assert!(described.contains("market.catalog.v1.ProductListed"), "{described}");
+    assert!(
+        described.contains("market.catalog.v1.ProductListed"),
+        "{described}"
+    );
     let new_product = &doc["components"]["schemas"]["NewProduct"];
     assert_eq!(new_product["additionalProperties"], false);
     assert_eq!(new_product["properties"]["price_cents"]["format"], "int64");
@@ -834,4 +842,32 @@ fn a_new_command_has_one_route_whose_router_scope_and_document_agree() {
         "/v1/orders/{id}/sagas/{saga}/retry".into(),
         "orders:admin".into()
     )));
+}
+
+#[test]
+fn the_readmes_route_table_is_the_route_list() {
+    // checkout: payments is read-only (`crud = ["read"]`) with a command; orders has
+    // every change, commands and its saga's routes.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/checkout.toml");
+    let spec = spec::load(&path, &Overrides::default()).unwrap();
+    let plan = Plan::build(&spec, &Blueprint::embedded().unwrap(), &[]).unwrap();
+    let readme = String::from_utf8_lossy(&plan.files["README.md"].contents);
+    let rows: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `") && l.contains("/v1/"))
+        .collect();
+    let routes: usize = spec.contexts.iter().map(|c| c.routes.len()).sum();
+    assert_eq!(rows.len(), routes, "{rows:#?}");
+    for row in [
+        "| `PATCH /v1/orders/{id}` | `orders:write` | `updateOrder` |",
+        "| `POST /v1/orders/{id}/sagas/{saga}/retry` | `orders:admin` | `retryOrderSaga` |",
+        "| `GET /v1/payments/{id}/events` | `payments:read` | `streamPaymentEvents` |",
+        "| `POST /v1/payments/{id}/void` | `payments:write` | `voidPayment` |",
+    ] {
+        assert!(rows.contains(&row), "{row} in {rows:#?}");
+    }
+    assert!(
+        !rows.iter().any(|r| r.starts_with("| `POST /v1/payments`")),
+        "{rows:#?}"
+    );
 }

@@ -27,6 +27,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.12.0",
         "0a5a0d21db79e715d1484aa5ca79f0f101ac8cd98ff2fa5cfa028613a8719e6f",
     ),
+    (
+        "0.13.0",
+        "19d996a9675b9e775bc5632c880040e5684f33073a1016729017465f08d1f2a7",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

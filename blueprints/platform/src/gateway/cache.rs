@@ -220,13 +220,19 @@ impl Cache {
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        Some(match tokio::time::timeout(REDIS_TIMEOUT * 4, subscribed).await {
-            Ok(Ok(pubsub)) => Ok(futures_util::StreamExt::map(pubsub.into_on_message(), |message| {
-                message.get_payload_bytes().to_vec()
-            })),
-            Ok(Err(e)) => Err(format!("cannot subscribe to {channel}: {e}")),
-            Err(_) => Err(format!("cannot subscribe to {channel}: no answer within {:?}", REDIS_TIMEOUT * 4)),
-        })
+        Some(
+            match tokio::time::timeout(REDIS_TIMEOUT * 4, subscribed).await {
+                Ok(Ok(pubsub)) => Ok(futures_util::StreamExt::map(
+                    pubsub.into_on_message(),
+                    |message| message.get_payload_bytes().to_vec(),
+                )),
+                Ok(Err(e)) => Err(format!("cannot subscribe to {channel}: {e}")),
+                Err(_) => Err(format!(
+                    "cannot subscribe to {channel}: no answer within {:?}",
+                    REDIS_TIMEOUT * 4
+                )),
+            },
+        )
     }
 
     /// For readiness: does Redis answer?

@@ -84,7 +84,8 @@ impl Fanout {
                 Some(Ok(messages)) => {
                     if interrupted {
                         tracing::info!("subscribed to the gateway's event channel again");
-                        self.streams.resync_all("this gateway's feed of events was interrupted");
+                        self.streams
+                            .resync_all("this gateway's feed of events was interrupted");
                     }
                     failures = 0;
                     let mut messages = std::pin::pin!(messages);
@@ -99,7 +100,9 @@ impl Fanout {
                     }
                     tracing::warn!("lost the subscription to the gateway's event channel");
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "cannot subscribe to the gateway's event channel"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot subscribe to the gateway's event channel")
+                }
                 None => return,
             }
             interrupted = true;
@@ -157,7 +160,11 @@ mod tests {
     async fn without_redis_an_event_goes_to_this_gateways_streams() {
         let streams = Streams::new(StreamsConfig::default());
         let fanout = Fanout::new(streams.clone(), Cache::disabled());
-        let mut open = Box::pin(streams.open("token:a", Filter::context("orders"), None).unwrap());
+        let mut open = Box::pin(
+            streams
+                .open("token:a", Filter::context("orders"), None)
+                .unwrap(),
+        );
         fanout
             .publish(Pushed {
                 context: "orders",
@@ -168,7 +175,10 @@ mod tests {
             })
             .await;
         let next = tokio::time::timeout(Duration::from_secs(1), open.next()).await;
-        assert!(matches!(next, Ok(Some(Ok(_)))), "the event reached the stream");
+        assert!(
+            matches!(next, Ok(Some(Ok(_)))),
+            "the event reached the stream"
+        );
     }
 
     #[test]

@@ -593,13 +593,24 @@ mod tests {
     #[tokio::test]
     async fn an_interrupted_feed_sends_resync_to_every_stream() {
         let streams = small(16);
-        let mut one = Box::pin(streams.open("token:a", Filter::resource("orders", "o1".into()), None).unwrap());
-        let mut all = Box::pin(streams.open("token:b", Filter::context("orders"), None).unwrap());
+        let mut one = Box::pin(
+            streams
+                .open("token:a", Filter::resource("orders", "o1".into()), None)
+                .unwrap(),
+        );
+        let mut all = Box::pin(
+            streams
+                .open("token:b", Filter::context("orders"), None)
+                .unwrap(),
+        );
         streams.resync_all("the feed was interrupted");
         streams.publish(event("o1", 1));
         for stream in [&mut one, &mut all] {
             let first = next_wire(stream).await;
-            assert!(first.starts_with("event: resync\n") && first.contains("the feed was interrupted"), "{first}");
+            assert!(
+                first.starts_with("event: resync\n") && first.contains("the feed was interrupted"),
+                "{first}"
+            );
             assert!(next_wire(stream).await.starts_with("id: o1:1\n"));
         }
     }
