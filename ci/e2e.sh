@@ -25,6 +25,7 @@ cd "$root"
 # calls between services, ci/e2e_calls.py, on Kafka and on SQS). The calls never touch the
 # bus, but the services they run in do, and a second run costs under a minute once built.
 # sagas-kafka and sagas (SQS): the checkout saga of examples/checkout.toml, ci/e2e_sagas.py;
+# after it on SQS, the same workspace run with nothing configured (ci/e2e_demo.py);
 # on both buses, since the saga starts from its owner's own event, which each bus routes
 # differently (a topic the owner consumes; the owner's own queue).
 scenarios=("$@")
@@ -68,7 +69,7 @@ fi
 
 cleanup() {
     [ -s "$E2E_STATE/cpu-hog" ] && kill "$(cat "$E2E_STATE/cpu-hog")" 2>/dev/null
-    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls-*; do
+    for ws in "$E2E_STATE"/kafka "$E2E_STATE"/sqs "$E2E_STATE"/calls-* "$E2E_STATE"/sagas-* "$E2E_STATE"/demo; do
         [ -x "$ws/deploy/local/down.sh" ] && bash "$ws/deploy/local/down.sh" || true
     done
     bash ci/brokers.sh stop kafka || true
@@ -306,7 +307,7 @@ run_calls() {
     export DATABASE_ADMIN_URL="$DATABASE_URL" KAFKA_BROKERS=127.0.0.1:9092 SQS_ENDPOINT=http://127.0.0.1:5000 \
         RUST_LOG=info CHECKOUT__DEPS__CATALOG__TIMEOUT_MS=500 CHECKOUT__DEPS__CATALOG__BREAKER__OPEN_MS=2000 \
         OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
-    unset REDIS_URL
+    export REDIS_URL=
     bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
@@ -353,7 +354,7 @@ run_sagas() {
         ORDERS__SAGA__BACKOFF_MAX_MS=1000 ORDERS__SAGA__COMPENSATION_ATTEMPTS=4 \
         ORDERS__DEPS__PAYMENTS__BREAKER__OPEN_MS=1000 \
         OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 OTEL_BSP_SCHEDULE_DELAY=200
-    unset REDIS_URL
+    export REDIS_URL=
     bash "$ws/deploy/local/up.sh"
     record_started "$ws"/.run/*.pid
 
@@ -371,6 +372,54 @@ run_sagas() {
         show_warnings "$ws"
         exit $status
     fi
+    # On SQS only: moto starts in seconds, where tansu would be waited for; infra.sh treats
+    # both brokers alike.
+    [ "$bus" = sqs ] && run_demo "$ws"
+    return 0
+}
+
+# One command from `new` to a running system: the saga workspace's deploy/local/up.sh with
+# nothing configured starts a private PostgreSQL cluster, moto and Redis itself
+# (deploy/local/infra.sh), ci/e2e_demo.py uses the system, and down.sh stops exactly what
+# up.sh started, leaving the harness's own PostgreSQL alone. Before that, up.sh without a
+# broker to start says what to install and starts nothing.
+run_demo() {
+    local ws=$1 demo="$E2E_STATE/demo" out="$E2E_STATE/demo-up.out" status=0
+    echo "== e2e [demo]: up.sh with nothing configured =="
+    # As root the private cluster runs as the user postgres, who must reach the workspace.
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$ws"; then
+        demo=$(mktemp -d /tmp/archscaffold-demo.XXXXXX)
+        chmod 755 "$demo"
+    fi
+    rm -rf "$demo/shop"
+    mkdir -p "$demo"
+    cp -a "$ws" "$demo/shop"
+    rm -rf "$demo/shop/.run"
+    local up=(env -u DATABASE_ADMIN_URL -u KAFKA_BROKERS -u SQS_ENDPOINT -u REDIS_URL -u DATABASE_URL
+        -u OTEL_EXPORTER_OTLP_ENDPOINT bash "$demo/shop/deploy/local/up.sh")
+    if env PATH=/usr/bin:/bin XDG_CACHE_HOME="$demo/empty-cache" "${up[@]}" >"$out" 2>&1; then
+        echo "up.sh started without a broker to start:" >&2; cat "$out" >&2; exit 1
+    fi
+    grep -q "pip install 'moto\[server\]==" "$out" || { echo "up.sh did not say how to install moto:" >&2; cat "$out" >&2; exit 1; }
+    if ls "$demo/shop/.run/"*.pid >/dev/null 2>&1; then
+        echo "up.sh left processes behind after refusing: $(ls "$demo/shop/.run/"*.pid)" >&2; exit 1
+    fi
+    "${up[@]}" | tee "$out"
+    record_started "$demo/shop"/.run/*.pid
+    head -n 1 "$demo/shop/.run/postgres/data/postmaster.pid" >>"$started"
+    "$cache/venv/bin/python" ci/e2e_demo.py --workspace "$demo/shop" --up-output "$out" \
+        --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
+    bash "$demo/shop/deploy/local/down.sh"
+    if ls "$demo/shop/.run/"started-* >/dev/null 2>&1; then
+        echo "down.sh left markers of what it should have stopped: $(ls "$demo/shop/.run/"started-*)" >&2; status=1
+    fi
+    psql "$DATABASE_URL" -Atc 'SELECT 1' >/dev/null || { echo "down.sh stopped the harness's PostgreSQL" >&2; status=1; }
+    if [ $status -ne 0 ]; then
+        echo "== e2e [demo] failed ==" >&2
+        tail -n 20 "$demo/shop/.run/"*.log >&2 || true
+        exit $status
+    fi
+    echo "== e2e [demo]: passed =="
 }
 for bus in ${saga_buses[@]+"${saga_buses[@]}"}; do
     run_sagas "$bus"

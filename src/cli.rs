@@ -20,6 +20,7 @@ Examples:
   archscaffold new shop --contexts orders,billing
   archscaffold new shop --spec shop.toml --bus sqs --out ../shop
   archscaffold new shop --example shop      (orders with states and commands)
+  archscaffold new shop --example checkout  (a checkout saga over four services)
   archscaffold new shop --contexts orders,billing,shipping --dry-run
   archscaffold validate --spec shop.toml
   archscaffold add context shipping --subscribes billing.BillingCreated   (in the workspace)
@@ -588,7 +589,10 @@ fn print_summary(spec: &Spec, plan: &Plan, target: &Path, git: GitOutcome) {
     );
     let dir = target.display();
     println!("\nNext:");
-    println!("  cd {dir} && cargo build --workspace");
+    println!(
+        "  cd {dir} && deploy/local/up.sh      builds and runs it; starts PostgreSQL, the broker and Redis where none is given"
+    );
+    println!("  cd {dir} && deploy/local/down.sh    stops what up.sh started");
     println!(
         "  cd {dir} && DATABASE_URL=postgres://postgres:postgres@127.0.0.1:5432/postgres cargo test --workspace"
     );

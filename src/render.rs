@@ -95,6 +95,8 @@ struct SharedGlobals<'a> {
     platform: Option<PlatformDependency<'a>>,
     /// The crates that team templates add: workspace members besides the generated ones.
     template_members: &'a [String],
+    /// The README's "Run it" commands.
+    walkthrough: Vec<crate::spec::walkthrough::Step>,
 }
 
 #[derive(Serialize)]
@@ -139,6 +141,7 @@ impl Globals {
                 feature: spec.bus.as_str(),
             }),
             template_members,
+            walkthrough: crate::spec::walkthrough::of(spec),
         })
         .map_err(|e| Error::Blueprint(e.to_string()))?;
         let contexts = spec

@@ -13,6 +13,7 @@ pub mod naming;
 mod raw;
 pub mod routes;
 mod validate;
+pub mod walkthrough;
 
 use std::path::Path;
 
