@@ -7,6 +7,9 @@ configured, which started a private PostgreSQL cluster, moto and Redis itself
      password, and holds the services' databases.
   2. The system works: an item, then an order for it; the checkout saga confirms the order;
      a second read of the item comes from the cache (Redis).
+  3. The generated README's "Run it" block, pasted into bash as it is (stopping at the
+     first failing command), prints what the README says each command prints, in order
+     (`…` standing for what differs from run to run).
 """
 
 import argparse
@@ -61,7 +64,41 @@ def check_system(args):
         seen.append(call("GET", path, token)[1].get("x-cache"))
         return seen[-1] == "hit"
     wait_until(cached, 10, "a read of the item from the cache")
-    print(f"check 2 passed: an item, an order confirmed by the saga, the item read from the cache ({seen})")
+    print(f"check 2 passed: an item, an order confirmed by the saga, the item read from the cache "
+          f"(after {len(seen) - 1} misses: the saga's reservation blocks re-caching for a moment)")
+
+
+def run_it(readme):
+    """The "Run it" section's shell block, and the lines it says the commands print."""
+    section = readme.split("\n## Run it\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    expected = []
+    for line in block.splitlines():
+        said = re.match(r"^#   (?:prints: |        )(.*)$", line)
+        if said:
+            expected.append(said.group(1))
+    return block, expected
+
+
+def check_run_it(args):
+    with open(os.path.join(args.workspace, "README.md")) as f:
+        block, expected = run_it(f.read())
+    expect(len(expected) >= 5, f"the Run it block says what it prints: {expected}")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DATABASE_ADMIN_URL", "SQS_ENDPOINT", "KAFKA_BROKERS", "REDIS_URL")}
+    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block], cwd=args.workspace, env=env,
+                          capture_output=True, text=True, timeout=180)
+    expect(done.returncode == 0, f"the Run it block failed ({done.returncode}): {done.stderr[-2000:]}\n"
+                                 f"it printed: {done.stdout[-2000:]}")
+    printed = done.stdout.splitlines()
+    at = 0
+    for line in expected:
+        pattern = re.compile(".*?".join(re.escape(part) for part in line.split("…")))
+        while at < len(printed) and not pattern.fullmatch(printed[at]):
+            at += 1
+        expect(at < len(printed), f"the Run it block printed no line like {line!r} (in order) in:\n{done.stdout}")
+        at += 1
+    print(f"check 3 passed: the README's Run it block ran as pasted and printed the {len(expected)} lines it promises")
 
 
 def main():
@@ -72,6 +109,7 @@ def main():
     args = parser.parse_args()
     check_started(args)
     check_system(args)
+    check_run_it(args)
 
 
 if __name__ == "__main__":

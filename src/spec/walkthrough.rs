@@ -1,8 +1,8 @@
 //! The generated README's "Run it": shell commands, from the spec, that a newcomer pastes
 //! against the running system. Each create has a real JSON body (sample values by type; a
 //! `ref:` field gets the id its context's create printed, so creates come in the order the
-//! references need), a plain ASCII idempotency key (running the block again creates
-//! nothing more), and the answer it prints. Then it reads what the events made happen:
+//! references need), a plain ASCII idempotency key (one per run of the block), and the
+//! answer it prints. Then it reads what the events made happen:
 //! the subscribers' resources, the sagas' subjects and their steps, and a saga subject's
 //! later events as the gateway streams them.
 
@@ -26,8 +26,8 @@ pub struct Step {
 /// The steps, in order, for `spec`'s system running locally (deploy/local/up.sh).
 pub fn of(spec: &Spec) -> Vec<Step> {
     let mut steps = vec![Step {
-        comment: "a token from the local dev issuer (up.sh ran the gateway in dev mode)".into(),
-        command: "TOKEN=$(${CARGO_TARGET_DIR:-target}/debug/gateway dev-token --sub alice)".into(),
+        comment: "a token from the local dev issuer (up.sh ran the gateway in dev mode), and a tag for this run's idempotency keys".into(),
+        command: "TOKEN=$(${CARGO_TARGET_DIR:-target}/debug/gateway dev-token --sub alice)\nRUN=$(date +%s)".into(),
         expect: String::new(),
     }];
     let created = creation_order(spec);
@@ -52,7 +52,7 @@ pub fn of(spec: &Spec) -> Vec<Step> {
     if !followers.is_empty() || !spec.sagas.is_empty() {
         steps.push(Step {
             comment: "the events go out through the outbox and the bus; give them a moment".into(),
-            command: "sleep 3".into(),
+            command: "sleep 5".into(),
             expect: String::new(),
         });
     }
@@ -233,7 +233,7 @@ fn create(context: &Context) -> Step {
     let var = id_var(context);
     let command = format!(
         "{name}=$(curl -sf -X POST {GATEWAY}/v1/{kebab} -H \"Authorization: Bearer $TOKEN\" \\\n  \
-         -H 'Content-Type: application/json' -H 'Idempotency-Key: run-it-{kebab}-1' --data-binary @- <<JSON\n\
+         -H 'Content-Type: application/json' -H \"Idempotency-Key: run-it-{kebab}-$RUN\" --data-binary @- <<JSON\n\
          {body}\nJSON\n)\n\
          echo \"${name}\"\n\
          {var}=$(echo \"${name}\" | sed 's/.*\"id\":\"\\([^\"]*\\)\".*/\\1/')",
@@ -242,7 +242,7 @@ fn create(context: &Context) -> Step {
     );
     Step {
         comment: format!(
-            "create {} (the same key again answers the first response and creates nothing)",
+            "create {} (sent again with the same key, it answers the first response and creates nothing)",
             crate::inflect::with_article(&context.aggregate.name.pascal)
         ),
         command,
@@ -294,9 +294,9 @@ mod tests {
             text.contains("http://127.0.0.1:8080/v1/billing; echo"),
             "{text}"
         );
-        // Every key is plain ASCII, and running the block again creates nothing more.
+        // Every key is plain ASCII, one per run of the block.
         assert!(
-            text.contains("-H 'Idempotency-Key: run-it-orders-1'"),
+            text.contains("-H \"Idempotency-Key: run-it-orders-$RUN\""),
             "{text}"
         );
     }
