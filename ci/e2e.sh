@@ -241,7 +241,7 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
             --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
     fi
     if [ $status -eq 0 ]; then
-        schemathesis="
+        schemathesis=""
         [ "$bus" = "${buses[0]}" ] && schemathesis="$cache/venv/bin/schemathesis"
         "$cache/venv/bin/python" ci/e2e_gateway.py --workspace "$ws" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --api-key-file "$E2E_STATE/api-key.json" \
