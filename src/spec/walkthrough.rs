@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use super::Spec;
-use super::model::{Context, FieldType};
+use super::model::{Command, Context, FieldType, Saga};
 
 const GATEWAY: &str = "http://127.0.0.1:8080";
 
@@ -34,8 +34,16 @@ pub fn of(spec: &Spec) -> Vec<Step> {
     for context in &created {
         steps.push(create(context));
     }
-    let is_created = |name: &str| created.iter().any(|c| c.name.kebab == name);
-    // What the events made happen: a subscriber's own resources, and each saga's subject.
+    // Each saga whose subject the block creates, with that subject.
+    let subjects: Vec<(&Saga, &Context)> = spec
+        .sagas
+        .iter()
+        .filter_map(|saga| {
+            let owner = created.iter().find(|c| c.name.kebab == saga.owner.kebab)?;
+            Some((saga, *owner))
+        })
+        .collect();
+    // What the events made happen: a subscriber's own resources, and what a saga creates.
     let followers: Vec<&Context> = spec
         .contexts
         .iter()
@@ -56,18 +64,13 @@ pub fn of(spec: &Spec) -> Vec<Step> {
             expect: String::new(),
         });
     }
-    for saga in &spec.sagas {
-        if !is_created(&saga.owner.kebab) {
-            continue;
-        }
-        let owner = spec
-            .contexts
-            .iter()
-            .find(|c| c.name.kebab == saga.owner.kebab)
-            .expect("a saga's owner is a context");
+    for &(saga, owner) in &subjects {
         let var = id_var(owner);
         let path = format!("/v1/{}/${var}", owner.name.kebab);
-        let end = end_state(saga, owner)
+        let end_state = success_command(saga, owner)
+            .and_then(|command| command.to.as_ref())
+            .map(|state| state.raw.as_str());
+        let end = end_state
             .map(|state| format!(", and the {} is {state}", owner.aggregate.name.pascal))
             .unwrap_or_default();
         steps.push(Step {
@@ -79,9 +82,7 @@ pub fn of(spec: &Spec) -> Vec<Step> {
             expect: format!(
                 "{{\"items\":[{{\"id\":\"…\",\"saga\":\"{}\",\"state\":\"completed\",\"steps\":[…],…}}]}}\n{}",
                 saga.name.raw,
-                resource_json(owner, Some(
-                    end_state(saga, owner).as_deref().unwrap_or("…"),
-                ), "…")
+                resource_json(owner, Some(end_state.unwrap_or("…")), "…")
             ),
         });
     }
@@ -102,19 +103,9 @@ pub fn of(spec: &Spec) -> Vec<Step> {
     }
     // A saga's subject changed after its creation: its later events, replayed from the
     // gateway's log after version 1.
-    if let Some(subject) = spec
-        .sagas
-        .iter()
-        .filter_map(|saga| created.iter().find(|c| c.name.kebab == saga.owner.kebab))
-        .next()
-    {
+    if let Some(&(saga, subject)) = subjects.first() {
         let var = id_var(subject);
-        let ended = spec
-            .sagas
-            .iter()
-            .find(|s| s.owner.kebab == subject.name.kebab)
-            .and_then(|saga| saga.on_success.as_ref()?.command.as_ref())
-            .and_then(|name| subject.commands.iter().find(|c| c.name.raw == name.raw));
+        let ended = success_command(saga, subject);
         steps.push(Step {
             comment: format!(
                 "the {}'s events after its creation, as the gateway streams them (without --max-time, `curl -N` follows them live)",
@@ -136,11 +127,10 @@ pub fn of(spec: &Spec) -> Vec<Step> {
     steps
 }
 
-/// The state a saga leaves its subject in when it completes, if its success command says.
-fn end_state(saga: &super::model::Saga, owner: &Context) -> Option<String> {
+/// The owner's command a saga ends with when it completes, if it names one.
+fn success_command<'a>(saga: &Saga, owner: &'a Context) -> Option<&'a Command> {
     let name = saga.on_success.as_ref()?.command.as_ref()?;
-    let command = owner.commands.iter().find(|c| c.name.raw == name.raw)?;
-    Some(command.to.as_ref()?.raw.clone())
+    owner.commands.iter().find(|c| c.name.raw == name.raw)
 }
 
 /// The contexts a newcomer can create over REST, each after the contexts its `ref:`
@@ -221,7 +211,7 @@ fn resource_json(context: &Context, state: Option<&str>, version: &str) -> Strin
     for f in &context.all_fields {
         let value = match &f.reference {
             Some(_) => "\"…\"".to_string(),
-            None => sample_json(f.kind, &f.name).replace(": ", ":"),
+            None => sample_json(f.kind, &f.name),
         };
         parts.push(format!("\"{}\":{value}", f.name));
     }
