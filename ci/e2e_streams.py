@@ -191,6 +191,12 @@ def ids_within(stream, wanted, seconds):
     return seen, False
 
 
+def create(token):
+    status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 201, f"create: {status} {order}")
+    return order["id"]
+
+
 def check_replicas(args, token):
     env = environment_of(args.workspace, "gateway")
     env.update({"GATEWAY__HTTP__ADDR": f"{HOST}:{REPLICA_PORT}", "GATEWAY__METRICS__ADDR": REPLICA_METRICS,
@@ -203,12 +209,7 @@ def check_replicas(args, token):
         first = EventStream("/v1/orders/events", token)
         second = EventStream("/v1/orders/events", token, port=REPLICA_PORT)
         expect(first.status == 200 and second.status == 200, f"streams: {first.status} {second.status}")
-        orders = []
-        for _ in range(8):
-            status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
-            expect(status == 201, f"create: {status} {order}")
-            orders.append(order["id"])
-        wanted = {f"{order}:1" for order in orders}
+        wanted = {f"{create(token)}:1" for _ in range(8)}
         # Not 1 s: on Kafka the group is still settling after the second member joined.
         for name, stream in (("the first", first), ("the second", second)):
             seen, ended = ids_within(stream, wanted, 20)
@@ -225,12 +226,6 @@ def check_replicas(args, token):
         if replica.poll() is None:
             replica.kill()
             replica.wait()
-
-
-def create(token):
-    status, _, order, _ = call("POST", "/v1/orders", token, {}, {"Idempotency-Key": str(uuid.uuid4())})
-    expect(status == 201, f"create: {status} {order}")
-    return order["id"]
 
 
 def check_redis_lost(token):
