@@ -382,7 +382,8 @@ run_sagas() {
 # nothing configured starts a private PostgreSQL cluster, moto and Redis itself
 # (deploy/local/infra.sh), ci/e2e_demo.py uses the system, and down.sh stops exactly what
 # up.sh started, leaving the harness's own PostgreSQL alone. Before that, up.sh without a
-# broker to start says what to install and starts nothing.
+# broker to start says what to install and starts nothing. ci/e2e_console.py drives the
+# console it started in a real browser.
 run_demo() {
     local ws=$1 demo="$E2E_STATE/demo" out="$E2E_STATE/demo-up.out" status=0
     echo "== e2e [demo]: up.sh with nothing configured =="
@@ -409,6 +410,11 @@ run_demo() {
     head -n 1 "$demo/shop/.run/postgres/data/postmaster.pid" >>"$started"
     "$cache/venv/bin/python" ci/e2e_demo.py --workspace "$demo/shop" --up-output "$out" \
         --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
+    # The console up.sh started, in Debian's chromium; its screenshots are kept with the run.
+    if [ $status -eq 0 ]; then
+        "$cache/venv/bin/python" ci/e2e_console.py --workspace "$demo/shop" \
+            --screenshots "$E2E_STATE/screenshots" || status=$?
+    fi
     bash "$demo/shop/deploy/local/down.sh"
     if ls "$demo/shop/.run/"started-* >/dev/null 2>&1; then
         echo "down.sh left markers of what it should have stopped: $(ls "$demo/shop/.run/"started-*)" >&2; status=1

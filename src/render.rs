@@ -97,6 +97,8 @@ struct SharedGlobals<'a> {
     template_members: &'a [String],
     /// The README's "Run it" commands.
     walkthrough: Vec<crate::spec::walkthrough::Step>,
+    /// The console's map: calls, events and saga steps between contexts.
+    map_edges: Vec<crate::spec::map::MapEdge>,
 }
 
 #[derive(Serialize)]
@@ -142,6 +144,7 @@ impl Globals {
             }),
             template_members,
             walkthrough: crate::spec::walkthrough::of(spec),
+            map_edges: crate::spec::map::edges(spec),
         })
         .map_err(|e| Error::Blueprint(e.to_string()))?;
         let contexts = spec

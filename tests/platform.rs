@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "784418c4ccc0433475298cbd557df9e04abe9c3e04e7de23ea24665757eeeeca",
+        "457da0c01e184e50cd123d6ecb5bedd0a455f95f323ca577ad3df57836b42490",
     ),
 ];
 

@@ -682,7 +682,7 @@ fn add_template_edits_the_spec_and_updates_and_a_crate_it_renders_joins_the_work
     assert!(main.contains("println!(\"shop: payments\");"), "{main}");
     let manifest = fs::read_to_string(root.join("Cargo.toml")).unwrap();
     assert!(
-        manifest.contains("    \"gateway\",\n    \"tools/team-lint\",\n]"),
+        manifest.contains("    \"console\",\n    \"tools/team-lint\",\n]"),
         "a member: {manifest}"
     );
     commit(&root, "team-lint");

@@ -7,6 +7,7 @@
 mod canonical;
 mod default;
 pub mod edit;
+pub mod map;
 pub mod model;
 pub mod names;
 pub mod naming;

@@ -5,6 +5,8 @@ pub mod adapter;
 pub mod backoff;
 pub mod bus;
 pub mod config;
+#[cfg(feature = "console")]
+pub mod console;
 pub mod consumer;
 pub mod context;
 pub mod db;

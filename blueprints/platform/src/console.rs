@@ -1,0 +1,91 @@
+//! The console: a local web page that shows the system working. It draws the map of the
+//! spec (contexts, the gateway, topics and the call, event and saga edges between them)
+//! with each node's live health and its rate, errors and p99 (`probe`), pushed to the page
+//! over one server-sent event stream (`live`). Pages are rendered here, with every asset
+//! compiled in; a strict Content-Security-Policy keeps the page on its own origin.
+//!
+//! Login (`session`): the console writes a one-time login URL to a file (`up.sh` prints
+//! it); opening it sets a signed, HttpOnly, SameSite=Strict session cookie, and every POST
+//! carries a CSRF token derived from the session.
+//!
+//! What it knows of the system comes from the spec: the generated `console` binary passes a
+//! [`Topology`] built from it.
+
+mod live;
+mod map;
+mod page;
+mod probe;
+mod server;
+mod session;
+
+pub use live::Live;
+pub use probe::{Health, NodeStatus, Stats, Statuses};
+pub use server::{
+    CONTENT_SECURITY_POLICY, Config, Console, DEFAULT_ADDR, ENV_PREFIX, StartupError, router,
+};
+pub use session::Sessions;
+
+/// The system as the spec draws it. `'static`: the generated binary writes it as a const.
+#[derive(Debug, Clone, Copy)]
+pub struct Topology {
+    pub system: &'static str,
+    pub contexts: &'static [ContextNode],
+    pub edges: &'static [Edge],
+}
+
+/// A bounded context: a service with its gRPC health and `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct ContextNode {
+    /// The context's name (`orders`), also the `<NAME>` of its settings.
+    pub name: &'static str,
+    /// The gRPC service its health check reports on (`shop.orders.v1.OrdersService`).
+    pub health_service: &'static str,
+    /// Where its first replica serves gRPC and `/metrics` unless configured.
+    pub grpc_addr: &'static str,
+    pub metrics_addr: &'static str,
+    /// The topic all its events go to.
+    pub topic: &'static str,
+}
+
+/// An arrow of the map. Event edges run from a publisher to its topic and from a topic to
+/// each context that subscribes; call edges from a caller (or the gateway) to its callee;
+/// saga edges from a saga's owner to each context its steps call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub kind: EdgeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeKind {
+    Call,
+    Event,
+    Saga,
+}
+
+impl EdgeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeKind::Call => "call",
+            EdgeKind::Event => "event",
+            EdgeKind::Saga => "saga",
+        }
+    }
+}
+
+/// The gateway's node name on the map.
+pub const GATEWAY: &str = "gateway";
+
+impl Topology {
+    /// The topics, each once, in the order of their contexts.
+    pub fn topics(&self) -> Vec<&'static str> {
+        let mut topics: Vec<&'static str> = Vec::new();
+        for c in self.contexts {
+            if !topics.contains(&c.topic) {
+                topics.push(c.topic);
+            }
+        }
+        topics
+    }
+}

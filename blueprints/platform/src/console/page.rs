@@ -1,0 +1,99 @@
+//! The HTML around every page: one stylesheet and one script of the console's own, the
+//! CSRF token for the script's POSTs, the navigation and the connection indicator.
+
+use std::fmt::Write;
+
+/// Text made safe for HTML content and quoted attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The pages, for the navigation: path and title.
+pub const PAGES: &[(&str, &str)] = &[("/", "Map")];
+
+/// A whole page: `title`, the active `path`, and `main`'s inner HTML.
+pub fn render(system: &str, title: &str, path: &str, csrf: &str, main: &str) -> String {
+    let mut nav = String::new();
+    for (href, name) in PAGES {
+        let current = if *href == path {
+            " aria-current=\"page\""
+        } else {
+            ""
+        };
+        let _ = write!(nav, "<a href=\"{href}\"{current}>{name}</a>");
+    }
+    let system = escape(system);
+    let title = escape(title);
+    let csrf = escape(csrf);
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="csrf-token" content="{csrf}">
+<title>{title} · {system} console</title>
+<link rel="stylesheet" href="/assets/console.css">
+<script src="/assets/console.js" defer></script>
+</head>
+<body>
+<header>
+<p class="brand">{system} console</p>
+<nav aria-label="Pages">{nav}</nav>
+<p data-testid="connection" data-state="reconnecting" role="status" aria-live="polite">connecting…</p>
+<form method="post" action="/logout"><input type="hidden" name="csrf" value="{csrf}"><button type="submit">Sign out</button></form>
+</header>
+<main>
+<h1>{title}</h1>
+{main}
+</main>
+</body>
+</html>
+"#
+    )
+}
+
+/// The page that asks for the login token (no session yet).
+pub fn login(system: &str, failed: bool) -> String {
+    let system = escape(system);
+    let error = if failed {
+        "<p class=\"error\" role=\"alert\">That token is not valid (each one signs in once). Open the URL in .run/console-url again: it holds a new one.</p>"
+    } else {
+        ""
+    };
+    format!(
+        r#"<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Sign in · {system} console</title>
+<link rel="stylesheet" href="/assets/console.css">
+</head>
+<body>
+<main>
+<h1>Sign in to the {system} console</h1>
+{error}
+<p>Open the URL that <code>deploy/local/up.sh</code> printed (it is also in <code>.run/console-url</code>), or paste its token here.</p>
+<form method="post" action="/login">
+<label for="token">Login token</label>
+<input id="token" name="token" type="password" autocomplete="off" required>
+<button type="submit">Sign in</button>
+</form>
+</main>
+</body>
+</html>
+"#
+    )
+}

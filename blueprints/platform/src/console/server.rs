@@ -1,0 +1,511 @@
+//! The console's HTTP server: its settings, its routes, and its run from start to a clean
+//! stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Form, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use tokio::net::TcpListener;
+
+use super::live::Live;
+use super::probe::{self, Check, Statuses, Target};
+use super::session::{self, Session, Sessions};
+use super::{GATEWAY, Topology, map, page};
+use crate::config::{ConfigError, Env};
+use crate::supervise::Supervisor;
+
+pub const ENV_PREFIX: &str = "CONSOLE";
+pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Nothing but the console's own origin: no inline script or style, no frames, and forms
+/// that post only here.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const SCRIPT: &str = include_str!("assets/console.js");
+const STYLE: &str = include_str!("assets/console.css");
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub addr: SocketAddr,
+    /// What the login URL starts with (default `http://<addr>`).
+    pub public_url: String,
+    /// Signs the session cookies (`CONSOLE__SESSION_KEY`, 32 bytes at least).
+    pub session_key: String,
+    /// Where the login URL is written (`CONSOLE__LOGIN_URL_FILE`).
+    pub login_url_file: Option<PathBuf>,
+    pub probe_interval: Duration,
+    /// Each context's gRPC and metrics address, then the gateway's HTTP and metrics ones.
+    pub targets: Vec<Target>,
+}
+
+impl Config {
+    /// `CONSOLE__HTTP__ADDR`, `CONSOLE__PUBLIC_URL`, `CONSOLE__SESSION_KEY`,
+    /// `CONSOLE__LOGIN_URL_FILE`, `CONSOLE__PROBE_INTERVAL_MS` (2000), and the addresses it
+    /// probes: `CONSOLE__<CONTEXT>__GRPC_ADDR` and `__METRICS_ADDR` (the spec's ports by
+    /// default), `CONSOLE__GATEWAY__HTTP_ADDR` (127.0.0.1:8080) and `__METRICS_ADDR`
+    /// (127.0.0.1:9464).
+    pub fn from_env(env: &Env, topology: &Topology) -> Result<Config, ConfigError> {
+        let addr: SocketAddr = env.parse_or("HTTP__ADDR", DEFAULT_ADDR.parse().expect("valid"))?;
+        let session_key = env.required(
+            "SESSION_KEY",
+            "a random secret of 32 bytes or more that signs the session cookies (deploy/local/up.sh makes one in .run/)",
+        )?;
+        if session_key.len() < session::MIN_KEY_LEN {
+            return Err(ConfigError::Invalid {
+                key: env.key("SESSION_KEY"),
+                reason: format!(
+                    "it has {} bytes; use {} or more",
+                    session_key.len(),
+                    session::MIN_KEY_LEN
+                ),
+            });
+        }
+        let login_url_file = env.parse_or("LOGIN_URL_FILE", String::new())?;
+        let mut targets: Vec<Target> = Vec::new();
+        targets.push(Target {
+            name: GATEWAY.to_string(),
+            check: Check::Http {
+                addr: env.parse_or("GATEWAY__HTTP_ADDR", "127.0.0.1:8080".to_string())?,
+            },
+            metrics_addr: env.parse_or("GATEWAY__METRICS_ADDR", "127.0.0.1:9464".to_string())?,
+        });
+        for c in topology.contexts {
+            let key = c.name.to_uppercase().replace('-', "_");
+            targets.push(Target {
+                name: c.name.to_string(),
+                check: Check::Grpc {
+                    addr: env.parse_or(&format!("{key}__GRPC_ADDR"), c.grpc_addr.to_string())?,
+                    service: c.health_service.to_string(),
+                },
+                metrics_addr: env
+                    .parse_or(&format!("{key}__METRICS_ADDR"), c.metrics_addr.to_string())?,
+            });
+        }
+        Ok(Config {
+            addr,
+            public_url: env.parse_or("PUBLIC_URL", format!("http://{addr}"))?,
+            session_key,
+            login_url_file: (!login_url_file.is_empty()).then(|| PathBuf::from(login_url_file)),
+            probe_interval: Duration::from_millis(env.parse_or("PROBE_INTERVAL_MS", 2000)?),
+            targets,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Session(String),
+}
+
+struct AppState {
+    topology: Topology,
+    sessions: Sessions,
+    live: Live,
+    statuses: Statuses,
+}
+
+type Shared = Arc<AppState>;
+
+pub struct Console {
+    listener: TcpListener,
+    state: Shared,
+    targets: Vec<Target>,
+    probe_interval: Duration,
+}
+
+impl Console {
+    /// Binds the address and makes the first login URL (written to its file).
+    pub async fn build(config: Config, topology: Topology) -> Result<Console, StartupError> {
+        let listener =
+            TcpListener::bind(config.addr)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
+        let public_url = if config.addr.port() == 0 {
+            format!("http://{}", listener.local_addr().expect("bound"))
+        } else {
+            config.public_url.clone()
+        };
+        let sessions = Sessions::new(&config.session_key, &public_url, config.login_url_file)
+            .map_err(StartupError::Session)?;
+        Ok(Console {
+            listener,
+            state: Arc::new(AppState {
+                topology,
+                sessions,
+                live: Live::new(),
+                statuses: Statuses::new(&config.targets),
+            }),
+            targets: config.targets,
+            probe_interval: config.probe_interval,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The URL that signs in once.
+    pub fn login_url(&self) -> String {
+        self.state.sessions.login_url()
+    }
+
+    /// Serves until `shutdown`, then ends the live streams and stops within a bound.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut tasks = Supervisor::new();
+        let stopped = tasks.stopping();
+        tasks.spawn(
+            "probe",
+            probe::run(
+                self.targets,
+                self.probe_interval,
+                self.state.statuses.clone(),
+                self.state.live.clone(),
+                stopped,
+            ),
+        );
+        let live = self.state.live.clone();
+        let stop = tasks.stop_requested(shutdown);
+        let served = axum::serve(self.listener, routes(self.state))
+            .with_graceful_shutdown(async move {
+                stop.await;
+                live.close();
+            })
+            .await;
+        if let Err(e) = tasks.stop(DRAIN_TIMEOUT).await {
+            tracing::warn!(error = %e, "a console task failed");
+        }
+        served
+    }
+}
+
+/// Every route, behind the security headers: for tests that drive it without a socket.
+pub fn router(topology: Topology, sessions: Sessions, live: Live, statuses: Statuses) -> Router {
+    routes(Arc::new(AppState {
+        topology,
+        sessions,
+        live,
+        statuses,
+    }))
+}
+
+fn routes(state: Shared) -> Router {
+    let signed_in = Router::new()
+        .route("/", get(map_page))
+        .route("/live", get(live_stream))
+        .route("/logout", axum::routing::post(logout))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_session,
+        ));
+    Router::new()
+        .merge(signed_in)
+        .route("/login", get(login_link).post(login_form))
+        // Liveness and readiness (up.sh waits for /readyz, as it does for the gateway).
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route(
+            "/assets/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .route(
+            "/assets/console.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .layer(middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        ("content-security-policy", CONTENT_SECURITY_POLICY),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+        ("cross-origin-resource-policy", "same-origin"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+fn session_of(state: &AppState, headers: &HeaderMap) -> Option<Session> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(session::cookie_value)
+        .find_map(|value| state.sessions.session(value))
+}
+
+/// Pages without a session go to the login page; the stream and POSTs get 401.
+async fn require_session(
+    State(state): State<Shared>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match session_of(&state, request.headers()) {
+        Some(session) => {
+            request.extensions_mut().insert(session);
+            next.run(request).await
+        }
+        None if request.method() == axum::http::Method::GET && request.uri().path() != "/live" => {
+            Redirect::to("/login").into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            "sign in first: open the URL in .run/console-url",
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    token: Option<String>,
+}
+
+async fn login_link(State(state): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
+    match query.token {
+        Some(token) => sign_in(&state, &token),
+        None => Html(page::login(state.topology.system, false)).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login_form(State(state): State<Shared>, Form(form): Form<LoginForm>) -> Response {
+    sign_in(&state, form.token.trim())
+}
+
+fn sign_in(state: &AppState, token: &str) -> Response {
+    match state.sessions.login(token) {
+        Some(cookie) => (
+            [(header::SET_COOKIE, Sessions::cookie(&cookie))],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Html(page::login(state.topology.system, true)),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// A POST's CSRF token: the form's `csrf` field or the `X-CSRF-Token` header.
+fn csrf_ok(state: &AppState, session: &Session, headers: &HeaderMap, form: &CsrfForm) -> bool {
+    let header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
+    let token = header.unwrap_or(&form.csrf);
+    !token.is_empty() && state.sessions.csrf_matches(session, token)
+}
+
+async fn logout(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    if !csrf_ok(&state, &session, &headers, &form) {
+        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
+    }
+    (
+        [(
+            header::SET_COOKIE,
+            format!(
+                "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+                session::COOKIE
+            ),
+        )],
+        Redirect::to("/login"),
+    )
+        .into_response()
+}
+
+async fn map_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+) -> Html<String> {
+    let statuses = state.statuses.get();
+    let main = format!(
+        "{}\n{}",
+        map::svg(&state.topology, &statuses),
+        map::table(&state.topology, &statuses)
+    );
+    Html(page::render(
+        state.topology.system,
+        "Map",
+        "/",
+        &state.sessions.csrf(&session),
+        &main,
+    ))
+}
+
+async fn live_stream(State(state): State<Shared>, headers: HeaderMap) -> Response {
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    state.live.stream(last).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::console::ContextNode;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const TOPOLOGY: Topology = Topology {
+        system: "shop",
+        contexts: &[ContextNode {
+            name: "orders",
+            health_service: "shop.orders.v1.OrdersService",
+            grpc_addr: "127.0.0.1:1",
+            metrics_addr: "127.0.0.1:1",
+            topic: "shop.orders.order",
+        }],
+        edges: &[],
+    };
+
+    fn app() -> (Router, Sessions) {
+        let sessions = Sessions::new(KEY, "http://console", None).unwrap();
+        let router = router(TOPOLOGY, sessions.clone(), Live::new(), Statuses::new(&[]));
+        (router, sessions)
+    }
+
+    async fn send(router: &Router, request: axum::http::Request<Body>) -> Response {
+        router.clone().oneshot(request).await.unwrap()
+    }
+
+    fn get(path: &str, cookie: Option<&str>) -> axum::http::Request<Body> {
+        let mut builder = axum::http::Request::get(path);
+        if let Some(c) = cookie {
+            builder = builder.header(header::COOKIE, format!("{}={c}", session::COOKIE));
+        }
+        builder.body(Body::empty()).unwrap()
+    }
+
+    async fn signed_in(router: &Router, sessions: &Sessions) -> String {
+        let url = sessions.login_url();
+        let path = url.strip_prefix("http://console").unwrap();
+        let response = send(router, get(path, None)).await;
+        assert_eq!(response.status(), StatusCode::SEE_OTHER);
+        let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
+        session::cookie_value(set.split(';').next().unwrap())
+            .unwrap()
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn without_a_session_pages_redirect_to_login_and_the_stream_is_401() {
+        let (router, _) = app();
+        let page = send(&router, get("/", None)).await;
+        assert_eq!(page.status(), StatusCode::SEE_OTHER);
+        assert_eq!(page.headers()[header::LOCATION], "/login");
+        assert_eq!(
+            send(&router, get("/live", None)).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let forged = send(&router, get("/", Some("e30.e30.e30"))).await;
+        assert_eq!(forged.status(), StatusCode::SEE_OTHER);
+        let login = send(&router, get("/login?token=wrong", None)).await;
+        assert_eq!(login.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_strict_csp_and_a_session_sees_the_map() {
+        let (router, sessions) = app();
+        let cookie = signed_in(&router, &sessions).await;
+        let page = send(&router, get("/", Some(&cookie))).await;
+        assert_eq!(page.status(), StatusCode::OK);
+        assert_eq!(
+            page.headers()["content-security-policy"],
+            CONTENT_SECURITY_POLICY
+        );
+        let login = send(&router, get("/login", None)).await;
+        assert_eq!(
+            login.headers()["content-security-policy"],
+            CONTENT_SECURITY_POLICY
+        );
+        let body = axum::body::to_bytes(page.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(
+            html.contains("data-testid=\"context\" data-name=\"orders\""),
+            "{html}"
+        );
+        assert!(
+            !html.contains("style=") && !html.contains("<script>"),
+            "inline code breaks the CSP"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_post_without_the_sessions_csrf_token_is_403() {
+        let (router, sessions) = app();
+        let cookie = signed_in(&router, &sessions).await;
+        let session = sessions.session(&cookie).unwrap();
+        let post = |csrf: &str| {
+            axum::http::Request::post("/logout")
+                .header(header::COOKIE, format!("{}={cookie}", session::COOKIE))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("csrf={csrf}")))
+                .unwrap()
+        };
+        assert_eq!(
+            send(&router, post("")).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            send(&router, post("forged")).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        let ok = send(&router, post(&sessions.csrf(&session))).await;
+        assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    }
+}
