@@ -413,7 +413,7 @@ run_demo() {
     # The console up.sh started, in Debian's chromium; its screenshots are kept with the run.
     if [ $status -eq 0 ]; then
         "$cache/venv/bin/python" ci/e2e_console.py --workspace "$demo/shop" \
-            --screenshots "$E2E_STATE/screenshots" || status=$?
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --screenshots "$E2E_STATE/screenshots" || status=$?
     fi
     bash "$demo/shop/deploy/local/down.sh"
     if ls "$demo/shop/.run/"started-* >/dev/null 2>&1; then

@@ -7,12 +7,17 @@ contacted; every wait is bounded.
      Content-Security-Policy, and no request of the page leaves the console's origin.
   2. The map has one node per context of the spec and the spec's edges: each `calls` entry,
      each context's topic, each saga step's context.
-  3. A service killed turns `not_serving` within 10 s without a reload; started again by
+  3. A REST create and a command of an item appear on the events page as rows with versions
+     1 and 2, newest first, without a reload; the gateway's event stream delivered the same
+     events.
+  4. A service killed turns `not_serving` within 10 s without a reload; started again by
      up.sh, `serving`.
-  4. The console restarted: the indicator shows `reconnecting`, then `live`, on the same
-     page (the session outlives the process), and nothing on the map is drawn twice.
-  5. Without a session: redirected to the login page; a POST without the CSRF token: 403.
-  6. axe finds no critical or serious violation on the map and the login page.
+  5. The console restarted, the events page open: the indicator shows `reconnecting`, then
+     `live`, on the same page (the session outlives the process); an event made meanwhile
+     arrives, and no row is there twice.
+  6. Without a session: redirected to the login page; a POST without the CSRF token: 403.
+  7. axe finds no critical or serious violation on the map, the events page and the login
+     page.
 Screenshots of the pages are written to --screenshots.
 """
 
@@ -23,13 +28,15 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from urllib.parse import urlsplit
 
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
-from e2e_common import gone, pid_of, wait_until
-from e2e_gateway import expect
+from e2e_common import dev_token, gone, pid_of, wait_until
+from e2e_gateway import call, expect
+from e2e_streams import EventStream
 
 # The flags Chromium needs on this kind of machine (see the tool library's env notes): no
 # sandbox as root, and none of its background connections to Google.
@@ -120,7 +127,51 @@ def check_map(page, spec):
     print(f"check 2 passed: {len(names)} contexts, {len(drawn)} edges as the spec says, all serving")
 
 
-def check_health(page, workspace):
+def create_item(token):
+    status, _, item, _ = call("POST", "/v1/inventory", token, {"title": "console", "stock": 3},
+                              {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 201, f"create an item: {status} {item}")
+    return item["id"]
+
+
+def rows_of(page, aggregate_id):
+    return page.locator(f'[data-testid="event"][data-aggregate-id="{aggregate_id}"]').evaluate_all(
+        "rs => rs.map(r => [r.dataset.type, r.dataset.version, r.dataset.topic, r.dataset.eventId])")
+
+
+def check_events(page, origin, token, shots):
+    page.goto(origin + "/events")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    page.evaluate("window.__notReloaded = true")
+    stream = EventStream("/v1/inventory/events", token)
+    expect(stream.status == 200, f"the gateway's inventory stream: {stream.status}")
+    item = create_item(token)
+    status, _, retired, _ = call("POST", f"/v1/inventory/{item}/retire", token, {},
+                                 {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 200, f"retire the item: {status} {retired}")
+    wait_until(lambda: len(rows_of(page, item)) >= 2, 15, "the create and the command on the events page")
+    rows = rows_of(page, item)
+    expect([r[1] for r in rows] == ["2", "1"], f"versions 2 then 1, newest first: {rows}")
+    expect(all(r[2] == "shop.inventory.item.v1" for r in rows), f"the item's topic: {rows}")
+    expect(page.evaluate("window.__notReloaded === true"), "the events page was reloaded")
+    streamed, deadline = [], time.monotonic() + 10
+    while len(streamed) < 2 and time.monotonic() < deadline:
+        got = stream.next(max(0.0, deadline - time.monotonic()))
+        if got is None or got[1] is None:
+            break
+        if got[1].get("id", "").startswith(item + ":"):
+            streamed.append((got[1]["event"], got[1]["id"].rsplit(":", 1)[1]))
+    stream.close()
+    shown = sorted((r[0], r[1]) for r in rows)
+    expect(sorted(streamed) == shown, f"the gateway streamed {streamed}, the console shows {shown}")
+    page.screenshot(path=os.path.join(shots, "events.png"), full_page=True)
+    print(f"check 3 passed: {shown} on the events page without a reload, the same as the gateway streamed")
+    return item
+
+
+def check_health(page, origin, workspace):
+    page.goto(origin + "/")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
     victim = "shipping"
     stop(workspace, victim)
     started = time.monotonic()
@@ -130,17 +181,24 @@ def check_health(page, workspace):
     up(workspace)
     page.locator(f'[data-testid="context"][data-name="{victim}"][data-health="serving"]').wait_for(
         timeout=HEALTH_WITHIN_S * 1000)
-    print(f"check 3 passed: {victim} killed showed not_serving after {took:.1f} s, serving again once restarted")
+    print(f"check 4 passed: {victim} killed showed not_serving after {took:.1f} s, serving again once restarted")
 
 
-def check_reconnect(page, workspace):
-    nodes = page.locator('[data-testid="context"]').count()
+def check_reconnect(page, origin, workspace, token):
+    page.goto(origin + "/events")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    before = page.locator('[data-testid="event"]').count()
     stop(workspace, "console", signal.SIGTERM)
     page.locator('[data-testid="connection"][data-state="reconnecting"]').wait_for(timeout=10_000)
+    item = create_item(token)
     up(workspace)
     page.locator('[data-testid="connection"][data-state="live"]').wait_for(timeout=15_000)
-    expect(page.locator('[data-testid="context"]').count() == nodes, "the map drawn twice after reconnecting")
-    print("check 4 passed: console restarted: reconnecting, then live on the same page")
+    wait_until(lambda: len(rows_of(page, item)) == 1, 15, "the event made while the console was down")
+    ids = page.locator('[data-testid="event"]').evaluate_all("rs => rs.map(r => r.dataset.eventId)")
+    expect(len(ids) == len(set(ids)), f"a row twice after reconnecting: {len(ids)} rows, {len(set(ids))} events")
+    expect(len(ids) > before, f"rows before {before}, after {len(ids)}")
+    print(f"check 5 passed: console restarted: reconnecting, then live on the same page; "
+          f"the event made meanwhile arrived; {len(ids)} rows, none twice")
 
 
 def check_guards(browser, page, origin):
@@ -156,15 +214,18 @@ def check_guards(browser, page, origin):
     expect(refused.status == 403, f"a POST without the CSRF token: {refused.status}")
     forged = page.request.post(origin + "/logout", form={"csrf": "forged"}, max_redirects=0)
     expect(forged.status == 403, f"a POST with a forged CSRF token: {forged.status}")
-    print("check 5 passed: redirected to /login without a session; POSTs without the CSRF token are 403")
+    print("check 6 passed: redirected to /login without a session; POSTs without the CSRF token are 403")
 
 
 def check_accessibility(browser, page, origin, shots):
     axe = Axe()
     serious = []
-    results = axe.run(page)
-    serious += [(page.url, v["id"], v["impact"]) for v in results.response["violations"]
-                if v["impact"] in ("critical", "serious")]
+    for path in ("/", "/events"):
+        page.goto(origin + path)
+        page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+        results = axe.run(page)
+        serious += [(page.url, v["id"], v["impact"]) for v in results.response["violations"]
+                    if v["impact"] in ("critical", "serious")]
     login = browser.new_context()
     try:
         p = login.new_page()
@@ -176,13 +237,14 @@ def check_accessibility(browser, page, origin, shots):
     finally:
         login.close()
     expect(not serious, f"axe: {serious}")
-    print("check 6 passed: axe finds no critical or serious violation on the map and the login page")
+    print("check 7 passed: axe finds no critical or serious violation on the map, the events and the login page")
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--workspace", required=True)
     parser.add_argument("--screenshots", required=True, help="a folder for the pages' screenshots")
+    parser.add_argument("--gateway", required=True, help="the built gateway binary (for a dev token)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     os.makedirs(args.screenshots, exist_ok=True)
@@ -197,8 +259,10 @@ def main():
             page = context.new_page()
             origin = check_login_and_origin(page, context, url, args.screenshots)
             check_map(page, spec)
-            check_health(page, args.workspace)
-            check_reconnect(page, args.workspace)
+            token = dev_token(args.gateway, args.workspace, "console-e2e")
+            check_events(page, origin, token, args.screenshots)
+            check_health(page, origin, args.workspace)
+            check_reconnect(page, origin, args.workspace, token)
             check_guards(browser, page, origin)
             check_accessibility(browser, page, origin, args.screenshots)
         finally:

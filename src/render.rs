@@ -75,11 +75,22 @@ pub struct Renderer {
     parser: liquid::Parser,
 }
 
+/// The names on the bus of a process that consumes every event (the gateway, the console).
 #[derive(Serialize)]
 struct GatewayWire {
     group: String,
-    /// SQS only: the gateway's queue, which every publisher also sends to.
+    /// SQS only: its queue, which every publisher also sends to.
     queue: String,
+}
+
+impl GatewayWire {
+    fn of(spec: &Spec, process: &str) -> GatewayWire {
+        let process = crate::inflect::Names::new(process);
+        GatewayWire {
+            group: naming::consumer_group(&spec.system, &process),
+            queue: naming::queue(&spec.system, &process),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -91,6 +102,8 @@ struct SharedGlobals<'a> {
     sagas: &'a [crate::spec::model::Saga],
     /// The gateway's names on the bus: it consumes every event to invalidate its cache.
     gateway: GatewayWire,
+    /// The console's: it consumes every event for its events page.
+    console: GatewayWire,
     /// The vendored chassis crate, if the blueprint ships one.
     platform: Option<PlatformDependency<'a>>,
     /// The crates that team templates add: workspace members besides the generated ones.
@@ -126,17 +139,14 @@ impl Globals {
         platform: Option<&Chassis>,
         template_members: &[String],
     ) -> Result<Globals> {
-        let gateway = crate::inflect::Names::new("gateway");
         let shared = liquid::to_object(&SharedGlobals {
             version: crate::VERSION,
             system: &spec.system,
             bus: spec.bus.as_str(),
             contexts: &spec.contexts,
             sagas: &spec.sagas,
-            gateway: GatewayWire {
-                group: naming::consumer_group(&spec.system, &gateway),
-                queue: naming::queue(&spec.system, &gateway),
-            },
+            gateway: GatewayWire::of(spec, "gateway"),
+            console: GatewayWire::of(spec, "console"),
             platform: platform.map(|chassis| PlatformDependency {
                 version: &chassis.version,
                 path: crate::layout::VENDORED_PLATFORM,

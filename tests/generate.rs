@@ -518,13 +518,21 @@ fn the_openapi_document_describes_every_context_route_and_field() {
 }
 
 #[test]
-fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
+fn on_sqs_every_event_also_goes_to_the_gateway_and_console_queues() {
     let plan = Plan::build(&rich_spec(), &Blueprint::embedded().unwrap(), &[]).unwrap();
     // catalog's Product topic goes to its one subscriber's FIFO queue (once, though it
-    // subscribes to two of its events) and to the gateway's.
+    // subscribes to two of its events), to the gateway's and to the console's.
     let topics = String::from_utf8_lossy(&plan.files["services/catalog/src/topics.rs"].contents);
+    // As rustfmt lays it out: without whitespace and the trailing comma.
+    let compact: String = topics
+        .split_whitespace()
+        .collect::<String>()
+        .replace(",]", "]")
+        .replace(",)", ")");
     assert!(
-        topics.contains("(TOPIC, &[\"market-order-items.fifo\", \"market-gateway.fifo\"])"),
+        compact.contains(
+            "(TOPIC,&[\"market-order-items.fifo\",\"market-gateway.fifo\",\"market-console.fifo\"])"
+        ),
         "{topics}"
     );
     let items = String::from_utf8_lossy(&plan.files["services/order-items/src/topics.rs"].contents);
@@ -534,6 +542,13 @@ fn on_sqs_every_event_also_goes_to_the_gateway_queue() {
     );
     let gateway = String::from_utf8_lossy(&plan.files["gateway/src/api/mod.rs"].contents);
     assert!(gateway.contains("(\"market.catalog.product.v1\", &[\"market-gateway.fifo\"])"));
+    // The console reads its own queue, under the same route, with a group of its own.
+    let console = String::from_utf8_lossy(&plan.files["console/src/main.rs"].contents);
+    assert!(
+        console.contains("(\"market.catalog.product.v1\", &[\"market-console.fifo\"])"),
+        "{console}"
+    );
+    assert!(console.contains("group: \"market.console\","), "{console}");
 }
 
 #[test]

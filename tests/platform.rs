@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "457da0c01e184e50cd123d6ecb5bedd0a455f95f323ca577ad3df57836b42490",
+        "d2010bf7e8d8d3845589776b175f2a49a7f9c78bdfc9bbfbdb4635ee079e57c0",
     ),
 ];
 

@@ -146,7 +146,7 @@ pub struct Context {
     /// The topics its subscriptions read, each once.
     pub subscribed_topics: Vec<String>,
     /// SQS only: the queues every event of this context is sent to (its subscribers'), each
-    /// once; the gateway's queue comes on top.
+    /// once; the gateway's and the console's queues come on top.
     pub subscriber_queues: Vec<String>,
     pub calls: Vec<Names>,
     /// What this service's typed clients need to know of each context it calls.

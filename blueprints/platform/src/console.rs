@@ -4,6 +4,9 @@
 //! over one server-sent event stream (`live`). Pages are rendered here, with every asset
 //! compiled in; a strict Content-Security-Policy keeps the page on its own origin.
 //!
+//! The events page (`events`) shows every event on the bus, live: the console consumes it
+//! with a consumer group (Kafka) or a queue (SQS) of its own.
+//!
 //! Login (`session`): the console writes a one-time login URL to a file (`up.sh` prints
 //! it); opening it sets a signed, HttpOnly, SameSite=Strict session cookie, and every POST
 //! carries a CSRF token derived from the session.
@@ -11,6 +14,7 @@
 //! What it knows of the system comes from the spec: the generated `console` binary passes a
 //! [`Topology`] built from it.
 
+mod events;
 mod live;
 mod map;
 mod page;
@@ -29,6 +33,8 @@ pub use session::Sessions;
 #[derive(Debug, Clone, Copy)]
 pub struct Topology {
     pub system: &'static str,
+    /// The console's consumer group on Kafka (on SQS, its queue is in the bus routes).
+    pub group: &'static str,
     pub contexts: &'static [ContextNode],
     pub edges: &'static [Edge],
 }

@@ -251,6 +251,7 @@ mod tests {
     fn every_context_and_edge_of_the_topology_is_drawn_with_its_health() {
         let topology = Topology {
             system: "shop",
+            group: "shop.console",
             contexts: CONTEXTS,
             edges: EDGES,
         };

@@ -14,10 +14,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::events;
 use super::live::Live;
 use super::probe::{self, Check, Statuses, Target};
 use super::session::{self, Session, Sessions};
 use super::{GATEWAY, Topology, map, page};
+use crate::adapter::{Bus, BusConfig};
+use crate::bus::BusError;
 use crate::config::{ConfigError, Env};
 use crate::supervise::Supervisor;
 
@@ -44,6 +47,9 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Each context's gRPC and metrics address, then the gateway's HTTP and metrics ones.
     pub targets: Vec<Target>,
+    /// The bus the events page reads (`CONSOLE__BUS__ENABLED=false`: none). On SQS the
+    /// generated binary adds the routes to the console's queue.
+    pub bus: Option<BusConfig>,
 }
 
 impl Config {
@@ -96,6 +102,11 @@ impl Config {
             login_url_file: (!login_url_file.is_empty()).then(|| PathBuf::from(login_url_file)),
             probe_interval: Duration::from_millis(env.parse_or("PROBE_INTERVAL_MS", 2000)?),
             targets,
+            bus: if env.parse_or("BUS__ENABLED", true)? {
+                Some(BusConfig::from_env(env)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -109,6 +120,8 @@ pub enum StartupError {
     },
     #[error("{0}")]
     Session(String),
+    #[error("cannot set up the event bus: {0}")]
+    Bus(#[from] BusError),
 }
 
 struct AppState {
@@ -125,6 +138,7 @@ pub struct Console {
     state: Shared,
     targets: Vec<Target>,
     probe_interval: Duration,
+    bus: Option<Bus>,
 }
 
 impl Console {
@@ -144,6 +158,10 @@ impl Console {
         };
         let sessions = Sessions::new(&config.session_key, &public_url, config.login_url_file)
             .map_err(StartupError::Session)?;
+        let bus = match &config.bus {
+            Some(bus) => Some(Bus::connect(bus).await?),
+            None => None,
+        };
         Ok(Console {
             listener,
             state: Arc::new(AppState {
@@ -154,6 +172,7 @@ impl Console {
             }),
             targets: config.targets,
             probe_interval: config.probe_interval,
+            bus,
         })
     }
 
@@ -182,9 +201,29 @@ impl Console {
                 self.probe_interval,
                 self.state.statuses.clone(),
                 self.state.live.clone(),
-                stopped,
+                stopped.clone(),
             ),
         );
+        if let Some(bus) = &self.bus {
+            let topics: Vec<String> = self
+                .state
+                .topology
+                .topics()
+                .into_iter()
+                .map(str::to_string)
+                .collect();
+            // The map works without it: a bus the console cannot read only empties the
+            // events page, so it is logged rather than fatal.
+            match bus.subscriber(self.state.topology.group, &topics) {
+                Ok(subscriber) => tasks.spawn(
+                    "events",
+                    events::run(subscriber, self.state.live.clone(), stopped),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot consume the bus: the events page stays empty")
+                }
+            }
+        }
         let live = self.state.live.clone();
         let stop = tasks.stop_requested(shutdown);
         let served = axum::serve(self.listener, routes(self.state))
@@ -213,6 +252,7 @@ pub fn router(topology: Topology, sessions: Sessions, live: Live, statuses: Stat
 fn routes(state: Shared) -> Router {
     let signed_in = Router::new()
         .route("/", get(map_page))
+        .route("/events", get(events_page))
         .route("/live", get(live_stream))
         .route("/logout", axum::routing::post(logout))
         .route_layer(middleware::from_fn_with_state(
@@ -385,8 +425,35 @@ async fn map_page(
     ))
 }
 
-async fn live_stream(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+async fn events_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+) -> Html<String> {
+    Html(page::render(
+        state.topology.system,
+        "Events",
+        "/events",
+        &state.sessions.csrf(&session),
+        &events::table(&state.live.rows("event")),
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct LiveQuery {
+    after: Option<String>,
+}
+
+/// The page's stream: after `Last-Event-ID` on a reconnect, or after `?after=` (the newest
+/// row the page was rendered with) on the first connect.
+async fn live_stream(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(query): Query<LiveQuery>,
+) -> Response {
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(query.after.as_deref());
     state.live.stream(last).into_response()
 }
 
@@ -398,9 +465,10 @@ mod tests {
     use super::*;
     use crate::console::ContextNode;
 
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const KEY: &str = "a test session key of at least 32 bytes";
     const TOPOLOGY: Topology = Topology {
         system: "shop",
+        group: "shop.console",
         contexts: &[ContextNode {
             name: "orders",
             health_service: "shop.orders.v1.OrdersService",

@@ -184,7 +184,7 @@ pub fn cookie_value(header: &str) -> Option<&str> {
 mod tests {
     use super::*;
 
-    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    const KEY: &str = "a test session key of at least 32 bytes";
 
     fn token_of(url: &str) -> &str {
         url.split_once("token=").unwrap().1
@@ -224,7 +224,7 @@ mod tests {
         // A restarted console (same key) knows the session, another key does not.
         let restarted = Sessions::new(KEY, "http://x", None).unwrap();
         let session = restarted.session(&cookie).expect("same key");
-        let other = Sessions::new(&KEY.replace('0', "1"), "http://x", None).unwrap();
+        let other = Sessions::new(&KEY.replace("test", "other"), "http://x", None).unwrap();
         assert!(other.session(&cookie).is_none());
         assert!(sessions.session("not.a.jwt").is_none());
         // Its CSRF token is the same everywhere with the key, and only for this session.

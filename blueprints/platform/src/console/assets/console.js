@@ -34,9 +34,54 @@
     }
   };
 
+  // The events page: a live row goes on top, once.
+  const events = document.querySelector('[data-testid="events"]');
+  const MAX_ROWS = 2048;
+  const clock = (ms) => new Date(ms).toISOString().slice(11, 23);
+  const cell = (tr, text, title) => {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (title) td.title = title;
+    tr.appendChild(td);
+    return td;
+  };
+  const onEvent = (row, liveId) => {
+    if (!events || !row.event_id) return;
+    // The same row again (a replay that overlapped): a repeat on the bus is a new row.
+    if (events.querySelector('[data-live-id="' + CSS.escape(liveId) + '"]')) return;
+    const tr = document.createElement("tr");
+    tr.dataset.testid = "event";
+    tr.dataset.liveId = liveId;
+    tr.dataset.eventId = row.event_id;
+    tr.dataset.type = row.type;
+    tr.dataset.topic = row.topic;
+    tr.dataset.aggregateId = row.aggregate_id;
+    tr.dataset.version = row.version == null ? "" : String(row.version);
+    tr.dataset.traceId = row.trace_id || "";
+    tr.dataset.anomaly = row.anomaly || "";
+    cell(tr, clock(row.received_ms));
+    cell(tr, row.type.split(".").pop(), row.type);
+    cell(tr, row.topic);
+    const code = document.createElement("code");
+    code.textContent = row.aggregate_id;
+    cell(tr, "").appendChild(code);
+    const version = cell(tr, tr.dataset.version);
+    if (row.anomaly) {
+      const note = document.createElement("strong");
+      note.className = "anomaly";
+      note.textContent = row.anomaly;
+      version.append(" ", note);
+    }
+    events.prepend(tr);
+    while (events.rows.length > MAX_ROWS) events.deleteRow(-1);
+  };
+
   let source = null;
   const connect = () => {
-    source = new EventSource("/live");
+    // The first stream starts after the rows the page was rendered with; a reconnect sends
+    // Last-Event-ID itself.
+    const after = events ? events.dataset.after : "";
+    source = new EventSource(after ? "/live?after=" + encodeURIComponent(after) : "/live");
     source.onopen = () => setConnection("live", "live");
     source.onerror = () => {
       setConnection("reconnecting", "reconnecting…");
@@ -47,6 +92,7 @@
       }
     };
     source.addEventListener("health", (e) => onHealth(JSON.parse(e.data)));
+    source.addEventListener("event", (e) => onEvent(JSON.parse(e.data), e.lastEventId));
     source.addEventListener("resync", () => window.location.reload());
     document.dispatchEvent(new CustomEvent("console:source", { detail: source }));
   };
