@@ -10,14 +10,16 @@ contacted; every wait is bounded.
   3. A REST create and a command of an item appear on the events page as rows with versions
      1 and 2, newest first, without a reload; the gateway's event stream delivered the same
      events.
-  4. A service killed turns `not_serving` within 10 s without a reload; started again by
+  4. A trace opened from an order's creation event shows the spans of the gateway, orders
+     and inventory (its ref check), each service's under a span of its caller's.
+  5. A service killed turns `not_serving` within 10 s without a reload; started again by
      up.sh, `serving`.
-  5. The console restarted, the events page open: the indicator shows `reconnecting`, then
+  6. The console restarted, the events page open: the indicator shows `reconnecting`, then
      `live`, on the same page (the session outlives the process); an event made meanwhile
      arrives, and no row is there twice.
-  6. Without a session: redirected to the login page; a POST without the CSRF token: 403.
-  7. axe finds no critical or serious violation on the map, the events page and the login
-     page.
+  7. Without a session: redirected to the login page; a POST without the CSRF token: 403.
+  8. axe finds no critical or serious violation on the map, the events, a trace and the
+     login page.
 Screenshots of the pages are written to --screenshots.
 """
 
@@ -169,6 +171,41 @@ def check_events(page, origin, token, shots):
     return item
 
 
+def check_trace(page, origin, token, shots):
+    item = create_item(token)
+    status, _, order, _ = call("POST", "/v1/orders", token,
+                               {"customer_id": "console", "item_id": item, "quantity": 1, "amount_cents": 500},
+                               {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 201, f"create an order: {status} {order}")
+    page.goto(origin + "/events")
+    link = page.locator(f'[data-testid="event"][data-aggregate-id="{order["id"]}"][data-version="1"] '
+                        '[data-testid="event-trace"]')
+    link.wait_for(timeout=15_000)
+    link.click()
+    page.wait_for_url("**/traces/*")
+    # Processes export their spans in batches, every few seconds each.
+    wanted = {"gateway", "orders", "inventory"}
+    spans = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        spans = page.locator('[data-testid="span"]').evaluate_all(
+            "ss => ss.map(s => [s.dataset.service, s.dataset.spanId, s.dataset.parentId, s.dataset.depth])")
+        if wanted <= {s[0] for s in spans}:
+            break
+        time.sleep(1)
+        page.reload()
+    services = {s[0] for s in spans}
+    expect(wanted <= services, f"the trace of the order's creation has {services}, not all of {wanted}: {spans}")
+    service_of = {s[1]: s[0] for s in spans}
+    crossings = {(service_of[s[2]], s[0]) for s in spans if s[2] in service_of and service_of[s[2]] != s[0]}
+    expect(("gateway", "orders") in crossings and ("orders", "inventory") in crossings,
+           f"orders' spans under the gateway's and inventory's under orders': {crossings}")
+    page.screenshot(path=os.path.join(shots, "trace.png"), full_page=True)
+    print(f"check 4 passed: the order's trace from its event: {len(spans)} spans of {sorted(services)}, "
+          f"nested {sorted(crossings)}")
+    return page.url
+
+
 def check_health(page, origin, workspace):
     page.goto(origin + "/")
     page.locator('[data-testid="connection"][data-state="live"]').wait_for()
@@ -181,7 +218,7 @@ def check_health(page, origin, workspace):
     up(workspace)
     page.locator(f'[data-testid="context"][data-name="{victim}"][data-health="serving"]').wait_for(
         timeout=HEALTH_WITHIN_S * 1000)
-    print(f"check 4 passed: {victim} killed showed not_serving after {took:.1f} s, serving again once restarted")
+    print(f"check 5 passed: {victim} killed showed not_serving after {took:.1f} s, serving again once restarted")
 
 
 def check_reconnect(page, origin, workspace, token):
@@ -197,7 +234,7 @@ def check_reconnect(page, origin, workspace, token):
     ids = page.locator('[data-testid="event"]').evaluate_all("rs => rs.map(r => r.dataset.eventId)")
     expect(len(ids) == len(set(ids)), f"a row twice after reconnecting: {len(ids)} rows, {len(set(ids))} events")
     expect(len(ids) > before, f"rows before {before}, after {len(ids)}")
-    print(f"check 5 passed: console restarted: reconnecting, then live on the same page; "
+    print(f"check 6 passed: console restarted: reconnecting, then live on the same page; "
           f"the event made meanwhile arrived; {len(ids)} rows, none twice")
 
 
@@ -214,14 +251,14 @@ def check_guards(browser, page, origin):
     expect(refused.status == 403, f"a POST without the CSRF token: {refused.status}")
     forged = page.request.post(origin + "/logout", form={"csrf": "forged"}, max_redirects=0)
     expect(forged.status == 403, f"a POST with a forged CSRF token: {forged.status}")
-    print("check 6 passed: redirected to /login without a session; POSTs without the CSRF token are 403")
+    print("check 7 passed: redirected to /login without a session; POSTs without the CSRF token are 403")
 
 
-def check_accessibility(browser, page, origin, shots):
+def check_accessibility(browser, page, origin, trace_url):
     axe = Axe()
     serious = []
-    for path in ("/", "/events"):
-        page.goto(origin + path)
+    for url in (origin + "/", origin + "/events", trace_url):
+        page.goto(url)
         page.locator('[data-testid="connection"][data-state="live"]').wait_for()
         results = axe.run(page)
         serious += [(page.url, v["id"], v["impact"]) for v in results.response["violations"]
@@ -230,14 +267,13 @@ def check_accessibility(browser, page, origin, shots):
     try:
         p = login.new_page()
         p.goto(origin + "/login")
-        p.screenshot(path=os.path.join(shots, "login.png"), full_page=True)
         results = axe.run(p)
         serious += [(p.url, v["id"], v["impact"]) for v in results.response["violations"]
                     if v["impact"] in ("critical", "serious")]
     finally:
         login.close()
     expect(not serious, f"axe: {serious}")
-    print("check 7 passed: axe finds no critical or serious violation on the map, the events and the login page")
+    print("check 8 passed: axe finds no critical or serious violation on the map, the events, a trace and the login page")
 
 
 def main():
@@ -261,10 +297,11 @@ def main():
             check_map(page, spec)
             token = dev_token(args.gateway, args.workspace, "console-e2e")
             check_events(page, origin, token, args.screenshots)
+            trace_url = check_trace(page, origin, token, args.screenshots)
             check_health(page, origin, args.workspace)
             check_reconnect(page, origin, args.workspace, token)
             check_guards(browser, page, origin)
-            check_accessibility(browser, page, origin, args.screenshots)
+            check_accessibility(browser, page, origin, trace_url)
         finally:
             browser.close()
 

@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "d2010bf7e8d8d3845589776b175f2a49a7f9c78bdfc9bbfbdb4635ee079e57c0",
+        "a1ef3a239b6b2811aa1387a8929fdfc46e2fd9c592676b3982009dc36652bb45",
     ),
 ];
 

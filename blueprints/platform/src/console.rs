@@ -7,6 +7,9 @@
 //! The events page (`events`) shows every event on the bus, live: the console consumes it
 //! with a consumer group (Kafka) or a queue (SQS) of its own.
 //!
+//! Traces (`traces`): the console receives the processes' spans over OTLP/HTTP on a port
+//! of its own and draws a trace as a waterfall; events link to their trace.
+//!
 //! Login (`session`): the console writes a one-time login URL to a file (`up.sh` prints
 //! it); opening it sets a signed, HttpOnly, SameSite=Strict session cookie, and every POST
 //! carries a CSRF token derived from the session.
@@ -21,6 +24,7 @@ mod page;
 mod probe;
 mod server;
 mod session;
+mod traces;
 
 pub use live::Live;
 pub use probe::{Health, NodeStatus, Stats, Statuses};
@@ -28,6 +32,7 @@ pub use server::{
     CONTENT_SECURITY_POLICY, Config, Console, DEFAULT_ADDR, ENV_PREFIX, StartupError, router,
 };
 pub use session::Sessions;
+pub use traces::Traces;
 
 /// The system as the spec draws it. `'static`: the generated binary writes it as a const.
 #[derive(Debug, Clone, Copy)]

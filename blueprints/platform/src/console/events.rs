@@ -159,7 +159,7 @@ pub fn row_html(row: &Row, live_id: &str) -> String {
     let anomaly = row.anomaly.as_deref().unwrap_or("");
     let short_type = row.event_type.rsplit('.').next().unwrap_or_default();
     format!(
-        "<tr data-testid=\"event\" data-live-id=\"{live_id}\" data-event-id=\"{id}\" data-type=\"{ty}\" data-topic=\"{topic}\" data-aggregate-id=\"{agg}\" data-version=\"{version}\" data-trace-id=\"{trace}\" data-anomaly=\"{anomaly}\"><td>{time}</td><td title=\"{ty}\">{short}</td><td>{topic}</td><td><code>{agg}</code></td><td>{version}{note}</td></tr>",
+        "<tr data-testid=\"event\" data-live-id=\"{live_id}\" data-event-id=\"{id}\" data-type=\"{ty}\" data-topic=\"{topic}\" data-aggregate-id=\"{agg}\" data-version=\"{version}\" data-trace-id=\"{trace}\" data-anomaly=\"{anomaly}\"><td>{time}</td><td title=\"{ty}\">{short}</td><td>{topic}</td><td><code>{agg}</code></td><td>{version}{note}</td><td>{trace_link}</td></tr>",
         live_id = escape(live_id),
         id = escape(&row.event_id),
         ty = escape(&row.event_type),
@@ -168,6 +168,10 @@ pub fn row_html(row: &Row, live_id: &str) -> String {
         agg = escape(&row.aggregate_id),
         trace = escape(row.trace_id.as_deref().unwrap_or("")),
         time = clock(row.received_ms),
+        trace_link = row.trace_id.as_deref().map_or(String::new(), |t| format!(
+            "<a data-testid=\"event-trace\" href=\"/traces/{t}\">trace</a>",
+            t = escape(t)
+        )),
         note = if anomaly.is_empty() {
             String::new()
         } else {
@@ -187,7 +191,7 @@ pub fn table(rows: &[(String, String)]) -> String {
         .collect();
     let after = super::page::escape(rows.last().map_or("", |(id, _)| id.as_str()));
     format!(
-        "<table class=\"events\"><caption>Every event on the bus, newest first; a gap or repeat in an aggregate's versions is marked</caption><thead><tr><th scope=\"col\">Received (UTC)</th><th scope=\"col\">Type</th><th scope=\"col\">Topic</th><th scope=\"col\">Aggregate</th><th scope=\"col\">Version</th></tr></thead><tbody data-testid=\"events\" data-after=\"{after}\">{body}</tbody></table>"
+        "<table class=\"events\"><caption>Every event on the bus, newest first; a gap or repeat in an aggregate's versions is marked</caption><thead><tr><th scope=\"col\">Received (UTC)</th><th scope=\"col\">Type</th><th scope=\"col\">Topic</th><th scope=\"col\">Aggregate</th><th scope=\"col\">Version</th><th scope=\"col\">Trace</th></tr></thead><tbody data-testid=\"events\" data-after=\"{after}\">{body}</tbody></table>"
     )
 }
 

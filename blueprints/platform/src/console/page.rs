@@ -20,7 +20,7 @@ pub fn escape(text: &str) -> String {
 }
 
 /// The pages, for the navigation: path and title.
-pub const PAGES: &[(&str, &str)] = &[("/", "Map"), ("/events", "Events")];
+pub const PAGES: &[(&str, &str)] = &[("/", "Map"), ("/events", "Events"), ("/traces", "Traces")];
 
 /// A whole page: `title`, the active `path`, and `main`'s inner HTML.
 pub fn render(system: &str, title: &str, path: &str, csrf: &str, main: &str) -> String {

@@ -18,6 +18,7 @@ use super::events;
 use super::live::Live;
 use super::probe::{self, Check, Statuses, Target};
 use super::session::{self, Session, Sessions};
+use super::traces::{self, Traces};
 use super::{GATEWAY, Topology, map, page};
 use crate::adapter::{Bus, BusConfig};
 use crate::bus::BusError;
@@ -26,6 +27,7 @@ use crate::supervise::Supervisor;
 
 pub const ENV_PREFIX: &str = "CONSOLE";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
+pub const DEFAULT_OTLP_ADDR: &str = "127.0.0.1:4318";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Nothing but the console's own origin: no inline script or style, no frames, and forms
@@ -47,6 +49,9 @@ pub struct Config {
     pub probe_interval: Duration,
     /// Each context's gRPC and metrics address, then the gateway's HTTP and metrics ones.
     pub targets: Vec<Target>,
+    /// Where OTLP/HTTP trace exports are received (`CONSOLE__OTLP__ADDR`, default
+    /// 127.0.0.1:4318, the OTLP/HTTP port; `off`: not at all).
+    pub otlp_addr: Option<SocketAddr>,
     /// The bus the events page reads (`CONSOLE__BUS__ENABLED=false`: none). On SQS the
     /// generated binary adds the routes to the console's queue.
     pub bus: Option<BusConfig>,
@@ -102,6 +107,18 @@ impl Config {
             login_url_file: (!login_url_file.is_empty()).then(|| PathBuf::from(login_url_file)),
             probe_interval: Duration::from_millis(env.parse_or("PROBE_INTERVAL_MS", 2000)?),
             targets,
+            otlp_addr: match env
+                .parse_or("OTLP__ADDR", DEFAULT_OTLP_ADDR.to_string())?
+                .as_str()
+            {
+                "off" => None,
+                addr => Some(addr.parse().map_err(|e: std::net::AddrParseError| {
+                    ConfigError::Invalid {
+                        key: env.key("OTLP__ADDR"),
+                        reason: format!("{e} (an address such as 127.0.0.1:4318, or off)"),
+                    }
+                })?),
+            },
             bus: if env.parse_or("BUS__ENABLED", true)? {
                 Some(BusConfig::from_env(env)?)
             } else {
@@ -129,6 +146,7 @@ struct AppState {
     sessions: Sessions,
     live: Live,
     statuses: Statuses,
+    traces: Traces,
 }
 
 type Shared = Arc<AppState>;
@@ -139,6 +157,7 @@ pub struct Console {
     targets: Vec<Target>,
     probe_interval: Duration,
     bus: Option<Bus>,
+    otlp: Option<TcpListener>,
 }
 
 impl Console {
@@ -162,6 +181,14 @@ impl Console {
             Some(bus) => Some(Bus::connect(bus).await?),
             None => None,
         };
+        let otlp = match config.otlp_addr {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Console {
             listener,
             state: Arc::new(AppState {
@@ -169,10 +196,12 @@ impl Console {
                 sessions,
                 live: Live::new(),
                 statuses: Statuses::new(&config.targets),
+                traces: Traces::default(),
             }),
             targets: config.targets,
             probe_interval: config.probe_interval,
             bus,
+            otlp,
         })
     }
 
@@ -224,6 +253,24 @@ impl Console {
                 }
             }
         }
+        if let Some(listener) = self.otlp {
+            let traces = self.state.traces.clone();
+            let mut stop = tasks.stopping();
+            let app = Router::new().route(
+                "/v1/traces",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    traces::receive(traces.clone(), body)
+                }),
+            );
+            tasks.spawn("otlp", async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { crate::bus::stopped(&mut stop).await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the OTLP receiver stopped");
+                }
+            });
+        }
         let live = self.state.live.clone();
         let stop = tasks.stop_requested(shutdown);
         let served = axum::serve(self.listener, routes(self.state))
@@ -240,12 +287,19 @@ impl Console {
 }
 
 /// Every route, behind the security headers: for tests that drive it without a socket.
-pub fn router(topology: Topology, sessions: Sessions, live: Live, statuses: Statuses) -> Router {
+pub fn router(
+    topology: Topology,
+    sessions: Sessions,
+    live: Live,
+    statuses: Statuses,
+    traces: Traces,
+) -> Router {
     routes(Arc::new(AppState {
         topology,
         sessions,
         live,
         statuses,
+        traces,
     }))
 }
 
@@ -253,6 +307,8 @@ fn routes(state: Shared) -> Router {
     let signed_in = Router::new()
         .route("/", get(map_page))
         .route("/events", get(events_page))
+        .route("/traces", get(traces_page))
+        .route("/traces/{trace_id}", get(trace_page))
         .route("/live", get(live_stream))
         .route("/logout", axum::routing::post(logout))
         .route_layer(middleware::from_fn_with_state(
@@ -425,6 +481,74 @@ async fn map_page(
     ))
 }
 
+async fn traces_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+) -> Html<String> {
+    let mut rows = String::new();
+    for (id, root, services, spans, ms) in state.traces.recent(200) {
+        let _ = std::fmt::Write::write_fmt(
+            &mut rows,
+            format_args!(
+                "<tr data-testid=\"trace\" data-trace-id=\"{id}\"><td><a href=\"/traces/{id}\"><code>{id}</code></a></td><td>{root}</td><td>{services}</td><td>{spans}</td><td>{ms:.1} ms</td></tr>",
+                id = page::escape(&id),
+                root = page::escape(&root),
+                services = page::escape(&services.join(", ")),
+            ),
+        );
+    }
+    let main = format!(
+        "<table><caption>The newest traces the console received (OTLP/HTTP); the events page links each event to its own</caption><thead><tr><th scope=\"col\">Trace</th><th scope=\"col\">Root span</th><th scope=\"col\">Services</th><th scope=\"col\">Spans</th><th scope=\"col\">Duration</th></tr></thead><tbody>{rows}</tbody></table>"
+    );
+    Html(page::render(
+        state.topology.system,
+        "Traces",
+        "/traces",
+        &state.sessions.csrf(&session),
+        &main,
+    ))
+}
+
+async fn trace_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+    axum::extract::Path(trace_id): axum::extract::Path<String>,
+) -> Response {
+    let csrf = state.sessions.csrf(&session);
+    let Some(spans) = state.traces.get(&trace_id.to_ascii_lowercase()) else {
+        let main = format!(
+            "<p>No span of trace <code>{}</code> has arrived (yet, or any more: the console keeps the newest {} spans). Processes export their spans every few seconds; reload in a moment.</p>",
+            page::escape(&trace_id),
+            traces::SPAN_BUDGET
+        );
+        return (
+            StatusCode::NOT_FOUND,
+            Html(page::render(
+                state.topology.system,
+                "Trace",
+                "/traces",
+                &csrf,
+                &main,
+            )),
+        )
+            .into_response();
+    };
+    let main = format!(
+        "<p>Trace <code>{}</code>: {} spans.</p>{}",
+        page::escape(&trace_id),
+        spans.len(),
+        traces::svg(&spans)
+    );
+    Html(page::render(
+        state.topology.system,
+        "Trace",
+        "/traces",
+        &csrf,
+        &main,
+    ))
+    .into_response()
+}
+
 async fn events_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
@@ -481,7 +605,13 @@ mod tests {
 
     fn app() -> (Router, Sessions) {
         let sessions = Sessions::new(KEY, "http://console", None).unwrap();
-        let router = router(TOPOLOGY, sessions.clone(), Live::new(), Statuses::new(&[]));
+        let router = router(
+            TOPOLOGY,
+            sessions.clone(),
+            Live::new(),
+            Statuses::new(&[]),
+            Traces::default(),
+        );
         (router, sessions)
     }
 

@@ -72,6 +72,14 @@
       note.textContent = row.anomaly;
       version.append(" ", note);
     }
+    const trace = cell(tr, "");
+    if (row.trace_id) {
+      const a = document.createElement("a");
+      a.dataset.testid = "event-trace";
+      a.href = "/traces/" + encodeURIComponent(row.trace_id);
+      a.textContent = "trace";
+      trace.appendChild(a);
+    }
     events.prepend(tr);
     while (events.rows.length > MAX_ROWS) events.deleteRow(-1);
   };
