@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "a1ef3a239b6b2811aa1387a8929fdfc46e2fd9c592676b3982009dc36652bb45",
+        "7786e6ca5671c2125ff6a6f0c8f1c29779aa076788ec72a6a8a756a3b517954b",
     ),
 ];
 
