@@ -273,7 +273,10 @@ class System:
                    # not what is measured.
                    GATEWAY__RATE_LIMIT__PER_SECOND="1000000", GATEWAY__RATE_LIMIT__BURST="1000000",
                    GATEWAY__RATE_LIMIT__PER_ADDRESS_PER_SECOND="1000000",
-                   GATEWAY__RATE_LIMIT__PER_ADDRESS_BURST="1000000")
+                   GATEWAY__RATE_LIMIT__PER_ADDRESS_BURST="1000000",
+                   # No span export (up.sh would send every span to the console): the
+                   # figures stay those of the system alone, comparable with earlier runs.
+                   OTEL_EXPORTER_OTLP_ENDPOINT="")
         env.pop("RUST_LOG", None)
         run(["bash", os.path.join(self.workspace, "deploy/local/up.sh")], env=env, stdout=subprocess.DEVNULL)
         run_dir = os.path.join(self.workspace, ".run")

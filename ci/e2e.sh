@@ -361,6 +361,11 @@ run_sagas() {
     echo "== e2e [sagas, $bus]: assertions =="
     "$cache/venv/bin/python" ci/e2e_sagas.py --workspace "$ws" --gateway "$CARGO_TARGET_DIR/debug/gateway" \
         --database "$DATABASE_URL" --bus "$bus" --spans "$E2E_STATE/spans-sagas-$bus.jsonl" || status=$?
+    # The console's Kafka consumer group in a real browser (the demo covers SQS, and traces).
+    if [ $status -eq 0 ] && [ "$bus" = kafka ]; then
+        "$cache/venv/bin/python" ci/e2e_console.py --workspace "$ws" --keep-env --no-traces \
+            --gateway "$CARGO_TARGET_DIR/debug/gateway" --screenshots "$E2E_STATE/screenshots-kafka" || status=$?
+    fi
     # orders and payments were restarted: their new pids must be stopped too.
     record_started "$ws"/.run/*.pid
     bash "$ws/deploy/local/down.sh"

@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "7786e6ca5671c2125ff6a6f0c8f1c29779aa076788ec72a6a8a756a3b517954b",
+        "f6bff19e85fa6d47824332bc3b685ff8f63a664d0e5417686485e1477383e2a4",
     ),
 ];
 

@@ -19,6 +19,14 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// Every page's head up to its own lines: the document, its title and the stylesheet.
+fn head(title: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{}</title>\n<link rel=\"stylesheet\" href=\"/assets/console.css\">",
+        escape(title)
+    )
+}
+
 /// The pages, for the navigation: path and title.
 pub const PAGES: &[(&str, &str)] = &[("/", "Map"), ("/events", "Events"), ("/traces", "Traces")];
 
@@ -33,18 +41,13 @@ pub fn render(system: &str, title: &str, path: &str, csrf: &str, main: &str) -> 
         };
         let _ = write!(nav, "<a href=\"{href}\"{current}>{name}</a>");
     }
+    let head = head(&format!("{title} · {system} console"));
     let system = escape(system);
     let title = escape(title);
     let csrf = escape(csrf);
     format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
+        r#"{head}
 <meta name="csrf-token" content="{csrf}">
-<title>{title} · {system} console</title>
-<link rel="stylesheet" href="/assets/console.css">
 <script src="/assets/console.js" defer></script>
 </head>
 <body>
@@ -66,6 +69,7 @@ pub fn render(system: &str, title: &str, path: &str, csrf: &str, main: &str) -> 
 
 /// The page that asks for the login token (no session yet).
 pub fn login(system: &str, failed: bool) -> String {
+    let head = head(&format!("Sign in · {system} console"));
     let system = escape(system);
     let error = if failed {
         "<p class=\"error\" role=\"alert\">That token is not valid (each one signs in once). Open the URL in .run/console-url again: it holds a new one.</p>"
@@ -73,13 +77,7 @@ pub fn login(system: &str, failed: bool) -> String {
         ""
     };
     format!(
-        r#"<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Sign in · {system} console</title>
-<link rel="stylesheet" href="/assets/console.css">
+        r#"{head}
 </head>
 <body>
 <main>

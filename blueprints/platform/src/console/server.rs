@@ -462,6 +462,23 @@ async fn logout(
         .into_response()
 }
 
+/// A whole page for `session`: its title, path (for the navigation) and content.
+fn page_for(
+    state: &AppState,
+    session: &Session,
+    title: &str,
+    path: &str,
+    main: &str,
+) -> Html<String> {
+    Html(page::render(
+        state.topology.system,
+        title,
+        path,
+        &state.sessions.csrf(session),
+        main,
+    ))
+}
+
 async fn map_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
@@ -472,41 +489,15 @@ async fn map_page(
         map::svg(&state.topology, &statuses),
         map::table(&state.topology, &statuses)
     );
-    Html(page::render(
-        state.topology.system,
-        "Map",
-        "/",
-        &state.sessions.csrf(&session),
-        &main,
-    ))
+    page_for(&state, &session, "Map", "/", &main)
 }
 
 async fn traces_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
 ) -> Html<String> {
-    let mut rows = String::new();
-    for (id, root, services, spans, ms) in state.traces.recent(200) {
-        let _ = std::fmt::Write::write_fmt(
-            &mut rows,
-            format_args!(
-                "<tr data-testid=\"trace\" data-trace-id=\"{id}\"><td><a href=\"/traces/{id}\"><code>{id}</code></a></td><td>{root}</td><td>{services}</td><td>{spans}</td><td>{ms:.1} ms</td></tr>",
-                id = page::escape(&id),
-                root = page::escape(&root),
-                services = page::escape(&services.join(", ")),
-            ),
-        );
-    }
-    let main = format!(
-        "<table><caption>The newest traces the console received (OTLP/HTTP); the events page links each event to its own</caption><thead><tr><th scope=\"col\">Trace</th><th scope=\"col\">Root span</th><th scope=\"col\">Services</th><th scope=\"col\">Spans</th><th scope=\"col\">Duration</th></tr></thead><tbody>{rows}</tbody></table>"
-    );
-    Html(page::render(
-        state.topology.system,
-        "Traces",
-        "/traces",
-        &state.sessions.csrf(&session),
-        &main,
-    ))
+    let main = traces::table(&state.traces.recent(200));
+    page_for(&state, &session, "Traces", "/traces", &main)
 }
 
 async fn trace_page(
@@ -514,7 +505,6 @@ async fn trace_page(
     axum::Extension(session): axum::Extension<Session>,
     axum::extract::Path(trace_id): axum::extract::Path<String>,
 ) -> Response {
-    let csrf = state.sessions.csrf(&session);
     let Some(spans) = state.traces.get(&trace_id.to_ascii_lowercase()) else {
         let main = format!(
             "<p>No span of trace <code>{}</code> has arrived (yet, or any more: the console keeps the newest {} spans). Processes export their spans every few seconds; reload in a moment.</p>",
@@ -523,13 +513,7 @@ async fn trace_page(
         );
         return (
             StatusCode::NOT_FOUND,
-            Html(page::render(
-                state.topology.system,
-                "Trace",
-                "/traces",
-                &csrf,
-                &main,
-            )),
+            page_for(&state, &session, "Trace", "/traces", &main),
         )
             .into_response();
     };
@@ -539,27 +523,20 @@ async fn trace_page(
         spans.len(),
         traces::svg(&spans)
     );
-    Html(page::render(
-        state.topology.system,
-        "Trace",
-        "/traces",
-        &csrf,
-        &main,
-    ))
-    .into_response()
+    page_for(&state, &session, "Trace", "/traces", &main).into_response()
 }
 
 async fn events_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
 ) -> Html<String> {
-    Html(page::render(
-        state.topology.system,
+    page_for(
+        &state,
+        &session,
         "Events",
         "/events",
-        &state.sessions.csrf(&session),
         &events::table(&state.live.rows("event")),
-    ))
+    )
 }
 
 #[derive(serde::Deserialize)]

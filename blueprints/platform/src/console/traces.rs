@@ -198,6 +198,24 @@ pub fn waterfall(spans: &[Span]) -> Vec<(usize, &Span)> {
     out
 }
 
+/// The traces page's table: the newest traces with their root span, services, span count
+/// and duration, each linking to its waterfall.
+pub fn table(recent: &[(String, String, Vec<String>, usize, f64)]) -> String {
+    let mut rows = String::new();
+    for (id, root, services, spans, ms) in recent {
+        let _ = write!(
+            rows,
+            "<tr data-testid=\"trace\" data-trace-id=\"{id}\"><td><a href=\"/traces/{id}\"><code>{id}</code></a></td><td>{root}</td><td>{services}</td><td>{spans}</td><td>{ms:.1} ms</td></tr>",
+            id = escape(id),
+            root = escape(root),
+            services = escape(&services.join(", ")),
+        );
+    }
+    format!(
+        "<table><caption>The newest traces the console received (OTLP/HTTP); the events page links each event to its own</caption><thead><tr><th scope=\"col\">Trace</th><th scope=\"col\">Root span</th><th scope=\"col\">Services</th><th scope=\"col\">Spans</th><th scope=\"col\">Duration</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+}
+
 const ROW: i32 = 26;
 const LABEL_W: i32 = 420;
 const BAR_W: i32 = 560;
