@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "f6bff19e85fa6d47824332bc3b685ff8f63a664d0e5417686485e1477383e2a4",
+        "3046a9fd02cf36d4700473c19144cdd1d2ce3a3492f13e64b31b7a52ca087efd",
     ),
 ];
 

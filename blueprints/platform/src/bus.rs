@@ -161,6 +161,41 @@ pub async fn next_or_stop<S: Subscriber>(
     }
 }
 
+/// The next message for a consumer that has nothing to redo when a receive fails (the
+/// gateway's cache invalidation, the console): a failed receive is logged, naming the
+/// consumer as `what`, and tried again after a full-jitter backoff between `backoff`'s
+/// bounds. None once `stop` is true, after what came in meanwhile was released.
+pub async fn next_retrying<S: Subscriber>(
+    subscriber: &mut S,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    grace: std::time::Duration,
+    backoff: (std::time::Duration, std::time::Duration),
+    what: &str,
+) -> Option<Delivery> {
+    let mut failures = 0u32;
+    loop {
+        match next_or_stop(subscriber, stop, grace).await {
+            Next::Received(Ok(delivery)) => return Some(delivery),
+            Next::Received(Err(e)) => {
+                let delay = crate::backoff::full_jitter(backoff.0, backoff.1, failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, ?delay, "cannot receive events for {what}");
+                tokio::select! {
+                    () = stopped(stop) => {
+                        subscriber.release(Vec::new()).await;
+                        return None;
+                    }
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Next::Stopped(late) => {
+                subscriber.release(late).await;
+                return None;
+            }
+        }
+    }
+}
+
 /// Resolves once `stop` is true (or its sender is gone). Holds no borrow of the value when
 /// it resolves, so the future awaiting it stays `Send`.
 pub async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
@@ -224,6 +259,73 @@ mod tests {
             Next::Stopped(late) => assert!(late.is_empty()),
             Next::Received(_) => panic!("the stop came first"),
         }
+    }
+
+    /// A broker that refuses the first `failures` receives, then brings a message; counts
+    /// the receives and the releases.
+    struct Flaky {
+        failures: usize,
+        receives: usize,
+        releases: usize,
+    }
+
+    impl Subscriber for Flaky {
+        async fn next(&mut self) -> Result<Delivery, BusError> {
+            self.receives += 1;
+            if self.receives <= self.failures {
+                return Err(BusError::new("broker unreachable"));
+            }
+            SlowReceive {
+                receive: Duration::ZERO,
+            }
+            .next()
+            .await
+        }
+
+        async fn ack(&mut self, _delivery: &Delivery) -> Result<(), BusError> {
+            Ok(())
+        }
+
+        async fn release(&mut self, _unprocessed: Vec<Delivery>) {
+            self.releases += 1;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_receive_is_tried_again_after_a_backoff_until_the_stop() {
+        let backoff = (Duration::from_millis(100), Duration::from_secs(1));
+        let (stop, mut stopping) = tokio::sync::watch::channel(false);
+        let mut flaky = Flaky {
+            failures: 3,
+            receives: 0,
+            releases: 0,
+        };
+        let got = next_retrying(&mut flaky, &mut stopping, Duration::ZERO, backoff, "a test").await;
+        assert!(got.is_some(), "the message after three failures");
+        assert_eq!((flaky.receives, flaky.releases), (4, 0));
+
+        // Failing on, it waits in its backoff; the stop ends it there, with a release. (A
+        // thousand failures bound the test: a loop without a backoff gets the message.)
+        let mut down = Flaky {
+            failures: 1000,
+            receives: 0,
+            releases: 0,
+        };
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            stop.send(true).unwrap();
+            stop
+        });
+        let got = next_retrying(&mut down, &mut stopping, Duration::ZERO, backoff, "a test").await;
+        drop(stopper.await);
+        assert!(got.is_none());
+        assert_eq!(down.releases, 1);
+        // Backed off between receives: at most one per 100 ms (the base), not a busy loop.
+        assert!(
+            (2..=50).contains(&down.receives),
+            "{} receives in 5 s",
+            down.receives
+        );
     }
 
     /// A queue that stays empty: each receive is a long poll that brings nothing, and

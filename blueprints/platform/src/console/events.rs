@@ -100,42 +100,22 @@ pub fn row(delivery: &Delivery, versions: &mut Versions) -> Row {
 /// acknowledged. Receive errors back off (bounded) and are retried.
 pub async fn run<S: Subscriber>(mut subscriber: S, live: Live, mut stop: watch::Receiver<bool>) {
     let mut versions = Versions::default();
-    let mut failures = 0u32;
-    loop {
-        let next =
-            match crate::bus::next_or_stop(&mut subscriber, &mut stop, crate::adapter::STOP_GRACE)
-                .await
-            {
-                crate::bus::Next::Received(next) => next,
-                crate::bus::Next::Stopped(late) => {
-                    subscriber.release(late).await;
-                    return;
-                }
-            };
-        match next {
-            Ok(delivery) => {
-                failures = 0;
-                let row = row(&delivery, &mut versions);
-                live.row(
-                    "event",
-                    serde_json::to_string(&row).expect("a row serializes"),
-                );
-                if let Err(e) = subscriber.ack(&delivery).await {
-                    tracing::warn!(error = %e, "cannot acknowledge an event the console showed");
-                }
-            }
-            Err(e) => {
-                let delay = crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX, failures);
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, ?delay, "cannot receive events for the console");
-                tokio::select! {
-                    () = crate::bus::stopped(&mut stop) => {
-                        subscriber.release(Vec::new()).await;
-                        return;
-                    }
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+    while let Some(delivery) = crate::bus::next_retrying(
+        &mut subscriber,
+        &mut stop,
+        crate::adapter::STOP_GRACE,
+        (BACKOFF_BASE, BACKOFF_MAX),
+        "the console",
+    )
+    .await
+    {
+        let row = row(&delivery, &mut versions);
+        live.row(
+            "event",
+            serde_json::to_string(&row).expect("a row serializes"),
+        );
+        if let Err(e) = subscriber.ack(&delivery).await {
+            tracing::warn!(error = %e, "cannot acknowledge an event the console showed");
         }
     }
 }

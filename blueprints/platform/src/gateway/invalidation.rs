@@ -115,38 +115,18 @@ pub async fn run<S: Subscriber>(
     routes: Routes,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut failures = 0u32;
-    loop {
-        let next =
-            match crate::bus::next_or_stop(&mut subscriber, &mut stop, crate::adapter::STOP_GRACE)
-                .await
-            {
-                crate::bus::Next::Received(next) => next,
-                crate::bus::Next::Stopped(late) => {
-                    subscriber.release(late).await;
-                    return;
-                }
-            };
-        match next {
-            Ok(delivery) => {
-                failures = 0;
-                apply(&cache, &fanout, routes, &delivery).await;
-                if let Err(e) = subscriber.ack(&delivery).await {
-                    tracing::warn!(error = %e, "cannot acknowledge an invalidation event");
-                }
-            }
-            Err(e) => {
-                let delay = crate::backoff::full_jitter(BACKOFF_BASE, BACKOFF_MAX * 5, failures);
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, ?delay, "cannot receive events for cache invalidation");
-                tokio::select! {
-                    () = crate::bus::stopped(&mut stop) => {
-                        subscriber.release(Vec::new()).await;
-                        return;
-                    }
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
+    while let Some(delivery) = crate::bus::next_retrying(
+        &mut subscriber,
+        &mut stop,
+        crate::adapter::STOP_GRACE,
+        (BACKOFF_BASE, BACKOFF_MAX * 5),
+        "cache invalidation",
+    )
+    .await
+    {
+        apply(&cache, &fanout, routes, &delivery).await;
+        if let Err(e) = subscriber.ack(&delivery).await {
+            tracing::warn!(error = %e, "cannot acknowledge an invalidation event");
         }
     }
 }
