@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "3046a9fd02cf36d4700473c19144cdd1d2ce3a3492f13e64b31b7a52ca087efd",
+        "cfb7ddd87b1a0133001252032c4caae730245d7928ecbf737644683d7bd1dd11",
     ),
 ];
 

@@ -211,11 +211,6 @@ impl Console {
             .expect("a bound listener has an address")
     }
 
-    /// The URL that signs in once.
-    pub fn login_url(&self) -> String {
-        self.state.sessions.login_url()
-    }
-
     /// Serves until `shutdown`, then ends the live streams and stops within a bound.
     pub async fn run_until_stopped(
         self,
@@ -450,13 +445,7 @@ async fn logout(
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     (
-        [(
-            header::SET_COOKIE,
-            format!(
-                "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
-                session::COOKIE
-            ),
-        )],
+        [(header::SET_COOKIE, Sessions::cleared_cookie())],
         Redirect::to("/login"),
     )
         .into_response()

@@ -164,11 +164,17 @@ impl Sessions {
 
     /// The `Set-Cookie` value of a new session.
     pub fn cookie(value: &str) -> String {
-        format!(
-            "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-            SESSION_TTL.as_secs()
-        )
+        set_cookie(value, SESSION_TTL.as_secs())
     }
+
+    /// The `Set-Cookie` value that ends the session in the browser.
+    pub fn cleared_cookie() -> String {
+        set_cookie("", 0)
+    }
+}
+
+fn set_cookie(value: &str, max_age_secs: u64) -> String {
+    format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_secs}")
 }
 
 /// The session cookie's value in a `Cookie` header.

@@ -4,7 +4,7 @@
 //! longest ago go first. A trace's page draws it as a waterfall, each span nested under its
 //! parent, coloured by service.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write;
 use std::sync::{Arc, Mutex};
 
@@ -125,11 +125,10 @@ impl Traces {
             .take(n)
             .filter_map(|id| {
                 let spans = ring.traces.get(id)?;
+                let ids = span_ids(spans);
                 let root = spans
                     .iter()
-                    .find(|s| {
-                        s.parent_id.is_empty() || !spans.iter().any(|p| p.span_id == s.parent_id)
-                    })
+                    .find(|s| is_root(s, &ids))
                     .map_or(String::new(), |s| s.name.clone());
                 let mut services: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
                 services.sort();
@@ -170,15 +169,25 @@ pub async fn receive(traces: Traces, body: Bytes) -> Response {
     }
 }
 
+fn span_ids(spans: &[Span]) -> HashSet<&str> {
+    spans.iter().map(|s| s.span_id.as_str()).collect()
+}
+
+/// A span without a parent, or whose parent is not among `ids` (not received, or in another
+/// process's batch still to come).
+fn is_root(span: &Span, ids: &HashSet<&str>) -> bool {
+    span.parent_id.is_empty() || !ids.contains(span.parent_id.as_str())
+}
+
 /// The spans in waterfall order: each after its parent, siblings by start; spans whose
 /// parent is not here (not received, or in another process's batch still to come) are
 /// roots. With each span its depth.
 pub fn waterfall(spans: &[Span]) -> Vec<(usize, &Span)> {
-    let ids: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let ids = span_ids(spans);
     let mut children: HashMap<&str, Vec<&Span>> = HashMap::new();
     let mut roots: Vec<&Span> = Vec::new();
     for s in spans {
-        if s.parent_id.is_empty() || !ids.contains(s.parent_id.as_str()) {
+        if is_root(s, &ids) {
             roots.push(s);
         } else {
             children.entry(s.parent_id.as_str()).or_default().push(s);
