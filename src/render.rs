@@ -77,16 +77,16 @@ pub struct Renderer {
 
 /// The names on the bus of a process that consumes every event (the gateway, the console).
 #[derive(Serialize)]
-struct GatewayWire {
+struct AllEventsWire {
     group: String,
     /// SQS only: its queue, which every publisher also sends to.
     queue: String,
 }
 
-impl GatewayWire {
-    fn of(spec: &Spec, process: &str) -> GatewayWire {
+impl AllEventsWire {
+    fn of(spec: &Spec, process: &str) -> AllEventsWire {
         let process = crate::inflect::Names::new(process);
-        GatewayWire {
+        AllEventsWire {
             group: naming::consumer_group(&spec.system, &process),
             queue: naming::queue(&spec.system, &process),
         }
@@ -101,9 +101,9 @@ struct SharedGlobals<'a> {
     contexts: &'a [Context],
     sagas: &'a [crate::spec::model::Saga],
     /// The gateway's names on the bus: it consumes every event to invalidate its cache.
-    gateway: GatewayWire,
+    gateway: AllEventsWire,
     /// The console's: it consumes every event for its events page.
-    console: GatewayWire,
+    console: AllEventsWire,
     /// The vendored chassis crate, if the blueprint ships one.
     platform: Option<PlatformDependency<'a>>,
     /// The crates that team templates add: workspace members besides the generated ones.
@@ -145,8 +145,8 @@ impl Globals {
             bus: spec.bus.as_str(),
             contexts: &spec.contexts,
             sagas: &spec.sagas,
-            gateway: GatewayWire::of(spec, "gateway"),
-            console: GatewayWire::of(spec, "console"),
+            gateway: AllEventsWire::of(spec, "gateway"),
+            console: AllEventsWire::of(spec, "console"),
             platform: platform.map(|chassis| PlatformDependency {
                 version: &chassis.version,
                 path: crate::layout::VENDORED_PLATFORM,
