@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 
@@ -23,6 +24,15 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_checks(main):
+    """Runs a check script's `main`: a failed check prints FAILED and why, and exits 1."""
+    try:
+        main()
+    except AssertionError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def wait_until(predicate, seconds, what):

@@ -30,7 +30,6 @@ import argparse
 import os
 import signal
 import subprocess
-import sys
 import time
 import tomllib
 import uuid
@@ -39,7 +38,7 @@ from urllib.parse import urlsplit
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
-from e2e_common import dev_token, gone, pid_of, wait_until
+from e2e_common import dev_token, run_checks, stop_process, wait_until
 from e2e_gateway import call, expect
 from e2e_streams import EventStream
 
@@ -89,12 +88,6 @@ def up(workspace):
     done = subprocess.run(["bash", os.path.join(workspace, "deploy", "local", "up.sh")], env=env,
                           capture_output=True, text=True, timeout=600)
     expect(done.returncode == 0, f"up.sh could not start what was stopped:\n{done.stdout}{done.stderr}")
-
-
-def stop(workspace, process, sig=signal.SIGKILL):
-    pid = pid_of(workspace, process)
-    os.kill(pid, sig)
-    wait_until(lambda: gone(pid), 20, f"{process} to stop")
 
 
 def health_of(page, name):
@@ -219,7 +212,7 @@ def check_health(page, origin, workspace):
     page.goto(origin + "/")
     page.locator('[data-testid="connection"][data-state="live"]').wait_for()
     victim = "shipping"
-    stop(workspace, victim)
+    stop_process(workspace, victim, signal.SIGKILL, 20)
     started = time.monotonic()
     page.locator(f'[data-testid="context"][data-name="{victim}"][data-health="not_serving"]').wait_for(
         timeout=HEALTH_WITHIN_S * 1000)
@@ -234,7 +227,7 @@ def check_reconnect(page, origin, workspace, token):
     page.goto(origin + "/events")
     page.locator('[data-testid="connection"][data-state="live"]').wait_for()
     before = page.locator('[data-testid="event"]').count()
-    stop(workspace, "console", signal.SIGTERM)
+    stop_process(workspace, "console", signal.SIGTERM, 20)
     page.locator('[data-testid="connection"][data-state="reconnecting"]').wait_for(timeout=10_000)
     item = create_item(token)
     up(workspace)
@@ -277,20 +270,21 @@ def check_guards(browser, page, origin):
 
 def check_accessibility(browser, page, origin, trace_url):
     axe = Axe()
+
+    def serious_violations(p):
+        return [(p.url, v["id"], v["impact"]) for v in axe.run(p).response["violations"]
+                if v["impact"] in ("critical", "serious")]
+
     serious = []
     for url in [origin + "/", origin + "/events"] + ([trace_url] if trace_url else []):
         page.goto(url)
         page.locator('[data-testid="connection"][data-state="live"]').wait_for()
-        results = axe.run(page)
-        serious += [(page.url, v["id"], v["impact"]) for v in results.response["violations"]
-                    if v["impact"] in ("critical", "serious")]
+        serious += serious_violations(page)
     login = browser.new_context()
     try:
         p = login.new_page()
         p.goto(origin + "/login")
-        results = axe.run(p)
-        serious += [(p.url, v["id"], v["impact"]) for v in results.response["violations"]
-                    if v["impact"] in ("critical", "serious")]
+        serious += serious_violations(p)
     finally:
         login.close()
     expect(not serious, f"axe: {serious}")
@@ -335,8 +329,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)

@@ -16,11 +16,10 @@ import argparse
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 
-from e2e_common import dev_token, wait_until
+from e2e_common import dev_token, run_checks, wait_until
 from e2e_gateway import call, expect
 
 
@@ -113,8 +112,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)

@@ -38,7 +38,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -46,7 +45,7 @@ import urllib.request
 import uuid
 
 from e2e_common import (ORDERS_REPLICA_METRICS, environment_of, free_port, gone, pid_of, scrape, stop_process,
-                        total, up_again, wait_until)
+                        total, up_again, wait_until, run_checks)
 from e2e_gateway import Gateway, call, expect
 
 ORDERS_METRICS, SECOND_ORDERS_METRICS = ORDERS_REPLICA_METRICS
@@ -425,8 +424,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)

@@ -25,12 +25,11 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 
 from e2e_common import (SQS, link_key, logged, queue_empty, service_credential, sqs_client,
-                        stop_process, up_again, wait_until)
+                        stop_process, up_again, wait_until, run_checks)
 from e2e_gateway import Gateway, call, expect
 
 KAFKA = "127.0.0.1:9092"
@@ -326,8 +325,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)

@@ -28,13 +28,12 @@ import re
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 import uuid
 
-from e2e_common import dev_token, environment_of, http_ok, logged, wait_until
+from e2e_common import dev_token, environment_of, http_ok, logged, run_checks, wait_until
 from e2e_gateway import expect
 
 PROVIDER_PORT = 4455
@@ -311,8 +310,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)

@@ -27,12 +27,11 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
 
-from e2e_common import environment_of, http_ok, wait_until
+from e2e_common import environment_of, http_ok, run_checks, wait_until
 from e2e_gateway import Gateway, call, expect
 
 HOST, PORT = "127.0.0.1", 8080
@@ -271,8 +270,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except AssertionError as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_checks(main)
