@@ -410,7 +410,19 @@ run_demo() {
     if ls "$demo/shop/.run/"*.pid >/dev/null 2>&1; then
         echo "up.sh left processes behind after refusing: $(ls "$demo/shop/.run/"*.pid)" >&2; exit 1
     fi
+    # The port up.sh tries first for PostgreSQL held as a connection's source port (what a
+    # TIME_WAIT does, which no listener shows): PostgreSQL's bind there fails, and up.sh must
+    # go on to the next port (CI once lost a run to this).
+    coproc HOLD { exec python3 ci/hold_port.py 15432 300; }
+    local held="" holder=$HOLD_PID
+    read -r -t 10 held <&"${HOLD[0]}" || true
     "${up[@]}" | tee "$out"
+    kill "$holder" 2>/dev/null || true
+    wait "$holder" 2>/dev/null || true
+    if [ "$held" = "held 15432" ] && [ "$(cat "$demo/shop/.run/postgres/port")" = 15432 ]; then
+        echo "up.sh reported PostgreSQL on a port a connection held" >&2; exit 1
+    fi
+    [ "$held" = "held 15432" ] || echo "(port 15432 was busy before the harness held it: $held)"
     record_started "$demo/shop"/.run/*.pid
     head -n 1 "$demo/shop/.run/postgres/data/postmaster.pid" >>"$started"
     "$cache/venv/bin/python" ci/e2e_demo.py --workspace "$demo/shop" --up-output "$out" \
