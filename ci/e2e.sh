@@ -363,7 +363,7 @@ run_sagas() {
         --database "$DATABASE_URL" --bus "$bus" --spans "$E2E_STATE/spans-sagas-$bus.jsonl" || status=$?
     # The console's Kafka consumer group in a real browser (the demo covers SQS, and traces).
     if [ $status -eq 0 ] && [ "$bus" = kafka ]; then
-        "$cache/venv/bin/python" ci/e2e_console.py --workspace "$ws" --keep-env --no-traces \
+        console_checks --workspace "$ws" --keep-env --no-traces \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --screenshots "$E2E_STATE/screenshots-kafka" || status=$?
     fi
     # orders and payments were restarted: their new pids must be stopped too.
@@ -381,6 +381,12 @@ run_sagas() {
     # both brokers alike.
     [ "$bus" = sqs ] && run_demo "$ws"
     return 0
+}
+
+# The console's browser checks (ci/e2e_console.py), run by pytest: each check a test, in
+# order, stopping at the first that fails.
+console_checks() {
+    "$cache/venv/bin/python" -m pytest ci/e2e_console.py -x -v -s -p no:cacheprovider "$@"
 }
 
 # One command from `new` to a running system: the saga workspace's deploy/local/up.sh with
@@ -429,7 +435,7 @@ run_demo() {
         --gateway "$CARGO_TARGET_DIR/debug/gateway" || status=$?
     # The console up.sh started, in Debian's chromium; its screenshots are kept with the run.
     if [ $status -eq 0 ]; then
-        "$cache/venv/bin/python" ci/e2e_console.py --workspace "$demo/shop" \
+        console_checks --workspace "$demo/shop" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --screenshots "$E2E_STATE/screenshots" || status=$?
     fi
     bash "$demo/shop/deploy/local/down.sh"

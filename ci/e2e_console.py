@@ -21,12 +21,17 @@ contacted; every wait is bounded.
   7. Without a session: redirected to the login page; a POST without the CSRF token: 403.
   8. axe finds no critical or serious violation on the map, the events, a trace and the
      login page.
-Screenshots of the pages are written to --screenshots. Run in the demo (SQS, nothing
-configured) and in the Kafka saga scenario (--keep-env; --no-traces, as its spans go to the
-harness's receiver there).
+Screenshots of the pages are written to --screenshots. Run by pytest (the options are
+ci/conftest.py's), in the demo (SQS, nothing configured) and in the Kafka saga scenario
+(--keep-env; --no-traces, as its spans go to the harness's receiver there):
+
+  python -m pytest ci/e2e_console.py -x -v -s --workspace W --gateway G --screenshots S
+
+The checks run in order on one signed-in page (pytest runs a module's tests in the order
+they are written), each a test of its own; -x stops at the first that fails, as the later
+ones build on it.
 """
 
-import argparse
 import os
 import signal
 import subprocess
@@ -35,10 +40,11 @@ import tomllib
 import uuid
 from urllib.parse import urlsplit
 
+import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
-from e2e_common import dev_token, run_checks, stop_process, wait_until
+from e2e_common import dev_token, stop_process, wait_until
 from e2e_gateway import call, expect
 from e2e_streams import EventStream
 
@@ -292,41 +298,85 @@ def check_accessibility(browser, page, origin, trace_url):
     print(f"check 8 passed: axe finds no critical or serious violation on {pages}")
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--workspace", required=True)
-    parser.add_argument("--screenshots", required=True, help="a folder for the pages' screenshots")
-    parser.add_argument("--gateway", required=True, help="the built gateway binary (for a dev token)")
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
-    parser.add_argument("--keep-env", action="store_true",
-                        help="restart processes with this environment (the harness's), not the demo's")
-    parser.add_argument("--no-traces", action="store_true",
-                        help="skip the trace check: the system's spans go to another receiver")
-    args = parser.parse_args()
+# One browser, one signed-in page and what the checks hand on to the later ones, for the
+# whole module.
+
+@pytest.fixture(scope="module")
+def opts(request):
     global KEEP_ENV
-    KEEP_ENV = args.keep_env
-    os.makedirs(args.screenshots, exist_ok=True)
-    spec = spec_of(args.workspace)
-    with open(os.path.join(args.workspace, ".run", "console-url")) as f:
-        url = f.read().strip()
+    get = request.config.getoption
+    missing = [f"--{o}" for o in ("workspace", "screenshots", "gateway") if not get(o)]
+    if missing:
+        pytest.fail(f"the console's checks need {', '.join(missing)} (see ci/conftest.py)")
+    KEEP_ENV = get("keep_env")
+    os.makedirs(get("screenshots"), exist_ok=True)
+    return {"workspace": get("workspace"), "screenshots": get("screenshots"), "gateway": get("gateway"),
+            "chromium": get("chromium"), "traces": not get("no_traces")}
+
+
+@pytest.fixture(scope="module")
+def browser(opts):
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=args.chromium, headless=True, args=CHROMIUM_ARGS)
-        try:
-            context = browser.new_context()
-            context.set_default_timeout(15_000)
-            page = context.new_page()
-            origin = check_login_and_origin(page, context, url, args.screenshots)
-            check_map(page, spec)
-            token = dev_token(args.gateway, args.workspace, "console-e2e")
-            check_events(page, origin, token, args.screenshots)
-            trace_url = None if args.no_traces else check_trace(page, origin, token, args.screenshots)
-            check_health(page, origin, args.workspace)
-            check_reconnect(page, origin, args.workspace, token)
-            check_guards(browser, page, origin)
-            check_accessibility(browser, page, origin, trace_url)
-        finally:
-            browser.close()
+        browser = pw.chromium.launch(executable_path=opts["chromium"], headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
-if __name__ == "__main__":
-    run_checks(main)
+@pytest.fixture(scope="module")
+def context(browser):
+    context = browser.new_context()
+    context.set_default_timeout(15_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def page(context):
+    return context.new_page()
+
+
+@pytest.fixture(scope="module")
+def state():
+    """What a check found that a later one needs: the console's origin, a trace's URL."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def token(opts):
+    return dev_token(opts["gateway"], opts["workspace"], "console-e2e")
+
+
+def test_login_and_origin(opts, page, context, state):
+    with open(os.path.join(opts["workspace"], ".run", "console-url")) as f:
+        url = f.read().strip()
+    state["origin"] = check_login_and_origin(page, context, url, opts["screenshots"])
+
+
+def test_map(opts, page):
+    check_map(page, spec_of(opts["workspace"]))
+
+
+def test_events(opts, page, state, token):
+    check_events(page, state["origin"], token, opts["screenshots"])
+
+
+def test_trace(opts, page, state, token):
+    if not opts["traces"]:
+        pytest.skip("--no-traces: the system's spans go to another receiver")
+    state["trace_url"] = check_trace(page, state["origin"], token, opts["screenshots"])
+
+
+def test_health(opts, page, state):
+    check_health(page, state["origin"], opts["workspace"])
+
+
+def test_reconnect(opts, page, state, token):
+    check_reconnect(page, state["origin"], opts["workspace"], token)
+
+
+def test_guards(browser, page, state):
+    check_guards(browser, page, state["origin"])
+
+
+def test_accessibility(browser, page, state):
+    check_accessibility(browser, page, state["origin"], state.get("trace_url"))

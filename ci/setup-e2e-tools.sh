@@ -8,9 +8,9 @@
 #                     checks), schemathesis (fuzzes the gateway against its OpenAPI) and
 #                     prometheus-client (its parser reads every /metrics) and
 #                     opentelemetry-proto (the OTLP definitions ci/otlp_receiver.py decodes),
-#                     playwright and axe-playwright-python (ci/e2e_console.py drives the
-#                     console in Debian's chromium, installed here too: Playwright's own
-#                     browser download is not reachable)
+#                     playwright, axe-playwright-python and pytest (which runs
+#                     ci/e2e_console.py: it drives the console in Debian's chromium,
+#                     installed here too, as Playwright's own download is not reachable)
 #   oidc/             oidc-provider (npm), the OpenID provider of ci/e2e_oidc.py, beside a
 #                     copy of ci/oidc/provider.mjs (node resolves packages from the script)
 # Prints the cache directory on stdout.
@@ -27,12 +27,12 @@ if [ ! -x "$cache/tools/bin/tansu" ]; then
 fi
 
 if [ ! -x "$cache/venv/bin/moto_server" ] || [ ! -x "$cache/venv/bin/schemathesis" ] ||
-    ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3, jwt, prometheus_client, opentelemetry.proto, playwright, axe_playwright_python" 2>/dev/null; then
+    ! "$cache/venv/bin/python" -c "import grpc_tools, confluent_kafka, boto3, jwt, prometheus_client, opentelemetry.proto, playwright, axe_playwright_python, pytest" 2>/dev/null; then
     log "installing the Python tools into $cache/venv"
     python3 -m venv "$cache/venv" >&2
     "$cache/venv/bin/pip" install --quiet --disable-pip-version-check \
         "moto[server]" grpcio grpcio-tools confluent-kafka boto3 pyjwt schemathesis \
-        prometheus-client opentelemetry-proto playwright==1.65.3 axe-playwright-python==0.1.8 >&2
+        prometheus-client opentelemetry-proto playwright==1.65.3 axe-playwright-python==0.1.8 pytest >&2
 fi
 
 command -v chromium >/dev/null || {
