@@ -12,6 +12,10 @@ contacted; every wait is bounded.
      events.
   4. A trace opened from an order's creation event shows the spans of the gateway, orders
      and inventory (its ref check), each service's under a span of its caller's.
+  4b. The sagas page, open before two orders are placed: without a reload, the order for a
+     new item shows a `completed` saga whose steps are all `done`, and the order for the
+     item retired in check 3 a `compensated` one: inventory's reservation `refused`, the
+     payment undone after it (a compensation step), the reason naming the refusal.
   5. A service killed turns `not_serving` within 10 s without a reload; started again by
      up.sh, `serving`.
   6. The console restarted, the events page open: the indicator shows `reconnecting`, then
@@ -19,8 +23,8 @@ contacted; every wait is bounded.
      arrives, no row is there twice, and an event the bus delivered twice is two rows, the
      later marked `repeat`.
   7. Without a session: redirected to the login page; a POST without the CSRF token: 403.
-  8. axe finds no critical or serious violation on the map, the events, a trace and the
-     login page.
+  8. axe finds no critical or serious violation on the map, the events, the sagas, a trace
+     and the login page.
 Screenshots of the pages are written to --screenshots. Run by pytest (the options are
 ci/conftest.py's), in the demo (SQS, nothing configured) and in the Kafka saga scenario
 (--keep-env; --no-traces, as its spans go to the harness's receiver there):
@@ -214,6 +218,49 @@ def check_trace(page, origin, token, shots):
     return page.url
 
 
+def place_order(token, item):
+    status, _, order, _ = call("POST", "/v1/orders", token,
+                               {"customer_id": "console", "item_id": item, "quantity": 1, "amount_cents": 500},
+                               {"Idempotency-Key": str(uuid.uuid4())})
+    expect(status == 201, f"create an order: {status} {order}")
+    return order["id"]
+
+
+def saga_of(page, order):
+    return page.locator(f'[data-testid="saga"][data-subject="{order}"]')
+
+
+def steps_of(saga):
+    return saga.locator('[data-testid="saga-step"]').evaluate_all(
+        "ss => ss.map(s => [s.dataset.direction, s.dataset.status, s.querySelector('.step-name').textContent])")
+
+
+def check_sagas(page, origin, token, retired_item, shots):
+    page.goto(origin + "/sagas")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    page.evaluate("window.__notReloaded = true")
+    happy = place_order(token, create_item(token))
+    refused = place_order(token, retired_item)
+    # The owner is asked every probe interval (2 s); the saga itself takes well under 1 s.
+    for order, state in ((happy, "completed"), (refused, "compensated")):
+        page.locator(f'[data-testid="saga"][data-subject="{order}"][data-state="{state}"]').wait_for(timeout=20_000)
+    expect(page.evaluate("window.__notReloaded === true"), "the sagas page was reloaded")
+    done = steps_of(saga_of(page, happy))
+    expect(done and all(d == "forward" and st == "done" for d, st, _ in done),
+           f"the completed saga's steps are all done, none undone: {done}")
+    undone = steps_of(saga_of(page, refused))
+    forward = [(st, name) for d, st, name in undone if d == "forward"]
+    compensations = [name for d, _, name in undone if d == "compensation"]
+    expect(("refused", "inventory.reserve") in forward, f"inventory's reservation refused: {forward}")
+    expect(("compensated", "create payments") in forward, f"the payment undone: {forward}")
+    expect(compensations == ["undo create payments"], f"one compensation, the payment's: {compensations}")
+    reason = saga_of(page, refused).locator(".reason").text_content()
+    expect("refused" in reason, f"the reason names the refusal: {reason}")
+    page.screenshot(path=os.path.join(shots, "sagas.png"), full_page=True)
+    print(f"check 4b passed: without a reload, order {happy}'s saga completed ({len(done)} steps done) and "
+          f"order {refused}'s compensated: {forward}, then {compensations}; reason: {reason}")
+
+
 def check_health(page, origin, workspace):
     page.goto(origin + "/")
     page.locator('[data-testid="connection"][data-state="live"]').wait_for()
@@ -282,7 +329,7 @@ def check_accessibility(browser, page, origin, trace_url):
                 if v["impact"] in ("critical", "serious")]
 
     serious = []
-    for url in [origin + "/", origin + "/events"] + ([trace_url] if trace_url else []):
+    for url in [origin + "/", origin + "/events", origin + "/sagas"] + ([trace_url] if trace_url else []):
         page.goto(url)
         page.locator('[data-testid="connection"][data-state="live"]').wait_for()
         serious += serious_violations(page)
@@ -294,7 +341,7 @@ def check_accessibility(browser, page, origin, trace_url):
     finally:
         login.close()
     expect(not serious, f"axe: {serious}")
-    pages = "the map, the events" + (", a trace" if trace_url else "") + " and the login page"
+    pages = "the map, the events, the sagas" + (", a trace" if trace_url else "") + " and the login page"
     print(f"check 8 passed: axe finds no critical or serious violation on {pages}")
 
 
@@ -357,13 +404,17 @@ def test_map(opts, page):
 
 
 def test_events(opts, page, state, token):
-    check_events(page, state["origin"], token, opts["screenshots"])
+    state["retired_item"] = check_events(page, state["origin"], token, opts["screenshots"])
 
 
 def test_trace(opts, page, state, token):
     if not opts["traces"]:
         pytest.skip("--no-traces: the system's spans go to another receiver")
     state["trace_url"] = check_trace(page, state["origin"], token, opts["screenshots"])
+
+
+def test_sagas(opts, page, state, token):
+    check_sagas(page, state["origin"], token, state["retired_item"], opts["screenshots"])
 
 
 def test_health(opts, page, state):

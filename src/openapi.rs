@@ -435,12 +435,15 @@ fn saga_schemas() -> Value {
         },
         "SagaStep": {
             "type": "object",
-            "required": ["name", "status", "result", "error"],
+            "required": ["name", "status", "result", "error", "started_at", "finished_at", "compensated_at"],
             "properties": {
                 "name": text,
                 "status": { "type": "string", "enum": ["pending", "trying", "done", "refused", "compensated"] },
                 "result": { "type": "string", "nullable": true, "description": "A create's result: the id of what it created." },
                 "error": optional,
+                "started_at": { "type": "string", "format": "date-time", "nullable": true, "description": "When it was first tried." },
+                "finished_at": { "type": "string", "format": "date-time", "nullable": true, "description": "When it was done or refused." },
+                "compensated_at": { "type": "string", "format": "date-time", "nullable": true, "description": "When it was undone." },
             },
         },
     })

@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "cfb7ddd87b1a0133001252032c4caae730245d7928ecbf737644683d7bd1dd11",
+        "7fb5d38a42e3022e1df69f7432117805b6a553ed52d7872e36339a7d08b80573",
     ),
 ];
 

@@ -200,6 +200,7 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     let sagas = sagas::build(&mut c, &partials, &mut built, &raw.sagas);
     for context in &mut built {
         context.consumes = !context.subscribes.is_empty() || !context.sagas.is_empty();
+        context.console_link = !context.sagas.is_empty();
         context.routes = super::routes::of(context);
         context.route_paths = super::routes::by_path(&context.routes);
         context.access = super::routes::access_of(&context.routes);
@@ -559,6 +560,7 @@ fn second_pass(
             slo,
             sagas: Vec::new(),
             consumes: false,
+            console_link: false,
             routes: Vec::new(),
             route_paths: Vec::new(),
             access: Default::default(),

@@ -7,6 +7,9 @@
 //! The events page (`events`) shows every event on the bus, live: the console consumes it
 //! with a consumer group (Kafka) or a queue (SQS) of its own.
 //!
+//! The sagas page (`sagas`) asks each saga owner for its newest instances, over a link of
+//! the console's own that the owner admits for that one RPC.
+//!
 //! Traces (`traces`): the console receives the processes' spans over OTLP/HTTP on a port
 //! of its own and draws a trace as a waterfall; events link to their trace.
 //!
@@ -22,6 +25,7 @@ mod live;
 mod map;
 mod page;
 mod probe;
+mod sagas;
 mod server;
 mod session;
 mod traces;
@@ -56,6 +60,9 @@ pub struct ContextNode {
     pub metrics_addr: &'static str,
     /// The topic all its events go to.
     pub topic: &'static str,
+    /// Whether it owns sagas, which the sagas page asks it for over the console's link
+    /// (`CONSOLE__<NAME>__KEY`).
+    pub lists_sagas: bool,
 }
 
 /// An arrow of the map. Event edges run from a publisher to its topic and from a topic to

@@ -144,6 +144,14 @@ pub struct StepRecord {
     pub result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// When it was first tried, when it was done or refused, and when it was undone
+    /// (milliseconds since the epoch; absent in steps an earlier runner moved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensated_ms: Option<i64>,
 }
 
 impl StepRecord {
@@ -153,6 +161,37 @@ impl StepRecord {
             label: Some(label.to_string()),
             result: None,
             error: None,
+            started_ms: None,
+            finished_ms: None,
+            compensated_ms: None,
+        }
+    }
+}
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Records when each step that `apply` moved began, ended and was undone (milliseconds
+/// since the epoch), for the timeline `ListSagas` shows; `apply` itself keeps no clock.
+pub fn stamp(before: &Instance, after: &mut Instance, now_ms: i64) {
+    for (i, step) in after.steps.iter_mut().enumerate() {
+        let was = before.steps.get(i).map(|s| s.status);
+        if was == Some(step.status) {
+            continue;
+        }
+        match step.status {
+            StepStatus::Trying => {
+                step.started_ms.get_or_insert(now_ms);
+            }
+            StepStatus::Done | StepStatus::Refused => {
+                step.started_ms.get_or_insert(now_ms);
+                step.finished_ms = Some(now_ms);
+            }
+            StepStatus::Compensated => step.compensated_ms = Some(now_ms),
+            StepStatus::Pending => {}
         }
     }
 }
@@ -984,7 +1023,8 @@ async fn advance<S: Sagas>(
             tracing::error!(saga = definition.name, id = %instance.id, step = label, "fault injection: dying before the step's outcome is recorded");
             std::process::abort();
         }
-        let (next, wait) = apply(&instance, definition, action, outcome.clone(), config);
+        let (mut next, wait) = apply(&instance, definition, action, outcome.clone(), config);
+        stamp(&instance, &mut next, epoch_ms());
         if action.calls() {
             match &outcome {
                 Ok(_) => {
@@ -1054,43 +1094,93 @@ pub struct Summary {
     pub last_error: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The trace of the event that started it.
+    pub traceparent: String,
+    /// The owner's aggregate it is about.
+    pub subject: uuid::Uuid,
+}
+
+/// The columns a [`Summary`] is read from (a macro, so the queries stay static strings).
+macro_rules! summary_columns {
+    () => {
+        "id, saga_type, state, steps, reason, attempts, last_error, \
+         (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM updated_at) * 1000)::bigint, \
+         traceparent, aggregate_id"
+    };
+}
+
+type SummaryRow = (
+    uuid::Uuid,
+    String,
+    String,
+    Json<Vec<StepRecord>>,
+    Option<String>,
+    i32,
+    Option<String>,
+    i64,
+    i64,
+    String,
+    uuid::Uuid,
+);
+
+fn summary(r: SummaryRow) -> Summary {
+    Summary {
+        id: r.0,
+        saga_type: r.1,
+        state: r.2,
+        steps: r.3.0,
+        reason: r.4,
+        attempts: r.5,
+        last_error: r.6,
+        created_at_ms: r.7,
+        updated_at_ms: r.8,
+        traceparent: r.9,
+        subject: r.10,
+    }
 }
 
 /// The instances whose subject is `aggregate_id`, oldest first.
 pub async fn list(pool: &PgPool, aggregate_id: uuid::Uuid) -> Result<Vec<Summary>, sqlx::Error> {
-    type Listed = (
-        uuid::Uuid,
-        String,
-        String,
-        Json<Vec<StepRecord>>,
-        Option<String>,
-        i32,
-        Option<String>,
-        i64,
-        i64,
-    );
-    let rows: Vec<Listed> = sqlx::query_as(
-        "SELECT id, saga_type, state, steps, reason, attempts, last_error, \
-             (extract(epoch FROM created_at) * 1000)::bigint, (extract(epoch FROM updated_at) * 1000)::bigint \
-         FROM saga WHERE aggregate_id = $1 ORDER BY created_at, id",
-    )
+    let rows: Vec<SummaryRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        summary_columns!(),
+        " FROM saga WHERE aggregate_id = $1 ORDER BY created_at, id"
+    ))
     .bind(aggregate_id)
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| Summary {
-            id: r.0,
-            saga_type: r.1,
-            state: r.2,
-            steps: r.3.0,
-            reason: r.4,
-            attempts: r.5,
-            last_error: r.6,
-            created_at_ms: r.7,
-            updated_at_ms: r.8,
-        })
-        .collect())
+    Ok(rows.into_iter().map(summary).collect())
+}
+
+/// Most instances `list_recent` answers at once.
+pub const RECENT_MAX: i64 = 200;
+
+/// The instances changed last, newest first, at most `limit` (1 to [`RECENT_MAX`]): what the
+/// console's sagas page shows.
+pub async fn list_recent(pool: &PgPool, limit: i64) -> Result<Vec<Summary>, sqlx::Error> {
+    let rows: Vec<SummaryRow> = sqlx::query_as(concat!(
+        "SELECT ",
+        summary_columns!(),
+        " FROM saga ORDER BY updated_at DESC, id DESC LIMIT $1"
+    ))
+    .bind(limit.clamp(1, RECENT_MAX))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(summary).collect())
+}
+
+/// Who may list the newest instances of every subject: the console only (its sagas page),
+/// over its own link. A service has no business browsing another's sagas, and the gateway
+/// offers each subject's own.
+pub fn may_list_recent(
+    caller: Option<&crate::service_auth::Verified>,
+) -> Result<(), tonic::Status> {
+    match caller {
+        Some(verified) if verified.caller == "console" => Ok(()),
+        _ => Err(tonic::Status::permission_denied(
+            "ListRecentSagas is the console's: only its link may call it",
+        )),
+    }
 }
 
 /// Who may retry a saga: only the gateway, which admits an operator with the owner's
@@ -1207,6 +1297,47 @@ mod simulation;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamp_records_when_each_step_began_ended_and_was_undone() {
+        let before = fresh(&DEFINITION);
+        let mut tried = before.clone();
+        tried.steps[0].status = StepStatus::Trying;
+        stamp(&before, &mut tried, 1_000);
+        assert_eq!(tried.steps[0].started_ms, Some(1_000));
+        assert_eq!(
+            tried.steps[1].started_ms, None,
+            "an untouched step keeps no time"
+        );
+        let mut done = tried.clone();
+        done.steps[0].status = StepStatus::Done;
+        stamp(&tried, &mut done, 1_040);
+        assert_eq!(
+            (done.steps[0].started_ms, done.steps[0].finished_ms),
+            (Some(1_000), Some(1_040))
+        );
+        // Refused at once, without a trying first: it began and ended then.
+        let mut refused = done.clone();
+        refused.steps[1].status = StepStatus::Refused;
+        stamp(&done, &mut refused, 1_100);
+        assert_eq!(
+            (refused.steps[1].started_ms, refused.steps[1].finished_ms),
+            (Some(1_100), Some(1_100))
+        );
+        let mut undone = refused.clone();
+        undone.steps[0].status = StepStatus::Compensated;
+        stamp(&refused, &mut undone, 2_000);
+        assert_eq!(undone.steps[0].compensated_ms, Some(2_000));
+        assert_eq!(
+            undone.steps[0].finished_ms,
+            Some(1_040),
+            "undoing keeps when it was done"
+        );
+        // Recorded again unchanged (a retry of the same action): the times stay.
+        let mut again = undone.clone();
+        stamp(&undone, &mut again, 9_999);
+        assert_eq!(again.steps, undone.steps);
+    }
 
     pub(super) const STEPS: &[StepInfo] = &[
         StepInfo {

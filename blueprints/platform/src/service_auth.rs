@@ -9,6 +9,9 @@
 //! (else UNAUTHENTICATED). A service that holds one link's key can therefore mint tokens
 //! for that link only: it cannot pose as the gateway, or as another caller, to anyone.
 //!
+//! The console has a link to each saga owner too, admitted for the RPCs it reads with
+//! ([`CONSOLE_METHODS`]) and nothing else.
+//!
 //! The token travels in the `authorization` gRPC metadata as `Bearer <token>`. The edge's
 //! own bearer token never leaves the gateway.
 
@@ -292,6 +295,25 @@ impl Admission {
     }
 }
 
+/// The console's link admits the RPCs it reads with (and nothing that changes anything:
+/// an operator's action goes through the gateway with the operator's identity).
+pub const CONSOLE_METHODS: &[&str] = &["ListRecentSagas"];
+
+fn console_may_call(verified: Verified, path: &str) -> Result<Verified, Status> {
+    if verified.caller != "console" {
+        return Ok(verified);
+    }
+    let method = path.rsplit('/').next().unwrap_or_default();
+    if CONSOLE_METHODS.contains(&method) {
+        Ok(verified)
+    } else {
+        Err(Status::permission_denied(format!(
+            "the console's link may call {} only, not {method}",
+            CONSOLE_METHODS.join(", ")
+        )))
+    }
+}
+
 /// `Server::builder().layer(...)`: admits calls (health checks are always open, for probes)
 /// and serves each admitted one inside its [`CallContext`] (deadline from `grpc-timeout`,
 /// correlation id, end user), which the calls it makes inherit.
@@ -332,7 +354,11 @@ where
         if crate::health::is_health_call(&request) {
             return Box::pin(self.inner.call(request));
         }
-        let verified = match self.admission.verify(request.headers()) {
+        let verified = match self
+            .admission
+            .verify(request.headers())
+            .and_then(|v| console_may_call(v, request.uri().path()))
+        {
             Ok(verified) => verified,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
@@ -439,6 +465,33 @@ mod tests {
         );
         let bare = billing().verify(&http::HeaderMap::new()).unwrap_err();
         assert_eq!(bare.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[test]
+    fn the_consoles_link_admits_its_own_rpcs_only() {
+        let console = |user: Option<&str>| Verified {
+            caller: "console".into(),
+            user: user.map(str::to_string),
+        };
+        let listed = console_may_call(
+            console(None),
+            "/shop.orders.v1.OrdersService/ListRecentSagas",
+        );
+        assert_eq!(listed.unwrap().caller, "console");
+        for path in [
+            "/shop.orders.v1.OrdersService/RetrySaga",
+            "/shop.orders.v1.OrdersService/GetOrder",
+            "/shop.orders.v1.OrdersService/ListRecentSagas/x",
+        ] {
+            let refused = console_may_call(console(None), path).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{path}");
+        }
+        // Other callers are not this check's business.
+        let gateway = Verified {
+            caller: "gateway".into(),
+            user: None,
+        };
+        assert!(console_may_call(gateway, "/shop.orders.v1.OrdersService/GetOrder").is_ok());
     }
 
     #[test]

@@ -548,12 +548,13 @@ pub fn build(
             continue;
         };
         let subject = &view[owner];
-        // The owner's contract gains these messages (ListSagas, RetrySaga).
+        // The owner's contract gains these messages (ListSagas, RetrySaga, ListRecentSagas).
         let taken = [
             "Saga",
             "SagaStep",
             "ListSagasRequest",
             "ListSagasResponse",
+            "ListRecentSagasRequest",
             "RetrySagaRequest",
             "RetrySagaResponse",
         ];

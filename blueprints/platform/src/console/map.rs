@@ -215,6 +215,7 @@ mod tests {
             grpc_addr: "127.0.0.1:50051",
             metrics_addr: "127.0.0.1:9101",
             topic: "shop.orders.order",
+            lists_sagas: false,
         },
         ContextNode {
             name: "billing",
@@ -222,6 +223,7 @@ mod tests {
             grpc_addr: "127.0.0.1:50052",
             metrics_addr: "127.0.0.1:9102",
             topic: "shop.billing.invoice",
+            lists_sagas: false,
         },
     ];
     const EDGES: &[Edge] = &[

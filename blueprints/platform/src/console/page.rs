@@ -28,7 +28,12 @@ fn head(title: &str) -> String {
 }
 
 /// The pages, for the navigation: path and title.
-pub const PAGES: &[(&str, &str)] = &[("/", "Map"), ("/events", "Events"), ("/traces", "Traces")];
+pub const PAGES: &[(&str, &str)] = &[
+    ("/", "Map"),
+    ("/events", "Events"),
+    ("/sagas", "Sagas"),
+    ("/traces", "Traces"),
+];
 
 /// A whole page: `title`, the active `path`, and `main`'s inner HTML.
 pub fn render(system: &str, title: &str, path: &str, csrf: &str, main: &str) -> String {

@@ -17,15 +17,19 @@ use tokio::net::TcpListener;
 use super::events;
 use super::live::Live;
 use super::probe::{self, Check, Statuses, Target};
+use super::sagas::{self, Board, Owner};
 use super::session::{self, Session, Sessions};
 use super::traces::{self, Traces};
 use super::{GATEWAY, Topology, map, page};
 use crate::adapter::{Bus, BusConfig};
 use crate::bus::BusError;
 use crate::config::{ConfigError, Env};
+use crate::service_auth::{LinkKey, Minter};
 use crate::supervise::Supervisor;
 
 pub const ENV_PREFIX: &str = "CONSOLE";
+/// The console's name in its service credentials (`iss` `<system>.console`).
+const CONSOLE: &str = "console";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
 pub const DEFAULT_OTLP_ADDR: &str = "127.0.0.1:4318";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,6 +59,8 @@ pub struct Config {
     /// The bus the events page reads (`CONSOLE__BUS__ENABLED=false`: none). On SQS the
     /// generated binary adds the routes to the console's queue.
     pub bus: Option<BusConfig>,
+    /// The saga owners the sagas page asks, each over the console's link to it.
+    pub saga_owners: Vec<Owner>,
 }
 
 impl Config {
@@ -62,7 +68,8 @@ impl Config {
     /// `CONSOLE__LOGIN_URL_FILE`, `CONSOLE__PROBE_INTERVAL_MS` (2000), and the addresses it
     /// probes: `CONSOLE__<CONTEXT>__GRPC_ADDR` and `__METRICS_ADDR` (the spec's ports by
     /// default), `CONSOLE__GATEWAY__HTTP_ADDR` (127.0.0.1:8080) and `__METRICS_ADDR`
-    /// (127.0.0.1:9464).
+    /// (127.0.0.1:9464); and the key of its link to each saga owner,
+    /// `CONSOLE__<CONTEXT>__KEY`.
     pub fn from_env(env: &Env, topology: &Topology) -> Result<Config, ConfigError> {
         let addr: SocketAddr = env.parse_or("HTTP__ADDR", DEFAULT_ADDR.parse().expect("valid"))?;
         let session_key = env.required(
@@ -81,6 +88,7 @@ impl Config {
         }
         let login_url_file = env.parse_or("LOGIN_URL_FILE", String::new())?;
         let mut targets: Vec<Target> = Vec::new();
+        let mut saga_owners = Vec::new();
         targets.push(Target {
             name: GATEWAY.to_string(),
             check: Check::Http {
@@ -90,10 +98,24 @@ impl Config {
         });
         for c in topology.contexts {
             let key = c.name.to_uppercase().replace('-', "_");
+            let grpc_addr = env.parse_or(&format!("{key}__GRPC_ADDR"), c.grpc_addr.to_string())?;
+            if c.lists_sagas {
+                let link = LinkKey::from_env(
+                    env,
+                    &format!("{key}__KEY"),
+                    "the key of the console's link to this saga owner, the same value as the owner's <NAME>__CALLERS__CONSOLE__KEY (deploy/local/up.sh and deploy/compose-env.sh generate one)",
+                )?;
+                saga_owners.push(Owner {
+                    name: c.name.to_string(),
+                    service: c.health_service.to_string(),
+                    addr: grpc_addr.clone(),
+                    minter: Arc::new(Minter::new(&link, topology.system, CONSOLE, c.name)),
+                });
+            }
             targets.push(Target {
                 name: c.name.to_string(),
                 check: Check::Grpc {
-                    addr: env.parse_or(&format!("{key}__GRPC_ADDR"), c.grpc_addr.to_string())?,
+                    addr: grpc_addr,
                     service: c.health_service.to_string(),
                 },
                 metrics_addr: env
@@ -124,6 +146,7 @@ impl Config {
             } else {
                 None
             },
+            saga_owners,
         })
     }
 }
@@ -147,6 +170,7 @@ struct AppState {
     live: Live,
     statuses: Statuses,
     traces: Traces,
+    sagas: Board,
 }
 
 type Shared = Arc<AppState>;
@@ -158,6 +182,7 @@ pub struct Console {
     probe_interval: Duration,
     bus: Option<Bus>,
     otlp: Option<TcpListener>,
+    saga_owners: Vec<Owner>,
 }
 
 impl Console {
@@ -197,11 +222,13 @@ impl Console {
                 live: Live::new(),
                 statuses: Statuses::new(&config.targets),
                 traces: Traces::default(),
+                sagas: Board::default(),
             }),
             targets: config.targets,
             probe_interval: config.probe_interval,
             bus,
             otlp,
+            saga_owners: config.saga_owners,
         })
     }
 
@@ -224,6 +251,16 @@ impl Console {
                 self.targets,
                 self.probe_interval,
                 self.state.statuses.clone(),
+                self.state.live.clone(),
+                stopped.clone(),
+            ),
+        );
+        tasks.spawn(
+            "sagas",
+            sagas::run(
+                self.saga_owners,
+                self.probe_interval,
+                self.state.sagas.clone(),
                 self.state.live.clone(),
                 stopped.clone(),
             ),
@@ -288,6 +325,7 @@ pub fn router(
     live: Live,
     statuses: Statuses,
     traces: Traces,
+    sagas: Board,
 ) -> Router {
     routes(Arc::new(AppState {
         topology,
@@ -295,6 +333,7 @@ pub fn router(
         live,
         statuses,
         traces,
+        sagas,
     }))
 }
 
@@ -302,6 +341,7 @@ fn routes(state: Shared) -> Router {
     let signed_in = Router::new()
         .route("/", get(map_page))
         .route("/events", get(events_page))
+        .route("/sagas", get(sagas_page))
         .route("/traces", get(traces_page))
         .route("/traces/{trace_id}", get(trace_page))
         .route("/live", get(live_stream))
@@ -481,6 +521,18 @@ async fn map_page(
     page_for(&state, &session, "Map", "/", &main)
 }
 
+async fn sagas_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+) -> Html<String> {
+    let main = format!(
+        "<p>Each saga owner's newest {} instances, newest first, as the owner reports them every few seconds.</p><div data-testid=\"sagas\">{}</div>",
+        sagas::SHOWN_PER_OWNER,
+        sagas::render(&state.sagas.snapshot())
+    );
+    page_for(&state, &session, "Sagas", "/sagas", &main)
+}
+
 async fn traces_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
@@ -565,6 +617,7 @@ mod tests {
             grpc_addr: "127.0.0.1:1",
             metrics_addr: "127.0.0.1:1",
             topic: "shop.orders.order",
+            lists_sagas: false,
         }],
         edges: &[],
     };
@@ -577,6 +630,7 @@ mod tests {
             Live::new(),
             Statuses::new(&[]),
             Traces::default(),
+            Board::default(),
         );
         (router, sessions)
     }

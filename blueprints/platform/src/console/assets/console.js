@@ -84,6 +84,12 @@
     while (events.rows.length > MAX_ROWS) events.deleteRow(-1);
   };
 
+  // The sagas page: the board as the server rendered it (every text in it escaped there).
+  const sagas = document.querySelector('[data-testid="sagas"]');
+  const onSagas = (board) => {
+    if (sagas) sagas.innerHTML = board.html;
+  };
+
   let source = null;
   const connect = () => {
     // The first stream starts after the rows the page was rendered with; a reconnect sends
@@ -101,6 +107,7 @@
     };
     source.addEventListener("health", (e) => onHealth(JSON.parse(e.data)));
     source.addEventListener("event", (e) => onEvent(JSON.parse(e.data), e.lastEventId));
+    source.addEventListener("sagas", (e) => onSagas(JSON.parse(e.data)));
     source.addEventListener("resync", () => window.location.reload());
     document.dispatchEvent(new CustomEvent("console:source", { detail: source }));
   };
