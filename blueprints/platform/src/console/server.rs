@@ -255,16 +255,19 @@ impl Console {
                 stopped.clone(),
             ),
         );
-        tasks.spawn(
-            "sagas",
-            sagas::run(
-                self.saga_owners,
-                self.probe_interval,
-                self.state.sagas.clone(),
-                self.state.live.clone(),
-                stopped.clone(),
-            ),
-        );
+        // Only with owners to ask: a supervised task that ends stops the console.
+        if !self.saga_owners.is_empty() {
+            tasks.spawn(
+                "sagas",
+                sagas::run(
+                    self.saga_owners,
+                    self.probe_interval,
+                    self.state.sagas.clone(),
+                    self.state.live.clone(),
+                    stopped.clone(),
+                ),
+            );
+        }
         if let Some(bus) = &self.bus {
             let topics: Vec<String> = self
                 .state
@@ -656,6 +659,42 @@ mod tests {
         session::cookie_value(set.split(';').next().unwrap())
             .unwrap()
             .to_string()
+    }
+
+    /// Nothing to probe, no bus, no OTLP receiver and no saga owner (a spec without sagas).
+    fn bare_config() -> Config {
+        Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            public_url: String::new(),
+            session_key: KEY.to_string(),
+            login_url_file: None,
+            probe_interval: Duration::from_millis(50),
+            targets: Vec::new(),
+            otlp_addr: None,
+            bus: None,
+            saga_owners: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_console_without_saga_owners_serves_until_it_is_stopped() {
+        let console = Console::build(bare_config(), TOPOLOGY).await.unwrap();
+        let addr = console.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let run = tokio::spawn(console.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        // Several probe intervals: a supervised task that ended would have stopped it.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!run.is_finished(), "the console stopped by itself");
+        let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), reqwest::StatusCode::OK);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("stops within the drain bound")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
