@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "0033e93145c820522c9be93de1cc93a0be36bfd0978cfc6b2f27b35f94664313",
+        "542d69978bbe68f0e950a0105b31a765e2967db66a5bca358789c5cc2d7a4863",
     ),
 ];
 

@@ -147,6 +147,13 @@ impl Board {
     }
 }
 
+/// The channel to one owner. Lazy: an owner that is down now is reached once it is up.
+fn channel_to(addr: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map(|e| e.connect_timeout(FETCH_TIMEOUT).connect_lazy())
+        .map_err(|e| format!("{addr}: {e}"))
+}
+
 /// Asks one owner for its newest instances.
 pub async fn fetch(owner: &Owner, channel: Channel, limit: i32) -> Result<Vec<Saga>, String> {
     let mut grpc = tonic::client::Grpc::new(channel);
@@ -156,6 +163,8 @@ pub async fn fetch(owner: &Owner, channel: Channel, limit: i32) -> Result<Vec<Sa
     let path = http::uri::PathAndQuery::from_str(&format!("/{}/{LIST_RECENT}", owner.service))
         .map_err(|e| e.to_string())?;
     let mut request = tonic::Request::new(ListRecentSagasRequest { limit });
+    // Also this side's bound (tonic enforces it here, not only at the owner): an owner that
+    // takes the connection and never answers would otherwise hold the page's loop.
     request.set_timeout(FETCH_TIMEOUT);
     owner.minter.authorize(&mut request, None);
     let codec: tonic_prost::ProstCodec<ListRecentSagasRequest, ListSagasResponse> =
@@ -181,10 +190,7 @@ pub async fn run(
     let mut channels = Vec::with_capacity(owners.len());
     for owner in &owners {
         board.set(&owner.name, Listing::NotAsked);
-        // Lazy: an owner that is down now is reached once it is up.
-        let channel = Endpoint::from_shared(format!("http://{}", owner.addr))
-            .map(|e| e.connect_timeout(FETCH_TIMEOUT).connect_lazy());
-        channels.push(channel.map_err(|e| format!("{}: {e}", owner.addr)));
+        channels.push(channel_to(&owner.addr));
     }
     loop {
         let asks = owners
@@ -443,6 +449,36 @@ mod tests {
             html.contains("orders: Unavailable") && html.contains("No instances yet"),
             "{html}"
         );
+    }
+
+    /// An owner that takes the connection and never answers (stopped, or wedged) costs
+    /// one bounded ask, not the page: the request's timeout ends the call.
+    #[tokio::test]
+    async fn an_owner_that_never_answers_is_a_failure_within_the_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let owner = Owner {
+            name: "orders".into(),
+            service: "shop.orders.v1.OrdersService".into(),
+            addr: addr.clone(),
+            minter: Arc::new(Minter::new(
+                &crate::service_auth::LinkKey::new(&"k".repeat(32)).unwrap(),
+                "shop",
+                "console",
+                "orders",
+            )),
+        };
+        let channel = channel_to(&addr).unwrap();
+        let asked = tokio::time::timeout(FETCH_TIMEOUT * 3, fetch(&owner, channel, 1)).await;
+        held.abort();
+        let failed = asked.expect("the ask ended within its bound");
+        assert!(failed.is_err(), "{failed:?}");
     }
 
     #[test]
