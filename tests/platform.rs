@@ -29,7 +29,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.13.0",
-        "542d69978bbe68f0e950a0105b31a765e2967db66a5bca358789c5cc2d7a4863",
+        "1254efd175298560ad674a60c0e43f5a2a0df00c22fc5023529c5d5b9408ca73",
     ),
 ];
 

@@ -87,7 +87,7 @@ fn span_id() -> String {
 }
 
 /// The trace id of a valid version-00 traceparent (`00-<trace id>-...`).
-fn trace_id(traceparent: &str) -> Option<&str> {
+pub(crate) fn trace_id(traceparent: &str) -> Option<&str> {
     crate::telemetry::parse_traceparent(traceparent).map(|_| &traceparent[3..35])
 }
 

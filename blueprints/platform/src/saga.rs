@@ -90,7 +90,12 @@ impl State {
         }
     }
 
-    fn parse(s: &str) -> Option<State> {
+    /// Whether it waits for an operator's retry (`RetrySaga`).
+    pub fn waits_for_operator(self) -> bool {
+        matches!(self, State::CompensationFailed | State::Parked)
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<State> {
         Some(match s {
             "running" => State::Running,
             "completing" => State::Completing,
@@ -166,12 +171,6 @@ impl StepRecord {
             compensated_ms: None,
         }
     }
-}
-
-fn epoch_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Records when each step that `apply` moved began, ended and was undone (milliseconds
@@ -1024,7 +1023,11 @@ async fn advance<S: Sagas>(
             std::process::abort();
         }
         let (mut next, wait) = apply(&instance, definition, action, outcome.clone(), config);
-        stamp(&instance, &mut next, epoch_ms());
+        stamp(
+            &instance,
+            &mut next,
+            crate::time::Timestamp::from_system_time(std::time::SystemTime::now()).micros() / 1000,
+        );
         if action.calls() {
             match &outcome {
                 Ok(_) => {
@@ -1176,7 +1179,7 @@ pub fn may_list_recent(
     caller: Option<&crate::service_auth::Verified>,
 ) -> Result<(), tonic::Status> {
     match caller {
-        Some(verified) if verified.caller == "console" => Ok(()),
+        Some(verified) if verified.caller == crate::service_auth::CONSOLE => Ok(()),
         _ => Err(tonic::Status::permission_denied(
             "ListRecentSagas is the console's: only its link may call it",
         )),

@@ -295,12 +295,15 @@ impl Admission {
     }
 }
 
+/// The console's name in its service credentials (`kid`, `sub`; `iss` `<system>.console`).
+pub const CONSOLE: &str = "console";
+
 /// The console's link admits the RPCs it reads with (and nothing that changes anything:
 /// an operator's action goes through the gateway with the operator's identity).
 pub const CONSOLE_METHODS: &[&str] = &["ListRecentSagas"];
 
 fn console_may_call(verified: Verified, path: &str) -> Result<Verified, Status> {
-    if verified.caller != "console" {
+    if verified.caller != CONSOLE {
         return Ok(verified);
     }
     let method = path.rsplit('/').next().unwrap_or_default();

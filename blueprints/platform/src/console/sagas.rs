@@ -16,6 +16,9 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use super::live::Live;
+use super::page::escape;
+use crate::context::trace_id;
+use crate::saga::State;
 use crate::service_auth::Minter;
 
 /// How many instances of each owner the page shows (newest first).
@@ -98,11 +101,6 @@ pub struct SagaStep {
     pub compensated_at: Option<Timestamp>,
 }
 
-/// The states that wait for an operator's retry.
-pub fn waits_for_operator(state: &str) -> bool {
-    matches!(state, "compensation_failed" | "parked")
-}
-
 /// One owner as the console reaches it: its gRPC service, address and the console's link.
 #[derive(Clone)]
 pub struct Owner {
@@ -176,7 +174,8 @@ pub async fn fetch(owner: &Owner, channel: Channel, limit: i32) -> Result<Vec<Sa
 }
 
 /// Asks every owner each `interval` and pushes the board (as the page's HTML) whenever it
-/// changed; until `stop`.
+/// changed; until `stop`. Spawned only with owners to ask (a supervised task that ended
+/// would stop the console).
 pub async fn run(
     owners: Vec<Owner>,
     interval: Duration,
@@ -184,9 +183,6 @@ pub async fn run(
     live: Live,
     mut stop: watch::Receiver<bool>,
 ) {
-    if owners.is_empty() {
-        return;
-    }
     let mut channels = Vec::with_capacity(owners.len());
     for owner in &owners {
         board.set(&owner.name, Listing::NotAsked);
@@ -222,21 +218,11 @@ pub async fn run(
     }
 }
 
-fn escape(s: &str) -> String {
-    super::page::escape(s)
-}
-
 fn duration(from: Option<&Timestamp>, to: Option<&Timestamp>) -> String {
     match (from, to) {
         (Some(from), Some(to)) => format!("{} ms", (to.millis() - from.millis()).max(0)),
         _ => String::new(),
     }
-}
-
-/// The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`).
-fn trace_id(traceparent: &str) -> Option<&str> {
-    let id = traceparent.split('-').nth(1)?;
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 /// One instance: its state, reason and the timeline of its steps, forward in the spec's
@@ -272,7 +258,7 @@ pub fn render_saga(owner: &str, saga: &Saga) -> String {
             name = escape(&step.name),
         ));
     }
-    let waiting = if waits_for_operator(&saga.state) {
+    let waiting = if State::parse(&saga.state).is_some_and(State::waits_for_operator) {
         format!(
             "<p class=\"waiting\" data-testid=\"saga-waiting\">Waits for an operator: once the cause is fixed, retry it at the gateway with the <code>{owner}:admin</code> scope: <code>POST /v1/{owner}/{subject}/sagas/{id}/retry</code>.</p>",
             owner = escape(owner),

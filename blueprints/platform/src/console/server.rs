@@ -24,12 +24,10 @@ use super::{GATEWAY, Topology, map, page};
 use crate::adapter::{Bus, BusConfig};
 use crate::bus::BusError;
 use crate::config::{ConfigError, Env};
-use crate::service_auth::{LinkKey, Minter};
+use crate::service_auth::{CONSOLE, LinkKey, Minter};
 use crate::supervise::Supervisor;
 
 pub const ENV_PREFIX: &str = "CONSOLE";
-/// The console's name in its service credentials (`iss` `<system>.console`).
-const CONSOLE: &str = "console";
 pub const DEFAULT_ADDR: &str = "127.0.0.1:8090";
 pub const DEFAULT_OTLP_ADDR: &str = "127.0.0.1:4318";
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);

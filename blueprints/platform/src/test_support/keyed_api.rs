@@ -402,7 +402,7 @@ pub async fn only_callers_the_spec_admits_with_their_own_link_key_are_served<A: 
     // Every caller the spec admits, each with its link's key, is served; the console's
     // link only for the RPCs it reads with (`service_auth::CONSOLE_METHODS`).
     for caller in A::CALLERS {
-        let served = if *caller == "console" {
+        let served = if *caller == crate::service_auth::CONSOLE {
             Code::PermissionDenied
         } else {
             Code::NotFound
