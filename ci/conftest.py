@@ -9,5 +9,7 @@ def pytest_addoption(parser):
     group.addoption("--chromium", default="/usr/bin/chromium")
     group.addoption("--keep-env", action="store_true",
                     help="restart processes with this environment (the harness's), not the demo's")
+    group.addoption("--oidc-dir", help="oidc-provider's folder (setup-e2e-tools.sh): with it, the "
+                    "operators' Retry is checked (check 4c)")
     group.addoption("--no-traces", action="store_true",
                     help="skip the trace check: the system's spans go to another receiver")

@@ -363,7 +363,7 @@ run_sagas() {
         --database "$DATABASE_URL" --bus "$bus" --spans "$E2E_STATE/spans-sagas-$bus.jsonl" || status=$?
     # The console's Kafka consumer group in a real browser (the demo covers SQS, and traces).
     if [ $status -eq 0 ] && [ "$bus" = kafka ]; then
-        console_checks --workspace "$ws" --keep-env --no-traces \
+        console_checks --workspace "$ws" --keep-env --no-traces --oidc-dir "$cache/oidc" \
             --gateway "$CARGO_TARGET_DIR/debug/gateway" --screenshots "$E2E_STATE/screenshots-kafka" || status=$?
     fi
     # orders and payments were restarted: their new pids must be stopped too.

@@ -16,6 +16,14 @@ contacted; every wait is bounded.
      new item shows a `completed` saga whose steps are all `done`, and the order for the
      item retired in check 3 a `compensated` one: inventory's reservation `refused`, the
      payment undone after it (a compensation step), the reason naming the refusal.
+  4c. Retry, with --oidc-dir: a saga whose compensation the card network keeps refusing
+     (ci/saga-rules.sh) waits for an operator. The viewer's page (the one-time link) shows
+     it waiting without a Retry button, and its POST is refused (403). An operator signs in
+     to a second console with the identity provider (oidc-provider: authorization code with
+     PKCE, the provider's sign-in and consent pages), which has a gateway in OIDC mode:
+     their page offers Retry; once the cause is fixed, Retry sends their own token through
+     the gateway (its log names them) and the saga moves on to `compensated` on both pages
+     without a reload.
   5. A service killed turns `not_serving` within 10 s without a reload; started again by
      up.sh, `serving`.
   6. The console restarted, the events page open: the indicator shows `reconnecting`, then
@@ -41,15 +49,19 @@ import signal
 import subprocess
 import time
 import tomllib
+import types
 import uuid
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import sync_playwright
 
-from e2e_common import dev_token, stop_process, wait_until
+from e2e_common import dev_token, environment_of, http_ok, logged, stop_process, wait_until
 from e2e_gateway import call, expect
+from e2e_oidc import ISSUER, Provider, start_oidc_gateway
+from e2e_oidc import GATEWAY as OIDC_GATEWAY
 from e2e_streams import EventStream
 
 # The flags Chromium needs on this kind of machine (see the tool library's env notes): no
@@ -89,12 +101,14 @@ def expected_edges(spec):
 KEEP_ENV = False
 
 
-def up(workspace):
-    """deploy/local/up.sh as the system was started: starts what is not running."""
+def up(workspace, extra=None):
+    """deploy/local/up.sh as the system was started, with `extra` settings on top: starts
+    what is not running."""
     env = dict(os.environ) if KEEP_ENV else {
         k: v for k, v in os.environ.items()
         if k not in ("DATABASE_ADMIN_URL", "KAFKA_BROKERS", "SQS_ENDPOINT", "REDIS_URL", "DATABASE_URL",
                      "OTEL_EXPORTER_OTLP_ENDPOINT")}
+    env.update(extra or {})
     done = subprocess.run(["bash", os.path.join(workspace, "deploy", "local", "up.sh")], env=env,
                           capture_output=True, text=True, timeout=600)
     expect(done.returncode == 0, f"up.sh could not start what was stopped:\n{done.stdout}{done.stderr}")
@@ -218,9 +232,10 @@ def check_trace(page, origin, token, shots):
     return page.url
 
 
-def place_order(token, item):
+def place_order(token, item, amount_cents=500):
     status, _, order, _ = call("POST", "/v1/orders", token,
-                               {"customer_id": "console", "item_id": item, "quantity": 1, "amount_cents": 500},
+                               {"customer_id": "console", "item_id": item, "quantity": 1,
+                                "amount_cents": amount_cents},
                                {"Idempotency-Key": str(uuid.uuid4())})
     expect(status == 201, f"create an order: {status} {order}")
     return order["id"]
@@ -259,6 +274,117 @@ def check_sagas(page, origin, token, retired_item, shots):
     page.screenshot(path=os.path.join(shots, "sagas.png"), full_page=True)
     print(f"check 4b passed: without a reload, order {happy}'s saga completed ({len(done)} steps done) and "
           f"order {refused}'s compensated: {forward}, then {compensations}; reason: {reason}")
+
+
+OPERATOR_CONSOLE = "http://127.0.0.1:8091"
+
+
+@contextmanager
+def operator_console(opts):
+    """oidc-provider, a gateway in OIDC mode against it, and a second console with the first
+    one's settings whose operators sign in there and act through that gateway; all stopped
+    on the way out."""
+    ws = opts["workspace"]
+    args = types.SimpleNamespace(workspace=ws, gateway=opts["gateway"], oidc_dir=opts["oidc_dir"])
+    provider = Provider(args)
+    gateway = console = None
+    try:
+        provider.start([provider.new_key()])
+        gateway = start_oidc_gateway(args)
+        env = environment_of(ws, "console")
+        env.update({
+            "CONSOLE__HTTP__ADDR": OPERATOR_CONSOLE.removeprefix("http://"),
+            "CONSOLE__PUBLIC_URL": OPERATOR_CONSOLE,
+            "CONSOLE__LOGIN_URL_FILE": os.path.join(ws, ".run", "console-oidc-url"),
+            # The first console has the bus and the OTLP port; this one needs neither.
+            "CONSOLE__BUS__ENABLED": "false", "CONSOLE__OTLP__ADDR": "off",
+            "CONSOLE__GATEWAY__URL": OIDC_GATEWAY,
+            "CONSOLE__OIDC__ISSUER": ISSUER, "CONSOLE__OIDC__CLIENT_ID": "e2e-console",
+            "CONSOLE__OIDC__CLIENT_SECRET": "e2e-console-secret",
+            "CONSOLE__OIDC__SCOPES": "openid orders:admin", "CONSOLE__OIDC__RESOURCE": "urn:shop-api"})
+        log = open(os.path.join(ws, ".run", "console-oidc.log"), "ab")
+        console = subprocess.Popen([os.path.join(os.path.dirname(opts["gateway"]), "console")],
+                                   env=env, stdout=log, stderr=log)
+        with open(os.path.join(ws, ".run", "console-oidc.pid"), "w") as f:
+            f.write(str(console.pid))
+        wait_until(lambda: http_ok(f"{OPERATOR_CONSOLE}/readyz"), 30, "the operators' console ready")
+        yield OPERATOR_CONSOLE
+    finally:
+        for process in (console, gateway):
+            if process and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=15)
+        provider.stop()
+
+
+def sign_in_at_the_provider(page, origin, login):
+    """The operator's way in: the console's link to the provider, its sign-in and consent
+    pages (oidc-provider's development ones), and back to the console's map."""
+    page.goto(origin + "/login")
+    page.locator('[data-testid="oidc-login"]').click()
+    page.locator('input[name="prompt"][value="login"]').wait_for(state="attached")
+    page.locator('input[name="login"]').fill(login)
+    page.locator('input[name="password"]').fill("any")
+    page.locator('button[type="submit"]').first.click()
+    consent = page.locator('input[name="prompt"][value="consent"]')
+    consent.or_(page.locator('[data-testid="who"]')).first.wait_for(state="attached")
+    if consent.count():
+        page.locator('button[type="submit"]').first.click()
+    page.wait_for_url(origin + "/")
+
+
+def check_retry(browser, page, origin, opts, token, retired_item, shots):
+    ws = opts["workspace"]
+    # While this is set, the card network refuses to void payments of 13 cents
+    # (ci/saga-rules.sh): the order for the retired item compensates, and its void fails.
+    stop_process(ws, "payments", signal.SIGTERM, 20)
+    up(ws, {"PAYMENTS_E2E_VOID_BROKEN": "1"})
+    page.goto(origin + "/sagas")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    order = place_order(token, retired_item, amount_cents=13)
+    stuck = page.locator(f'[data-testid="saga"][data-subject="{order}"][data-state="compensation_failed"]')
+    stuck.wait_for(timeout=60_000)
+    expect(stuck.locator('[data-testid="saga-waiting"]').count() == 1, "the saga says it waits for an operator")
+    expect(stuck.locator('[data-testid="saga-retry"]').count() == 0, "a viewer is offered Retry")
+    saga_id = stuck.get_attribute("data-id")
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    form = {"owner": "orders", "subject": order, "id": saga_id}
+    refused = page.request.post(origin + "/sagas/retry", form=form, headers={"X-CSRF-Token": csrf})
+    expect(refused.status == 403 and "orders:admin" in refused.text(),
+           f"a viewer's retry: {refused.status} {refused.text()}")
+    # The cause fixed: payments without the fault.
+    stop_process(ws, "payments", signal.SIGTERM, 20)
+    up(ws)
+    login = f"operator-{uuid.uuid4().hex[:8]}"
+    with operator_console(opts) as operators:
+        session = browser.new_context()
+        session.set_default_timeout(15_000)
+        try:
+            op = session.new_page()
+            sign_in_at_the_provider(op, operators, login)
+            who = op.locator('[data-testid="who"]').text_content()
+            expect(login in who, f"the header names the operator: {who}")
+            op.goto(operators + "/sagas")
+            op.locator('[data-testid="connection"][data-state="live"]').wait_for()
+            saga = op.locator(f'[data-testid="saga"][data-subject="{order}"]')
+            retry = saga.locator('[data-testid="saga-retry"]')
+            retry.wait_for()
+            op.screenshot(path=os.path.join(shots, "sagas-retry.png"), full_page=True)
+            op.evaluate("window.__notReloaded = true")
+            retry.click()
+            moved = f'[data-testid="saga"][data-subject="{order}"][data-state="compensated"]'
+            op.locator(moved).wait_for(timeout=30_000)
+            expect(op.evaluate("window.__notReloaded === true"), "the operator's page was reloaded")
+            page.locator(moved).wait_for(timeout=15_000)
+            # Made with the operator's own token, through the gateway.
+            logged(ws, "gateway-oidc", lambda e: e.get("userId") == login and e.get("status") == 200
+                   and str(e.get("http.route", "")).endswith("/retry"),
+                   f"the gateway's line for the retry as {login}")
+        finally:
+            session.close()
+    print(f"check 4c passed: order {order}'s saga waited for an operator (no Retry for the viewer, "
+          f"whose POST was 403); {login}, signed in with oidc-provider, retried it through the "
+          "OIDC gateway, and both pages showed it compensated without a reload")
 
 
 def check_health(page, origin, workspace):
@@ -358,7 +484,7 @@ def opts(request):
     KEEP_ENV = get("keep_env")
     os.makedirs(get("screenshots"), exist_ok=True)
     return {"workspace": get("workspace"), "screenshots": get("screenshots"), "gateway": get("gateway"),
-            "chromium": get("chromium"), "traces": not get("no_traces")}
+            "chromium": get("chromium"), "traces": not get("no_traces"), "oidc_dir": get("oidc_dir")}
 
 
 @pytest.fixture(scope="module")
@@ -415,6 +541,12 @@ def test_trace(opts, page, state, token):
 
 def test_sagas(opts, page, state, token):
     check_sagas(page, state["origin"], token, state["retired_item"], opts["screenshots"])
+
+
+def test_retry_by_an_operator(opts, browser, page, state, token):
+    if not opts["oidc_dir"]:
+        pytest.skip("no --oidc-dir: no identity provider to sign operators in")
+    check_retry(browser, page, state["origin"], opts, token, state["retired_item"], opts["screenshots"])
 
 
 def test_health(opts, page, state):

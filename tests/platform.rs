@@ -31,6 +31,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.13.0",
         "1254efd175298560ad674a60c0e43f5a2a0df00c22fc5023529c5d5b9408ca73",
     ),
+    (
+        "0.14.0",
+        "0ae0952c42d8546fb08f4bc757af098621adee9d4289d939f9a68b51d71d5c3e",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

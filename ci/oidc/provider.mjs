@@ -15,6 +15,9 @@
 //                  (nothing listens there: the harness reads the code off the redirect);
 //                  the sign-in and consent pages are oidc-provider's development ones,
 //                  which accept any login name and password, and the login becomes `sub`
+//   e2e-console    the console's operators (ci/e2e_console.py): authorization code with
+//                  PKCE, redirect http://127.0.0.1:8091/login/callback, and the admin scope
+//                  orders:admin besides
 // Access tokens carry `scope` as a space-separated string, as oidc-provider issues it.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -37,6 +40,8 @@ const port = Number(values.port);
 const issuer = `http://127.0.0.1:${port}`;
 const API = 'shop-api';
 const SCOPES = 'orders:read orders:write';
+// An operator's: retrying an orders saga (the gateway's orders:admin).
+const ADMIN = 'orders:admin';
 const client = (id) => ({
   client_id: id,
   client_secret: `${id}-secret`,
@@ -55,10 +60,18 @@ const web = {
   scope: `openid ${SCOPES}`,
 };
 
+const consoleClient = {
+  ...web,
+  client_id: 'e2e-console',
+  client_secret: 'e2e-console-secret',
+  redirect_uris: ['http://127.0.0.1:8091/login/callback'],
+  scope: `openid ${SCOPES} ${ADMIN}`,
+};
+
 const provider = new Provider(issuer, {
   jwks: JSON.parse(readFileSync(values.keys, 'utf8')),
-  clients: [client('e2e-robot'), client('e2e-multi-aud'), web],
-  scopes: SCOPES.split(' '),
+  clients: [client('e2e-robot'), client('e2e-multi-aud'), web, consoleClient],
+  scopes: [...SCOPES.split(' '), ADMIN],
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },
@@ -68,7 +81,7 @@ const provider = new Provider(issuer, {
       defaultResource: () => `urn:${API}`,
       useGrantedResource: () => true,
       getResourceServerInfo: () => ({
-        scope: SCOPES,
+        scope: `${SCOPES} ${ADMIN}`,
         audience: API,
         accessTokenFormat: 'jwt',
         jwt: { sign: { alg: 'RS256' } },

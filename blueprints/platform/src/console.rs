@@ -15,14 +15,18 @@
 //!
 //! Login (`session`): the console writes a one-time login URL to a file (`up.sh` prints
 //! it); opening it sets a signed, HttpOnly, SameSite=Strict session cookie, and every POST
-//! carries a CSRF token derived from the session.
+//! carries a CSRF token derived from the session. That session views. Operators sign in
+//! with the gateway's identity provider (`oidc`: authorization code with PKCE), and their
+//! admin actions (`admin`: retrying a saga) go through the gateway with their own token.
 //!
 //! What it knows of the system comes from the spec: the generated `console` binary passes a
 //! [`Topology`] built from it.
 
+mod admin;
 mod events;
 mod live;
 mod map;
+mod oidc;
 mod page;
 mod probe;
 mod sagas;
@@ -31,9 +35,10 @@ mod session;
 mod traces;
 
 pub use live::Live;
+pub use oidc::{OidcConfig, Operator};
 pub use probe::{Health, NodeStatus, Stats, Statuses};
 pub use server::{
-    CONTENT_SECURITY_POLICY, Config, Console, DEFAULT_ADDR, ENV_PREFIX, StartupError, router,
+    CONTENT_SECURITY_POLICY, Config, Console, DEFAULT_ADDR, ENV_PREFIX, StartupError,
 };
 pub use session::Sessions;
 pub use traces::Traces;
@@ -63,6 +68,9 @@ pub struct ContextNode {
     /// Whether it owns sagas, which the sagas page asks it for over the console's link
     /// (`CONSOLE__<NAME>__KEY`).
     pub lists_sagas: bool,
+    /// The gateway's scope for its admin actions (`orders:admin`): an operator's retry of
+    /// one of its sagas needs it.
+    pub admin_scope: &'static str,
 }
 
 /// An arrow of the map. Event edges run from a publisher to its topic and from a topic to

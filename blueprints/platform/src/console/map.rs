@@ -216,6 +216,7 @@ mod tests {
             metrics_addr: "127.0.0.1:9101",
             topic: "shop.orders.order",
             lists_sagas: false,
+            admin_scope: "orders:admin",
         },
         ContextNode {
             name: "billing",
@@ -224,6 +225,7 @@ mod tests {
             metrics_addr: "127.0.0.1:9102",
             topic: "shop.billing.invoice",
             lists_sagas: false,
+            admin_scope: "billing:admin",
         },
     ];
     const EDGES: &[Edge] = &[

@@ -260,7 +260,7 @@ pub fn render_saga(owner: &str, saga: &Saga) -> String {
     }
     let waiting = if State::parse(&saga.state).is_some_and(State::waits_for_operator) {
         format!(
-            "<p class=\"waiting\" data-testid=\"saga-waiting\">Waits for an operator: once the cause is fixed, retry it at the gateway with the <code>{owner}:admin</code> scope: <code>POST /v1/{owner}/{subject}/sagas/{id}/retry</code>.</p>",
+            "<p class=\"waiting\" data-testid=\"saga-waiting\">Waits for an operator: once the cause is fixed, an operator with <code>{owner}:admin</code> retries it, here (signed in with the identity provider) or at the gateway: <code>POST /v1/{owner}/{subject}/sagas/{id}/retry</code>.</p>",
             owner = escape(owner),
             subject = escape(&saga.subject_id),
             id = escape(&saga.id),
@@ -272,7 +272,8 @@ pub fn render_saga(owner: &str, saga: &Saga) -> String {
         format!(" <a href=\"/traces/{id}\" data-testid=\"saga-trace\">trace</a>")
     });
     format!(
-        "<article class=\"saga\" data-testid=\"saga\" data-id=\"{id}\" data-state=\"{state}\" data-subject=\"{subject}\"><h3>{name} <code>{id}</code> <span class=\"status {state}\">{state}</span>{trace}</h3><p>Subject <code>{subject}</code>, {steps} steps.</p>{reason}<ol class=\"timeline\">{timeline}</ol>{waiting}</article>",
+        "<article class=\"saga\" data-testid=\"saga\" data-owner=\"{owner}\" data-id=\"{id}\" data-state=\"{state}\" data-subject=\"{subject}\"><h3>{name} <code>{id}</code> <span class=\"status {state}\">{state}</span>{trace}</h3><p>Subject <code>{subject}</code>, {steps} steps.</p>{reason}<ol class=\"timeline\">{timeline}</ol>{waiting}</article>",
+        owner = escape(owner),
         id = escape(&saga.id),
         state = escape(&saga.state),
         name = escape(&saga.saga),

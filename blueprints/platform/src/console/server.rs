@@ -10,12 +10,14 @@ use axum::Router;
 use axum::extract::{Form, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use super::admin::{self, Outcome};
 use super::events;
 use super::live::Live;
+use super::oidc::{self, Oidc, OidcConfig};
 use super::probe::{self, Check, Statuses, Target};
 use super::sagas::{self, Board, Owner};
 use super::session::{self, Session, Sessions};
@@ -59,6 +61,12 @@ pub struct Config {
     pub bus: Option<BusConfig>,
     /// The saga owners the sagas page asks, each over the console's link to it.
     pub saga_owners: Vec<Owner>,
+    /// Where operators sign in (`CONSOLE__OIDC__*`); none: the one-time link only, which
+    /// views.
+    pub oidc: Option<OidcConfig>,
+    /// The gateway's URL for operators' admin actions (`CONSOLE__GATEWAY__URL`, default
+    /// `http://` and the gateway's HTTP address).
+    pub gateway_url: String,
 }
 
 impl Config {
@@ -66,8 +74,9 @@ impl Config {
     /// `CONSOLE__LOGIN_URL_FILE`, `CONSOLE__PROBE_INTERVAL_MS` (2000), and the addresses it
     /// probes: `CONSOLE__<CONTEXT>__GRPC_ADDR` and `__METRICS_ADDR` (the spec's ports by
     /// default), `CONSOLE__GATEWAY__HTTP_ADDR` (127.0.0.1:8080) and `__METRICS_ADDR`
-    /// (127.0.0.1:9464); and the key of its link to each saga owner,
-    /// `CONSOLE__<CONTEXT>__KEY`.
+    /// (127.0.0.1:9464); the key of its link to each saga owner,
+    /// `CONSOLE__<CONTEXT>__KEY`; `CONSOLE__GATEWAY__URL`; and the identity provider
+    /// operators sign in with, `CONSOLE__OIDC__*` (see [`OidcConfig::from_env`]).
     pub fn from_env(env: &Env, topology: &Topology) -> Result<Config, ConfigError> {
         let addr: SocketAddr = env.parse_or("HTTP__ADDR", DEFAULT_ADDR.parse().expect("valid"))?;
         let session_key = env.required(
@@ -87,11 +96,11 @@ impl Config {
         let login_url_file = env.parse_or("LOGIN_URL_FILE", String::new())?;
         let mut targets: Vec<Target> = Vec::new();
         let mut saga_owners = Vec::new();
+        let gateway_addr = env.parse_or("GATEWAY__HTTP_ADDR", "127.0.0.1:8080".to_string())?;
+        let gateway_url = env.parse_or("GATEWAY__URL", format!("http://{gateway_addr}"))?;
         targets.push(Target {
             name: GATEWAY.to_string(),
-            check: Check::Http {
-                addr: env.parse_or("GATEWAY__HTTP_ADDR", "127.0.0.1:8080".to_string())?,
-            },
+            check: Check::Http { addr: gateway_addr },
             metrics_addr: env.parse_or("GATEWAY__METRICS_ADDR", "127.0.0.1:9464".to_string())?,
         });
         for c in topology.contexts {
@@ -145,6 +154,15 @@ impl Config {
                 None
             },
             saga_owners,
+            oidc: OidcConfig::from_env(
+                env,
+                &topology
+                    .contexts
+                    .iter()
+                    .map(|c| c.admin_scope.to_string())
+                    .collect::<Vec<_>>(),
+            )?,
+            gateway_url,
         })
     }
 }
@@ -169,6 +187,8 @@ struct AppState {
     statuses: Statuses,
     traces: Traces,
     sagas: Board,
+    oidc: Option<Oidc>,
+    gateway: admin::Gateway,
 }
 
 type Shared = Arc<AppState>;
@@ -221,6 +241,8 @@ impl Console {
                 statuses: Statuses::new(&config.targets),
                 traces: Traces::default(),
                 sagas: Board::default(),
+                oidc: config.oidc.map(|c| Oidc::new(c, &public_url)),
+                gateway: admin::Gateway::new(&config.gateway_url),
             }),
             targets: config.targets,
             probe_interval: config.probe_interval,
@@ -319,30 +341,12 @@ impl Console {
     }
 }
 
-/// Every route, behind the security headers: for tests that drive it without a socket.
-pub fn router(
-    topology: Topology,
-    sessions: Sessions,
-    live: Live,
-    statuses: Statuses,
-    traces: Traces,
-    sagas: Board,
-) -> Router {
-    routes(Arc::new(AppState {
-        topology,
-        sessions,
-        live,
-        statuses,
-        traces,
-        sagas,
-    }))
-}
-
 fn routes(state: Shared) -> Router {
     let signed_in = Router::new()
         .route("/", get(map_page))
         .route("/events", get(events_page))
         .route("/sagas", get(sagas_page))
+        .route("/sagas/retry", axum::routing::post(retry_saga))
         .route("/traces", get(traces_page))
         .route("/traces/{trace_id}", get(trace_page))
         .route("/live", get(live_stream))
@@ -354,6 +358,8 @@ fn routes(state: Shared) -> Router {
     Router::new()
         .merge(signed_in)
         .route("/login", get(login_link).post(login_form))
+        .route("/login/oidc", get(oidc_start))
+        .route(oidc::CALLBACK_PATH, get(oidc_callback))
         // Liveness and readiness (up.sh waits for /readyz, as it does for the gateway).
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -401,7 +407,7 @@ fn session_of(state: &AppState, headers: &HeaderMap) -> Option<Session> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .filter_map(session::cookie_value)
+        .filter_map(|v| session::cookie_value(v, session::COOKIE))
         .find_map(|value| state.sessions.session(value))
 }
 
@@ -435,8 +441,16 @@ struct LoginQuery {
 async fn login_link(State(state): State<Shared>, Query(query): Query<LoginQuery>) -> Response {
     match query.token {
         Some(token) => sign_in(&state, &token),
-        None => Html(page::login(state.topology.system, false)).into_response(),
+        None => login_page(&state, None).into_response(),
     }
+}
+
+fn login_page(state: &AppState, error: Option<&str>) -> Html<String> {
+    Html(page::login(
+        state.topology.system,
+        error,
+        state.oidc.as_ref().map(Oidc::issuer),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -457,10 +471,134 @@ fn sign_in(state: &AppState, token: &str) -> Response {
             .into_response(),
         None => (
             StatusCode::UNAUTHORIZED,
-            Html(page::login(state.topology.system, true)),
+            login_page(
+                state,
+                Some("That token is not valid (each one signs in once). Open the URL in .run/console-url again: it holds a new one."),
+            ),
         )
             .into_response(),
     }
+}
+
+/// The `Set-Cookie` value that ties a sign-in at the identity provider to this browser.
+/// SameSite=Lax: the provider sends the browser back with a cross-site redirect, with
+/// which a Strict cookie would not come.
+fn state_cookie(state: &str, max_age_secs: u64) -> String {
+    format!(
+        "{}={state}; HttpOnly; SameSite=Lax; Path=/login; Max-Age={max_age_secs}",
+        oidc::STATE_COOKIE
+    )
+}
+
+/// Sends the browser to the identity provider.
+async fn oidc_start(State(state): State<Shared>) -> Response {
+    let Some(provider) = &state.oidc else {
+        return (
+            StatusCode::NOT_FOUND,
+            login_page(&state, Some("No identity provider is configured (CONSOLE__OIDC__ISSUER): sign in with the one-time link.")),
+        )
+            .into_response();
+    };
+    match provider.start().await {
+        Ok((url, sign_in)) => (
+            [(
+                header::SET_COOKIE,
+                state_cookie(&sign_in, oidc::PENDING_TTL.as_secs()),
+            )],
+            Redirect::to(&url),
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start an OIDC sign-in");
+            (
+                StatusCode::BAD_GATEWAY,
+                login_page(&state, Some(&e.to_string())),
+            )
+                .into_response()
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// Where the identity provider sends the browser back with a code.
+async fn oidc_callback(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Query(callback): Query<Callback>,
+) -> Response {
+    let failed = |status: StatusCode, why: &str| {
+        (
+            status,
+            [(header::SET_COOKIE, state_cookie("", 0))],
+            login_page(&state, Some(why)),
+        )
+            .into_response()
+    };
+    let Some(provider) = &state.oidc else {
+        return failed(StatusCode::NOT_FOUND, "No identity provider is configured.");
+    };
+    if let Some(error) = &callback.error {
+        let detail = callback.error_description.as_deref().unwrap_or_default();
+        return failed(
+            StatusCode::UNAUTHORIZED,
+            &format!("The identity provider did not sign you in: {error} {detail}"),
+        );
+    }
+    let (Some(code), Some(sign_in)) = (&callback.code, &callback.state) else {
+        return failed(
+            StatusCode::BAD_REQUEST,
+            "The identity provider's answer has no code or state.",
+        );
+    };
+    let started_here = cookie(&headers, oidc::STATE_COOKIE).is_some_and(|c| c == sign_in.as_str());
+    if !started_here {
+        return failed(
+            StatusCode::UNAUTHORIZED,
+            "This sign-in was not started in this browser (or took too long): start again.",
+        );
+    }
+    let operator = match provider
+        .finish(sign_in, code, crate::service_auth::now_secs())
+        .await
+    {
+        Ok(operator) => operator,
+        Err(e) => {
+            tracing::warn!(error = %e, "an OIDC sign-in failed");
+            return failed(StatusCode::UNAUTHORIZED, &e.to_string());
+        }
+    };
+    let subject = operator.subject.clone();
+    let Some(session) = state.sessions.operator_login(operator) else {
+        return failed(StatusCode::UNAUTHORIZED, "The access token has expired.");
+    };
+    tracing::info!(operator = %subject, "an operator signed in");
+    // A page, not a redirect: the browser came here from the provider's site, and a
+    // redirect in that chain would not carry the new SameSite=Strict cookie; a navigation
+    // this page starts does.
+    (
+        AppendHeaders([
+            (header::SET_COOKIE, Sessions::cookie(&session)),
+            (header::SET_COOKIE, state_cookie("", 0)),
+        ]),
+        Html(page::signed_in(state.topology.system)),
+    )
+        .into_response()
+}
+
+/// A cookie's value in the request's `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| session::cookie_value(v, name))
 }
 
 #[derive(serde::Deserialize)]
@@ -485,6 +623,7 @@ async fn logout(
     if !csrf_ok(&state, &session, &headers, &form) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
+    state.sessions.logout(&session);
     (
         [(header::SET_COOKIE, Sessions::cleared_cookie())],
         Redirect::to("/login"),
@@ -505,8 +644,17 @@ fn page_for(
         title,
         path,
         &state.sessions.csrf(session),
+        &who(session),
         main,
     ))
+}
+
+/// Who the header says is signed in.
+fn who(session: &Session) -> String {
+    match &session.operator {
+        Some(o) => format!("operator {}", o.subject),
+        None => "viewer (one-time link)".to_string(),
+    }
 }
 
 async fn map_page(
@@ -526,12 +674,72 @@ async fn sagas_page(
     State(state): State<Shared>,
     axum::Extension(session): axum::Extension<Session>,
 ) -> Html<String> {
+    // The board is one snapshot for every page; the owners whose sagas this session may
+    // retry are the page's, and its script adds their Retry buttons.
+    let admin_of: Vec<&str> = state
+        .topology
+        .contexts
+        .iter()
+        .filter(|c| {
+            c.lists_sagas
+                && session
+                    .operator
+                    .as_ref()
+                    .is_some_and(|o| o.may(c.admin_scope))
+        })
+        .map(|c| c.name)
+        .collect();
     let main = format!(
-        "<p>Each saga owner's newest {} instances, newest first, as the owner reports them every few seconds.</p><div data-testid=\"sagas\">{}</div>",
+        "<p>Each saga owner's newest {} instances, newest first, as the owner reports them every few seconds.</p><div data-testid=\"sagas\" data-admin-of=\"{}\">{}</div>",
         sagas::SHOWN_PER_OWNER,
+        page::escape(&admin_of.join(" ")),
         sagas::render(&state.sagas.snapshot())
     );
     page_for(&state, &session, "Sagas", "/sagas", &main)
+}
+
+#[derive(serde::Deserialize)]
+struct RetryForm {
+    owner: String,
+    subject: String,
+    id: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// An operator's retry of a saga waiting for one, through the gateway with their token.
+async fn retry_saga(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+    headers: HeaderMap,
+    Form(form): Form<RetryForm>,
+) -> Response {
+    let csrf = CsrfForm {
+        csrf: form.csrf.clone(),
+    };
+    if !csrf_ok(&state, &session, &headers, &csrf) {
+        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
+    }
+    let Some(owner) = state
+        .topology
+        .contexts
+        .iter()
+        .find(|c| c.lists_sagas && c.name == form.owner)
+    else {
+        return (StatusCode::NOT_FOUND, "no saga owner of that name").into_response();
+    };
+    let Outcome { status, message } = state
+        .gateway
+        .retry_saga(session.operator.as_ref(), owner, &form.subject, &form.id)
+        .await;
+    tracing::info!(
+        operator = session.operator.as_ref().map_or("", |o| o.subject.as_str()),
+        owner = owner.name,
+        saga = %form.id,
+        status = status.as_u16(),
+        "saga retry"
+    );
+    (status, message).into_response()
 }
 
 async fn traces_page(
@@ -618,21 +826,29 @@ mod tests {
             grpc_addr: "127.0.0.1:1",
             metrics_addr: "127.0.0.1:1",
             topic: "shop.orders.order",
-            lists_sagas: false,
+            lists_sagas: true,
+            admin_scope: "orders:admin",
         }],
         edges: &[],
     };
 
     fn app() -> (Router, Sessions) {
+        app_with(None)
+    }
+
+    /// Its gateway is nowhere (127.0.0.1:9): a test that reached it would fail.
+    fn app_with(oidc: Option<OidcConfig>) -> (Router, Sessions) {
         let sessions = Sessions::new(KEY, "http://console", None).unwrap();
-        let router = router(
-            TOPOLOGY,
-            sessions.clone(),
-            Live::new(),
-            Statuses::new(&[]),
-            Traces::default(),
-            Board::default(),
-        );
+        let router = routes(Arc::new(AppState {
+            topology: TOPOLOGY,
+            sessions: sessions.clone(),
+            live: Live::new(),
+            statuses: Statuses::new(&[]),
+            traces: Traces::default(),
+            sagas: Board::default(),
+            oidc: oidc.map(|c| Oidc::new(c, "http://console")),
+            gateway: admin::Gateway::new("http://127.0.0.1:9"),
+        }));
         (router, sessions)
     }
 
@@ -654,7 +870,7 @@ mod tests {
         let response = send(router, get(path, None)).await;
         assert_eq!(response.status(), StatusCode::SEE_OTHER);
         let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
-        session::cookie_value(set.split(';').next().unwrap())
+        session::cookie_value(set.split(';').next().unwrap(), session::COOKIE)
             .unwrap()
             .to_string()
     }
@@ -671,6 +887,8 @@ mod tests {
             otlp_addr: None,
             bus: None,
             saga_owners: Vec::new(),
+            oidc: None,
+            gateway_url: "http://127.0.0.1:9".into(),
         }
     }
 
@@ -762,5 +980,124 @@ mod tests {
         );
         let ok = send(&router, post(&sessions.csrf(&session))).await;
         assert_eq!(ok.status(), StatusCode::SEE_OTHER);
+    }
+
+    fn operator(scopes: &[&str]) -> crate::console::Operator {
+        crate::console::Operator {
+            subject: "ann".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            access_token: "a.b.c".into(),
+            expires_at: crate::service_auth::now_secs() + 600,
+        }
+    }
+
+    async fn body_of(response: Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn retry(cookie: &str, csrf: &str) -> axum::http::Request<Body> {
+        axum::http::Request::post("/sagas/retry")
+            .header(header::COOKIE, format!("{}={cookie}", session::COOKIE))
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header("x-csrf-token", csrf)
+            .body(Body::from(
+                "owner=orders&subject=0190c0de-0000-7000-8000-000000000001&id=0190c0de-0000-7000-8000-000000000002",
+            ))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn only_an_operator_with_the_owners_admin_scope_is_offered_retry_and_a_viewer_is_refused_it()
+     {
+        let (router, sessions) = app();
+        let viewer = signed_in(&router, &sessions).await;
+        let page = body_of(send(&router, get("/sagas", Some(&viewer))).await).await;
+        assert!(page.contains("data-admin-of=\"\""), "{page}");
+        assert!(page.contains("viewer"), "{page}");
+        let csrf = sessions.csrf(&sessions.session(&viewer).unwrap());
+        let refused = send(&router, retry(&viewer, &csrf)).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert!(body_of(refused).await.contains("orders:admin"));
+
+        let admin = sessions
+            .operator_login(operator(&["orders:admin"]))
+            .unwrap();
+        let page = body_of(send(&router, get("/sagas", Some(&admin))).await).await;
+        assert!(page.contains("data-admin-of=\"orders\""), "{page}");
+        assert!(page.contains("operator ann"), "{page}");
+        let reader = sessions.operator_login(operator(&["orders:read"])).unwrap();
+        let page = body_of(send(&router, get("/sagas", Some(&reader))).await).await;
+        assert!(page.contains("data-admin-of=\"\""), "{page}");
+        // An admin's POST without the CSRF token is refused before anything is sent.
+        assert_eq!(
+            send(&router, retry(&admin, "")).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        // With it, it goes to the gateway (nowhere here: 502, which says so).
+        let csrf = sessions.csrf(&sessions.session(&admin).unwrap());
+        let sent = send(&router, retry(&admin, &csrf)).await;
+        assert_eq!(sent.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    fn provider() -> OidcConfig {
+        OidcConfig {
+            issuer: "http://127.0.0.1:9".into(),
+            client_id: "console".into(),
+            client_secret: None,
+            scopes: "openid orders:admin".into(),
+            resource: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_login_page_offers_the_identity_provider_only_when_there_is_one() {
+        let (without, _) = app();
+        let page = body_of(send(&without, get("/login", None)).await).await;
+        assert!(!page.contains("/login/oidc"), "{page}");
+        assert_eq!(
+            send(&without, get("/login/oidc", None)).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        let (with, _) = app_with(Some(provider()));
+        let page = body_of(send(&with, get("/login", None)).await).await;
+        assert!(page.contains("href=\"/login/oidc\""), "{page}");
+        // Its discovery document cannot be read: said on the login page.
+        let failed = send(&with, get("/login/oidc", None)).await;
+        assert_eq!(failed.status(), StatusCode::BAD_GATEWAY);
+        assert!(body_of(failed).await.contains("discovery"));
+    }
+
+    #[tokio::test]
+    async fn a_callback_whose_state_this_browser_did_not_start_signs_in_no_one() {
+        let (router, _) = app_with(Some(provider()));
+        let callback = |cookie: Option<&str>| {
+            let mut builder = axum::http::Request::get("/login/callback?code=c&state=s1");
+            if let Some(c) = cookie {
+                builder = builder.header(header::COOKIE, c);
+            }
+            builder.body(Body::empty()).unwrap()
+        };
+        for cookie in [None, Some("console_oidc_state=s2")] {
+            let response = send(&router, callback(cookie)).await;
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{cookie:?}");
+            let set = response.headers()[header::SET_COOKIE].to_str().unwrap();
+            assert!(set.starts_with("console_oidc_state=;"), "{set}");
+        }
+        // The browser's own state, but one this console never started.
+        let unknown = send(&router, callback(Some("console_oidc_state=s1"))).await;
+        assert_eq!(unknown.status(), StatusCode::UNAUTHORIZED);
+        assert!(body_of(unknown).await.contains("start again"));
+        let refused = send(
+            &router,
+            get(
+                "/login/callback?error=access_denied&error_description=no",
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
     }
 }

@@ -5,7 +5,12 @@
 //! signed with the session key (HS256), so sessions survive a restart of the console and
 //! the console keeps no session table; the CSRF token every POST carries is the key's
 //! signature of the session's id.
+//!
+//! An operator signed in with the identity provider (`oidc`) has a session of the same
+//! kind whose claims say so; their access token stays on the server, in [`Operators`]: a
+//! bounded table that a restart empties (they then sign in again).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,23 +18,65 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use sha2::{Digest, Sha256};
 
+use super::oidc::Operator;
+
 pub const COOKIE: &str = "console_session";
 /// How long a session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// The shortest session key accepted, in bytes.
 pub const MIN_KEY_LEN: usize = 32;
+/// Operators signed in at once, at most: beyond, the one whose token expires first is
+/// signed out.
+pub const MAX_OPERATORS: usize = 256;
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Claims {
     /// The session's id: what the CSRF token signs.
     sid: String,
     exp: u64,
+    /// Signed in with the identity provider: the session is only as good as its entry in
+    /// [`Operators`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    op: bool,
 }
 
-/// A signed-in operator.
+/// A signed-in browser: with the one-time link, a viewer; with the identity provider, an
+/// operator who may act as their scopes allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
+    pub operator: Option<Operator>,
+}
+
+/// The operators signed in, by session id: their access tokens never leave the server.
+#[derive(Clone, Default)]
+struct Operators(Arc<Mutex<HashMap<String, Operator>>>);
+
+impl Operators {
+    fn insert(&self, sid: &str, operator: Operator, now: u64) {
+        let mut table = self.0.lock().expect("operators lock");
+        table.retain(|_, o| o.expires_at > now);
+        while table.len() >= MAX_OPERATORS {
+            let Some(first) = table
+                .iter()
+                .min_by_key(|(_, o)| o.expires_at)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            table.remove(&first);
+        }
+        table.insert(sid.to_string(), operator);
+    }
+
+    fn get(&self, sid: &str, now: u64) -> Option<Operator> {
+        let table = self.0.lock().expect("operators lock");
+        table.get(sid).filter(|o| o.expires_at > now).cloned()
+    }
+
+    fn remove(&self, sid: &str) {
+        self.0.lock().expect("operators lock").remove(sid);
+    }
 }
 
 #[derive(Clone)]
@@ -40,6 +87,7 @@ pub struct Sessions {
     login: Arc<Mutex<String>>,
     url_file: Option<PathBuf>,
     public_url: String,
+    operators: Operators,
 }
 
 /// 244 random bits, URL-safe.
@@ -78,6 +126,7 @@ impl Sessions {
             login: Arc::new(Mutex::new(random_token())),
             url_file,
             public_url: public_url.trim_end_matches('/').to_string(),
+            operators: Operators::default(),
         };
         sessions.write_login_url().map_err(|e| {
             format!(
@@ -129,23 +178,60 @@ impl Sessions {
         if let Err(e) = self.write_login_url() {
             tracing::warn!(error = %e, "cannot write the next login URL");
         }
+        self.new_session(now() + SESSION_TTL.as_secs(), false)
+    }
+
+    fn new_session(&self, exp: u64, op: bool) -> Option<String> {
         let claims = Claims {
             sid: uuid::Uuid::new_v4().simple().to_string(),
-            exp: now() + SESSION_TTL.as_secs(),
+            exp,
+            op,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()
     }
 
-    /// The session a cookie value names, if it is signed by this key and not expired.
-    pub fn session(&self, cookie: &str) -> Option<Session> {
+    /// A new session for an operator the identity provider signed in: it ends when their
+    /// token expires (or after [`SESSION_TTL`]), or when this console restarts.
+    pub fn operator_login(&self, operator: Operator) -> Option<String> {
+        let now = now();
+        let exp = operator.expires_at.min(now + SESSION_TTL.as_secs());
+        let cookie = self.new_session(exp, true)?;
+        let sid = self.session_id(&cookie)?;
+        self.operators.insert(&sid, operator, now);
+        Some(cookie)
+    }
+
+    /// Ends a session on the server too (an operator's token is forgotten).
+    pub fn logout(&self, session: &Session) {
+        self.operators.remove(&session.id);
+    }
+
+    fn session_id(&self, cookie: &str) -> Option<String> {
+        self.claims(cookie).map(|c| c.sid)
+    }
+
+    fn claims(&self, cookie: &str) -> Option<Claims> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
         validation.leeway = 0;
         jsonwebtoken::decode::<Claims>(cookie, &self.decoding, &validation)
             .ok()
-            .map(|data| Session {
-                id: data.claims.sid,
-            })
+            .map(|data| data.claims)
+    }
+
+    /// The session a cookie value names, if it is signed by this key and not expired.
+    /// An operator's session also needs their entry (gone after a restart or sign-out).
+    pub fn session(&self, cookie: &str) -> Option<Session> {
+        let claims = self.claims(cookie)?;
+        let operator = if claims.op {
+            Some(self.operators.get(&claims.sid, now())?)
+        } else {
+            None
+        };
+        Some(Session {
+            id: claims.sid,
+            operator,
+        })
     }
 
     /// The CSRF token of a session: what its forms carry and its POSTs must send back.
@@ -177,12 +263,12 @@ fn set_cookie(value: &str, max_age_secs: u64) -> String {
     format!("{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age_secs}")
 }
 
-/// The session cookie's value in a `Cookie` header.
-pub fn cookie_value(header: &str) -> Option<&str> {
+/// The value of the cookie `name` (the session's: [`COOKIE`]) in a `Cookie` header.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     header
         .split(';')
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(n, _)| *n == name)
         .map(|(_, value)| value)
 }
 
@@ -239,18 +325,62 @@ mod tests {
         assert!(!other.csrf_matches(&session, &csrf));
         let another = Session {
             id: "someone-else".into(),
+            operator: None,
         };
         assert!(!sessions.csrf_matches(&another, &csrf));
+    }
+
+    fn operator(expires_at: u64) -> Operator {
+        Operator {
+            subject: "ann".into(),
+            scopes: ["orders:admin".to_string()].into_iter().collect(),
+            access_token: "a.b.c".into(),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn an_operators_session_lasts_while_the_console_keeps_their_token() {
+        let sessions = Sessions::new(KEY, "http://x", None).unwrap();
+        let cookie = sessions.operator_login(operator(now() + 600)).unwrap();
+        let session = sessions.session(&cookie).expect("signed in");
+        assert_eq!(session.operator, Some(operator(now() + 600)));
+        assert!(session.operator.as_ref().unwrap().may("orders:admin"));
+        // The same key after a restart: the cookie is genuine, but the token is gone.
+        let restarted = Sessions::new(KEY, "http://x", None).unwrap();
+        assert!(restarted.session(&cookie).is_none());
+        // Signed out: gone here too.
+        sessions.logout(&session);
+        assert!(sessions.session(&cookie).is_none());
+        // A token that has expired signs in no one.
+        let expired = sessions.operator_login(operator(now() - 1));
+        assert!(expired.is_none_or(|c| sessions.session(&c).is_none()));
+    }
+
+    #[test]
+    fn the_operators_table_is_bounded_and_drops_the_soonest_to_expire() {
+        let sessions = Sessions::new(KEY, "http://x", None).unwrap();
+        let first = sessions.operator_login(operator(now() + 60)).unwrap();
+        let later: Vec<String> = (0..MAX_OPERATORS)
+            .map(|i| {
+                sessions
+                    .operator_login(operator(now() + 600 + i as u64))
+                    .unwrap()
+            })
+            .collect();
+        assert!(sessions.session(&first).is_none(), "the soonest to expire");
+        assert!(later.iter().all(|c| sessions.session(c).is_some()));
+        assert_eq!(sessions.operators.0.lock().unwrap().len(), MAX_OPERATORS);
     }
 
     #[test]
     fn a_short_key_is_refused_and_the_cookie_is_read_from_a_header() {
         assert!(Sessions::new("short", "http://x", None).is_err());
         assert_eq!(
-            cookie_value("a=1; console_session=abc.def; b=2"),
+            cookie_value("a=1; console_session=abc.def; b=2", COOKIE),
             Some("abc.def")
         );
-        assert_eq!(cookie_value("a=1"), None);
+        assert_eq!(cookie_value("a=1", COOKIE), None);
         let set = Sessions::cookie("v");
         assert!(
             set.contains("HttpOnly") && set.contains("SameSite=Strict"),

@@ -86,9 +86,55 @@
 
   // The sagas page: the board as the server rendered it (every text in it escaped there).
   const sagas = document.querySelector('[data-testid="sagas"]');
-  const onSagas = (board) => {
-    if (sagas) sagas.innerHTML = board.html;
+  const csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  const csrf = csrfMeta ? csrfMeta.content : "";
+  // The owners whose sagas this session may retry (the server decides, from the operator's
+  // scopes, and checks again on the POST): their waiting instances get a Retry button.
+  const adminOf = sagas ? (sagas.dataset.adminOf || "").split(" ").filter(Boolean) : [];
+  const retry = async (saga, button, result) => {
+    button.disabled = true;
+    result.textContent = "retrying…";
+    const body = new URLSearchParams({
+      owner: saga.dataset.owner,
+      subject: saga.dataset.subject,
+      id: saga.dataset.id,
+    });
+    try {
+      const response = await fetch("/sagas/retry", {
+        method: "POST",
+        headers: { "X-CSRF-Token": csrf },
+        body,
+        credentials: "same-origin",
+      });
+      result.textContent = await response.text();
+      result.dataset.status = String(response.status);
+    } catch (e) {
+      result.textContent = "the console could not be reached";
+    }
+    button.disabled = false;
   };
+  const addRetryButtons = () => {
+    if (!sagas) return;
+    for (const waiting of sagas.querySelectorAll('[data-testid="saga-waiting"]')) {
+      const saga = waiting.closest('[data-testid="saga"]');
+      if (!saga || !adminOf.includes(saga.dataset.owner)) continue;
+      const button = document.createElement("button");
+      button.type = "button";
+      button.dataset.testid = "saga-retry";
+      button.textContent = "Retry";
+      const result = document.createElement("span");
+      result.dataset.testid = "saga-retry-result";
+      result.setAttribute("role", "status");
+      button.addEventListener("click", () => retry(saga, button, result));
+      waiting.append(" ", button, " ", result);
+    }
+  };
+  const onSagas = (board) => {
+    if (!sagas) return;
+    sagas.innerHTML = board.html;
+    addRetryButtons();
+  };
+  addRetryButtons();
 
   let source = null;
   const connect = () => {
