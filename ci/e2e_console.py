@@ -24,6 +24,11 @@ contacted; every wait is bounded.
      their page offers Retry; once the cause is fixed, Retry sends their own token through
      the gateway (its log names them) and the saga moves on to `compensated` on both pages
      without a reload.
+  4d. Replay, with --oidc-dir: a shipping event too large for the broker is parked after its
+     refusals and shows on the outbox page (backlog and parked count per service). The
+     viewer gets no Replay button and a 403 for the POST; once the row is fixed, the
+     operator's Replay sends it over the console's link, naming them (shipping's log), and
+     the row leaves both pages without a reload, published.
   5. A service killed turns `not_serving` within 10 s without a reload; started again by
      up.sh, `serving`.
   6. The console restarted, the events page open: the indicator shows `reconnecting`, then
@@ -300,8 +305,8 @@ def operator_console(opts):
             "CONSOLE__BUS__ENABLED": "false", "CONSOLE__OTLP__ADDR": "off",
             "CONSOLE__GATEWAY__URL": OIDC_GATEWAY,
             "CONSOLE__OIDC__ISSUER": ISSUER, "CONSOLE__OIDC__CLIENT_ID": "e2e-console",
-            "CONSOLE__OIDC__CLIENT_SECRET": "e2e-console-secret",
-            "CONSOLE__OIDC__SCOPES": "openid orders:admin", "CONSOLE__OIDC__RESOURCE": "urn:shop-api"})
+            # The scopes are the console's default: openid and every context's admin scope.
+            "CONSOLE__OIDC__CLIENT_SECRET": "e2e-console-secret", "CONSOLE__OIDC__RESOURCE": "urn:shop-api"})
         log = open(os.path.join(ws, ".run", "console-oidc.log"), "ab")
         console = subprocess.Popen([os.path.join(os.path.dirname(opts["gateway"]), "console")],
                                    env=env, stdout=log, stderr=log)
@@ -333,7 +338,7 @@ def sign_in_at_the_provider(page, origin, login):
     page.wait_for_url(origin + "/")
 
 
-def check_retry(browser, page, origin, opts, token, retired_item, shots):
+def check_retry(page, origin, opts, operator, token, retired_item, shots):
     ws = opts["workspace"]
     # While this is set, the card network refuses to void payments of 13 cents
     # (ci/saga-rules.sh): the order for the retired item compensates, and its void fails.
@@ -347,44 +352,93 @@ def check_retry(browser, page, origin, opts, token, retired_item, shots):
     expect(stuck.locator('[data-testid="saga-waiting"]').count() == 1, "the saga says it waits for an operator")
     expect(stuck.locator('[data-testid="saga-retry"]').count() == 0, "a viewer is offered Retry")
     saga_id = stuck.get_attribute("data-id")
-    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
-    form = {"owner": "orders", "subject": order, "id": saga_id}
-    refused = page.request.post(origin + "/sagas/retry", form=form, headers={"X-CSRF-Token": csrf})
+    refused = viewer_post(page, origin, "/sagas/retry", {"owner": "orders", "subject": order, "id": saga_id})
     expect(refused.status == 403 and "orders:admin" in refused.text(),
            f"a viewer's retry: {refused.status} {refused.text()}")
     # The cause fixed: payments without the fault.
     stop_process(ws, "payments", signal.SIGTERM, 20)
     up(ws)
-    login = f"operator-{uuid.uuid4().hex[:8]}"
-    with operator_console(opts) as operators:
-        session = browser.new_context()
-        session.set_default_timeout(15_000)
-        try:
-            op = session.new_page()
-            sign_in_at_the_provider(op, operators, login)
-            who = op.locator('[data-testid="who"]').text_content()
-            expect(login in who, f"the header names the operator: {who}")
-            op.goto(operators + "/sagas")
-            op.locator('[data-testid="connection"][data-state="live"]').wait_for()
-            saga = op.locator(f'[data-testid="saga"][data-subject="{order}"]')
-            retry = saga.locator('[data-testid="saga-retry"]')
-            retry.wait_for()
-            op.screenshot(path=os.path.join(shots, "sagas-retry.png"), full_page=True)
-            op.evaluate("window.__notReloaded = true")
-            retry.click()
-            moved = f'[data-testid="saga"][data-subject="{order}"][data-state="compensated"]'
-            op.locator(moved).wait_for(timeout=30_000)
-            expect(op.evaluate("window.__notReloaded === true"), "the operator's page was reloaded")
-            page.locator(moved).wait_for(timeout=15_000)
-            # Made with the operator's own token, through the gateway.
-            logged(ws, "gateway-oidc", lambda e: e.get("userId") == login and e.get("status") == 200
-                   and str(e.get("http.route", "")).endswith("/retry"),
-                   f"the gateway's line for the retry as {login}")
-        finally:
-            session.close()
+    op, login = operator["page"], operator["login"]
+    op.goto(operator["origin"] + "/sagas")
+    op.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    retry = op.locator(f'[data-testid="saga"][data-subject="{order}"] [data-testid="saga-retry"]')
+    retry.wait_for()
+    op.screenshot(path=os.path.join(shots, "sagas-retry.png"), full_page=True)
+    op.evaluate("window.__notReloaded = true")
+    retry.click()
+    moved = f'[data-testid="saga"][data-subject="{order}"][data-state="compensated"]'
+    op.locator(moved).wait_for(timeout=30_000)
+    expect(op.evaluate("window.__notReloaded === true"), "the operator's page was reloaded")
+    page.locator(moved).wait_for(timeout=15_000)
+    # Made with the operator's own token, through the gateway.
+    logged(ws, "gateway-oidc", lambda e: e.get("userId") == login and e.get("status") == 200
+           and str(e.get("http.route", "")).endswith("/retry"),
+           f"the gateway's line for the retry as {login}")
     print(f"check 4c passed: order {order}'s saga waited for an operator (no Retry for the viewer, "
           f"whose POST was 403); {login}, signed in with oidc-provider, retried it through the "
           "OIDC gateway, and both pages showed it compensated without a reload")
+
+
+def viewer_post(page, origin, path, form):
+    """A POST of the viewer's page (the one-time link's session), with its CSRF token."""
+    csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    return page.request.post(origin + path, form=form, headers={"X-CSRF-Token": csrf})
+
+
+def database_of(workspace, service):
+    env = environment_of(workspace, service)
+    return next(v for k, v in env.items() if k.endswith("__DATABASE__URL"))
+
+
+def psql(database, sql):
+    out = subprocess.run(["psql", database, "-Atc", sql], check=True, capture_output=True, text=True).stdout
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def check_replay(page, origin, opts, operator, shots):
+    ws = opts["workspace"]
+    db = database_of(ws, "shipping")
+    # A copy of shipping's newest published event, 1.1 MB large: more than the broker takes.
+    source = psql(db, "SELECT id FROM outbox WHERE published_at IS NOT NULL ORDER BY created_at DESC LIMIT 1")
+    expect(source, "shipping has published an event (the saga checks ship orders)")
+    source = source[0][0]
+    poison = str(uuid.uuid4())
+    psql(db, "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, "
+             "payload, headers) SELECT "
+             f"'{poison}', topic, event_type, aggregate_type, aggregate_id, aggregate_version, "
+             f"decode(repeat('00', 1100000), 'hex'), headers FROM outbox WHERE id = '{source}'")
+    page.goto(origin + "/outbox")
+    page.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    row = f'[data-testid="outbox-service"][data-name="shipping"] [data-testid="outbox-parked"][data-id="{poison}"]'
+    # Parked after the broker's refusals (5, with backoff), then shown at the next ask.
+    page.locator(row).wait_for(timeout=60_000)
+    service = page.locator('[data-testid="outbox-service"][data-name="shipping"]')
+    expect(service.get_attribute("data-parked") == "1", f"shipping says 1 parked: {service.get_attribute('data-parked')}")
+    expect(page.locator(row + ' [data-testid="outbox-replay"]').count() == 0, "a viewer is offered Replay")
+    refused = viewer_post(page, origin, "/outbox/replay", {"service": "shipping", "id": poison})
+    expect(refused.status == 403 and "shipping:admin" in refused.text(),
+           f"a viewer's replay: {refused.status} {refused.text()}")
+    # The cause fixed: the row holds the event it copied, of a size the broker takes.
+    psql(db, f"UPDATE outbox SET payload = (SELECT payload FROM outbox WHERE id = '{source}') WHERE id = '{poison}'")
+    op, login = operator["page"], operator["login"]
+    op.goto(operator["origin"] + "/outbox")
+    op.locator('[data-testid="connection"][data-state="live"]').wait_for()
+    replay = op.locator(row + ' [data-testid="outbox-replay"]')
+    replay.wait_for()
+    op.screenshot(path=os.path.join(shots, "outbox.png"), full_page=True)
+    op.evaluate("window.__notReloaded = true")
+    replay.click()
+    op.locator(row).wait_for(state="detached", timeout=20_000)
+    expect(op.evaluate("window.__notReloaded === true"), "the operator's page was reloaded")
+    page.locator(row).wait_for(state="detached", timeout=15_000)
+    wait_until(lambda: psql(db, f"SELECT published_at IS NOT NULL FROM outbox WHERE id = '{poison}'") == [["t"]],
+               20, "the replayed row published")
+    logged(ws, "shipping", lambda e: e.get("message") == "parked outbox rows replayed"
+           and e.get("operator") == f"token:{login}" and e.get("replayed") == 1,
+           f"shipping's line for the replay by {login}")
+    print(f"check 4d passed: a 1.1 MB shipping event was parked and shown (viewer: no Replay, POST 403); "
+          f"fixed, {login} replayed it over the console's link and it was published, gone from both pages "
+          "without a reload")
 
 
 def check_health(page, origin, workspace):
@@ -515,6 +569,26 @@ def state():
 
 
 @pytest.fixture(scope="module")
+def operator(opts, browser):
+    """An operator signed in with the identity provider to a second console (see
+    operator_console), for the admin actions' checks: its origin, page and login name."""
+    if not opts["oidc_dir"]:
+        pytest.skip("no --oidc-dir: no identity provider to sign operators in")
+    login = f"operator-{uuid.uuid4().hex[:8]}"
+    with operator_console(opts) as origin:
+        session = browser.new_context()
+        session.set_default_timeout(15_000)
+        try:
+            page = session.new_page()
+            sign_in_at_the_provider(page, origin, login)
+            who = page.locator('[data-testid="who"]').text_content()
+            expect(login in who, f"the header names the operator: {who}")
+            yield {"origin": origin, "page": page, "login": login}
+        finally:
+            session.close()
+
+
+@pytest.fixture(scope="module")
 def token(opts):
     return dev_token(opts["gateway"], opts["workspace"], "console-e2e")
 
@@ -543,10 +617,12 @@ def test_sagas(opts, page, state, token):
     check_sagas(page, state["origin"], token, state["retired_item"], opts["screenshots"])
 
 
-def test_retry_by_an_operator(opts, browser, page, state, token):
-    if not opts["oidc_dir"]:
-        pytest.skip("no --oidc-dir: no identity provider to sign operators in")
-    check_retry(browser, page, state["origin"], opts, token, state["retired_item"], opts["screenshots"])
+def test_retry_by_an_operator(opts, page, state, operator, token):
+    check_retry(page, state["origin"], opts, operator, token, state["retired_item"], opts["screenshots"])
+
+
+def test_replay_by_an_operator(opts, page, state, operator):
+    check_replay(page, state["origin"], opts, operator, opts["screenshots"])
 
 
 def test_health(opts, page, state):

@@ -231,6 +231,12 @@ const CASES: &[Case] = &[
         stderr: "error: contexts.orders.fields.id: `id` is generated for every aggregate\n  --> spec.toml:3:12\n  = help: remove it, or rename it, e.g. `external_id`",
     },
     Case {
+        name: "event named as a message every contract has",
+        args: &["new", "shop", "--spec", "spec.toml"],
+        spec: Some("name = \"shop\"\n[contexts.orders]\npublishes = [\"ReplayParkedRequest\"]\n"),
+        stderr: "error: contexts.orders.publishes: `ReplayParkedRequest` is a message every service's contract already has\n  --> spec.toml:3:14\n  = help: name what happened, e.g. `OrderCreated`",
+    },
+    Case {
         name: "field in camelCase",
         args: &["new", "shop", "--spec", "spec.toml"],
         spec: Some("name = \"shop\"\n[contexts.orders]\nfields = { totalCents = \"i64\" }\n"),

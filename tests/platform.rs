@@ -33,7 +33,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.14.0",
-        "0ae0952c42d8546fb08f4bc757af098621adee9d4289d939f9a68b51d71d5c3e",
+        "fbc2d29856d1ecf3077f6f89a8850e571fb44d2edc19e7dafa1ea8fe9ed470ee",
     ),
 ];
 

@@ -808,10 +808,11 @@ fn a_workspace_from_version_0_3_0_takes_typed_clients_reference_checks_and_link_
         app.contains("self.deps.catalog.get_item(&new.item_id)"),
         "{app}"
     );
-    // The callee admits the gateway and the caller the spec names, and no one else.
+    // The callee admits the gateway, the caller the spec names and the console (for its
+    // pages' RPCs only), and no one else.
     assert!(
         ws.read("services/catalog/src/lib.rs")
-            .contains("pub const CALLERS: &[&str] = &[\"gateway\", \"checkout\"];")
+            .contains("pub const CALLERS: &[&str] = &[\"gateway\", \"checkout\", \"console\"];")
     );
     // One key per link replaces the secret everyone shared.
     let up = ws.read("deploy/local/up.sh");

@@ -16,8 +16,8 @@
 //                  the sign-in and consent pages are oidc-provider's development ones,
 //                  which accept any login name and password, and the login becomes `sub`
 //   e2e-console    the console's operators (ci/e2e_console.py): authorization code with
-//                  PKCE, redirect http://127.0.0.1:8091/login/callback, and the admin scope
-//                  orders:admin besides
+//                  PKCE, redirect http://127.0.0.1:8091/login/callback, and the checkout
+//                  contexts' admin scopes besides
 // Access tokens carry `scope` as a space-separated string, as oidc-provider issues it.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -40,8 +40,9 @@ const port = Number(values.port);
 const issuer = `http://127.0.0.1:${port}`;
 const API = 'shop-api';
 const SCOPES = 'orders:read orders:write';
-// An operator's: retrying an orders saga (the gateway's orders:admin).
-const ADMIN = 'orders:admin';
+// An operator's: each checkout context's admin scope (retrying an orders saga at the
+// gateway, replaying a parked outbox row through the console).
+const ADMIN = 'orders:admin payments:admin inventory:admin shipping:admin';
 const client = (id) => ({
   client_id: id,
   client_secret: `${id}-secret`,
@@ -71,7 +72,7 @@ const consoleClient = {
 const provider = new Provider(issuer, {
   jwks: JSON.parse(readFileSync(values.keys, 'utf8')),
   clients: [client('e2e-robot'), client('e2e-multi-aud'), web, consoleClient],
-  scopes: [...SCOPES.split(' '), ADMIN],
+  scopes: [...SCOPES.split(' '), ...ADMIN.split(' ')],
   pkce: { required: () => true },
   features: {
     devInteractions: { enabled: true },

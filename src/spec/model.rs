@@ -161,10 +161,6 @@ pub struct Context {
     pub sagas: Vec<Saga>,
     /// Whether it runs a consumer: it subscribes to events, or its own events start sagas.
     pub consumes: bool,
-    /// Whether the console reads it over a link of its own (admitted for the console's
-    /// RPCs only, `platform::service_auth::CONSOLE_METHODS`): it owns sagas, which the
-    /// console's sagas page lists.
-    pub console_link: bool,
     /// Its routes at the gateway ([`super::routes::of`]), the one list the router, the
     /// handlers' scope checks and the OpenAPI document read.
     pub routes: Vec<super::routes::Route>,

@@ -57,6 +57,16 @@ pub const BASE_METRICS_PORT: u16 = 9465;
 /// Tables every service database already has; an aggregate's table must differ.
 const RESERVED_TABLES: &[&str] = &["outbox", "inbox", "idempotency_keys", "_sqlx_migrations"];
 
+/// Messages every service's contract already has (the console's outbox page, see
+/// `platform::parked`): an aggregate or event may not take their names.
+pub const RESERVED_MESSAGES: &[&str] = &[
+    "ListOutboxRequest",
+    "ListOutboxResponse",
+    "ParkedOutboxRow",
+    "ReplayParkedRequest",
+    "ReplayParkedResponse",
+];
+
 /// Field names every aggregate already has.
 const RESERVED_FIELDS: &[&str] = &[
     "id",
@@ -200,7 +210,6 @@ pub fn validate(raw: &RawSpec, source: &Source) -> Result<Spec, Vec<Diagnostic>>
     let sagas = sagas::build(&mut c, &partials, &mut built, &raw.sagas);
     for context in &mut built {
         context.consumes = !context.subscribes.is_empty() || !context.sagas.is_empty();
-        context.console_link = !context.sagas.is_empty();
         context.routes = super::routes::of(context);
         context.route_paths = super::routes::by_path(&context.routes);
         context.access = super::routes::access_of(&context.routes);
@@ -331,6 +340,19 @@ fn first_pass<'r>(
             );
             continue;
         }
+        if RESERVED_MESSAGES.contains(&aggregate.pascal.as_str()) {
+            let span = ctx.aggregate.as_ref().map_or(key.span(), |a| a.span());
+            c.error(
+                format!("{field}.aggregate"),
+                span,
+                format!(
+                    "`{}` is a message every service's contract already has",
+                    aggregate.pascal
+                ),
+                "choose another aggregate name",
+            );
+            continue;
+        }
         // The plural names the list field of every page (`page.orders`).
         if is_rust_keyword(&table) {
             let span = ctx.aggregate.as_ref().map_or(key.span(), |a| a.span());
@@ -410,6 +432,15 @@ fn first_pass<'r>(
                             e.span(),
                             format!("`{}` is listed twice", e.get_ref()),
                             "list each event once",
+                        ),
+                        Ok(_) if RESERVED_MESSAGES.contains(&e.get_ref().as_str()) => c.error(
+                            &at,
+                            e.span(),
+                            format!(
+                                "`{}` is a message every service's contract already has",
+                                e.get_ref()
+                            ),
+                            format!("name what happened, e.g. `{}Created`", aggregate.pascal),
                         ),
                         Ok(_) if e.get_ref() == &aggregate.pascal => c.error(
                             &at,
@@ -560,7 +591,6 @@ fn second_pass(
             slo,
             sagas: Vec::new(),
             consumes: false,
-            console_link: false,
             routes: Vec::new(),
             route_paths: Vec::new(),
             access: Default::default(),

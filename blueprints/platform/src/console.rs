@@ -8,7 +8,10 @@
 //! with a consumer group (Kafka) or a queue (SQS) of its own.
 //!
 //! The sagas page (`sagas`) asks each saga owner for its newest instances, over a link of
-//! the console's own that the owner admits for that one RPC.
+//! the console's own to each service (`link`) that admits the console's RPCs only.
+//!
+//! The outbox page (`outbox`) asks each service for its unpublished backlog and its parked
+//! rows over the same links, and replays a parked row for an operator.
 //!
 //! Traces (`traces`): the console receives the processes' spans over OTLP/HTTP on a port
 //! of its own and draws a trace as a waterfall; events link to their trace.
@@ -24,9 +27,11 @@
 
 mod admin;
 mod events;
+mod link;
 mod live;
 mod map;
 mod oidc;
+mod outbox;
 mod page;
 mod probe;
 mod sagas;
@@ -66,7 +71,7 @@ pub struct ContextNode {
     /// The topic all its events go to.
     pub topic: &'static str,
     /// Whether it owns sagas, which the sagas page asks it for over the console's link
-    /// (`CONSOLE__<NAME>__KEY`).
+    /// to it (`CONSOLE__<NAME>__KEY`; every service has one, for the outbox page).
     pub lists_sagas: bool,
     /// The gateway's scope for its admin actions (`orders:admin`): an operator's retry of
     /// one of its sagas needs it.

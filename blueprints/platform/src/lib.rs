@@ -22,6 +22,7 @@ pub mod log_writer;
 pub mod metrics;
 pub mod observe;
 pub mod outbox;
+pub mod parked;
 pub mod relay;
 pub mod resilience;
 pub mod saga;

@@ -9,8 +9,8 @@
 //! (else UNAUTHENTICATED). A service that holds one link's key can therefore mint tokens
 //! for that link only: it cannot pose as the gateway, or as another caller, to anyone.
 //!
-//! The console has a link to each saga owner too, admitted for the RPCs it reads with
-//! ([`CONSOLE_METHODS`]) and nothing else.
+//! The console has a link to each service too, admitted for the RPCs of its pages and an
+//! operator's replay of parked outbox rows ([`CONSOLE_METHODS`]) and nothing else.
 //!
 //! The token travels in the `authorization` gRPC metadata as `Bearer <token>`. The edge's
 //! own bearer token never leaves the gateway.
@@ -298,9 +298,10 @@ impl Admission {
 /// The console's name in its service credentials (`kid`, `sub`; `iss` `<system>.console`).
 pub const CONSOLE: &str = "console";
 
-/// The console's link admits the RPCs it reads with (and nothing that changes anything:
-/// an operator's action goes through the gateway with the operator's identity).
-pub const CONSOLE_METHODS: &[&str] = &["ListRecentSagas"];
+/// The console's link admits the RPCs its pages read with, and one an operator acts with:
+/// `ReplayParked`, which the console sends only for an operator it signed in with the
+/// service's admin scope, naming them (`act`). A saga's retry goes through the gateway.
+pub const CONSOLE_METHODS: &[&str] = &["ListRecentSagas", "ListOutbox", "ReplayParked"];
 
 fn console_may_call(verified: Verified, path: &str) -> Result<Verified, Status> {
     if verified.caller != CONSOLE {
@@ -476,11 +477,13 @@ mod tests {
             caller: "console".into(),
             user: user.map(str::to_string),
         };
-        let listed = console_may_call(
-            console(None),
-            "/shop.orders.v1.OrdersService/ListRecentSagas",
-        );
-        assert_eq!(listed.unwrap().caller, "console");
+        for method in ["ListRecentSagas", "ListOutbox", "ReplayParked"] {
+            let admitted = console_may_call(
+                console(Some("token:ann")),
+                &format!("/shop.orders.v1.OrdersService/{method}"),
+            );
+            assert_eq!(admitted.unwrap().caller, "console", "{method}");
+        }
         for path in [
             "/shop.orders.v1.OrdersService/RetrySaga",
             "/shop.orders.v1.OrdersService/GetOrder",

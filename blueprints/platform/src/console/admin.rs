@@ -17,7 +17,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn new(status: StatusCode, message: impl Into<String>) -> Outcome {
+    pub(super) fn new(status: StatusCode, message: impl Into<String>) -> Outcome {
         Outcome {
             status,
             message: message.into(),
@@ -99,7 +99,10 @@ impl Gateway {
 }
 
 /// The operator, if they hold `scope`; otherwise the refusal.
-fn permitted<'a>(operator: Option<&'a Operator>, scope: &str) -> Result<&'a Operator, Outcome> {
+pub(super) fn permitted<'a>(
+    operator: Option<&'a Operator>,
+    scope: &str,
+) -> Result<&'a Operator, Outcome> {
     match operator {
         None => Err(Outcome::new(
             StatusCode::FORBIDDEN,

@@ -32,6 +32,7 @@ pub const PAGES: &[(&str, &str)] = &[
     ("/", "Map"),
     ("/events", "Events"),
     ("/sagas", "Sagas"),
+    ("/outbox", "Outbox"),
     ("/traces", "Traces"),
 ];
 

@@ -3,30 +3,24 @@
 //! (`ListRecentSagas`, over the console's own link, which the owner admits for that RPC
 //! only: see `service_auth`) and pushes the board to the page.
 //!
-//! The console knows no service's generated code: it speaks the RPC with messages of its own
-//! whose field numbers are the contract's (`ListSagasResponse`, `Saga`, `SagaStep` in every
-//! owner's proto), under the path `/<owner's gRPC service>/ListRecentSagas`.
+//! The console speaks the RPC with messages of its own whose field numbers are the
+//! contract's (`ListSagasResponse`, `Saga`, `SagaStep` in every owner's proto; see `link`).
 
 use std::collections::BTreeMap;
-use std::str::FromStr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
-use super::live::Live;
+use super::link::{self, Listing, Peer, Timestamp};
 use super::page::escape;
 use crate::context::trace_id;
 use crate::saga::State;
-use crate::service_auth::Minter;
 
 /// How many instances of each owner the page shows (newest first).
 pub const SHOWN_PER_OWNER: i32 = 50;
-/// How long one owner's answer may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-/// The RPC the console calls: the only one its link is admitted for.
+/// The RPC the page asks each owner with.
 pub const LIST_RECENT: &str = "ListRecentSagas";
+/// The live snapshot the page's script replaces the board with.
+pub const EVENT: &str = "sagas";
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ListRecentSagasRequest {
@@ -38,20 +32,6 @@ pub struct ListRecentSagasRequest {
 pub struct ListSagasResponse {
     #[prost(message, repeated, tag = "1")]
     pub sagas: Vec<Saga>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Timestamp {
-    #[prost(int64, tag = "1")]
-    pub seconds: i64,
-    #[prost(int32, tag = "2")]
-    pub nanos: i32,
-}
-
-impl Timestamp {
-    fn millis(&self) -> i64 {
-        self.seconds * 1000 + i64::from(self.nanos) / 1_000_000
-    }
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -101,121 +81,18 @@ pub struct SagaStep {
     pub compensated_at: Option<Timestamp>,
 }
 
-/// One owner as the console reaches it: its gRPC service, address and the console's link.
-#[derive(Clone)]
-pub struct Owner {
-    pub name: String,
-    pub service: String,
-    pub addr: String,
-    pub minter: Arc<Minter>,
-}
-
-impl std::fmt::Debug for Owner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Owner")
-            .field("name", &self.name)
-            .field("service", &self.service)
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the page shows of one owner: its newest instances, or why it could not be asked.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Listing {
-    NotAsked,
-    Sagas(Vec<Saga>),
-    Failed(String),
-}
-
-/// The newest listing of every owner.
-#[derive(Clone, Default)]
-pub struct Board(Arc<Mutex<BTreeMap<String, Listing>>>);
-
-impl Board {
-    pub fn set(&self, owner: &str, listing: Listing) -> bool {
-        let mut board = self.0.lock().expect("board lock");
-        let changed = board.get(owner) != Some(&listing);
-        board.insert(owner.to_string(), listing);
-        changed
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, Listing> {
-        self.0.lock().expect("board lock").clone()
-    }
-}
-
-/// The channel to one owner. Lazy: an owner that is down now is reached once it is up.
-fn channel_to(addr: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{addr}"))
-        .map(|e| e.connect_timeout(FETCH_TIMEOUT).connect_lazy())
-        .map_err(|e| format!("{addr}: {e}"))
-}
+/// What the page shows of one owner.
+pub type Sagas = Vec<Saga>;
 
 /// Asks one owner for its newest instances.
-pub async fn fetch(owner: &Owner, channel: Channel, limit: i32) -> Result<Vec<Saga>, String> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
+pub async fn fetch(owner: Peer, channel: Channel) -> Result<Sagas, String> {
+    let request = ListRecentSagasRequest {
+        limit: SHOWN_PER_OWNER,
+    };
+    link::call::<_, ListSagasResponse>(&owner, channel, LIST_RECENT, request, None)
         .await
-        .map_err(|e| format!("cannot reach {} at {}: {e}", owner.name, owner.addr))?;
-    let path = http::uri::PathAndQuery::from_str(&format!("/{}/{LIST_RECENT}", owner.service))
-        .map_err(|e| e.to_string())?;
-    let mut request = tonic::Request::new(ListRecentSagasRequest { limit });
-    // Also this side's bound (tonic enforces it here, not only at the owner): an owner that
-    // takes the connection and never answers would otherwise hold the page's loop.
-    request.set_timeout(FETCH_TIMEOUT);
-    owner.minter.authorize(&mut request, None);
-    let codec: tonic_prost::ProstCodec<ListRecentSagasRequest, ListSagasResponse> =
-        tonic_prost::ProstCodec::default();
-    grpc.unary(request, path, codec)
-        .await
-        .map(|response| response.into_inner().sagas)
-        .map_err(|status| format!("{}: {:?} {}", owner.name, status.code(), status.message()))
-}
-
-/// Asks every owner each `interval` and pushes the board (as the page's HTML) whenever it
-/// changed; until `stop`. Spawned only with owners to ask (a supervised task that ended
-/// would stop the console).
-pub async fn run(
-    owners: Vec<Owner>,
-    interval: Duration,
-    board: Board,
-    live: Live,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut channels = Vec::with_capacity(owners.len());
-    for owner in &owners {
-        board.set(&owner.name, Listing::NotAsked);
-        channels.push(channel_to(&owner.addr));
-    }
-    loop {
-        let asks = owners
-            .iter()
-            .zip(&channels)
-            .map(|(owner, channel)| async move {
-                match channel {
-                    Ok(channel) => fetch(owner, channel.clone(), SHOWN_PER_OWNER).await,
-                    Err(e) => Err(e.clone()),
-                }
-            });
-        let answers = futures_util::future::join_all(asks).await;
-        let mut changed = false;
-        for (owner, answer) in owners.iter().zip(answers) {
-            let listing = match answer {
-                Ok(sagas) => Listing::Sagas(sagas),
-                Err(why) => Listing::Failed(why),
-            };
-            changed |= board.set(&owner.name, listing);
-        }
-        if changed {
-            let html = render(&board.snapshot());
-            live.snapshot("sagas", serde_json::json!({ "html": html }).to_string());
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-    }
+        .map(|response| response.sagas)
+        .map_err(|status| link::failure(&owner, &status))
 }
 
 fn duration(from: Option<&Timestamp>, to: Option<&Timestamp>) -> String {
@@ -288,14 +165,14 @@ pub fn render_saga(owner: &str, saga: &Saga) -> String {
 }
 
 /// The board: a section per owner.
-pub fn render(board: &BTreeMap<String, Listing>) -> String {
+pub fn render(board: &BTreeMap<String, Listing<Sagas>>) -> String {
     let mut html = String::new();
     for (owner, listing) in board {
         let body = match listing {
             Listing::NotAsked => "<p>Not asked yet.</p>".to_string(),
             Listing::Failed(why) => format!("<p class=\"error\">{}</p>", escape(why)),
-            Listing::Sagas(sagas) if sagas.is_empty() => "<p>No instances yet.</p>".to_string(),
-            Listing::Sagas(sagas) => sagas.iter().map(|s| render_saga(owner, s)).collect(),
+            Listing::Answered(sagas) if sagas.is_empty() => "<p>No instances yet.</p>".to_string(),
+            Listing::Answered(sagas) => sagas.iter().map(|s| render_saga(owner, s)).collect(),
         };
         html.push_str(&format!(
             "<section data-testid=\"saga-owner\" data-name=\"{name}\"><h2>{name}</h2>{body}</section>",
@@ -430,49 +307,11 @@ mod tests {
             "orders".to_string(),
             Listing::Failed("orders: Unavailable".into()),
         );
-        board.insert("billing".to_string(), Listing::Sagas(Vec::new()));
+        board.insert("billing".to_string(), Listing::Answered(Vec::new()));
         let html = render(&board);
         assert!(
             html.contains("orders: Unavailable") && html.contains("No instances yet"),
             "{html}"
         );
-    }
-
-    /// An owner that takes the connection and never answers (stopped, or wedged) costs
-    /// one bounded ask, not the page: the request's timeout ends the call.
-    #[tokio::test]
-    async fn an_owner_that_never_answers_is_a_failure_within_the_bound() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                open.push(socket);
-            }
-        });
-        let owner = Owner {
-            name: "orders".into(),
-            service: "shop.orders.v1.OrdersService".into(),
-            addr: addr.clone(),
-            minter: Arc::new(Minter::new(
-                &crate::service_auth::LinkKey::new(&"k".repeat(32)).unwrap(),
-                "shop",
-                "console",
-                "orders",
-            )),
-        };
-        let channel = channel_to(&addr).unwrap();
-        let asked = tokio::time::timeout(FETCH_TIMEOUT * 3, fetch(&owner, channel, 1)).await;
-        held.abort();
-        let failed = asked.expect("the ask ended within its bound");
-        assert!(failed.is_err(), "{failed:?}");
-    }
-
-    #[test]
-    fn the_board_reports_a_change_only_when_a_listing_changed() {
-        let board = Board::default();
-        assert!(board.set("orders", Listing::Sagas(Vec::new())));
-        assert!(!board.set("orders", Listing::Sagas(Vec::new())));
-        assert!(board.set("orders", Listing::Failed("down".into())));
     }
 }

@@ -16,10 +16,12 @@ use tokio::net::TcpListener;
 
 use super::admin::{self, Outcome};
 use super::events;
+use super::link::{self, Board, Page, Peer};
 use super::live::Live;
 use super::oidc::{self, Oidc, OidcConfig};
+use super::outbox::{self, ListOutboxResponse};
 use super::probe::{self, Check, Statuses, Target};
-use super::sagas::{self, Board, Owner};
+use super::sagas::{self, Sagas};
 use super::session::{self, Session, Sessions};
 use super::traces::{self, Traces};
 use super::{GATEWAY, Topology, map, page};
@@ -59,8 +61,9 @@ pub struct Config {
     /// The bus the events page reads (`CONSOLE__BUS__ENABLED=false`: none). On SQS the
     /// generated binary adds the routes to the console's queue.
     pub bus: Option<BusConfig>,
-    /// The saga owners the sagas page asks, each over the console's link to it.
-    pub saga_owners: Vec<Owner>,
+    /// Every service, over the console's link to it: the sagas page asks the saga owners,
+    /// the outbox page all of them.
+    pub links: Vec<Peer>,
     /// Where operators sign in (`CONSOLE__OIDC__*`); none: the one-time link only, which
     /// views.
     pub oidc: Option<OidcConfig>,
@@ -74,8 +77,7 @@ impl Config {
     /// `CONSOLE__LOGIN_URL_FILE`, `CONSOLE__PROBE_INTERVAL_MS` (2000), and the addresses it
     /// probes: `CONSOLE__<CONTEXT>__GRPC_ADDR` and `__METRICS_ADDR` (the spec's ports by
     /// default), `CONSOLE__GATEWAY__HTTP_ADDR` (127.0.0.1:8080) and `__METRICS_ADDR`
-    /// (127.0.0.1:9464); the key of its link to each saga owner,
-    /// `CONSOLE__<CONTEXT>__KEY`; `CONSOLE__GATEWAY__URL`; and the identity provider
+    /// (127.0.0.1:9464); the key of its link to each service, `CONSOLE__<CONTEXT>__KEY`; `CONSOLE__GATEWAY__URL`; and the identity provider
     /// operators sign in with, `CONSOLE__OIDC__*` (see [`OidcConfig::from_env`]).
     pub fn from_env(env: &Env, topology: &Topology) -> Result<Config, ConfigError> {
         let addr: SocketAddr = env.parse_or("HTTP__ADDR", DEFAULT_ADDR.parse().expect("valid"))?;
@@ -95,7 +97,7 @@ impl Config {
         }
         let login_url_file = env.parse_or("LOGIN_URL_FILE", String::new())?;
         let mut targets: Vec<Target> = Vec::new();
-        let mut saga_owners = Vec::new();
+        let mut links = Vec::new();
         let gateway_addr = env.parse_or("GATEWAY__HTTP_ADDR", "127.0.0.1:8080".to_string())?;
         let gateway_url = env.parse_or("GATEWAY__URL", format!("http://{gateway_addr}"))?;
         targets.push(Target {
@@ -106,19 +108,18 @@ impl Config {
         for c in topology.contexts {
             let key = c.name.to_uppercase().replace('-', "_");
             let grpc_addr = env.parse_or(&format!("{key}__GRPC_ADDR"), c.grpc_addr.to_string())?;
-            if c.lists_sagas {
-                let link = LinkKey::from_env(
-                    env,
-                    &format!("{key}__KEY"),
-                    "the key of the console's link to this saga owner, the same value as the owner's <NAME>__CALLERS__CONSOLE__KEY (deploy/local/up.sh and deploy/compose-env.sh generate one)",
-                )?;
-                saga_owners.push(Owner {
-                    name: c.name.to_string(),
-                    service: c.health_service.to_string(),
-                    addr: grpc_addr.clone(),
-                    minter: Arc::new(Minter::new(&link, topology.system, CONSOLE, c.name)),
-                });
-            }
+            let link = LinkKey::from_env(
+                env,
+                &format!("{key}__KEY"),
+                "the key of the console's link to this service, the same value as the service's <NAME>__CALLERS__CONSOLE__KEY (deploy/local/up.sh and deploy/compose-env.sh generate one)",
+            )?;
+            links.push(Peer {
+                name: c.name.to_string(),
+                service: c.health_service.to_string(),
+                addr: grpc_addr.clone(),
+                minter: Arc::new(Minter::new(&link, topology.system, CONSOLE, c.name)),
+                owns_sagas: c.lists_sagas,
+            });
             targets.push(Target {
                 name: c.name.to_string(),
                 check: Check::Grpc {
@@ -153,7 +154,7 @@ impl Config {
             } else {
                 None
             },
-            saga_owners,
+            links,
             oidc: OidcConfig::from_env(
                 env,
                 &topology
@@ -186,7 +187,9 @@ struct AppState {
     live: Live,
     statuses: Statuses,
     traces: Traces,
-    sagas: Board,
+    sagas: Board<Sagas>,
+    outbox: Board<ListOutboxResponse>,
+    links: Vec<Peer>,
     oidc: Option<Oidc>,
     gateway: admin::Gateway,
 }
@@ -200,7 +203,6 @@ pub struct Console {
     probe_interval: Duration,
     bus: Option<Bus>,
     otlp: Option<TcpListener>,
-    saga_owners: Vec<Owner>,
 }
 
 impl Console {
@@ -241,6 +243,8 @@ impl Console {
                 statuses: Statuses::new(&config.targets),
                 traces: Traces::default(),
                 sagas: Board::default(),
+                outbox: Board::default(),
+                links: config.links,
                 oidc: config.oidc.map(|c| Oidc::new(c, &public_url)),
                 gateway: admin::Gateway::new(&config.gateway_url),
             }),
@@ -248,7 +252,6 @@ impl Console {
             probe_interval: config.probe_interval,
             bus,
             otlp,
-            saga_owners: config.saga_owners,
         })
     }
 
@@ -275,14 +278,45 @@ impl Console {
                 stopped.clone(),
             ),
         );
-        // Only with owners to ask: a supervised task that ends stops the console.
-        if !self.saga_owners.is_empty() {
+        // Only with services to ask: a supervised task that ends stops the console.
+        let owners: Vec<Peer> = self
+            .state
+            .links
+            .iter()
+            .filter(|p| p.owns_sagas)
+            .cloned()
+            .collect();
+        if !owners.is_empty() {
+            let page = Page {
+                event: sagas::EVENT,
+                ask: sagas::fetch,
+                render: sagas::render,
+            };
             tasks.spawn(
                 "sagas",
-                sagas::run(
-                    self.saga_owners,
+                link::poll(
+                    owners,
                     self.probe_interval,
                     self.state.sagas.clone(),
+                    page,
+                    self.state.live.clone(),
+                    stopped.clone(),
+                ),
+            );
+        }
+        if !self.state.links.is_empty() {
+            let page = Page {
+                event: outbox::EVENT,
+                ask: outbox::fetch,
+                render: outbox::render,
+            };
+            tasks.spawn(
+                "outbox",
+                link::poll(
+                    self.state.links.clone(),
+                    self.probe_interval,
+                    self.state.outbox.clone(),
+                    page,
                     self.state.live.clone(),
                     stopped.clone(),
                 ),
@@ -347,6 +381,8 @@ fn routes(state: Shared) -> Router {
         .route("/events", get(events_page))
         .route("/sagas", get(sagas_page))
         .route("/sagas/retry", axum::routing::post(retry_saga))
+        .route("/outbox", get(outbox_page))
+        .route("/outbox/replay", axum::routing::post(replay_parked))
         .route("/traces", get(traces_page))
         .route("/traces/{trace_id}", get(trace_page))
         .route("/live", get(live_stream))
@@ -676,26 +712,89 @@ async fn sagas_page(
 ) -> Html<String> {
     // The board is one snapshot for every page; the owners whose sagas this session may
     // retry are the page's, and its script adds their Retry buttons.
-    let admin_of: Vec<&str> = state
-        .topology
-        .contexts
-        .iter()
-        .filter(|c| {
-            c.lists_sagas
-                && session
-                    .operator
-                    .as_ref()
-                    .is_some_and(|o| o.may(c.admin_scope))
-        })
-        .map(|c| c.name)
-        .collect();
     let main = format!(
         "<p>Each saga owner's newest {} instances, newest first, as the owner reports them every few seconds.</p><div data-testid=\"sagas\" data-admin-of=\"{}\">{}</div>",
         sagas::SHOWN_PER_OWNER,
-        page::escape(&admin_of.join(" ")),
+        admin_of(
+            &session,
+            state.topology.contexts.iter().filter(|c| c.lists_sagas)
+        ),
         sagas::render(&state.sagas.snapshot())
     );
     page_for(&state, &session, "Sagas", "/sagas", &main)
+}
+
+/// The services whose admin actions this session may take (their admin scope is the
+/// operator's), among `candidates`.
+fn admin_of<'a>(
+    session: &Session,
+    candidates: impl Iterator<Item = &'a super::ContextNode>,
+) -> String {
+    let names: Vec<&str> = candidates
+        .filter(|c| {
+            session
+                .operator
+                .as_ref()
+                .is_some_and(|o| o.may(c.admin_scope))
+        })
+        .map(|c| c.name)
+        .collect();
+    page::escape(&names.join(" "))
+}
+
+async fn outbox_page(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+) -> Html<String> {
+    let main = format!(
+        "<p>Per service, the events waiting to be published and the rows parked because the broker refused them for good, as each service reports them every few seconds. Fix the cause first (a parked row is refused again, and parked again, until it is).</p><div data-testid=\"outbox\" data-admin-of=\"{}\">{}</div>",
+        admin_of(&session, state.topology.contexts.iter()),
+        outbox::render(&state.outbox.snapshot())
+    );
+    page_for(&state, &session, "Outbox", "/outbox", &main)
+}
+
+#[derive(serde::Deserialize)]
+struct ReplayForm {
+    service: String,
+    id: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+/// An operator's replay of a parked outbox row, over the console's link to its service.
+async fn replay_parked(
+    State(state): State<Shared>,
+    axum::Extension(session): axum::Extension<Session>,
+    headers: HeaderMap,
+    Form(form): Form<ReplayForm>,
+) -> Response {
+    let csrf = CsrfForm {
+        csrf: form.csrf.clone(),
+    };
+    if !csrf_ok(&state, &session, &headers, &csrf) {
+        return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
+    }
+    let (Some(node), Some(peer)) = (
+        state
+            .topology
+            .contexts
+            .iter()
+            .find(|c| c.name == form.service),
+        state.links.iter().find(|p| p.name == form.service),
+    ) else {
+        return (StatusCode::NOT_FOUND, "no service of that name").into_response();
+    };
+    let Outcome { status, message } =
+        outbox::replay(peer, node.admin_scope, session.operator.as_ref(), &form.id).await;
+    tracing::info!(
+        operator = session.operator.as_ref().map_or("", |o| o.subject.as_str()),
+        service = node.name,
+        row = %form.id,
+        status = status.as_u16(),
+        "outbox replay"
+    );
+    (status, message).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -836,7 +935,8 @@ mod tests {
         app_with(None)
     }
 
-    /// Its gateway is nowhere (127.0.0.1:9): a test that reached it would fail.
+    /// Its gateway and orders are nowhere (127.0.0.1:9): a test that reached them would
+    /// fail.
     fn app_with(oidc: Option<OidcConfig>) -> (Router, Sessions) {
         let sessions = Sessions::new(KEY, "http://console", None).unwrap();
         let router = routes(Arc::new(AppState {
@@ -846,6 +946,19 @@ mod tests {
             statuses: Statuses::new(&[]),
             traces: Traces::default(),
             sagas: Board::default(),
+            outbox: Board::default(),
+            links: vec![Peer {
+                name: "orders".into(),
+                service: "shop.orders.v1.OrdersService".into(),
+                addr: "127.0.0.1:9".into(),
+                minter: Arc::new(Minter::new(
+                    &LinkKey::new(&"k".repeat(32)).unwrap(),
+                    "shop",
+                    CONSOLE,
+                    "orders",
+                )),
+                owns_sagas: true,
+            }],
             oidc: oidc.map(|c| Oidc::new(c, "http://console")),
             gateway: admin::Gateway::new("http://127.0.0.1:9"),
         }));
@@ -875,7 +988,7 @@ mod tests {
             .to_string()
     }
 
-    /// Nothing to probe, no bus, no OTLP receiver and no saga owner (a spec without sagas).
+    /// Nothing to probe, no bus, no OTLP receiver and no service to ask.
     fn bare_config() -> Config {
         Config {
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -886,14 +999,14 @@ mod tests {
             targets: Vec::new(),
             otlp_addr: None,
             bus: None,
-            saga_owners: Vec::new(),
+            links: Vec::new(),
             oidc: None,
             gateway_url: "http://127.0.0.1:9".into(),
         }
     }
 
     #[tokio::test]
-    async fn a_console_without_saga_owners_serves_until_it_is_stopped() {
+    async fn a_console_without_services_to_ask_serves_until_it_is_stopped() {
         let console = Console::build(bare_config(), TOPOLOGY).await.unwrap();
         let addr = console.local_addr();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -1039,6 +1152,47 @@ mod tests {
         // With it, it goes to the gateway (nowhere here: 502, which says so).
         let csrf = sessions.csrf(&sessions.session(&admin).unwrap());
         let sent = send(&router, retry(&admin, &csrf)).await;
+        assert_eq!(sent.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[tokio::test]
+    async fn the_outbox_page_offers_replay_to_an_operator_with_the_services_admin_scope_only() {
+        let (router, sessions) = app();
+        let replay = |cookie: &str, csrf: &str| {
+            axum::http::Request::post("/outbox/replay")
+                .header(header::COOKIE, format!("{}={cookie}", session::COOKIE))
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .header("x-csrf-token", csrf)
+                .body(Body::from(
+                    "service=orders&id=0190c0de-0000-7000-8000-000000000003",
+                ))
+                .unwrap()
+        };
+        let viewer = signed_in(&router, &sessions).await;
+        let page = body_of(send(&router, get("/outbox", Some(&viewer))).await).await;
+        assert!(
+            page.contains("data-testid=\"outbox\" data-admin-of=\"\""),
+            "{page}"
+        );
+        let csrf = sessions.csrf(&sessions.session(&viewer).unwrap());
+        let refused = send(&router, replay(&viewer, &csrf)).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+
+        let admin = sessions
+            .operator_login(operator(&["orders:admin"]))
+            .unwrap();
+        let page = body_of(send(&router, get("/outbox", Some(&admin))).await).await;
+        assert!(
+            page.contains("data-testid=\"outbox\" data-admin-of=\"orders\""),
+            "{page}"
+        );
+        assert_eq!(
+            send(&router, replay(&admin, "")).await.status(),
+            StatusCode::FORBIDDEN
+        );
+        // Permitted: it goes to orders over the link (nowhere here: 502).
+        let csrf = sessions.csrf(&sessions.session(&admin).unwrap());
+        let sent = send(&router, replay(&admin, &csrf)).await;
         assert_eq!(sent.status(), StatusCode::BAD_GATEWAY);
     }
 

@@ -66,6 +66,17 @@ pub struct Header {
     pub created_at: Option<(i64, i32)>,
 }
 
+/// The outbox as the console's outbox page reads it (`ListOutbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxListing {
+    pub backlog: i64,
+    /// Whether the answer says since when the oldest waits.
+    pub oldest_waiting: bool,
+    pub parked_count: i64,
+    /// The listed parked rows: (id, attempts, last error, payload bytes).
+    pub parked: Vec<(String, i32, String, i64)>,
+}
+
 /// A service's keyed API as the shared tests drive it: its fixture, its requests and its
 /// calls. `Client` is its generated gRPC client over a channel with a [`Caller`].
 pub trait KeyedApi: Sized + Send + 'static {
@@ -133,6 +144,15 @@ pub trait KeyedApi: Sized + Send + 'static {
         etag: String,
         key: String,
     ) -> impl Future<Output = Result<(), Status>> + Send;
+    fn list_outbox(
+        client: &mut Self::Client,
+        limit: i32,
+    ) -> impl Future<Output = Result<OutboxListing, Status>> + Send;
+    /// How many of `ids` were parked and now wait again.
+    fn replay_parked(
+        client: &mut Self::Client,
+        ids: Vec<String>,
+    ) -> impl Future<Output = Result<i64, Status>> + Send;
 }
 
 /// The client the gateway would be: the gateway's link credential for this service.
@@ -444,6 +464,88 @@ pub async fn one_idempotency_key_from_two_users_is_two_keys<A: KeyedApi>() {
     app.finish().await;
 }
 
+/// Parks a row in the outbox as the relay does after the broker's refusals: returns its id.
+async fn park_a_row<A: KeyedApi>(app: &A) -> String {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, aggregate_version, \
+         payload, attempts, last_error, parked_at) \
+         VALUES ($1, 'a-topic', $2, $3, $4, 1, $5, 5, 'the broker refuses it: too large', now())",
+    )
+    .bind(id)
+    .bind(A::CREATED)
+    .bind(A::AGGREGATE)
+    .bind(uuid::Uuid::now_v7())
+    .bind(vec![0u8; 300])
+    .execute(&app.served().pool)
+    .await
+    .expect("a parked row is written");
+    id.to_string()
+}
+
+pub async fn the_console_lists_parked_outbox_rows_and_replays_them_for_an_operator<A: KeyedApi>() {
+    let app = A::spawn().await;
+    let parked = park_a_row(&app).await;
+    let mut console = caller(&app, crate::service_auth::CONSOLE);
+    let listed = A::list_outbox(&mut console, 50)
+        .await
+        .expect("the console lists");
+    assert_eq!(listed.parked_count, 1, "{listed:?}");
+    assert_eq!(
+        listed.parked,
+        [(
+            parked.clone(),
+            5,
+            "the broker refuses it: too large".to_string(),
+            300
+        )]
+    );
+    // The page's RPC is the console's, and a replay is an operator's.
+    let by_gateway = A::list_outbox(&mut gateway(&app), 50).await.unwrap_err();
+    assert_eq!(by_gateway.code(), Code::PermissionDenied, "{by_gateway:?}");
+    let unnamed = A::replay_parked(&mut console, vec![parked.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(unnamed.code(), Code::PermissionDenied, "{unnamed:?}");
+    let gateway_user = A::client(
+        app.served().channel.clone(),
+        Caller::on_behalf_of(minter(&app, "gateway"), "token:ann"),
+    );
+    let by_gateway = A::replay_parked(&mut gateway_user.clone(), vec![parked.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(by_gateway.code(), Code::PermissionDenied, "{by_gateway:?}");
+    let mut operator = A::client(
+        app.served().channel.clone(),
+        Caller::on_behalf_of(minter(&app, crate::service_auth::CONSOLE), "token:ann"),
+    );
+    let bad = A::replay_parked(&mut operator, vec!["not-an-id".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    // Replayed: back in the relay's way with fresh attempts, once.
+    assert_eq!(
+        A::replay_parked(&mut operator, vec![parked.clone()])
+            .await
+            .unwrap(),
+        1
+    );
+    let waiting = format!(
+        "SELECT count(*) FROM outbox WHERE id = '{parked}' AND parked_at IS NULL AND attempts = 0"
+    );
+    assert_eq!(count(&app, &waiting).await, 1);
+    assert_eq!(
+        A::replay_parked(&mut operator, vec![parked.clone()])
+            .await
+            .unwrap(),
+        0,
+        "a row replayed already is left alone"
+    );
+    let listed = A::list_outbox(&mut console, 50).await.unwrap();
+    assert_eq!(listed.parked_count, 0, "{listed:?}");
+    app.finish().await;
+}
+
 /// The shared keyed API tests as `#[tokio::test]`s of the calling test crate, over its
 /// [`KeyedApi`] fixture.
 #[macro_export]
@@ -460,7 +562,8 @@ macro_rules! keyed_api_tests {
             create_writes_its_event_to_the_outbox_in_the_same_transaction,
             bad_requests_get_precise_status_codes,
             only_callers_the_spec_admits_with_their_own_link_key_are_served,
-            one_idempotency_key_from_two_users_is_two_keys
+            one_idempotency_key_from_two_users_is_two_keys,
+            the_console_lists_parked_outbox_rows_and_replays_them_for_an_operator
         );
     };
     ($api:ty: $($test:ident),+ $(,)?) => {

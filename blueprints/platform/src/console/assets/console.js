@@ -84,26 +84,20 @@
     while (events.rows.length > MAX_ROWS) events.deleteRow(-1);
   };
 
-  // The sagas page: the board as the server rendered it (every text in it escaped there).
-  const sagas = document.querySelector('[data-testid="sagas"]');
+  // The sagas and outbox pages: the board as the server rendered it (every text in it
+  // escaped there), one snapshot for every page. The services whose admin actions this
+  // session may take are the page's own (`data-admin-of`, from the operator's scopes; the
+  // server checks again on each POST): their rows get the action's button.
   const csrfMeta = document.querySelector('meta[name="csrf-token"]');
   const csrf = csrfMeta ? csrfMeta.content : "";
-  // The owners whose sagas this session may retry (the server decides, from the operator's
-  // scopes, and checks again on the POST): their waiting instances get a Retry button.
-  const adminOf = sagas ? (sagas.dataset.adminOf || "").split(" ").filter(Boolean) : [];
-  const retry = async (saga, button, result) => {
+  const act = async (url, fields, button, result) => {
     button.disabled = true;
-    result.textContent = "retrying…";
-    const body = new URLSearchParams({
-      owner: saga.dataset.owner,
-      subject: saga.dataset.subject,
-      id: saga.dataset.id,
-    });
+    result.textContent = "…";
     try {
-      const response = await fetch("/sagas/retry", {
+      const response = await fetch(url, {
         method: "POST",
         headers: { "X-CSRF-Token": csrf },
-        body,
+        body: new URLSearchParams(fields),
         credentials: "same-origin",
       });
       result.textContent = await response.text();
@@ -113,28 +107,56 @@
     }
     button.disabled = false;
   };
-  const addRetryButtons = () => {
-    if (!sagas) return;
-    for (const waiting of sagas.querySelectorAll('[data-testid="saga-waiting"]')) {
-      const saga = waiting.closest('[data-testid="saga"]');
-      if (!saga || !adminOf.includes(saga.dataset.owner)) continue;
-      const button = document.createElement("button");
-      button.type = "button";
-      button.dataset.testid = "saga-retry";
-      button.textContent = "Retry";
-      const result = document.createElement("span");
-      result.dataset.testid = "saga-retry-result";
-      result.setAttribute("role", "status");
-      button.addEventListener("click", () => retry(saga, button, result));
-      waiting.append(" ", button, " ", result);
-    }
+  const board = (testid, action) => {
+    const element = document.querySelector('[data-testid="' + testid + '"]');
+    if (!element) return null;
+    const adminOf = (element.dataset.adminOf || "").split(" ").filter(Boolean);
+    const addButtons = () => {
+      for (const place of element.querySelectorAll(action.where)) {
+        const fields = action.fields(place);
+        if (!fields || !adminOf.includes(fields[action.service])) continue;
+        const button = document.createElement("button");
+        button.type = "button";
+        button.dataset.testid = action.testid;
+        button.textContent = action.label;
+        const result = document.createElement("span");
+        result.dataset.testid = action.testid + "-result";
+        result.setAttribute("role", "status");
+        button.addEventListener("click", () => act(action.url, fields, button, result));
+        place.append(" ", button, " ", result);
+      }
+    };
+    addButtons();
+    return (snapshot) => {
+      element.innerHTML = snapshot.html;
+      addButtons();
+    };
   };
-  const onSagas = (board) => {
-    if (!sagas) return;
-    sagas.innerHTML = board.html;
-    addRetryButtons();
-  };
-  addRetryButtons();
+  // A saga waiting for an operator: Retry, through the gateway with the operator's token.
+  const onSagas = board("sagas", {
+    where: '[data-testid="saga-waiting"]',
+    testid: "saga-retry",
+    label: "Retry",
+    url: "/sagas/retry",
+    service: "owner",
+    fields: (place) => {
+      const saga = place.closest('[data-testid="saga"]');
+      return saga && { owner: saga.dataset.owner, subject: saga.dataset.subject, id: saga.dataset.id };
+    },
+  });
+  // A parked outbox row: Replay, over the console's link, naming the operator.
+  const onOutbox = board("outbox", {
+    where: '[data-testid="outbox-parked"] .actions',
+    testid: "outbox-replay",
+    label: "Replay",
+    url: "/outbox/replay",
+    service: "service",
+    fields: (place) => {
+      const row = place.closest('[data-testid="outbox-parked"]');
+      const section = place.closest('[data-testid="outbox-service"]');
+      return row && section && { service: section.dataset.name, id: row.dataset.id };
+    },
+  });
 
   let source = null;
   const connect = () => {
@@ -153,7 +175,8 @@
     };
     source.addEventListener("health", (e) => onHealth(JSON.parse(e.data)));
     source.addEventListener("event", (e) => onEvent(JSON.parse(e.data), e.lastEventId));
-    source.addEventListener("sagas", (e) => onSagas(JSON.parse(e.data)));
+    if (onSagas) source.addEventListener("sagas", (e) => onSagas(JSON.parse(e.data)));
+    if (onOutbox) source.addEventListener("outbox", (e) => onOutbox(JSON.parse(e.data)));
     source.addEventListener("resync", () => window.location.reload());
     document.dispatchEvent(new CustomEvent("console:source", { detail: source }));
   };
