@@ -36,8 +36,8 @@ contacted; every wait is bounded.
      arrives, no row is there twice, and an event the bus delivered twice is two rows, the
      later marked `repeat`.
   7. Without a session: redirected to the login page; a POST without the CSRF token: 403.
-  8. axe finds no critical or serious violation on the map, the events, the sagas, a trace
-     and the login page.
+  8. axe finds no critical or serious violation on the map, the events, the sagas, the
+     outbox, a trace and the login page.
 Screenshots of the pages are written to --screenshots. Run by pytest (the options are
 ci/conftest.py's), in the demo (SQS, nothing configured) and in the Kafka saga scenario
 (--keep-env; --no-traces, as its spans go to the harness's receiver there):
@@ -509,7 +509,8 @@ def check_accessibility(browser, page, origin, trace_url):
                 if v["impact"] in ("critical", "serious")]
 
     serious = []
-    for url in [origin + "/", origin + "/events", origin + "/sagas"] + ([trace_url] if trace_url else []):
+    pages = ["/", "/events", "/sagas", "/outbox"]
+    for url in [origin + p for p in pages] + ([trace_url] if trace_url else []):
         page.goto(url)
         page.locator('[data-testid="connection"][data-state="live"]').wait_for()
         serious += serious_violations(page)
@@ -521,7 +522,7 @@ def check_accessibility(browser, page, origin, trace_url):
     finally:
         login.close()
     expect(not serious, f"axe: {serious}")
-    pages = "the map, the events, the sagas" + (", a trace" if trace_url else "") + " and the login page"
+    pages = "the map, the events, the sagas, the outbox" + (", a trace" if trace_url else "") + " and the login page"
     print(f"check 8 passed: axe finds no critical or serious violation on {pages}")
 
 
