@@ -33,7 +33,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.14.0",
-        "fbc2d29856d1ecf3077f6f89a8850e571fb44d2edc19e7dafa1ea8fe9ed470ee",
+        "e5a919e1ecad5665c7b668d9a618f3b0f3943731aa00c878583a4319352f0ded",
     ),
 ];
 

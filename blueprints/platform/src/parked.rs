@@ -38,8 +38,9 @@ pub struct ParkedRow {
 pub struct OutboxStatus {
     /// Rows waiting to be published (parked ones not counted).
     pub backlog: i64,
-    /// When the oldest of them was written, if any waits.
-    pub oldest_waiting_ms: Option<i64>,
+    /// How long the oldest of them has waited, by the database's clock (0 when none
+    /// waits).
+    pub oldest_age_ms: i64,
     /// Rows parked, all of them.
     pub parked_count: i64,
     /// The newest parked rows, at most the limit asked for.
@@ -63,9 +64,9 @@ type ParkedTuple = (
 /// follows one of the relay's partial indexes, so a large outbox of published rows costs
 /// nothing here.
 pub async fn status(pool: &PgPool, limit: i64) -> Result<OutboxStatus, sqlx::Error> {
-    let (backlog, oldest_waiting_ms): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT count(*), (extract(epoch FROM min(created_at)) * 1000)::bigint FROM outbox \
-         WHERE published_at IS NULL AND parked_at IS NULL",
+    let (backlog, oldest_age_ms): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce((extract(epoch FROM now() - min(created_at)) * 1000)::bigint, 0) \
+         FROM outbox WHERE published_at IS NULL AND parked_at IS NULL",
     )
     .fetch_one(pool)
     .await?;
@@ -84,7 +85,7 @@ pub async fn status(pool: &PgPool, limit: i64) -> Result<OutboxStatus, sqlx::Err
     .await?;
     Ok(OutboxStatus {
         backlog,
-        oldest_waiting_ms,
+        oldest_age_ms,
         parked_count,
         parked: rows
             .into_iter()

@@ -32,8 +32,8 @@ pub struct ListOutboxRequest {
 pub struct ListOutboxResponse {
     #[prost(int64, tag = "1")]
     pub backlog: i64,
-    #[prost(message, optional, tag = "2")]
-    pub oldest_waiting_at: Option<Timestamp>,
+    #[prost(int64, tag = "2")]
+    pub oldest_age_ms: i64,
     #[prost(int64, tag = "3")]
     pub parked_count: i64,
     #[prost(message, repeated, tag = "4")]
@@ -130,13 +130,13 @@ fn clock(at: Option<&Timestamp>) -> String {
 }
 
 fn render_service(outbox: &ListOutboxResponse) -> String {
-    let waiting = match (&outbox.oldest_waiting_at, outbox.backlog) {
-        (_, 0) => "No event waits to be published.".to_string(),
-        (Some(oldest), n) => format!(
-            "{n} waiting to be published, the oldest written at {}.",
-            clock(Some(oldest))
+    // The age changes at every ask while rows wait, so the page keeps it current.
+    let waiting = match outbox.backlog {
+        0 => "No event waits to be published.".to_string(),
+        n => format!(
+            "{n} waiting to be published, the oldest for {:.1} s.",
+            outbox.oldest_age_ms as f64 / 1000.0
         ),
-        (None, n) => format!("{n} waiting to be published."),
     };
     let mut rows = String::new();
     for row in &outbox.parked {
@@ -216,10 +216,7 @@ mod tests {
             "orders".to_string(),
             Listing::Answered(ListOutboxResponse {
                 backlog: 3,
-                oldest_waiting_at: Some(Timestamp {
-                    seconds: 1_800_000_000,
-                    nanos: 0,
-                }),
+                oldest_age_ms: 2_400,
                 parked_count: 1,
                 parked: vec![row("r1", "<b>too large</b>")],
             }),
@@ -234,7 +231,7 @@ mod tests {
             "{html}"
         );
         assert!(
-            html.contains("3 waiting to be published, the oldest written at 08:00:00.000 UTC"),
+            html.contains("3 waiting to be published, the oldest for 2.4 s"),
             "{html}"
         );
         assert!(

@@ -70,8 +70,8 @@ pub struct Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxListing {
     pub backlog: i64,
-    /// Whether the answer says since when the oldest waits.
-    pub oldest_waiting: bool,
+    /// How long the oldest waiting row has waited (0: none waits).
+    pub oldest_age_ms: i64,
     pub parked_count: i64,
     /// The listed parked rows: (id, attempts, last error, payload bytes).
     pub parked: Vec<(String, i32, String, i64)>,
@@ -490,6 +490,7 @@ pub async fn the_console_lists_parked_outbox_rows_and_replays_them_for_an_operat
     let listed = A::list_outbox(&mut console, 50)
         .await
         .expect("the console lists");
+    assert_eq!((listed.backlog, listed.oldest_age_ms), (0, 0), "{listed:?}");
     assert_eq!(listed.parked_count, 1, "{listed:?}");
     assert_eq!(
         listed.parked,
@@ -541,8 +542,24 @@ pub async fn the_console_lists_parked_outbox_rows_and_replays_them_for_an_operat
         0,
         "a row replayed already is left alone"
     );
+    // It waits now (these tests run no relay), beside a row written 5 s ago, the oldest.
+    sqlx::query(
+        "INSERT INTO outbox (id, topic, event_type, aggregate_type, aggregate_id, payload, created_at) \
+         VALUES ($1, 'a-topic', $2, $3, $4, '', now() - interval '5 seconds')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(A::CREATED)
+    .bind(A::AGGREGATE)
+    .bind(uuid::Uuid::now_v7())
+    .execute(&app.served().pool)
+    .await
+    .expect("a waiting row is written");
     let listed = A::list_outbox(&mut console, 50).await.unwrap();
-    assert_eq!(listed.parked_count, 0, "{listed:?}");
+    assert_eq!((listed.parked_count, listed.backlog), (0, 2), "{listed:?}");
+    assert!(
+        (5_000..60_000).contains(&listed.oldest_age_ms),
+        "the oldest waited 5 s: {listed:?}"
+    );
     app.finish().await;
 }
 
