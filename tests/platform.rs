@@ -33,7 +33,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.14.0",
-        "e5a919e1ecad5665c7b668d9a618f3b0f3943731aa00c878583a4319352f0ded",
+        "7f189260d99cfba963db2ff47211d97a4e6b25e93364e3304b26cb46a9958ec2",
     ),
 ];
 

@@ -644,9 +644,9 @@ struct CsrfForm {
 }
 
 /// A POST's CSRF token: the form's `csrf` field or the `X-CSRF-Token` header.
-fn csrf_ok(state: &AppState, session: &Session, headers: &HeaderMap, form: &CsrfForm) -> bool {
+fn csrf_ok(state: &AppState, session: &Session, headers: &HeaderMap, form_token: &str) -> bool {
     let header = headers.get("x-csrf-token").and_then(|v| v.to_str().ok());
-    let token = header.unwrap_or(&form.csrf);
+    let token = header.unwrap_or(form_token);
     !token.is_empty() && state.sessions.csrf_matches(session, token)
 }
 
@@ -656,7 +656,7 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    if !csrf_ok(&state, &session, &headers, &form) {
+    if !csrf_ok(&state, &session, &headers, &form.csrf) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     state.sessions.logout(&session);
@@ -769,10 +769,7 @@ async fn replay_parked(
     headers: HeaderMap,
     Form(form): Form<ReplayForm>,
 ) -> Response {
-    let csrf = CsrfForm {
-        csrf: form.csrf.clone(),
-    };
-    if !csrf_ok(&state, &session, &headers, &csrf) {
+    if !csrf_ok(&state, &session, &headers, &form.csrf) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     let (Some(node), Some(peer)) = (
@@ -813,10 +810,7 @@ async fn retry_saga(
     headers: HeaderMap,
     Form(form): Form<RetryForm>,
 ) -> Response {
-    let csrf = CsrfForm {
-        csrf: form.csrf.clone(),
-    };
-    if !csrf_ok(&state, &session, &headers, &csrf) {
+    if !csrf_ok(&state, &session, &headers, &form.csrf) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
     let Some(owner) = state
