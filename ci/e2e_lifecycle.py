@@ -137,6 +137,7 @@ def start_second_orders(args):
     env = {**os.environ, "ORDERS__DATABASE__URL": args.orders_db, "ORDERS__GRPC__ADDR": SECOND_ORDERS,
            "ORDERS__METRICS__ADDR": SECOND_METRICS,
            "ORDERS__CALLERS__GATEWAY__KEY": link_key(args.workspace, "gateway", "orders"),
+           "ORDERS__CALLERS__CONSOLE__KEY": link_key(args.workspace, "console", "orders"),
            "ORDERS__KAFKA__BROKERS": KAFKA, "ORDERS__SQS__ENDPOINT": SQS, "RUST_LOG": "info"}
     log = open(os.path.join(args.workspace, ".run", "orders-second.log"), "ab")
     process = subprocess.Popen([args.orders_bin], env=env, stdout=log, stderr=log)

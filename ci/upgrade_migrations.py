@@ -96,9 +96,11 @@ def main():
            "ORDERS__GRPC__ADDR": f"127.0.0.1:{port}",
            "ORDERS__METRICS__ADDR": f"127.0.0.1:{metrics_port}",
            "ORDERS__KAFKA__BROKERS": "127.0.0.1:1",
-           # What a binary from before 0.4.0 reads, and what one since reads.
+           # What a binary from before 0.4.0 reads, and what one since reads; since 0.14.0
+           # every service admits the console's link too.
            "ORDERS__SERVICE_AUTH__SECRET": SECRET,
-           "ORDERS__CALLERS__GATEWAY__KEY": SECRET}
+           "ORDERS__CALLERS__GATEWAY__KEY": SECRET,
+           "ORDERS__CALLERS__CONSOLE__KEY": SECRET}
     process = subprocess.Popen([args.binary], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until(lambda: process.poll() is not None or listening(port), 60,
