@@ -197,7 +197,7 @@ commit_all "$calls" "our rules"
 expect_line "$calls/services/checkout/src/domain/rules.rs" "$rule"
 # The caller now holds a typed client and checks the reference; the callee admits it.
 grep -q 'pub async fn get_item(&self, id: &str)' "$calls/services/checkout/src/deps.rs"
-grep -q 'pub const CALLERS: &\[&str\] = &\["gateway", "checkout"\];' "$calls/services/catalog/src/lib.rs"
+grep -q 'pub const CALLERS: &\[&str\] = &\["gateway", "checkout", "console"\];' "$calls/services/catalog/src/lib.rs"
 commit_all "$calls" "archscaffold update"
 (cd "$calls" && "$bin" check)
 check_workspace "$calls"
