@@ -179,15 +179,20 @@ impl Sessions {
             tracing::warn!(error = %e, "cannot write the next login URL");
         }
         self.new_session(now() + SESSION_TTL.as_secs(), false)
+            .map(|(_, cookie)| cookie)
     }
 
-    fn new_session(&self, exp: u64, op: bool) -> Option<String> {
+    /// A new session's id and cookie value.
+    fn new_session(&self, exp: u64, op: bool) -> Option<(String, String)> {
+        let sid = uuid::Uuid::new_v4().simple().to_string();
         let claims = Claims {
-            sid: uuid::Uuid::new_v4().simple().to_string(),
+            sid: sid.clone(),
             exp,
             op,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()
+        let cookie =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding).ok()?;
+        Some((sid, cookie))
     }
 
     /// A new session for an operator the identity provider signed in: it ends when their
@@ -195,8 +200,10 @@ impl Sessions {
     pub fn operator_login(&self, operator: Operator) -> Option<String> {
         let now = now();
         let exp = operator.expires_at.min(now + SESSION_TTL.as_secs());
-        let cookie = self.new_session(exp, true)?;
-        let sid = self.session_id(&cookie)?;
+        if exp <= now {
+            return None;
+        }
+        let (sid, cookie) = self.new_session(exp, true)?;
         self.operators.insert(&sid, operator, now);
         Some(cookie)
     }
@@ -204,10 +211,6 @@ impl Sessions {
     /// Ends a session on the server too (an operator's token is forgotten).
     pub fn logout(&self, session: &Session) {
         self.operators.remove(&session.id);
-    }
-
-    fn session_id(&self, cookie: &str) -> Option<String> {
-        self.claims(cookie).map(|c| c.sid)
     }
 
     fn claims(&self, cookie: &str) -> Option<Claims> {
