@@ -33,7 +33,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.14.0",
-        "7f189260d99cfba963db2ff47211d97a4e6b25e93364e3304b26cb46a9958ec2",
+        "a2fd07af6e4ad745b145b7da05d3b23764fa8aa59124a93737f0ba968b8f552e",
     ),
 ];
 

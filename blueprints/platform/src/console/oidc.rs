@@ -236,20 +236,27 @@ impl Oidc {
     /// `state` to keep in the browser's cookie.
     pub async fn start(&self) -> Result<(String, String), OidcError> {
         let endpoints = self.endpoints().await?;
+        let mut url = reqwest::Url::parse(&endpoints.authorization_endpoint).map_err(|e| {
+            OidcError::Discovery(format!(
+                "its authorization_endpoint '{}' is not a URL: {e}",
+                endpoints.authorization_endpoint
+            ))
+        })?;
         let state = random();
         let verifier = random();
-        let mut query = url_encoded(&[
-            ("response_type", "code"),
-            ("client_id", &self.config.client_id),
-            ("redirect_uri", &self.redirect_uri),
-            ("scope", &self.config.scopes),
-            ("state", &state),
-            ("code_challenge", &challenge(&verifier)),
-            ("code_challenge_method", "S256"),
-        ]);
-        if let Some(resource) = &self.config.resource {
-            query.push('&');
-            query.push_str(&url_encoded(&[("resource", resource)]));
+        {
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("scope", &self.config.scopes)
+                .append_pair("state", &state)
+                .append_pair("code_challenge", &challenge(&verifier))
+                .append_pair("code_challenge_method", "S256");
+            if let Some(resource) = &self.config.resource {
+                query.append_pair("resource", resource);
+            }
         }
         {
             let mut pending = self.pending.lock().expect("pending sign-ins lock");
@@ -270,15 +277,7 @@ impl Oidc {
                 },
             );
         }
-        let separator = if endpoints.authorization_endpoint.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        Ok((
-            format!("{}{separator}{query}", endpoints.authorization_endpoint),
-            state,
-        ))
+        Ok((url.into(), state))
     }
 
     /// Finishes a sign-in: exchanges the code (with the verifier `state` names, once) for
@@ -309,8 +308,7 @@ impl Oidc {
             None => form.push(("client_id", &self.config.client_id)),
         }
         let response = request
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(url_encoded(&form))
+            .form(&form)
             .send()
             .await
             .map_err(|e| OidcError::Token(e.to_string()))?;
@@ -350,17 +348,8 @@ impl Oidc {
     }
 }
 
-/// `application/x-www-form-urlencoded`, for a query or a form body.
-fn url_encoded(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// One value form-encoded: what RFC 6749 2.3.1 also asks of a client id and secret in HTTP
-/// Basic.
+/// One value form-encoded, as RFC 6749 2.3.1 asks of a client id and secret in HTTP Basic
+/// (reqwest's `basic_auth` sends them as they are).
 fn form_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
@@ -411,10 +400,8 @@ mod tests {
 
     #[test]
     fn values_are_form_encoded() {
-        assert_eq!(
-            url_encoded(&[("scope", "openid orders:admin"), ("r", "http://x/y?z")]),
-            "scope=openid+orders%3Aadmin&r=http%3A%2F%2Fx%2Fy%3Fz"
-        );
+        assert_eq!(form_encode("openid orders:admin"), "openid+orders%3Aadmin");
+        assert_eq!(form_encode("http://x/y?z"), "http%3A%2F%2Fx%2Fy%3Fz");
     }
 
     #[tokio::test]

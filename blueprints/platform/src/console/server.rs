@@ -77,8 +77,9 @@ impl Config {
     /// `CONSOLE__LOGIN_URL_FILE`, `CONSOLE__PROBE_INTERVAL_MS` (2000), and the addresses it
     /// probes: `CONSOLE__<CONTEXT>__GRPC_ADDR` and `__METRICS_ADDR` (the spec's ports by
     /// default), `CONSOLE__GATEWAY__HTTP_ADDR` (127.0.0.1:8080) and `__METRICS_ADDR`
-    /// (127.0.0.1:9464); the key of its link to each service, `CONSOLE__<CONTEXT>__KEY`; `CONSOLE__GATEWAY__URL`; and the identity provider
-    /// operators sign in with, `CONSOLE__OIDC__*` (see [`OidcConfig::from_env`]).
+    /// (127.0.0.1:9464); the key of its link to each service, `CONSOLE__<CONTEXT>__KEY`;
+    /// `CONSOLE__GATEWAY__URL`; and the identity provider operators sign in with,
+    /// `CONSOLE__OIDC__*` (see [`OidcConfig::from_env`]).
     pub fn from_env(env: &Env, topology: &Topology) -> Result<Config, ConfigError> {
         let addr: SocketAddr = env.parse_or("HTTP__ADDR", DEFAULT_ADDR.parse().expect("valid"))?;
         let session_key = env.required(
