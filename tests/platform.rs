@@ -33,7 +33,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.14.0",
-        "a2fd07af6e4ad745b145b7da05d3b23764fa8aa59124a93737f0ba968b8f552e",
+        "9b32ffcc1f001e587234c3d9755837749beffe0d3d1c8922d470da1737ebc373",
     ),
 ];
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
+use super::ContextNode;
 use super::live::Live;
 use crate::service_auth::Minter;
 
@@ -37,26 +38,37 @@ impl Timestamp {
     }
 }
 
-/// One service as the console reaches it: its gRPC service, address and the console's link.
+/// One service as the console reaches it: the service as the spec draws it (its name, the
+/// gRPC service its RPCs are under, its admin scope, whether it owns sagas), where it serves
+/// and the console's link to it.
 #[derive(Clone)]
 pub struct Peer {
-    pub name: String,
-    /// The gRPC service its RPCs are under (`shop.orders.v1.OrdersService`).
-    pub service: String,
+    pub node: &'static ContextNode,
     pub addr: String,
     pub minter: Arc<Minter>,
-    /// Whether it owns sagas (the sagas page asks it).
-    pub owns_sagas: bool,
 }
 
 impl std::fmt::Debug for Peer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Peer")
-            .field("name", &self.name)
-            .field("service", &self.service)
+            .field("node", &self.node)
             .field("addr", &self.addr)
-            .field("owns_sagas", &self.owns_sagas)
             .finish_non_exhaustive()
+    }
+}
+
+/// A peer at `addr` whose link key is a test's own, for the console's tests.
+#[cfg(test)]
+pub(super) fn test_peer(node: &'static ContextNode, addr: &str) -> Peer {
+    Peer {
+        node,
+        addr: addr.into(),
+        minter: Arc::new(Minter::new(
+            &crate::service_auth::LinkKey::new(&"k".repeat(32)).unwrap(),
+            "shop",
+            crate::service_auth::CONSOLE,
+            node.name,
+        )),
     }
 }
 
@@ -81,10 +93,14 @@ where
 {
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.map_err(|e| {
-        tonic::Status::unavailable(format!("cannot reach {} at {}: {e}", peer.name, peer.addr))
+        tonic::Status::unavailable(format!(
+            "cannot reach {} at {}: {e}",
+            peer.node.name, peer.addr
+        ))
     })?;
-    let path = http::uri::PathAndQuery::from_str(&format!("/{}/{method}", peer.service))
-        .map_err(|e| tonic::Status::internal(e.to_string()))?;
+    let path =
+        http::uri::PathAndQuery::from_str(&format!("/{}/{method}", peer.node.health_service))
+            .map_err(|e| tonic::Status::internal(e.to_string()))?;
     let mut request = tonic::Request::new(message);
     // Also this side's bound (tonic enforces it here, not only at the service): a service
     // that takes the connection and never answers would otherwise hold the page's loop.
@@ -98,7 +114,12 @@ where
 
 /// A failed call as a page says it.
 pub fn failure(peer: &Peer, status: &tonic::Status) -> String {
-    format!("{}: {:?} {}", peer.name, status.code(), status.message())
+    format!(
+        "{}: {:?} {}",
+        peer.node.name,
+        status.code(),
+        status.message()
+    )
 }
 
 /// What a page shows of one service: its newest answer, or why it could not be asked.
@@ -163,7 +184,7 @@ pub async fn poll<T, F, Fut>(
 {
     let mut channels = Vec::with_capacity(peers.len());
     for peer in &peers {
-        board.set(&peer.name, Listing::NotAsked);
+        board.set(peer.node.name, Listing::NotAsked);
         channels.push(channel_to(&peer.addr));
     }
     loop {
@@ -183,7 +204,7 @@ pub async fn poll<T, F, Fut>(
                 Ok(answer) => Listing::Answered(answer),
                 Err(why) => Listing::Failed(why),
             };
-            changed |= board.set(&peer.name, listing);
+            changed |= board.set(peer.node.name, listing);
         }
         if changed {
             let html = (page.render)(&board.snapshot());
@@ -203,20 +224,15 @@ mod tests {
     #[derive(Clone, PartialEq, prost::Message)]
     struct Empty {}
 
-    fn peer(addr: &str) -> Peer {
-        Peer {
-            name: "orders".into(),
-            service: "shop.orders.v1.OrdersService".into(),
-            addr: addr.into(),
-            minter: Arc::new(Minter::new(
-                &crate::service_auth::LinkKey::new(&"k".repeat(32)).unwrap(),
-                "shop",
-                "console",
-                "orders",
-            )),
-            owns_sagas: true,
-        }
-    }
+    const ORDERS: ContextNode = ContextNode {
+        name: "orders",
+        health_service: "shop.orders.v1.OrdersService",
+        grpc_addr: "127.0.0.1:1",
+        metrics_addr: "127.0.0.1:1",
+        topic: "shop.orders.order.v1",
+        lists_sagas: true,
+        admin_scope: "orders:admin",
+    };
 
     /// A service that takes the connection and never answers (stopped, or wedged) costs
     /// one bounded call, not the page: the request's timeout ends it.
@@ -230,7 +246,7 @@ mod tests {
                 open.push(socket);
             }
         });
-        let peer = peer(&addr);
+        let peer = test_peer(&ORDERS, &addr);
         let channel = channel_to(&addr).unwrap();
         let asked = tokio::time::timeout(
             CALL_TIMEOUT * 3,

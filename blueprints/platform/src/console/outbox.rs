@@ -86,14 +86,9 @@ pub async fn fetch(peer: Peer, channel: Channel) -> Result<ListOutboxResponse, S
         .map_err(|status| link::failure(&peer, &status))
 }
 
-/// An operator's replay of one parked row of `peer`, if they hold its `admin_scope`.
-pub async fn replay(
-    peer: &Peer,
-    admin_scope: &str,
-    operator: Option<&Operator>,
-    id: &str,
-) -> Outcome {
-    let operator = match super::admin::permitted(operator, admin_scope) {
+/// An operator's replay of one parked row of `peer`, if they hold its admin scope.
+pub async fn replay(peer: &Peer, operator: Option<&Operator>, id: &str) -> Outcome {
+    let operator = match super::admin::permitted(operator, peer.node.admin_scope) {
         Ok(operator) => operator,
         Err(refusal) => return refusal,
     };
@@ -190,6 +185,17 @@ pub fn render(board: &BTreeMap<String, Listing<ListOutboxResponse>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::ContextNode;
+
+    const ORDERS: ContextNode = ContextNode {
+        name: "orders",
+        health_service: "shop.orders.v1.OrdersService",
+        grpc_addr: "127.0.0.1:1",
+        metrics_addr: "127.0.0.1:1",
+        topic: "shop.orders.order.v1",
+        lists_sagas: false,
+        admin_scope: "orders:admin",
+    };
 
     fn row(id: &str, error: &str) -> ParkedOutboxRow {
         ParkedOutboxRow {
@@ -265,21 +271,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_replay_needs_an_operator_with_the_services_admin_scope() {
-        let peer = Peer {
-            name: "orders".into(),
-            service: "shop.orders.v1.OrdersService".into(),
-            // Nothing is asked: refused before any call.
-            addr: "127.0.0.1:9".into(),
-            minter: std::sync::Arc::new(crate::service_auth::Minter::new(
-                &crate::service_auth::LinkKey::new(&"k".repeat(32)).unwrap(),
-                "shop",
-                "console",
-                "orders",
-            )),
-            owns_sagas: false,
-        };
+        // Nothing listens at 127.0.0.1:9: refusals come before any call.
+        let peer = link::test_peer(&ORDERS, "127.0.0.1:9");
         let id = "0190c0de-0000-7000-8000-000000000002";
-        let viewer = replay(&peer, "orders:admin", None, id).await;
+        let viewer = replay(&peer, None, id).await;
         assert_eq!(viewer.status, StatusCode::FORBIDDEN);
         let reader = Operator {
             subject: "ann".into(),
@@ -287,16 +282,16 @@ mod tests {
             access_token: "t".into(),
             expires_at: u64::MAX,
         };
-        let refused = replay(&peer, "orders:admin", Some(&reader), id).await;
+        let refused = replay(&peer, Some(&reader), id).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
         let admin = Operator {
             scopes: ["orders:admin".to_string()].into_iter().collect(),
             ..reader
         };
-        let bad = replay(&peer, "orders:admin", Some(&admin), "x").await;
+        let bad = replay(&peer, Some(&admin), "x").await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         // Permitted, and the service is not there: said so.
-        let down = replay(&peer, "orders:admin", Some(&admin), id).await;
+        let down = replay(&peer, Some(&admin), id).await;
         assert_eq!(down.status, StatusCode::BAD_GATEWAY, "{down:?}");
     }
 }

@@ -115,11 +115,9 @@ impl Config {
                 "the key of the console's link to this service, the same value as the service's <NAME>__CALLERS__CONSOLE__KEY (deploy/local/up.sh and deploy/compose-env.sh generate one)",
             )?;
             links.push(Peer {
-                name: c.name.to_string(),
-                service: c.health_service.to_string(),
+                node: c,
                 addr: grpc_addr.clone(),
                 minter: Arc::new(Minter::new(&link, topology.system, CONSOLE, c.name)),
-                owns_sagas: c.lists_sagas,
             });
             targets.push(Target {
                 name: c.name.to_string(),
@@ -284,7 +282,7 @@ impl Console {
             .state
             .links
             .iter()
-            .filter(|p| p.owns_sagas)
+            .filter(|p| p.node.lists_sagas)
             .cloned()
             .collect();
         if !owners.is_empty() {
@@ -773,21 +771,14 @@ async fn replay_parked(
     if !csrf_ok(&state, &session, &headers, &form.csrf) {
         return (StatusCode::FORBIDDEN, "missing or wrong CSRF token").into_response();
     }
-    let (Some(node), Some(peer)) = (
-        state
-            .topology
-            .contexts
-            .iter()
-            .find(|c| c.name == form.service),
-        state.links.iter().find(|p| p.name == form.service),
-    ) else {
+    let Some(peer) = state.links.iter().find(|p| p.node.name == form.service) else {
         return (StatusCode::NOT_FOUND, "no service of that name").into_response();
     };
     let Outcome { status, message } =
-        outbox::replay(peer, node.admin_scope, session.operator.as_ref(), &form.id).await;
+        outbox::replay(peer, session.operator.as_ref(), &form.id).await;
     tracing::info!(
         operator = session.operator.as_ref().map_or("", |o| o.subject.as_str()),
-        service = node.name,
+        service = peer.node.name,
         row = %form.id,
         status = status.as_u16(),
         "outbox replay"
@@ -942,18 +933,7 @@ mod tests {
             traces: Traces::default(),
             sagas: Board::default(),
             outbox: Board::default(),
-            links: vec![Peer {
-                name: "orders".into(),
-                service: "shop.orders.v1.OrdersService".into(),
-                addr: "127.0.0.1:9".into(),
-                minter: Arc::new(Minter::new(
-                    &LinkKey::new(&"k".repeat(32)).unwrap(),
-                    "shop",
-                    CONSOLE,
-                    "orders",
-                )),
-                owns_sagas: true,
-            }],
+            links: vec![link::test_peer(&TOPOLOGY.contexts[0], "127.0.0.1:9")],
             oidc: oidc.map(|c| Oidc::new(c, "http://console")),
             gateway: admin::Gateway::new("http://127.0.0.1:9"),
         }));
