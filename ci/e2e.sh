@@ -109,11 +109,24 @@ started="$E2E_STATE/started.pids"
 record_started() {
     cat "$@" >>"$started"
 }
+# Whether a recorded process still runs: a zombie (killed, not yet reaped by its parent)
+# does not, nor one whose /proc entry went while it was looked at.
+running() {
+    local state
+    kill -0 "$1" 2>/dev/null || return 1
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [ -n "$state" ] && [ "$state" != Z ]
+}
 assert_all_stopped() {
-    local left=0 pid
+    local left=0 pid tries
     while read -r pid; do
-        # A zombie (killed, not yet reaped by its parent) is not running.
-        if kill -0 "$pid" 2>/dev/null && [ "$(awk '{ print $3 }' "/proc/$pid/stat" 2>/dev/null)" != "Z" ]; then
+        # One the stop scripts signalled may still be on its way out (PostgreSQL's
+        # postmaster removes the pid file pg_ctl waits for just before it exits): up to 10 s.
+        for ((tries = 0; tries < 20; tries++)); do
+            running "$pid" || break
+            sleep 0.5
+        done
+        if running "$pid"; then
             echo "still running: pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))" >&2
             left=1
         fi
