@@ -35,6 +35,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.14.0",
         "9b32ffcc1f001e587234c3d9755837749beffe0d3d1c8922d470da1737ebc373",
     ),
+    (
+        "0.15.0",
+        "a68ff9660693b9cc4cc1ecba12b87838346be9807e18513dc7110bc3b6d3ea5e",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

@@ -33,10 +33,12 @@ pub struct BusConfig {
     /// How long a publish may wait for the broker before it counts as failed.
     pub publish_timeout: Duration,
     /// The longest a consumer's fetch waits at the broker for new messages. Kafka answers
-    /// a fetch as soon as a message arrives; a broker that holds every fetch for its full
-    /// wait (tansu does) adds up to this much to each event's latency, and librdkafka's
-    /// 500 ms default put event p99 past 500 ms. 100 ms keeps it within the 250 ms
-    /// target and costs at most 10 empty fetches a second when idle.
+    /// a fetch as soon as a message arrives, so on Kafka this only bounds the empty
+    /// fetches of an idle consumer (10 a second at the default of 100 ms). tansu 0.6
+    /// holds every fetch for its full wait and answers with what it had when the fetch
+    /// began: a message that arrives meanwhile waits out that fetch and all of the next,
+    /// between one and two waits (150 ms at the median at 100 ms). On tansu, set it
+    /// low: `deploy/local/up.sh` sets 10 ms.
     pub fetch_wait: Duration,
     /// How topics this service creates are laid out.
     pub topics: TopicLayout,
@@ -319,6 +321,11 @@ fn producer_config(config: &BusConfig) -> ClientConfig {
             config.publish_timeout.as_millis().to_string(),
         )
         .set("acks", "all")
+        // The relay sends one aggregate's events one after another, each awaited: every
+        // message waits out the linger alone (librdkafka's default is 5 ms). A relay
+        // batch's aggregates are queued within microseconds of each other, so 1 ms still
+        // gathers them into one request.
+        .set("linger.ms", "1")
         // Retries never duplicate or reorder a message within a partition, and the
         // aggregate id as key keeps one aggregate in one partition: its events stay in
         // the order the relay sends them.
