@@ -12,14 +12,19 @@ Phases:
               event takes to reach them all (ci/bench_streams.py); end-to-end event latency at a steady rate (commit timestamps of the
               order and of billing's invoice); wrk on POST, a command (change_note), cached
               GET and uncached GET at several concurrencies; RSS under load
-  limit       the same SQL in pgbench, at the same concurrencies against the same server:
-              ci/bench_sql/post.sql is one POST's pipeline statement for statement (the
-              create, orders' relay, billing's consumer, billing's relay), command.sql one
-              command's; and which statements the services actually sent per POST
-              (pg_stat_statements), so the script can be checked against them
+              and, beside each load, the limit: the same SQL in pgbench, at the same
+              concurrency against the same server, built from what the services sent
+              PostgreSQL in that load (ci/bench_limit.py, from ci/bench_sql/post.sql and
+              command.sql) and checked to send as many statements per request
   peer        Loco, what a user would generate instead (ci/bench_peer.py): its generation,
               cold build, create and get by id under the same loads, memory; not in --quick
               (installing and building it takes longer than the CI budget allows)
+
+Phases only asked for by name (--phases), to measure one change:
+  events      the system's event latency alone, on --bus kafka or sqs, with each
+              process's CPU while idle
+  profile     flame graphs of the gateway and orders under load, with their CPU per request
+              by part (ci/bench_profile.py)
 
 Every load run is bounded by time and by a request count, and only loopback is targeted.
 """
@@ -45,7 +50,9 @@ from bench_common import (  # noqa: E402
     ROOT, BenchError, RssSampler, StatementProfile, cargo_build, database_url, log, median_run, percentile, port_in_use, psql,
     rss_mb, run, wrk,
 )
+import bench_limit  # noqa: E402
 from bench_peer import bench_peer  # noqa: E402
+from bench_profile import bench_profile  # noqa: E402
 from bench_streams import bench_streams  # noqa: E402
 
 GATEWAY = ("127.0.0.1", 8080)
@@ -222,13 +229,16 @@ class CpuMeter:
     and the PostgreSQL server. PostgreSQL's backends come and go (pgbench opens its own):
     the server's time is that of the live processes plus what the postmaster has reaped."""
 
-    def __init__(self, system_pids):
+    # Each bus's broker: its name in the figures, and its process's.
+    BROKERS = {"kafka": ("tansu", "tansu"), "sqs": ("moto", "moto_server")}
+
+    def __init__(self, system_pids, bus="kafka"):
         self.groups = {}
         for name, pid in system_pids.items():
             # A service's replicas count as the service (orders and orders-2 are orders).
             self.groups.setdefault(re.sub(r"-\d+$", "", name), []).append(pid)
-        self.groups["tansu"] = pids_named("tansu")
-        self.groups["moto"] = pids_named("moto_server")
+        name, process = self.BROKERS[bus]
+        self.groups[name] = pids_named(process)
         self.groups["redis"] = pids_named("redis-server")
 
     def snapshot(self):
@@ -411,14 +421,6 @@ class Pipeline:
                        f"FROM generate_series(1, {COMMAND_ORDERS}) AS i")
 
 
-def script_statements(script):
-    """The statements a pgbench script sends the services would send too: all but its
-    `SET search_path` (the services each have a database of their own)."""
-    with open(script) as f:
-        lines = [line.strip() for line in f]
-    return sum(1 for line in lines if line and not line.startswith(("--", "\\", "SET search_path")))
-
-
 def pgbench(settings, url, script, concurrency, work, defines=()):
     """pgbench running `script` (one transaction of the pipeline a request causes) on
     `concurrency` clients."""
@@ -441,8 +443,7 @@ def pgbench(settings, url, script, concurrency, work, defines=()):
     if not latencies or failed:
         raise BenchError(f"pgbench {os.path.basename(script)} at concurrency {concurrency} failed:\n{done.stdout}")
     return {"concurrency": concurrency, "rps": tps, "requests": len(latencies), "errors": 0,
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-            "statements": script_statements(script)}
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
 
 
 def bench_events_alone(generator, settings, work, admin_url, shared_target, bus):
@@ -460,13 +461,34 @@ def bench_events_alone(generator, settings, work, admin_url, shared_target, bus)
 def idle_cpu(system, seconds=10):
     """CPU by process while nothing happens, in percent of one core: what the consumers'
     and relays' waiting costs (a fetch or a receive that returns empty, a poll)."""
-    cpu = CpuMeter(system.pids)
+    cpu = CpuMeter(system.pids, system.bus)
     before = cpu.snapshot()
     time.sleep(seconds)
     after = cpu.snapshot()
     used = {name: (after[name] - before[name]) * 100 / seconds for name in after}
     log("idle CPU: " + ", ".join(f"{name} {percent:.1f}%" for name, percent in used.items()))
     return used
+
+
+def bench_profiled(generator, settings, work, admin_url, shared_target, out):
+    """Flame graphs of the gateway and orders under uncached GET, POST and a command (see
+    ci/bench_profile.py), into <out>/profiles."""
+    system = System(generator, settings, work, admin_url, shared_target)
+    try:
+        system.start()
+        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+        item = f"/v1/orders/{system.create_order(connection)}"
+        commanded = [f"/v1/orders/{system.create_order(connection)}/change_note" for _ in range(COMMAND_ORDERS)]
+        connection.close()
+        system.drain(60)
+        requests = {"get_uncached": ("GET", item, "", "Cache-Control: no-cache", ()),
+                    "post": ("POST", "/v1/orders", ORDER_BODY, "", ()),
+                    "command": ("POST", commanded[0], json.dumps({"note": "bench"}), "", commanded)}
+        return {"profile": settings.profile,
+                "loads": bench_profile(system, settings, work, os.path.join(out, "profiles"), GATEWAY_URL,
+                                       requests, CpuMeter(system.pids))}
+    finally:
+        system.stop()
 
 
 def bench_system(generator, settings, work, admin_url, shared_target):
@@ -496,10 +518,11 @@ def bench_system(generator, settings, work, admin_url, shared_target):
         connection.close()
         system.drain(60)
         pipeline = Pipeline(admin_url, system.workspace)
-        profile = StatementProfile(admin_url, ["shop_orders", "shop_billing"])
+        services = StatementProfile(admin_url, ["shop_orders", "shop_billing"])
+        limit_profile = StatementProfile(admin_url, [Pipeline.NAME])
         cpu = CpuMeter(system.pids)
 
-        def loaded(measure, requests_of=lambda figures: figures["requests"]):
+        def loaded(measure, profile=services):
             """`measure`, then the drain of what it queued (outbox rows, billing's
             consumption: its CPU and statements count for the requests), with the CPU and
             statements per request."""
@@ -507,9 +530,25 @@ def bench_system(generator, settings, work, admin_url, shared_target):
             before = cpu.snapshot()
             figures = measure()
             figures["drain_s"] = system.drain(300)
-            requests = requests_of(figures)
+            requests = figures["requests"]
             figures["cpu_ms"] = CpuMeter.per_request_ms(before, cpu.snapshot(), requests)
             figures["sent"] = profile.per_request(requests)
+            return figures
+
+        def limit(name, c, defines=()):
+            """The same SQL as the services sent in the run just kept, in pgbench (see
+            ci/bench_limit.py), checked to send as many statements per request."""
+            kept = load[name][-1]
+            script = os.path.join(work, f"limit-{name}-c{c}.sql")
+            gates = bench_limit.build(os.path.join(SQL, f"{name}.sql"), kept["sent"], script)
+            figures = median_run(runs, lambda: loaded(lambda: pgbench(
+                settings, pipeline.url, script, c, work, defines), profile=limit_profile))
+            figures["script"] = gates
+            ours, theirs = bench_limit.check(name, c, kept["sent"], figures["sent"], gates, Pipeline.NAME)
+            figures["statements"] = theirs
+            log(f"{name} at c={c}: {kept['rps']:.0f}/s against the same SQL's {figures['rps']:.0f}/s "
+                f"({kept['rps'] / figures['rps']:.0%}); statements per request: {ours:.2f} sent by the "
+                f"services, {theirs:.2f} by the script")
             return figures
 
         load = {name: [] for name in ("get_cached", "get_uncached", "post", "limit_post", "command", "limit_command")}
@@ -521,21 +560,13 @@ def bench_system(generator, settings, work, admin_url, shared_target):
                 load["get_cached"].append(median_run(runs, lambda: wrk(settings, GATEWAY_URL, system.token, "GET", item, c, work)))
                 load["get_uncached"].append(median_run(runs, lambda: wrk(
                     settings, GATEWAY_URL, system.token, "GET", item, c, work, header="Cache-Control: no-cache")))
-                load["limit_post"].append(median_run(runs, lambda: loaded(lambda: pgbench(
-                    settings, pipeline.url, os.path.join(SQL, "post.sql"), c, work))))
+                # The services first: the limit's script is built from what they sent.
                 load["post"].append(median_run(runs, lambda: loaded(lambda: wrk(
                     settings, GATEWAY_URL, system.token, "POST", "/v1/orders", c, work, body=ORDER_BODY))))
-                load["limit_command"].append(median_run(runs, lambda: loaded(lambda: pgbench(
-                    settings, pipeline.url, os.path.join(SQL, "command.sql"), c, work,
-                    defines=[f"orders={COMMAND_ORDERS}"]))))
+                load["limit_post"].append(limit("post", c))
                 load["command"].append(median_run(runs, lambda: loaded(lambda: wrk(
                     settings, GATEWAY_URL, system.token, "POST", commanded[0], c, work, body=note, paths=commanded))))
-                for name in ("post", "command"):
-                    f, limit = load[name][-1], load[f"limit_{name}"][-1]
-                    sent = sum(s["per_request"] for s in f["sent"])
-                    log(f"{name} at c={c}: {f['rps']:.0f}/s against the same SQL's {limit['rps']:.0f}/s "
-                        f"({f['rps'] / limit['rps']:.0%}); {sent:.1f} statements sent per request, "
-                        f"{limit['statements']} in the script")
+                load["limit_command"].append(limit("command", c, defines=[f"orders={COMMAND_ORDERS}"]))
         return {"profile": settings.profile, "idle_rss_mb": idle, "load_peak_rss_mb": sampler.peak,
                 "streams": streams, "events": events, "load": load}
     finally:
@@ -581,8 +612,9 @@ def main():
     if args.event_rate:
         settings = dataclasses.replace(settings, event_rate=args.event_rate)
     every = {"generation", "build", "system", "peer"}
-    # `events` is the system's event latency alone, on --bus: to measure one change.
-    known = every | {"events"}
+    # `events` is the system's event latency alone, on --bus, to measure one change;
+    # `profile` draws flame graphs (ci/bench_profile.py). Neither is part of a whole run.
+    known = every | {"events", "profile"}
     phases = set(args.phases.split(",")) if args.phases else every - ({"peer"} if args.quick else set())
     if phases - known:
         raise BenchError(f"unknown phases {sorted(phases - known)}: choose among {', '.join(sorted(known))}")
@@ -606,6 +638,8 @@ def main():
         results["build"] = bench_build(args.generator, settings, work, args.target_dir)
     if "system" in phases:
         results["system"] = bench_system(args.generator, settings, work, admin_url, args.target_dir)
+    if "profile" in phases:
+        results["profile"] = bench_profiled(args.generator, settings, work, admin_url, args.target_dir, args.out)
     if "events" in phases:
         results["events"] = bench_events_alone(args.generator, settings, work, admin_url, args.target_dir, args.bus)
     if "peer" in phases:
