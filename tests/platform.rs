@@ -37,7 +37,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.15.0",
-        "a68ff9660693b9cc4cc1ecba12b87838346be9807e18513dc7110bc3b6d3ea5e",
+        "49f8618e055c49ccb20fd8865d42f8d9edbe11fd60e75cd497e7e46459baa16c",
     ),
 ];
 

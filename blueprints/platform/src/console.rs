@@ -78,6 +78,33 @@ pub struct ContextNode {
     pub admin_scope: &'static str,
 }
 
+/// What the console's tests point at: orders, which owns sagas, at addresses where nothing
+/// listens; and an operator signed in for ten minutes.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{ContextNode, Operator};
+
+    pub(crate) const ORDERS: ContextNode = ContextNode {
+        name: "orders",
+        health_service: "shop.orders.v1.OrdersService",
+        grpc_addr: "127.0.0.1:1",
+        metrics_addr: "127.0.0.1:1",
+        topic: "shop.orders.order.v1",
+        lists_sagas: true,
+        admin_scope: "orders:admin",
+    };
+
+    /// `ann`, holding `scopes`; her access token is `a.b.c`.
+    pub(crate) fn operator(scopes: &[&str]) -> Operator {
+        Operator {
+            subject: "ann".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            access_token: "a.b.c".into(),
+            expires_at: crate::service_auth::now_secs() + 600,
+        }
+    }
+}
+
 /// An arrow of the map. Event edges run from a publisher to its topic and from a topic to
 /// each context that subscribes; call edges from a caller (or the gateway) to its callee;
 /// saga edges from a saga's owner to each context its steps call.

@@ -126,28 +126,10 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::console::ContextNode;
+    use crate::console::fixtures::{ORDERS, operator};
 
-    const ORDERS: ContextNode = ContextNode {
-        name: "orders",
-        health_service: "shop.orders.v1.OrdersService",
-        grpc_addr: "127.0.0.1:1",
-        metrics_addr: "127.0.0.1:1",
-        topic: "shop.orders.order.v1",
-        lists_sagas: true,
-        admin_scope: "orders:admin",
-    };
     const SUBJECT: &str = "0190c0de-0000-7000-8000-000000000001";
     const SAGA: &str = "0190c0de-0000-7000-8000-000000000002";
-
-    fn operator(scopes: &[&str]) -> Operator {
-        Operator {
-            subject: "ann".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            access_token: "ann's-token".into(),
-            expires_at: u64::MAX,
-        }
-    }
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
@@ -192,7 +174,7 @@ mod tests {
             seen.lock().unwrap().clone(),
             [(
                 format!("orders/{SUBJECT}/{SAGA}"),
-                "Bearer ann's-token".to_string()
+                "Bearer a.b.c".to_string()
             )]
         );
     }

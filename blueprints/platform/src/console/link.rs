@@ -220,19 +220,10 @@ pub async fn poll<T, F, Fut>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::fixtures::ORDERS;
 
     #[derive(Clone, PartialEq, prost::Message)]
     struct Empty {}
-
-    const ORDERS: ContextNode = ContextNode {
-        name: "orders",
-        health_service: "shop.orders.v1.OrdersService",
-        grpc_addr: "127.0.0.1:1",
-        metrics_addr: "127.0.0.1:1",
-        topic: "shop.orders.order.v1",
-        lists_sagas: true,
-        admin_scope: "orders:admin",
-    };
 
     /// A service that takes the connection and never answers (stopped, or wedged) costs
     /// one bounded call, not the page: the request's timeout ends it.

@@ -185,17 +185,7 @@ pub fn render(board: &BTreeMap<String, Listing<ListOutboxResponse>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::console::ContextNode;
-
-    const ORDERS: ContextNode = ContextNode {
-        name: "orders",
-        health_service: "shop.orders.v1.OrdersService",
-        grpc_addr: "127.0.0.1:1",
-        metrics_addr: "127.0.0.1:1",
-        topic: "shop.orders.order.v1",
-        lists_sagas: false,
-        admin_scope: "orders:admin",
-    };
+    use crate::console::fixtures::{ORDERS, operator};
 
     fn row(id: &str, error: &str) -> ParkedOutboxRow {
         ParkedOutboxRow {
@@ -276,18 +266,10 @@ mod tests {
         let id = "0190c0de-0000-7000-8000-000000000002";
         let viewer = replay(&peer, None, id).await;
         assert_eq!(viewer.status, StatusCode::FORBIDDEN);
-        let reader = Operator {
-            subject: "ann".into(),
-            scopes: ["orders:read".to_string()].into_iter().collect(),
-            access_token: "t".into(),
-            expires_at: u64::MAX,
-        };
+        let reader = operator(&["orders:read"]);
         let refused = replay(&peer, Some(&reader), id).await;
         assert_eq!(refused.status, StatusCode::FORBIDDEN);
-        let admin = Operator {
-            scopes: ["orders:admin".to_string()].into_iter().collect(),
-            ..reader
-        };
+        let admin = operator(&["orders:admin"]);
         let bad = replay(&peer, Some(&admin), "x").await;
         assert_eq!(bad.status, StatusCode::BAD_REQUEST);
         // Permitted, and the service is not there: said so.

@@ -899,21 +899,13 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::console::ContextNode;
+    use crate::console::fixtures::{ORDERS, operator};
 
     const KEY: &str = "a test session key of at least 32 bytes";
     const TOPOLOGY: Topology = Topology {
         system: "shop",
         group: "shop.console",
-        contexts: &[ContextNode {
-            name: "orders",
-            health_service: "shop.orders.v1.OrdersService",
-            grpc_addr: "127.0.0.1:1",
-            metrics_addr: "127.0.0.1:1",
-            topic: "shop.orders.order",
-            lists_sagas: true,
-            admin_scope: "orders:admin",
-        }],
+        contexts: &[ORDERS],
         edges: &[],
     };
 
@@ -1068,15 +1060,6 @@ mod tests {
         );
         let ok = send(&router, post(&sessions.csrf(&session))).await;
         assert_eq!(ok.status(), StatusCode::SEE_OTHER);
-    }
-
-    fn operator(scopes: &[&str]) -> crate::console::Operator {
-        crate::console::Operator {
-            subject: "ann".into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            access_token: "a.b.c".into(),
-            expires_at: crate::service_auth::now_secs() + 600,
-        }
     }
 
     async fn body_of(response: Response) -> String {
