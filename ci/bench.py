@@ -67,9 +67,21 @@ ORDER_BODY = json.dumps({"customer_id": "customer-1", "total_cents": 1250, "note
 # The gateway (HTTP, metrics), both replicas of the two services (gRPC, metrics; the second
 # on the first's ports plus 1000), tansu and the harness's Redis.
 SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 51051, 51052, 10465, 10466, 6390)
-# Where each bus's broker listens, and what up.sh is told to find it.
-BROKERS = {"kafka": (9092, "KAFKA_BROKERS", "127.0.0.1:9092"),
-           "sqs": (5000, "SQS_ENDPOINT", "http://127.0.0.1:5000")}
+
+
+@dataclass(frozen=True)
+class Broker:
+    """A bus's broker as the benchmark runs it (ci/brokers.sh): where it listens, the
+    variable that tells up.sh where to find it, its name in the figures and its process's."""
+    port: int
+    variable: str
+    address: str
+    name: str
+    process: str
+
+
+BROKERS = {"kafka": Broker(9092, "KAFKA_BROKERS", "127.0.0.1:9092", "tansu", "tansu"),
+           "sqs": Broker(5000, "SQS_ENDPOINT", "http://127.0.0.1:5000", "moto", "moto_server")}
 
 
 @dataclass
@@ -229,16 +241,13 @@ class CpuMeter:
     and the PostgreSQL server. PostgreSQL's backends come and go (pgbench opens its own):
     the server's time is that of the live processes plus what the postmaster has reaped."""
 
-    # Each bus's broker: its name in the figures, and its process's.
-    BROKERS = {"kafka": ("tansu", "tansu"), "sqs": ("moto", "moto_server")}
-
     def __init__(self, system_pids, bus="kafka"):
         self.groups = {}
         for name, pid in system_pids.items():
             # A service's replicas count as the service (orders and orders-2 are orders).
             self.groups.setdefault(re.sub(r"-\d+$", "", name), []).append(pid)
-        name, process = self.BROKERS[bus]
-        self.groups[name] = pids_named(process)
+        broker = BROKERS[bus]
+        self.groups[broker.name] = pids_named(broker.process)
         self.groups["redis"] = pids_named("redis-server")
 
     def snapshot(self):
@@ -271,8 +280,8 @@ class System:
         self.billing_db = database_url(admin_url, "shop_billing")
 
     def start(self):
-        broker_port, broker_variable, broker_address = BROKERS[self.bus]
-        busy = [port for port in (*SYSTEM_PORTS, broker_port) if port_in_use(port)]
+        broker = BROKERS[self.bus]
+        busy = [port for port in (*SYSTEM_PORTS, broker.port) if port_in_use(port)]
         if busy:
             raise BenchError(f"ports {busy} are in use on 127.0.0.1: stop what listens there "
                              "(an earlier run of the system?) and run again")
@@ -282,7 +291,7 @@ class System:
         cargo_build(self.workspace, self.target, release=self.settings.profile == "release")
         run(["bash", "ci/brokers.sh", "start", self.bus], cwd=ROOT)
         run(["bash", "ci/brokers.sh", "start", "redis"], cwd=ROOT)
-        env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url, **{broker_variable: broker_address},
+        env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url, **{broker.variable: broker.address},
                    REDIS_URL="redis://127.0.0.1:6390", BUILD_PROFILE=self.settings.profile,
                    CARGO_TARGET_DIR=self.target,
                    # The load comes from one identity and one address; the rate limits are

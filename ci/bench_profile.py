@@ -47,13 +47,13 @@ LOADS = ("get_uncached", "post", "command")
 
 def tools():
     """perf and inferno's collapse and flame graph commands, or a BenchError naming the
-    missing one (ci/setup-bench-tools.sh installs them)."""
-    cache = os.environ.get("ARCHSCAFFOLD_CACHE") or os.path.expanduser("~/.cache/archscaffold")
+    missing one (ci/setup-profile-tools.sh installs them, and ci/bench puts them on PATH)."""
     found = {}
     for name in ("perf", "inferno-collapse-perf", "inferno-flamegraph"):
-        path = shutil.which(name) or shutil.which(name, path=os.path.join(cache, "tools", "bin"))
+        path = shutil.which(name)
         if not path:
-            raise BenchError(f"{name} is not installed: run ci/setup-bench-tools.sh")
+            raise BenchError(f"{name} is not on PATH: run the profile phase through ci/bench, which "
+                             "installs it (ci/setup-profile-tools.sh)")
         found[name] = path
     return found
 
