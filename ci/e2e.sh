@@ -79,6 +79,29 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# A broker for one scenario (ci/brokers.sh), whose log must not grow past 20 MB while it
+# runs: CI once filled its disk with tansu's span log (31 GB), and PostgreSQL then failed
+# the services' writes. Appended to across restarts, so what it grew by is measured.
+broker_log_limit=$((20 * 1024 * 1024))
+declare -A broker_log_start
+broker_log() { case $1 in kafka) echo "$E2E_STATE/tansu.log" ;; sqs) echo "$E2E_STATE/moto.log" ;; *) echo "$E2E_STATE/$1.log" ;; esac; }
+log_bytes() { stat -c %s "$1" 2>/dev/null || echo 0; }
+start_broker() {
+    broker_log_start[$1]=$(log_bytes "$(broker_log "$1")")
+    bash ci/brokers.sh start "$1"
+}
+stop_broker() {
+    bash ci/brokers.sh stop "$1"
+    local log grew
+    log=$(broker_log "$1")
+    grew=$(($(log_bytes "$log") - ${broker_log_start[$1]:-0}))
+    if [ "$grew" -gt "$broker_log_limit" ]; then
+        echo "e2e: $log grew by $((grew / 1024 / 1024)) MB during the scenario (at most 20): the broker logs too much" >&2
+        head -c 2000 "$log" | tail -n 5 >&2
+        return 1
+    fi
+}
+
 # The OTLP receiver the system exports its spans to (ci/otlp_receiver.py), one per bus run.
 otlp_pid="$E2E_STATE/otlp-receiver.pid"
 start_otlp_receiver() {
@@ -202,7 +225,7 @@ PY
     api_key_record=$("$cache/venv/bin/python" -c 'import json,sys; print(json.dumps([json.load(sys.stdin)["record"]]))' <"$E2E_STATE/api-key.json")
 
     echo "== e2e [$bus]: start broker and system =="
-    bash ci/brokers.sh start "$bus"
+    start_broker "$bus"
     if [ "$bus" = sqs ]; then
         # As a platform team's Terraform leaves it: billing's queue exists already, with
         # attributes of its own, which the services must use rather than fail to create
@@ -216,7 +239,7 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
         # metadata, which is not loopback: off.
         export AWS_SHARED_CREDENTIALS_FILE="$E2E_STATE/aws-credentials" AWS_EC2_METADATA_DISABLED=true
     fi
-    bash ci/brokers.sh start redis
+    start_broker redis
     start_otlp_receiver "$E2E_STATE/spans-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # What up.sh reads; exported, so e2e_gateway.py can run it again to restart billing.
@@ -283,8 +306,8 @@ sqs_client().create_queue(QueueName="shop-billing.fifo", Attributes={"FifoQueue"
     fi
 
     bash "$ws/deploy/local/down.sh"
-    bash ci/brokers.sh stop "$bus"
-    bash ci/brokers.sh stop redis
+    stop_broker "$bus" || status=1
+    stop_broker redis || status=1
     stop_otlp_receiver
     if [ $status -ne 0 ]; then
         echo "== e2e [$bus] failed; last log lines ==" >&2
@@ -312,7 +335,7 @@ run_calls() {
     (cd "$ws" && cargo build --workspace --quiet)
 
     echo "== e2e [calls, $bus]: start broker and system =="
-    bash ci/brokers.sh start "$bus"
+    start_broker "$bus"
     start_otlp_receiver "$E2E_STATE/spans-calls-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # Exported: e2e_calls.py runs up.sh again to restart catalog. Short timeouts, so the
@@ -330,7 +353,7 @@ run_calls() {
     # catalog was restarted: its new pids must be stopped too.
     record_started "$ws"/.run/*.pid
     bash "$ws/deploy/local/down.sh"
-    bash ci/brokers.sh stop "$bus"
+    stop_broker "$bus" || status=1
     stop_otlp_receiver
     if [ $status -ne 0 ]; then
         echo "== e2e [calls, $bus] failed; last log lines ==" >&2
@@ -357,7 +380,7 @@ run_sagas() {
     (cd "$ws" && cargo build --workspace --quiet)
 
     echo "== e2e [sagas, $bus]: start broker and system =="
-    bash ci/brokers.sh start "$bus"
+    start_broker "$bus"
     start_otlp_receiver "$E2E_STATE/spans-sagas-$bus.jsonl"
     record_started "$E2E_STATE"/*.pid
     # Exported: e2e_sagas.py runs up.sh again to restart orders and payments. A short lease
@@ -382,7 +405,7 @@ run_sagas() {
     # orders and payments were restarted: their new pids must be stopped too.
     record_started "$ws"/.run/*.pid
     bash "$ws/deploy/local/down.sh"
-    bash ci/brokers.sh stop "$bus"
+    stop_broker "$bus" || status=1
     stop_otlp_receiver
     if [ $status -ne 0 ]; then
         echo "== e2e [sagas, $bus] failed; last log lines ==" >&2
