@@ -37,7 +37,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.15.0",
-        "49f8618e055c49ccb20fd8865d42f8d9edbe11fd60e75cd497e7e46459baa16c",
+        "a2991deaa22c915adbd26280f8f61e01d9b42a78a1b80c7638b7b896759ce54e",
     ),
 ];
 

@@ -11,6 +11,7 @@ pub mod consumer;
 pub mod context;
 pub mod db;
 pub mod error;
+pub mod expiring;
 pub mod faults;
 #[cfg(feature = "gateway")]
 pub mod gateway;

@@ -28,6 +28,7 @@ use tower::{Layer, Service};
 
 use crate::config::{ConfigError, Env};
 use crate::context::CORRELATION_METADATA;
+use crate::expiring::ExpiringMap;
 use crate::resilience::{CallContext, deadline};
 
 /// Shortest key accepted: HS256 needs at least 256 bits of key.
@@ -37,6 +38,9 @@ const TOKEN_TTL: Duration = Duration::from_secs(120);
 const RENEW_BEFORE: Duration = Duration::from_secs(30);
 /// Clock skew tolerated between caller and callee.
 const LEEWAY_SECS: u64 = 5;
+/// How many end users' tokens a minter keeps, and how many admitted tokens a callee
+/// remembers (a few hundred bytes each).
+const REMEMBERED: usize = 10_000;
 /// Metric label of a caller that names no process of this system.
 const UNKNOWN_CALLER: &str = "unknown";
 
@@ -104,9 +108,9 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Mints one caller's tokens for one callee. The token without an end user is cached until
-/// 30 s before expiry; one with an end user (`act`) is minted per call (an HMAC: a few
-/// microseconds).
+/// Mints one caller's tokens for one callee, and reuses each until 30 s before it expires:
+/// the one without an end user, and one per end user (`act`, [`REMEMBERED`] users at most),
+/// so that the callee, which remembers the tokens it admitted, verifies each once.
 #[derive(Clone)]
 pub struct Minter {
     key: EncodingKey,
@@ -114,6 +118,7 @@ pub struct Minter {
     issuer: String,
     audience: String,
     current: Arc<Mutex<Option<(String, u64)>>>,
+    per_user: Arc<ExpiringMap<String, String>>,
 }
 
 impl Minter {
@@ -124,6 +129,7 @@ impl Minter {
             issuer: qualified(system, caller),
             audience: qualified(system, callee),
             current: Arc::new(Mutex::new(None)),
+            per_user: Arc::new(ExpiringMap::new(REMEMBERED)),
         }
     }
 
@@ -146,8 +152,15 @@ impl Minter {
     /// A valid token for a call on behalf of `act` (the end user), if any.
     pub fn token(&self, act: Option<&str>) -> String {
         let now = now_secs();
-        if act.is_some() {
-            return self.mint(now, act).0;
+        if let Some(user) = act {
+            if let Some(token) = self.per_user.get(user, now) {
+                return token;
+            }
+            let (token, exp) = self.mint(now, act);
+            let renew_at = exp.saturating_sub(RENEW_BEFORE.as_secs());
+            self.per_user
+                .insert(user.to_string(), token.clone(), renew_at, now);
+            return token;
         }
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((token, exp)) = current.as_ref()
@@ -208,6 +221,8 @@ pub struct Admission {
     /// Every process name of the system, for the denial metric's `caller` label (anything
     /// else is counted as `unknown`, so the label cannot grow without bound).
     known: &'static [&'static str],
+    /// Tokens admitted before, until their `exp`: a caller reuses each for 90 s.
+    admitted: Arc<ExpiringMap<String, Verified>>,
     /// The budget of the calls made while serving a call that carries no deadline.
     default_deadline: Duration,
 }
@@ -238,6 +253,7 @@ impl Admission {
             service,
             callers: Arc::new(callers),
             known,
+            admitted: Arc::new(ExpiringMap::new(REMEMBERED)),
             default_deadline,
         }
     }
@@ -254,6 +270,10 @@ impl Admission {
                     "no service credential: call this service through the gateway",
                 )
             })?;
+        let now = now_secs();
+        if let Some(verified) = self.admitted.get(token, now) {
+            return Ok(verified);
+        }
         let caller = jsonwebtoken::decode_header(token)
             .ok()
             .and_then(|header| header.kid)
@@ -288,10 +308,13 @@ impl Admission {
                 "the credential's subject is not its key's caller",
             ));
         }
-        Ok(Verified {
+        let verified = Verified {
             caller,
             user: claims.act,
-        })
+        };
+        self.admitted
+            .insert(token.to_string(), verified.clone(), claims.exp, now);
+        Ok(verified)
     }
 }
 
@@ -426,8 +449,35 @@ mod tests {
         assert_eq!(verified.user.as_deref(), Some("alice"));
         let orders = Minter::new(&key("o"), "shop", "orders", "billing");
         assert_eq!(call(&orders, None).unwrap().user, None);
-        // Cached without an end user: the same token until it nears expiry.
+        // Reused until it nears expiry: without an end user, and per end user.
         assert_eq!(orders.token(None), orders.token(None));
+        assert_eq!(gateway.token(Some("alice")), gateway.token(Some("alice")));
+        assert_ne!(gateway.token(Some("alice")), gateway.token(Some("bob")));
+    }
+
+    /// A callee verifies a token once, and remembers it until its `exp`; one it refused
+    /// is not remembered (the next presentation is refused again, and counted).
+    #[test]
+    fn an_admitted_token_is_remembered_until_it_expires_and_a_refused_one_is_not() {
+        let billing = billing();
+        let gateway = Minter::new(&key("g"), "shop", "gateway", "billing");
+        let token = gateway.token(Some("alice"));
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let verified = billing.verify(&headers).unwrap();
+        let exp = now_secs() + TOKEN_TTL.as_secs();
+        let remembered = |at| billing.admitted.get(token.as_str(), at);
+        // Minted within this second or the one before.
+        assert!(remembered(exp - 2) == Some(verified.clone()));
+        assert_eq!(remembered(exp), None, "not past the token's exp");
+        assert_eq!(billing.verify(&headers).unwrap(), verified);
+
+        let forged = Minter::new(&key("o"), "shop", "gateway", "billing").token(None);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("authorization", format!("Bearer {forged}").parse().unwrap());
+        assert!(billing.verify(&headers).is_err());
+        assert_eq!(billing.admitted.get(forged.as_str(), now_secs()), None);
+        assert_eq!(billing.admitted.len(), 1);
     }
 
     #[test]

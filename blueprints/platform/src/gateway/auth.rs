@@ -14,10 +14,16 @@
 //! accepted from a JWKS; a key without
 //! `alg` is accepted where its type and curve fix the algorithm (or, for RSA, its family).
 //!
+//! A token that verified is remembered (by its exact text, [`VERIFIED_CAPACITY`] tokens at
+//! most) until its `exp`, so a client's next request skips the signature check and the
+//! claims' JSON; an entry counts only while the JWKS is the one it verified under, so a key
+//! the issuer removed stops being trusted as soon as the fetch that learns of it.
+//!
 //! Dev mode adds a local issuer: tokens signed with HS256 under `GATEWAY__AUTH__DEV_SECRET`,
 //! key id `dev`, which `gateway dev-token` prints. It is off unless configured.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +33,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::expiring::ExpiringMap;
 use crate::gateway::api_keys::ApiKeys;
 use crate::gateway::problem::Problem;
 
@@ -37,6 +44,10 @@ const JWKS_MIN_REFRESH: Duration = Duration::from_secs(10);
 pub const JWKS_TTL: Duration = Duration::from_secs(300);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const LEEWAY_SECS: u64 = 30;
+/// How many verified tokens are remembered, and the longest one that is (a bearer token is
+/// a few hundred bytes to a few kilobytes): at most 40 MB between them.
+pub const VERIFIED_CAPACITY: usize = 10_000;
+const LONGEST_REMEMBERED: usize = 4096;
 const ASYMMETRIC: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
@@ -156,6 +167,10 @@ struct Jwks {
     last_fetch: Mutex<Option<Instant>>,
     /// Held for a whole fetch: one at a time.
     fetching: tokio::sync::Mutex<()>,
+    /// The set the last fetch returned, and how many times it has changed: a verified
+    /// token is remembered with the generation it verified under.
+    fetched: Mutex<Option<JwkSet>>,
+    generation: AtomicU64,
     http: reqwest::Client,
     issuer: OidcIssuer,
 }
@@ -165,6 +180,8 @@ pub struct Authenticator {
     dev: Option<(DevIssuer, DecodingKey)>,
     jwks: Option<Arc<Jwks>>,
     api_keys: ApiKeys,
+    /// Tokens that verified, with what they proved and the JWKS generation they did under.
+    verified: ExpiringMap<String, (Principal, u64)>,
 }
 
 impl Authenticator {
@@ -183,6 +200,7 @@ impl Authenticator {
             }),
             jwks,
             api_keys,
+            verified: ExpiringMap::new(VERIFIED_CAPACITY),
         }
     }
 
@@ -227,6 +245,31 @@ impl Authenticator {
     }
 
     pub async fn verify_token(&self, token: &str) -> Result<Principal, Problem> {
+        let now = now_secs();
+        let generation = match &self.jwks {
+            Some(jwks) => {
+                // Even when every token is remembered, the set is fetched again past its
+                // TTL: that is how a removed key stops being trusted.
+                jwks.refresh_if_stale();
+                jwks.generation.load(Ordering::Acquire)
+            }
+            None => 0,
+        };
+        if let Some((principal, seen)) = self.verified.get(token, now)
+            && seen == generation
+        {
+            return Ok(principal);
+        }
+        let (principal, exp) = self.verify_signed(token).await?;
+        if token.len() <= LONGEST_REMEMBERED {
+            self.verified
+                .insert(token.to_string(), (principal.clone(), generation), exp, now);
+        }
+        Ok(principal)
+    }
+
+    /// Checks the token's signature and claims: who it names, and until when.
+    async fn verify_signed(&self, token: &str) -> Result<(Principal, u64), Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthorized("the access token is not a well-formed JWT"))?;
         let kid = header.kid.clone().unwrap_or_default();
@@ -268,11 +311,12 @@ impl Authenticator {
                 Problem::unauthorized(why)
             })?
             .claims;
-        Ok(Principal {
+        let principal = Principal {
             scopes: claims.scopes(),
             subject: claims.sub,
             via: Via::Token,
-        })
+        };
+        Ok((principal, claims.exp))
     }
 }
 
@@ -282,6 +326,8 @@ impl Jwks {
             keys: RwLock::new(HashMap::new()),
             last_fetch: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+            fetched: Mutex::new(None),
+            generation: AtomicU64::new(0),
             http: reqwest::Client::builder()
                 .timeout(JWKS_FETCH_TIMEOUT)
                 .build()
@@ -308,12 +354,7 @@ impl Jwks {
                 "the access token must be signed with an asymmetric algorithm",
             ));
         }
-        // Past its TTL, the set is fetched again (a key the issuer removed goes), in the
-        // background: the keys in hand serve meanwhile.
-        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
-        if needs_refresh(last, Instant::now(), self.issuer.jwks_ttl) {
-            self.refresh_in_background();
-        }
+        self.refresh_if_stale();
         let (key, algorithms) = match self.known(kid) {
             Some(found) => found,
             None => {
@@ -335,6 +376,15 @@ impl Jwks {
             ));
         }
         Ok((key, alg))
+    }
+
+    /// Past its TTL, the set is fetched again (a key the issuer removed goes), in the
+    /// background: the keys in hand serve meanwhile.
+    fn refresh_if_stale(self: &Arc<Self>) {
+        let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
+        if needs_refresh(last, Instant::now(), self.issuer.jwks_ttl) {
+            self.refresh_in_background();
+        }
     }
 
     /// Starts a fetch in the background unless one is running.
@@ -369,6 +419,13 @@ impl Jwks {
             .json()
             .await
             .map_err(|e| format!("the JWKS does not parse: {e}"))?;
+        self.install(set);
+        Ok(())
+    }
+
+    /// Trusts the keys of `set` from now on, and only those; a set unlike the last one
+    /// starts a new generation, so that no token verified under the old one counts.
+    fn install(&self, set: JwkSet) {
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = &jwk.common.key_id else {
@@ -383,8 +440,14 @@ impl Jwks {
             }
         }
         tracing::info!(keys = keys.len(), url = %self.issuer.jwks_url, "fetched the issuer's JWKS");
+        let mut fetched = self.fetched.lock().unwrap_or_else(|e| e.into_inner());
         *self.keys.write().unwrap_or_else(|e| e.into_inner()) = keys;
-        Ok(())
+        if fetched.as_ref() != Some(&set) {
+            // After the keys: a token checked against the new keys may then be remembered
+            // under the old generation, and is merely verified again.
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            *fetched = Some(set);
+        }
     }
 }
 
@@ -734,6 +797,132 @@ mod tests {
             let refused = lookup.await.unwrap().unwrap_err();
             assert_eq!(refused.status, 401);
         }
+        server.abort();
+    }
+
+    /// RFC 8037's example Ed25519 key (appendix A.1): its seed, and its public half as a
+    /// JWK's `x`.
+    const ED_SEED: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
+    const ED_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+
+    /// A token an identity provider would issue, signed with the RFC key under `kid`.
+    fn issued(kid: &str, exp: u64) -> String {
+        // PKCS#8 v1 of an Ed25519 seed: a fixed 16-byte prefix, then the 32 bytes.
+        let hex = format!("302e020100300506032b657004220420{ED_SEED}");
+        let der: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.into());
+        let claims = serde_json::json!({"sub": "alice", "iss": "https://issuer.example",
+            "aud": "shop-api", "exp": exp, "scope": "orders:read"});
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&der)).unwrap()
+    }
+
+    fn key_set(kids: &[&str]) -> JwkSet {
+        let keys: Vec<_> = kids
+            .iter()
+            .map(|kid| serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": ED_X}))
+            .collect();
+        serde_json::from_value(serde_json::json!({ "keys": keys })).unwrap()
+    }
+
+    /// A verified token is remembered until its `exp` and no longer, and counts only under
+    /// the key set it verified with: once a fetch finds its key gone, it is refused.
+    #[tokio::test]
+    async fn a_remembered_token_is_refused_once_the_jwks_drops_its_key() {
+        let auth = Authenticator::new(
+            AuthConfig {
+                audience: "shop-api".into(),
+                oidc: Some(OidcIssuer {
+                    issuer: "https://issuer.example".into(),
+                    // Never fetched: the test installs each set itself.
+                    jwks_url: "http://127.0.0.1:9/jwks".into(),
+                    jwks_ttl: JWKS_TTL,
+                }),
+                dev: None,
+            },
+            ApiKeys::default(),
+        );
+        let jwks = auth.jwks.clone().unwrap();
+        *jwks.last_fetch.lock().unwrap() = Some(Instant::now());
+        jwks.install(key_set(&["k1"]));
+        let exp = now_secs() + 600;
+        let token = issued("k1", exp);
+        let principal = auth.verify_token(&token).await.unwrap();
+        assert_eq!(principal.subject, "alice");
+        let remembered = |at| auth.verified.get(&token, at).map(|(p, _)| p);
+        assert_eq!(remembered(exp - 1), Some(principal.clone()));
+        assert_eq!(remembered(exp), None, "not past the token's exp");
+
+        // The same set fetched again changes nothing.
+        jwks.install(key_set(&["k1"]));
+        assert_eq!(auth.verify_token(&token).await.unwrap(), principal);
+        // The issuer rotated k1 out: the remembered token no longer counts.
+        jwks.install(key_set(&["k2"]));
+        let refused = auth.verify_token(&token).await.unwrap_err();
+        assert_eq!(refused.status, 401);
+        assert!(
+            refused.detail.contains("not in the issuer's JWKS"),
+            "{}",
+            refused.detail
+        );
+        // And the same key under its new id verifies tokens that name it.
+        assert!(auth.verify_token(&issued("k2", exp)).await.is_ok());
+    }
+
+    /// Past the TTL a remembered token still starts the fetch (nothing else might: every
+    /// request can be a hit), and once the fetch finds its key gone it is refused.
+    #[tokio::test]
+    async fn a_remembered_token_alone_has_the_jwks_fetched_again_past_its_ttl() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let rotated = serde_json::to_string(&key_set(&["k2"])).unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for _ in 0..4 {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{rotated}",
+                    rotated.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            }
+        });
+        let auth = Authenticator::new(
+            AuthConfig {
+                audience: "shop-api".into(),
+                oidc: Some(OidcIssuer {
+                    issuer: "https://issuer.example".into(),
+                    jwks_url: url,
+                    jwks_ttl: JWKS_TTL,
+                }),
+                dev: None,
+            },
+            ApiKeys::default(),
+        );
+        let jwks = auth.jwks.clone().unwrap();
+        jwks.install(key_set(&["k1"]));
+        *jwks.last_fetch.lock().unwrap() = Some(Instant::now());
+        let token = issued("k1", now_secs() + 600);
+        auth.verify_token(&token).await.unwrap();
+        // The set's TTL passes; the token is presented again and again.
+        *jwks.last_fetch.lock().unwrap() = Instant::now().checked_sub(JWKS_TTL);
+        let mut refused = None;
+        for _ in 0..50 {
+            if let Err(problem) = auth.verify_token(&token).await {
+                refused = Some(problem);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let refused = refused.expect("the token still counted 5 s after its key was removed");
+        assert_eq!(refused.status, 401);
         server.abort();
     }
 
