@@ -37,7 +37,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.15.0",
-        "a2991deaa22c915adbd26280f8f61e01d9b42a78a1b80c7638b7b896759ce54e",
+        "4307ea55d4edeb1080bcb948b359f747862913fc7511eb12464463b87e6d1570",
     ),
 ];
 
