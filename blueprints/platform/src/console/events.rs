@@ -84,10 +84,11 @@ pub fn row(delivery: &Delivery, versions: &mut Versions) -> Row {
         topic: delivery.topic.clone(),
         aggregate_id,
         version,
+        // Only a valid traceparent's: the id goes into a link to /traces/<id>.
         trace_id: delivery
             .headers
             .get(TRACEPARENT)
-            .and_then(|tp| tp.split('-').nth(1))
+            .and_then(|tp| crate::context::trace_id(tp))
             .map(str::to_string),
         received_ms: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -221,6 +222,22 @@ mod tests {
         assert_eq!(anomaly("a", 5), None);
         // Another aggregate, first seen at 7: the console may have started late.
         assert_eq!(anomaly("b", 7), None);
+    }
+
+    #[test]
+    fn a_malformed_traceparent_gives_no_trace_id() {
+        let mut versions = Versions::default();
+        for traceparent in [
+            "00-../../admin-cdcdcdcdcdcdcdcd-01",
+            "garbage",
+            "00-00000000000000000000000000000000-cdcdcdcdcdcdcdcd-01",
+        ] {
+            let mut message = delivery("a", 1);
+            message
+                .headers
+                .insert(TRACEPARENT.to_string(), traceparent.to_string());
+            assert_eq!(row(&message, &mut versions).trace_id, None, "{traceparent}");
+        }
     }
 
     #[test]
