@@ -5,6 +5,7 @@
 #   brokers.sh start|stop redis   redis-server on 127.0.0.1:6390, in memory only (the
 #                                 gateway's cache; its own port, so a Redis the machine
 #                                 already runs is left alone)
+#   brokers.sh log <server>       prints the path of that server's log
 # Pid files and logs go to $E2E_STATE (default .work/e2e). Starting a running broker and
 # stopping a stopped one are no-ops.
 set -euo pipefail
@@ -29,6 +30,7 @@ redis) name=redis port=6390
 *) echo "brokers.sh: unknown server '$bus' (kafka, sqs or redis)" >&2; exit 2 ;;
 esac
 pid_file="$state/$name.pid"
+log="$state/$name.log"
 
 alive() { [ -f "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null; }
 listening() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
@@ -40,15 +42,15 @@ start)
         echo "brokers.sh: port $port is already taken by another process" >&2
         exit 1
     fi
-    "${cmd[@]}" >>"$state/$name.log" 2>&1 &
+    "${cmd[@]}" >>"$log" 2>&1 &
     echo $! >"$pid_file"
     for _ in $(seq 1 300); do
         listening && { echo "$name listening on 127.0.0.1:$port" >&2; exit 0; }
         alive || break
         sleep 0.1
     done
-    echo "brokers.sh: $name did not start; see $state/$name.log" >&2
-    tail -n 20 "$state/$name.log" >&2
+    echo "brokers.sh: $name did not start; see $log" >&2
+    tail -n 20 "$log" >&2
     exit 1 ;;
 stop)
     if alive; then
@@ -60,5 +62,6 @@ stop)
         echo "$name stopped" >&2
     fi
     rm -f "$pid_file" ;;
-*) echo "brokers.sh: unknown action '$action' (start or stop)" >&2; exit 2 ;;
+log) echo "$log" ;;
+*) echo "brokers.sh: unknown action '$action' (start, stop or log)" >&2; exit 2 ;;
 esac

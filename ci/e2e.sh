@@ -84,16 +84,15 @@ trap cleanup EXIT
 # the services' writes. Appended to across restarts, so what it grew by is measured.
 broker_log_limit=$((20 * 1024 * 1024))
 declare -A broker_log_start
-broker_log() { case $1 in kafka) echo "$E2E_STATE/tansu.log" ;; sqs) echo "$E2E_STATE/moto.log" ;; *) echo "$E2E_STATE/$1.log" ;; esac; }
 log_bytes() { stat -c %s "$1" 2>/dev/null || echo 0; }
 start_broker() {
-    broker_log_start[$1]=$(log_bytes "$(broker_log "$1")")
+    broker_log_start[$1]=$(log_bytes "$(bash ci/brokers.sh log "$1")")
     bash ci/brokers.sh start "$1"
 }
 stop_broker() {
     bash ci/brokers.sh stop "$1"
     local log grew
-    log=$(broker_log "$1")
+    log=$(bash ci/brokers.sh log "$1")
     grew=$(($(log_bytes "$log") - ${broker_log_start[$1]:-0}))
     if [ "$grew" -gt "$broker_log_limit" ]; then
         echo "e2e: $log grew by $((grew / 1024 / 1024)) MB during the scenario (at most 20): the broker logs too much" >&2

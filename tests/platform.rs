@@ -37,7 +37,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.15.0",
-        "4307ea55d4edeb1080bcb948b359f747862913fc7511eb12464463b87e6d1570",
+        "00ad07d3e41c13fa8a057b19e2f35b282c0c272d5ec5e39731dcc6b3ab32eccd",
     ),
 ];
 

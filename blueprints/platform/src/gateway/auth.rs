@@ -354,7 +354,6 @@ impl Jwks {
                 "the access token must be signed with an asymmetric algorithm",
             ));
         }
-        self.refresh_if_stale();
         let (key, algorithms) = match self.known(kid) {
             Some(found) => found,
             None => {
@@ -379,7 +378,8 @@ impl Jwks {
     }
 
     /// Past its TTL, the set is fetched again (a key the issuer removed goes), in the
-    /// background: the keys in hand serve meanwhile.
+    /// background: the keys in hand serve meanwhile. Asked once per token presented
+    /// ([`Authenticator::verify_token`]), remembered or not.
     fn refresh_if_stale(self: &Arc<Self>) {
         let last = *self.last_fetch.lock().unwrap_or_else(|e| e.into_inner());
         if needs_refresh(last, Instant::now(), self.issuer.jwks_ttl) {
