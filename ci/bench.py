@@ -34,7 +34,6 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -48,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from e2e_common import dev_token, wait_until  # noqa: E402
 from bench_common import (  # noqa: E402
     ROOT, BenchError, RssSampler, StatementProfile, cargo_build, database_url, log, median_run, percentile, port_in_use, psql,
-    rss_mb, run, wrk,
+    rss_mb, run, service_of, wrk,
 )
 import bench_limit  # noqa: E402
 from bench_peer import bench_peer  # noqa: E402
@@ -245,7 +244,7 @@ class CpuMeter:
         self.groups = {}
         for name, pid in system_pids.items():
             # A service's replicas count as the service (orders and orders-2 are orders).
-            self.groups.setdefault(re.sub(r"-\d+$", "", name), []).append(pid)
+            self.groups.setdefault(service_of(name), []).append(pid)
         broker = BROKERS[bus]
         self.groups[broker.name] = pids_named(broker.process)
         self.groups["redis"] = pids_named("redis-server")

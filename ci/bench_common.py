@@ -4,6 +4,7 @@ builds, PostgreSQL, memory sampling and the load generator."""
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +16,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 class BenchError(Exception):
     pass
+
+
+def service_of(process):
+    """The service a process belongs to: a replica counts as its service (orders-2 is
+    orders)."""
+    return re.sub(r"-\d+$", "", process)
 
 
 def log(message):

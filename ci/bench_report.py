@@ -7,8 +7,10 @@ import argparse
 import json
 import math
 import os
-import re
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import service_of  # noqa: E402
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -88,6 +90,11 @@ def targets(results):
     return rows
 
 
+def our_services(system):
+    """The gateway and the services, replicas counted as their service."""
+    return {service_of(process) for process in system["idle_rss_mb"]}
+
+
 def ceilings_of(results, name):
     """What CPU alone allows `name` (post or command) against its same-SQL limit, per
     concurrency: (concurrency, CPU per request outside our processes (the broker, Redis,
@@ -95,7 +102,7 @@ def ceilings_of(results, name):
     that rate over the limit's). An upper bound however cheap the gateway and the services
     became, since it counts none of their CPU and none of wrk's."""
     system = results["system"]
-    ours = {re.sub(r"-\d+$", "", process) for process in system["idle_rss_mb"]}
+    ours = our_services(system)
     cores = results["machine"]["cores"]
     rows = []
     for figures, limit in zip(system["load"][name], system["load"][f"limit_{name}"]):
@@ -207,7 +214,7 @@ def system_tables(results):
             by_process = load[name][i]["cpu_ms"]
             lines.append(f"| {name} | {c} | " + " | ".join(f"{v:.2f}" for v in by_process.values())
                          + f" | {sum(by_process.values()):.2f} | {load['limit_' + name][i]['cpu_ms']['postgres']:.2f} |")
-    outside = sorted({p for p in load["post"][0]["cpu_ms"]} - {re.sub(r"-\d+$", "", p) for p in system["idle_rss_mb"]})
+    outside = sorted(set(load["post"][0]["cpu_ms"]) - our_services(system))
     lines += ["", f"The ceiling: what the machine's {results['machine']['cores']} cores allow a request whose "
               f"only CPU is that of the processes that are not ours ({', '.join(outside)}), against the "
               "same SQL in pgbench. Our gateway and services costing nothing, and wrk nothing, the ratio "
