@@ -25,7 +25,10 @@ PARTS = [
     ("kernel: network", r"^(tcp_|inet_|__sys_sendto|__sys_recvfrom|sock_|ip_|__dev_queue|net_rx|__netif|loopback)"),
     ("kernel: wake-ups", r"^(futex_|do_futex|try_to_wake_up|schedule|__schedule|ep_poll|do_epoll|__x64_sys_epoll)"),
     ("kernel: other", r"^(entry_SYSCALL|do_syscall|__x64_sys|syscall_|exit_to_user|asm_|irq|__irq)"),
-    ("JWT and link tokens", r"jsonwebtoken|hmac|sha2::|ring::|aws_lc|service_auth|gateway::auth|Minter|verify_token"),
+    # Not SHA-256 itself (idempotency keys hash too: its caller decides, a frame up) nor
+    # the admission layer's frames (`service_auth::Admitted`), which the whole call passes.
+    ("JWT and link tokens", r"jsonwebtoken|hmac::|service_auth::(Minter|Admission|LinkKey|console_may_call)|"
+                            r"gateway::auth::|verify_token"),
     ("rate limits", r"governor|rate_limit|RateLimit"),
     ("cache (Redis)", r"redis::|gateway::cache"),
     ("tracing and metrics", r"tracing|opentelemetry|metrics::|metrics_exporter|observe::|telemetry"),
