@@ -12,7 +12,8 @@
 # against it, and on SQS ci/e2e_oidc.py (a
 # second gateway in OIDC mode against oidc-provider: scopes, aud forms, key rotation).
 # On Kafka the workspace is first evolved as a user would (edits, then `archscaffold add
-# context shipping`), and e2e.py also follows an order to shipping. calls-kafka and calls
+# context shipping`), e2e.py also follows an order to shipping, and the platform's
+# tests/kafka_broker.rs runs against the broker first. calls-kafka and calls
 # (SQS) run catalog <- checkout <- shipping, joined by `ref:` fields, and ci/e2e_calls.py
 # (references, traces, a dead and a slow dependency, admission). Everything started is
 # stopped, pass or fail. Needs DATABASE_URL (ci/test sets it).
@@ -225,6 +226,13 @@ PY
 
     echo "== e2e [$bus]: start broker and system =="
     start_broker "$bus"
+    if [ "$bus" = kafka ]; then
+        # The platform's own producer and consumer on this broker (tests/kafka_broker.rs):
+        # no event skipped when a group resumes inside a burst, with up.sh's settings.
+        echo "== e2e [kafka]: the platform's Kafka client against the broker =="
+        KAFKA_BROKERS=127.0.0.1:9092 cargo test --quiet -p platform --no-default-features \
+            --features kafka,gateway,console,test-support --test kafka_broker -- --ignored
+    fi
     if [ "$bus" = sqs ]; then
         # As a platform team's Terraform leaves it: billing's queue exists already, with
         # attributes of its own, which the services must use rather than fail to create

@@ -39,6 +39,10 @@ const RELEASED: &[(&str, &str)] = &[
         "0.15.0",
         "00ad07d3e41c13fa8a057b19e2f35b282c0c272d5ec5e39731dcc6b3ab32eccd",
     ),
+    (
+        "0.16.0",
+        "a5ad2417090d6dea357b53639749d025df3d8c41294ea22c24f0a11125e5fc90",
+    ),
 ];
 
 fn shipped() -> archscaffold::platform::Chassis {

@@ -40,6 +40,14 @@ pub struct BusConfig {
     /// between one and two waits (150 ms at the median at 100 ms). On tansu, set it
     /// low: `deploy/local/up.sh` sets 10 ms.
     pub fetch_wait: Duration,
+    /// The most records the producer puts in one record batch (librdkafka's
+    /// `batch.num.messages`, default 10,000). tansu 0.6 answers a fetch only with batches
+    /// that start at or past the offset asked for, so a group that resumes inside a batch
+    /// (after a rebalance, a restart, or a replica taking over: consumers commit after
+    /// each record) never receives the rest of that batch. On tansu set it to 1, so that
+    /// every offset starts a batch: `deploy/local/up.sh` does for every service. Kafka answers the batch
+    /// that holds the offset; keep the default there.
+    pub batch_max_messages: i32,
     /// How topics this service creates are laid out.
     pub topics: TopicLayout,
     /// How every client connects: TLS, SASL.
@@ -166,6 +174,7 @@ impl BusConfig {
     /// `<SERVICE>__KAFKA__BROKERS` (default `127.0.0.1:9092`),
     /// `<SERVICE>__KAFKA__PUBLISH_TIMEOUT_MS` (default 5000),
     /// `<SERVICE>__KAFKA__FETCH_WAIT_MS` (default 100),
+    /// `<SERVICE>__KAFKA__BATCH_MAX_MESSAGES` (default 10000),
     /// `<SERVICE>__KAFKA__TOPIC__PARTITIONS` and `__TOPIC__REPLICATION_FACTOR` (default 1
     /// each: one local broker), `<SERVICE>__KAFKA__SECURITY_PROTOCOL` (default plaintext),
     /// `<SERVICE>__KAFKA__SASL__MECHANISM`, `__SASL__USERNAME`, `__SASL__PASSWORD` and
@@ -185,8 +194,8 @@ impl BusConfig {
             key: env.key("KAFKA__SECURITY_PROTOCOL"),
             reason,
         })?;
-        let at_least_one = |name: &str| -> Result<i32, ConfigError> {
-            let value: i32 = env.parse_or(name, 1)?;
+        let at_least_one = |name: &str, default: i32| -> Result<i32, ConfigError> {
+            let value: i32 = env.parse_or(name, default)?;
             if value < 1 {
                 return Err(ConfigError::Invalid {
                     key: env.key(name),
@@ -201,9 +210,10 @@ impl BusConfig {
                 env.parse_or("KAFKA__PUBLISH_TIMEOUT_MS", 5000)?,
             ),
             fetch_wait: Duration::from_millis(env.parse_or("KAFKA__FETCH_WAIT_MS", 100)?),
+            batch_max_messages: at_least_one("KAFKA__BATCH_MAX_MESSAGES", 10_000)?,
             topics: TopicLayout {
-                partitions: at_least_one("KAFKA__TOPIC__PARTITIONS")?,
-                replication_factor: at_least_one("KAFKA__TOPIC__REPLICATION_FACTOR")?,
+                partitions: at_least_one("KAFKA__TOPIC__PARTITIONS", 1)?,
+                replication_factor: at_least_one("KAFKA__TOPIC__REPLICATION_FACTOR", 1)?,
             },
             security,
         })
@@ -326,6 +336,7 @@ fn producer_config(config: &BusConfig) -> ClientConfig {
         // batch's aggregates are queued within microseconds of each other, so 1 ms still
         // gathers them into one request.
         .set("linger.ms", "1")
+        .set("batch.num.messages", config.batch_max_messages.to_string())
         // Retries never duplicate or reorder a message within a partition, and the
         // aggregate id as key keeps one aggregate in one partition: its events stay in
         // the order the relay sends them.
@@ -761,6 +772,7 @@ mod tests {
             brokers: "127.0.0.1:1".into(),
             publish_timeout: Duration::from_millis(100),
             fetch_wait: Duration::from_millis(100),
+            batch_max_messages: 10_000,
             topics: TopicLayout {
                 partitions: 1,
                 replication_factor: 1,
@@ -857,5 +869,28 @@ mod tests {
         let producer = producer_config(&config(Security::default()));
         assert_eq!(producer.get("acks"), Some("all"));
         assert_eq!(producer.get("enable.idempotence"), Some("true"));
+    }
+
+    /// What up.sh sets against tansu reaches librdkafka; nothing below one is taken.
+    #[test]
+    fn the_batch_size_setting_reaches_the_producer() {
+        let env = |value: &str| {
+            Env::from_vars(
+                "ORDERS",
+                [("ORDERS__KAFKA__BATCH_MAX_MESSAGES", value.to_string())],
+            )
+        };
+        let one = BusConfig::from_env(&env("1")).unwrap();
+        assert_eq!(producer_config(&one).get("batch.num.messages"), Some("1"));
+        let default = BusConfig::from_env(&Env::from_vars("ORDERS", [("UNRELATED", "")])).unwrap();
+        assert_eq!(
+            producer_config(&default).get("batch.num.messages"),
+            Some("10000")
+        );
+        let error = BusConfig::from_env(&env("0")).unwrap_err().to_string();
+        assert!(
+            error.contains("ORDERS__KAFKA__BATCH_MAX_MESSAGES"),
+            "{error}"
+        );
     }
 }
