@@ -374,10 +374,13 @@ def redeliver_starts(c, order_ids):
     wanted = set(order_ids)
     if c.args.bus == "kafka":
         from confluent_kafka import Consumer, Producer
-        consumer = Consumer({"bootstrap.servers": "127.0.0.1:9092", "group.id": f"e2e-dup-{uuid.uuid4()}",
+        # The broker deploy/local/infra.sh started (ci/e2e.sh exports its address).
+        brokers = os.environ["KAFKA_BROKERS"]
+        consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"e2e-dup-{uuid.uuid4()}",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False})
         consumer.subscribe(["shop.orders.order.v1"])
-        producer = Producer({"bootstrap.servers": "127.0.0.1:9092"})
+        # One record a batch, as up.sh's services produce on tansu (README, broker notes).
+        producer = Producer({"bootstrap.servers": brokers, "batch.num.messages": 1})
         copied, deadline = set(), time.monotonic() + 30
         while copied != wanted and time.monotonic() < deadline:
             m = consumer.poll(0.5)
