@@ -41,7 +41,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.16.0",
-        "a5ad2417090d6dea357b53639749d025df3d8c41294ea22c24f0a11125e5fc90",
+        "f27ba8a77b5745745465d0fda739d131ee2144bc18bc7dc8a40676029565f826",
     ),
 ];
 
