@@ -20,8 +20,9 @@ bus=$2
 case "$bus" in
 kafka) name=tansu port=9092
     # tansu logs every span's start and end from RUST_LOG=info up (the harness exports info
-    # for the services): its own level, warnings unless TANSU_LOG says.
-    cmd=(env RUST_LOG=${TANSU_LOG:-warn} "$cache/tools/bin/tansu" broker --listener-url tcp://127.0.0.1:9092
+    # for the services): its own level, warnings unless TANSU_LOG says. It reads
+    # OTEL_EXPORTER_OTLP_ENDPOINT too (the services' span receiver): not its business.
+    cmd=(env -u OTEL_EXPORTER_OTLP_ENDPOINT RUST_LOG=${TANSU_LOG:-warn} "$cache/tools/bin/tansu" broker --listener-url tcp://127.0.0.1:9092
         --advertised-listener-url tcp://127.0.0.1:9092 --storage-engine memory://tansu/) ;;
 sqs) name=moto port=5000
     cmd=("$cache/venv/bin/moto_server" -H 127.0.0.1 -p 5000) ;;
