@@ -70,17 +70,17 @@ SYSTEM_PORTS = (8080, 9464, 50051, 50052, 9465, 9466, 51051, 51052, 10465, 10466
 
 @dataclass(frozen=True)
 class Broker:
-    """A bus's broker as the benchmark runs it (ci/brokers.sh): where it listens, the
-    variable that tells up.sh where to find it, its name in the figures and its process's."""
+    """A bus's broker as the benchmark runs it: the one the system's up.sh starts itself
+    (deploy/local/infra.sh) when the variable that names one is unset, on its usual port
+    when free. Its name in the figures and its process's."""
     port: int
     variable: str
-    address: str
     name: str
     process: str
 
 
-BROKERS = {"kafka": Broker(9092, "KAFKA_BROKERS", "127.0.0.1:9092", "tansu", "tansu"),
-           "sqs": Broker(5000, "SQS_ENDPOINT", "http://127.0.0.1:5000", "moto", "moto_server")}
+BROKERS = {"kafka": Broker(9092, "KAFKA_BROKERS", "tansu", "tansu"),
+           "sqs": Broker(5000, "SQS_ENDPOINT", "moto", "moto_server")}
 
 
 @dataclass
@@ -264,7 +264,8 @@ class CpuMeter:
 
 class System:
     """The example shop (examples/shop.toml), started with its own deploy/local/up.sh on
-    Kafka (tansu), PostgreSQL and Redis; stopped, with the brokers, by stop()."""
+    Kafka (tansu, which up.sh starts itself), PostgreSQL and Redis; stopped, with the
+    broker and Redis, by stop(). up.sh gets OTEL_EXPORTER_OTLP_ENDPOINT set but empty."""
 
     def __init__(self, generator, settings, work, admin_url, shared_target, bus="kafka"):
         self.settings = settings
@@ -288,9 +289,8 @@ class System:
             psql(self.admin_url, f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         log(f"system: cargo build --workspace ({self.settings.profile})")
         cargo_build(self.workspace, self.target, release=self.settings.profile == "release")
-        run(["bash", "ci/brokers.sh", "start", self.bus], cwd=ROOT)
         run(["bash", "ci/brokers.sh", "start", "redis"], cwd=ROOT)
-        env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url, **{broker.variable: broker.address},
+        env = dict(os.environ, DATABASE_ADMIN_URL=self.admin_url,
                    REDIS_URL="redis://127.0.0.1:6390", BUILD_PROFILE=self.settings.profile,
                    CARGO_TARGET_DIR=self.target,
                    # The load comes from one identity and one address; the rate limits are
@@ -302,6 +302,8 @@ class System:
                    # figures stay those of the system alone, comparable with earlier runs.
                    OTEL_EXPORTER_OTLP_ENDPOINT="")
         env.pop("RUST_LOG", None)
+        # up.sh starts the broker, as for a user who has none (and down.sh stops it).
+        env.pop(broker.variable, None)
         run(["bash", os.path.join(self.workspace, "deploy/local/up.sh")], env=env, stdout=subprocess.DEVNULL)
         run_dir = os.path.join(self.workspace, ".run")
         self.pids = {name: int(open(os.path.join(run_dir, f"{name}.pid")).read()) for name in PROCESSES}
@@ -315,7 +317,6 @@ class System:
         down = os.path.join(self.workspace, "deploy/local/down.sh")
         if os.path.exists(down):
             subprocess.run(["bash", down], stdout=subprocess.DEVNULL)
-        subprocess.run(["bash", "ci/brokers.sh", "stop", self.bus], cwd=ROOT)
         subprocess.run(["bash", "ci/brokers.sh", "stop", "redis"], cwd=ROOT)
 
     def request(self, connection, method, path, body=None, headers=None):
@@ -511,30 +512,51 @@ def bench_system(generator, settings, work, admin_url, shared_target):
         connection.close()
         events = bench_events(system, settings)
 
-        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
-        order = system.create_order(connection)
-        item = f"/v1/orders/{order}"
-        system.request(connection, "GET", item)
-        status, _ = system.request(connection, "GET", item)
-        connection.close()
-        if status != 200:
-            raise BenchError(f"GET {item} answered {status}")
-        system.drain(60)
-
-        connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
-        commanded = [f"/v1/orders/{system.create_order(connection)}/change_note" for _ in range(COMMAND_ORDERS)]
-        connection.close()
-        system.drain(60)
         pipeline = Pipeline(admin_url, system.workspace)
         services = StatementProfile(admin_url, ["shop_orders", "shop_billing"])
         limit_profile = StatementProfile(admin_url, [Pipeline.NAME])
-        cpu = CpuMeter(system.pids)
+        meters = {"cpu": CpuMeter(system.pids)}
+
+        def fresh():
+            """The system started again, on empty databases and an empty broker, and
+            settled: each load starts from the same state. tansu's memory storage lists
+            every batch a partition holds on every fetch, so a broker that kept what the
+            earlier loads produced serves this one slower (at c=16, after 280,000
+            batches, billing drained 50 events a second)."""
+            system.stop()
+            system.start()
+            meters["cpu"] = CpuMeter(system.pids)
+            sampler.pids = system.pids
+            connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+            settle(system, connection)
+            connection.close()
+
+        def cached_item():
+            """An order's path, read once so that the gateway caches it."""
+            connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+            item = f"/v1/orders/{system.create_order(connection)}"
+            system.request(connection, "GET", item)
+            status, _ = system.request(connection, "GET", item)
+            connection.close()
+            if status != 200:
+                raise BenchError(f"GET {item} answered {status}")
+            system.drain(60)
+            return item
+
+        def commanded_orders():
+            """The command paths of COMMAND_ORDERS new orders."""
+            connection = http.client.HTTPConnection(*GATEWAY, timeout=10)
+            paths = [f"/v1/orders/{system.create_order(connection)}/change_note" for _ in range(COMMAND_ORDERS)]
+            connection.close()
+            system.drain(60)
+            return paths
 
         def loaded(measure, profile=services):
             """`measure`, then the drain of what it queued (outbox rows, billing's
             consumption: its CPU and statements count for the requests), with the CPU and
             statements per request."""
             profile.reset()
+            cpu = meters["cpu"]
             before = cpu.snapshot()
             figures = measure()
             figures["drain_s"] = system.drain(300)
@@ -565,6 +587,8 @@ def bench_system(generator, settings, work, admin_url, shared_target):
             for c in settings.concurrencies:
                 log(f"load at concurrency {c}")
                 runs = settings.load_runs
+                fresh()
+                item = cached_item()
                 load["get_cached"].append(median_run(runs, lambda: wrk(settings, GATEWAY_URL, system.token, "GET", item, c, work)))
                 load["get_uncached"].append(median_run(runs, lambda: wrk(
                     settings, GATEWAY_URL, system.token, "GET", item, c, work, header="Cache-Control: no-cache")))
@@ -572,6 +596,8 @@ def bench_system(generator, settings, work, admin_url, shared_target):
                 load["post"].append(median_run(runs, lambda: loaded(lambda: wrk(
                     settings, GATEWAY_URL, system.token, "POST", "/v1/orders", c, work, body=ORDER_BODY))))
                 load["limit_post"].append(limit("post", c))
+                fresh()
+                commanded = commanded_orders()
                 load["command"].append(median_run(runs, lambda: loaded(lambda: wrk(
                     settings, GATEWAY_URL, system.token, "POST", commanded[0], c, work, body=note, paths=commanded))))
                 load["limit_command"].append(limit("command", c, defines=[f"orders={COMMAND_ORDERS}"]))
