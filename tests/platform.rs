@@ -41,7 +41,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.16.0",
-        "f27ba8a77b5745745465d0fda739d131ee2144bc18bc7dc8a40676029565f826",
+        "a77f8e2c2a4420ce3f81df38149e7b41b9c2c56a8a433b3f8db7a527367303b7",
     ),
 ];
 
